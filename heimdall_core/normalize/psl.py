@@ -1,0 +1,44 @@
+"""Registrable domains from the Public Suffix List (PSL).
+
+The registrable domain ("eTLD+1") of ``a.b.example.co.uk`` is
+``example.co.uk``: the public suffix plus one label. It is the unit that one
+party controls, so it is what an analyst pivots on.
+
+Both sections of the list are used, ICANN and private. Private entries
+(``github.io``, ``blogspot.com``, ``s3.amazonaws.com`` ...) are platforms
+where unrelated customers own sibling names; with only the ICANN section,
+``evil.github.io`` and every honest ``*.github.io`` would share the
+registrable domain ``github.io`` and one bad page would tar them all. This is
+also how browsers scope cookies. Unknown TLDs follow the PSL's default rule
+``*`` (the TLD itself is the public suffix), so ``a.b.example.internal``
+gives ``example.internal``. A name that is itself a public suffix has no
+registrable domain.
+
+The list is the one shipped inside the ``publicsuffixlist`` package: it is
+read once, on first use, from the installed package (never fetched), so a
+given install always gives the same answer.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from publicsuffixlist import PublicSuffixList
+
+# Registrable domains repeat far more than the names below them.
+_CACHE_ENTRIES_MAX = 1 << 16
+
+
+@functools.cache
+def _suffix_list() -> PublicSuffixList:
+    return PublicSuffixList(accept_unknown=True, only_icann=False)
+
+
+@functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
+def registrable_domain(name: str) -> str | None:
+    """The registrable domain of a canonical (A-label) domain name, or None.
+
+    ``name`` must already be canonical: lowercase, A-labels, no trailing dot.
+    """
+    result = _suffix_list().privatesuffix(name)
+    return result if isinstance(result, str) else None

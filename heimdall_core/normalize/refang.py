@@ -1,0 +1,62 @@
+"""Refanging: undo the "defanging" that analysts apply to indicators.
+
+Reports and feeds write indicators so that nobody clicks them by accident
+(``hxxp://evil[.]example``). Before an e-mail, ip, cidr, domain or url value
+is canonicalized, these markers are undone (the dispatcher does it; kinds such
+as password or name are never refanged, their brackets are data):
+
+* scheme: ``hxxp`` -> ``http``, ``hxxps`` -> ``https``, ``fxp`` -> ``ftp``
+  (case-insensitive, only at the start, only before ``:`` or ``[:]``);
+* dot: ``[.]`` ``(.)`` ``{.}`` ``[dot]`` ``(dot)`` ``{dot}`` and ``\\.``;
+* at: ``[@]`` ``(@)`` ``{@}`` ``[at]`` ``(at)`` ``{at}``;
+* colon: ``[:]`` (so ``[:]//`` becomes ``://``) and ``[://]``.
+
+Whitespace around a bracketed dot or at marker belongs to the marker
+(``evil [.] example`` -> ``evil.example``). Word forms without brackets
+(``evil dot example``) are not refanged: that would be guessing. Markers are
+case-insensitive (``[DOT]``).
+"""
+
+from __future__ import annotations
+
+import re
+
+_DOT = "."
+_AT = "@"
+
+_MARKERS = re.compile(
+    r"""
+      (?P<dot>\s*(?:\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\)|\{dot\})\s*|\\\.)
+    | (?P<at>\s*(?:\[@\]|\(@\)|\{@\}|\[at\]|\(at\)|\{at\})\s*)
+    | (?P<slashes>\[://\])
+    | (?P<colon>\[:\])
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+_SCHEME = re.compile(r"(?P<scheme>hxxps|hxxp|fxp)(?=:|\[:\])", re.IGNORECASE)
+_SCHEMES = {"hxxp": "http", "hxxps": "https", "fxp": "ftp"}
+# First four characters of a defanged scheme, lowercased.
+_SCHEME_HEADS = frozenset({"hxxp", "fxp:", "fxp["})
+_REPLACEMENTS = {"dot": _DOT, "at": _AT, "slashes": "://", "colon": ":"}
+
+
+def _marker(match: re.Match[str]) -> str:
+    group = match.lastgroup
+    assert group is not None
+    return _REPLACEMENTS[group]
+
+
+def refang(raw: str) -> str:
+    """Undo defanging markers; a value without markers is returned as is."""
+    # Hot path: most values carry no marker, so test with cheap C-level scans
+    # before paying for a regex substitution.
+    scheme = raw[:16].lstrip()[:4].lower() in _SCHEME_HEADS
+    if not scheme and "[" not in raw and "(" not in raw and "{" not in raw and "\\" not in raw:
+        return raw
+    text = _MARKERS.sub(_marker, raw)
+    if scheme:
+        stripped = text.lstrip()
+        match = _SCHEME.match(stripped)
+        if match:
+            text = _SCHEMES[match["scheme"].lower()] + stripped[match.end() :]
+    return text
