@@ -35,6 +35,7 @@ from typing import NoReturn
 
 from heimdall_core.clock import ZERO, Clock, Hlc, HybridClock
 from heimdall_core.errors import (
+    EncodingError,
     FeedStopped,
     HeimdallError,
     IntegrityError,
@@ -43,7 +44,6 @@ from heimdall_core.errors import (
 from heimdall_core.events import (
     FEED_ID_BYTES,
     FRAME_BYTES_MAX_DEFAULT,
-    EncodingError,
     decode_header,
     encode_header,
 )

@@ -1,0 +1,76 @@
+"""What every CLI command shares: settings, the store, output helpers, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heimdall_core import config
+from heimdall_core.errors import HeimdallError
+from heimdall_core.log.feed import LogOptions
+from heimdall_core.log.store import LogStore
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTEGRITY = 3
+FEED_PREFIX_CHARS_MIN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    settings: config.Settings
+    args: argparse.Namespace
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def log_options(self) -> LogOptions:
+        s = self.settings.log
+        return LogOptions(fsync=s.fsync, segment_bytes_max=s.segment_bytes_max,
+                          frame_bytes_max=s.frame_bytes_max, batch_events_max=s.batch_events_max)
+
+    def store(self) -> LogStore:
+        return LogStore(self.data_dir, self.log_options())
+
+
+def build_context(args: argparse.Namespace) -> Context:
+    environ = None
+    if getattr(args, "data_dir", None):
+        import os
+
+        environ = dict(os.environ)
+        environ["HMD_DATA_DIR"] = str(args.data_dir)
+    settings = config.load(Path(args.config) if args.config else None, environ)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Context(settings, args)
+
+
+def resolve_feed(store: LogStore, text: str | None) -> bytes:
+    """A feed from its hex id or a unique prefix of at least 8 hex digits (default: the site's)."""
+    if text is None:
+        return store.site.feed
+    text = text.lower()
+    if len(text) < FEED_PREFIX_CHARS_MIN:
+        raise HeimdallError(f"feed {text!r}: give at least {FEED_PREFIX_CHARS_MIN} hex digits")
+    matches = [feed for feed in store.feeds() if feed.hex().startswith(text)]
+    if not matches:
+        raise HeimdallError(f"feed {text!r}: no such feed on this site (see 'heimdall log stats')")
+    if len(matches) > 1:
+        raise HeimdallError(f"feed {text!r} is ambiguous: {len(matches)} feeds start with it")
+    return matches[0]
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, sort_keys=True) + "\n")
+
+
+def short(feed: bytes) -> str:
+    return feed.hex()[:16]

@@ -1,0 +1,257 @@
+"""`heimdall log ...`, `heimdall export`, `heimdall import`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from heimdall_core import kinds
+from heimdall_core.cli.common import (
+    EXIT_INTEGRITY,
+    EXIT_OK,
+    Context,
+    print_json,
+    resolve_feed,
+    short,
+)
+from heimdall_core.errors import EncodingError, HeimdallError, IntegrityError
+from heimdall_core.events import Event, decode_frame, encode_body
+from heimdall_core.log.bundle import export_bundle, import_bundle
+from heimdall_core.log.store import LogStore
+
+STDIN_LINE_BYTES_MAX = 1 << 20
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    log_parser = sub.add_parser("log", help="the signed append-only log")
+    log_sub = log_parser.add_subparsers(dest="log_command", required=True)
+
+    append = log_sub.add_parser("append", help="append each JSON line of stdin as one event payload")
+    append.add_argument("--kind", default="note",
+                        help=f"event kind (default note); one of: {', '.join(sorted(kinds.KIND_NAMES))}")
+    append.set_defaults(func=cmd_append)
+
+    verify = log_sub.add_parser("verify", help="verify frames, checkpoints and signatures")
+    verify.add_argument("--feed", help="only this feed (hex id or prefix)")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
+    tail = log_sub.add_parser("tail", help="show the last events of a feed")
+    tail.add_argument("-n", type=int, default=10, help="how many events (default 10)")
+    tail.add_argument("--feed", help="feed (hex id or prefix); default: this site's feed")
+    tail.add_argument("--json", action="store_true", help="one JSON object per event")
+    tail.set_defaults(func=cmd_tail)
+
+    stats = log_sub.add_parser("stats", help="feeds, sizes, segments, forks")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    reindex = log_sub.add_parser("reindex", help="rebuild a feed's index from its segment files")
+    reindex.add_argument("--feed", help="feed (default: this site's feed)")
+    reindex.set_defaults(func=cmd_reindex)
+
+    export = sub.add_parser("export", help="write verified frames to a bundle file")
+    export.add_argument("file", type=Path)
+    export.add_argument("--feed", action="append", help="feed to export (repeatable; default all)")
+    export.add_argument("--since", type=int, default=0, help="first sequence number (default 0)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="verify a bundle file and append its frames")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=cmd_import)
+
+
+def _read_payloads(stream: Any) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(stream, start=1):
+        if len(line) > STDIN_LINE_BYTES_MAX:
+            raise HeimdallError(f"stdin line {number}: longer than {STDIN_LINE_BYTES_MAX} bytes")
+        if not line.strip():
+            continue
+        try:
+            payload = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise HeimdallError(f"stdin line {number}: not valid JSON ({exc.msg} at column "
+                                f"{exc.colno})") from None
+        if not isinstance(payload, dict):
+            raise HeimdallError(f"stdin line {number}: must be a JSON object, got "
+                                f"{type(payload).__name__}")
+        yield payload
+
+
+def cmd_append(ctx: Context) -> int:
+    kind = ctx.args.kind
+    version = kinds.latest_version(kind)
+    if version is None:
+        raise HeimdallError(f"--kind {kind!r} is not a known event kind; use one of: "
+                            f"{', '.join(sorted(kinds.KIND_NAMES))}")
+    batch_max = ctx.settings.log.batch_events_max
+    total = 0
+    with ctx.store() as store:
+        writer = store.writer()
+        batch: list[bytes] = []
+        for number, payload in enumerate(_read_payloads(sys.stdin.buffer), start=1):
+            try:
+                batch.append(encode_body(kind, version, payload))
+            except EncodingError as exc:
+                raise HeimdallError(f"stdin event {number}: {exc}") from None
+            if len(batch) >= batch_max:
+                total += writer.append_bodies(batch).count
+                batch = []
+        if batch:
+            total += writer.append_bodies(batch).count
+        size = writer.state.size
+    print(f"appended {total} events to feed {short(store.site.feed)}… (size now {size})")
+    return EXIT_OK
+
+
+def cmd_verify(ctx: Context) -> int:
+    store = ctx.store()
+    feeds = [resolve_feed(store, ctx.args.feed)] if ctx.args.feed else store.feeds()
+    results: list[dict[str, Any]] = []
+    failed = False
+    stopped = store.stopped()
+    for feed in feeds:
+        entry: dict[str, Any] = {"feed": feed.hex(), "own": store.is_own(feed)}
+        if feed in stopped:
+            entry.update(ok=False, error=f"stopped: {stopped[feed]}")
+            failed = True
+        else:
+            try:
+                state = store.reader(feed).verify()
+                entry.update(ok=True, size=state.size)
+            except HeimdallError as exc:
+                entry.update(ok=False, error=str(exc))
+                failed = True
+        results.append(entry)
+    forks = [f for f in store.forks() if not ctx.args.feed or f.feed in feeds]
+    failed = failed or bool(forks)
+    if ctx.args.json:
+        print_json({"ok": not failed, "feeds": results,
+                    "forks": [{"feed": f.feed.hex(), "proof": str(f.path)} for f in forks]})
+    else:
+        for entry in results:
+            if entry["ok"]:
+                print(f"OK    {entry['feed'][:16]}…  {entry['size']} events verified")
+            else:
+                print(f"FAIL  {entry['feed'][:16]}…  {entry['error']}")
+        for fork in forks:
+            print(f"FORK  {short(fork.feed)}…  proof: {fork.path}")
+    return EXIT_INTEGRITY if failed else EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {"feed": event.feed.hex(), "seq": event.seq,
+            "hlc": {"physical_ms": event.hlc.physical_ms, "logical": event.hlc.logical},
+            "kind": event.kind, "version": event.version, "payload": _jsonable(event.payload)}
+
+
+def cmd_tail(ctx: Context) -> int:
+    store = ctx.store()
+    feed = resolve_feed(store, ctx.args.feed)
+    reader = store.reader(feed)
+    size = reader.state.size
+    start = max(0, size - max(0, ctx.args.n))
+    for _, frame in reader.read_frames(start, size):
+        event = decode_frame(frame, ctx.settings.log.frame_bytes_max)
+        if ctx.args.json:
+            print_json(event_json(event))
+        else:
+            when = dt.datetime.fromtimestamp(event.hlc.physical_ms / 1000, dt.UTC)
+            payload = json.dumps(_jsonable(event.payload), sort_keys=True)
+            if len(payload) > 120:
+                payload = payload[:117] + "..."
+            print(f"{event.seq:>8}  {when:%Y-%m-%d %H:%M:%S.%f}"[:-3] +
+                  f"Z  {event.kind}/v{event.version}  {payload}")
+    return EXIT_OK
+
+
+def feed_stats(store: LogStore) -> list[dict[str, Any]]:
+    stopped = store.stopped()
+    out = []
+    for feed in store.feeds():
+        reader = store.reader(feed)
+        segments = reader.segments()
+        out.append({
+            "feed": feed.hex(), "own": store.is_own(feed), "site": feed == store.site.feed,
+            "events": reader.state.size, "segments": len(segments),
+            "bytes": sum(path.stat().st_size for _, path in segments),
+            "stopped": stopped.get(feed),
+        })
+    return out
+
+
+def cmd_stats(ctx: Context) -> int:
+    store = ctx.store()
+    stats = feed_stats(store)
+    forks = store.forks()
+    if ctx.args.json:
+        print_json({"site": store.site.name, "feeds": stats,
+                    "forks": [{"feed": f.feed.hex(), "proof": str(f.path)} for f in forks]})
+        return EXIT_OK
+    print(f"site {store.site.name}  ({len(stats)} feeds, {len(forks)} forks)")
+    print(f"{'feed':<18} {'role':<8} {'events':>10} {'segments':>8} {'bytes':>12}  state")
+    for entry in stats:
+        role = "site" if entry["site"] else ("own" if entry["own"] else "foreign")
+        state = f"STOPPED: {entry['stopped']}" if entry["stopped"] else "ok"
+        print(f"{entry['feed'][:16]}… {role:<8} {entry['events']:>10} {entry['segments']:>8} "
+              f"{entry['bytes']:>12}  {state}")
+    return EXIT_OK
+
+
+def cmd_reindex(ctx: Context) -> int:
+    with ctx.store() as store:
+        feed = resolve_feed(store, ctx.args.feed)
+        writer = store.writer(feed)
+        count = writer.rebuild_indexes(writer.state.size)
+    print(f"index of feed {short(feed)}… rebuilt from segments: {count} events")
+    return EXIT_OK
+
+
+def cmd_export(ctx: Context) -> int:
+    store = ctx.store()
+    feeds = [resolve_feed(store, f) for f in ctx.args.feed] if ctx.args.feed else None
+    summary = export_bundle(store, ctx.args.file, feeds=feeds, since=ctx.args.since)
+    if ctx.args.json:
+        print_json({"file": str(summary.path), "feeds": summary.feeds, "frames": summary.frames,
+                    "checkpoints": summary.checkpoints, "bytes": summary.bytes})
+    else:
+        print(f"exported {summary.frames} events of {summary.feeds} feeds "
+              f"({summary.checkpoints} signed checkpoints, {summary.bytes} bytes) to {summary.path}")
+    return EXIT_OK
+
+
+def cmd_import(ctx: Context) -> int:
+    with ctx.store() as store:
+        try:
+            summary = import_bundle(store, ctx.args.file, ctx.settings.log.frame_bytes_max)
+        except IntegrityError as exc:
+            print(f"import rejected: {exc}; nothing after that position was applied",
+                  file=sys.stderr)
+            return EXIT_INTEGRITY
+    if ctx.args.json:
+        print_json({"feeds": len(summary.feeds), "frames": summary.frames_seen,
+                    "appended": summary.frames_appended, "batches": summary.batches})
+    else:
+        print(f"verified {summary.frames_seen} events of {len(summary.feeds)} feeds; "
+              f"appended {summary.frames_appended} new")
+    return EXIT_OK

@@ -1,0 +1,79 @@
+"""The `heimdall` command: parse arguments, build the context once, dispatch, map errors.
+
+Exit status: 0 success; 1 an operational error (the message says what and where);
+2 a usage or configuration error; 3 an integrity failure or a fork was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from heimdall_core import __version__
+from heimdall_core.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_USAGE, Context, build_context
+from heimdall_core.errors import ConfigError, HeimdallError, IntegrityError, StaleLogError
+
+# One module per command group; each has register(subparsers).
+COMMAND_MODULES = (
+    "heimdall_core.cli.sitecmd",
+    "heimdall_core.cli.logcmd",
+)
+OPTIONAL_COMMAND_MODULES = (
+    "heimdall_core.cli.ingestcmd",
+    "heimdall_core.cli.graphcmd",
+    "heimdall_core.cli.dbcmd",
+    "heimdall_core.cli.piicmd",
+    "heimdall_core.cli.servecmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="heimdall",
+        description="Heimdall: signed, replicated threat-intelligence and breach-data store.")
+    parser.add_argument("--version", action="version", version=f"heimdall {__version__}")
+    parser.add_argument("--config", help="TOML configuration file (or set HMD_CONFIG)")
+    parser.add_argument("--data-dir", help="data directory (or set HMD_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for name in OPTIONAL_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[Context], int] = args.func
+    try:
+        ctx = build_context(args)
+        return func(ctx)
+    except ConfigError as exc:
+        print(f"heimdall: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (IntegrityError, StaleLogError) as exc:
+        print(f"heimdall: integrity error: {exc}", file=sys.stderr)
+        return EXIT_INTEGRITY
+    except HeimdallError as exc:
+        print(f"heimdall: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("heimdall: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK_PIPE
+
+
+EXIT_OK_PIPE = 0
+
+if __name__ == "__main__":
+    sys.exit(main())
