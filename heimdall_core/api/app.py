@@ -1,0 +1,76 @@
+"""The site's HTTP API (aiohttp). Route groups live in their own modules and are
+mounted here; the sync issue adds TLS 1.3 + OIDC and the sync routes.
+
+Until then the API listens on 127.0.0.1 only (see ``serve``), whatever is configured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from heimdall_core.config import Settings
+from heimdall_core.errors import HeimdallError
+
+log = logging.getLogger("heimdall.api")
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+LOOPBACK = "127.0.0.1"
+# Modules with ``setup(app: web.Application) -> None``; a missing one is simply not mounted.
+ROUTE_MODULES = (
+    "heimdall_core.api.ingest_routes",
+    "heimdall_core.api.query_routes",
+)
+
+
+def error_body(status: int, message: str, **extra: object) -> web.Response:
+    body: dict[str, object] = {"error": message, "status": status}
+    body.update(extra)
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes a JSON body with a status; never a bare 500 with a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except HeimdallError as exc:
+        return error_body(400, str(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_body(500, "internal error; see the server log")
+
+
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware],
+                          client_max_size=1 << 20)  # streamed routes read bodies themselves
+    app[SETTINGS_KEY] = settings
+    app.router.add_get("/v1/health", health)
+    for name in ROUTE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.setup(app)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the API in the foreground on 127.0.0.1 (loopback only until TLS + OIDC exist)."""
+    if settings.api.host != LOOPBACK:
+        log.warning("api.host=%s ignored: the API listens on %s only until TLS and OIDC are "
+                    "configured", settings.api.host, LOOPBACK)
+    web.run_app(create_app(settings), host=LOOPBACK, port=settings.api.port, print=None)
