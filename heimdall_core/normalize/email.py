@@ -20,9 +20,10 @@ Rules:
   octets (UTF-8) in the local part and 254 in the whole address (RFC 5321
   4.5.3.1, a path of 256 octets less the angle brackets).
 * Provider folding, only for the canonical domains configured:
-  ``email_strip_plus_domains`` removes a ``+tag`` (``a+news@x`` -> ``a@x``,
-  unless nothing would be left), then ``email_fold_dots_domains`` removes
-  dots (``j.doe@gmail.com`` -> ``jdoe@gmail.com``).
+  ``email_fold_dots_domains`` removes dots (``j.doe@gmail.com`` ->
+  ``jdoe@gmail.com``), then ``email_strip_plus_domains`` removes a ``+tag``
+  (``a+news@x`` -> ``a@x``) unless what is left would not be a valid local
+  part (``+news@x``, or ``a.+news@x`` without dot folding).
 * ``display`` is the address with the U-label domain when the domain is an
   IDN. Attributes: ``domain`` (canonical) and ``registrable_domain``.
 """
@@ -42,6 +43,7 @@ from heimdall_core.normalize.model import (
     Result,
     rejected,
 )
+from heimdall_core.normalize.refang import has_marker
 
 LOCAL_OCTETS_MAX = 64
 ADDRESS_OCTETS_MAX = 254
@@ -56,6 +58,7 @@ _LOCAL_TOO_LONG = rejected(KIND_EMAIL, "local_too_long", f"local part over {LOCA
 _ADDRESS_TOO_LONG = rejected(KIND_EMAIL, "too_long", f"address over {ADDRESS_OCTETS_MAX} octets")
 _QUOTED = rejected(KIND_EMAIL, "quoted_local", "quoted local parts are not supported")
 _LITERAL = rejected(KIND_EMAIL, "address_literal", "address literals ([...]) are not supported")
+_MARKER = rejected(KIND_EMAIL, "defang_marker", "local part reads as a defanged marker")
 _BAD_LOCAL = rejected(
     KIND_EMAIL, "invalid_local", "local part is not a dot-string (bad character or dot placement)"
 )
@@ -80,6 +83,10 @@ def canonicalize_email(raw: str, opts: NormalizeOptions = DEFAULT) -> Result:
     if isinstance(domain, Rejected):
         return Rejected(KIND_EMAIL, f"domain.{domain.reason}")
     local = _fold(local_or_error, domain.value, opts)
+    if has_marker(local):
+        # Folding made a defang marker ("{a.t}" -> "{at}"); refanging the value
+        # again would change it, so it has no stable canonical form.
+        return _MARKER
     value = f"{local}@{domain.value}"
     if len(value) > ADDRESS_OCTETS_MAX or (not value.isascii() and _octets(value) > ADDRESS_OCTETS_MAX):
         return _ADDRESS_TOO_LONG
@@ -114,12 +121,15 @@ def _local_unicode(local: str, opts: NormalizeOptions) -> str | Rejected:
 
 
 def _fold(local: str, domain: str, opts: NormalizeOptions) -> str:
-    if domain in opts.email_strip_plus_domains:
-        untagged = local.partition("+")[0]
-        if untagged:
-            local = untagged
+    # Dots first: then the part before "+" is dot-free, so stripping the tag
+    # can only leave a valid atom, and folding twice changes nothing more.
     if domain in opts.email_fold_dots_domains:
         local = local.replace(".", "")
+    if domain in opts.email_strip_plus_domains:
+        untagged = local.partition("+")[0]
+        # "a.+news" would leave "a.", no longer a dot-string: keep the tag then.
+        if _DOT_STRING.fullmatch(untagged):
+            local = untagged
     return local
 
 

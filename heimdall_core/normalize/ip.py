@@ -69,6 +69,11 @@ _V6_ATTRS = (("version", "6"),)
 _MAPPED_ATTRS = (("mapped_from", "ipv6"), ("version", "4"))
 
 _EMPTY = rejected(KIND_IP, "empty", "no address")
+_HOST_BITS_SET = rejected(
+    KIND_CIDR,
+    "host_bits_set",
+    "host bits set; give the network address (an address with netmask is not a range)",
+)
 _BAD = rejected(KIND_IP, "invalid", "not an IPv4 or IPv6 address")
 
 
@@ -152,16 +157,11 @@ def _canonicalize_cidr_cached(text: str) -> Result:
     mapped = address.attr("mapped_from") is not None
     if mapped:
         if prefix_len < _MAPPED_PREFIX_LEN:
-            # Wider than ::ffff:0:0/96 the range is no longer all IPv4-mapped.
-            return _network(_ipv6_text(address_text), prefix_len, ())
+            # The ffff in bits 80-95 of every mapped address is then a host bit.
+            return _HOST_BITS_SET
         prefix_len -= _MAPPED_PREFIX_LEN
     attrs = (("mapped_from", "ipv6"),) if mapped else ()
     return _network(address.value, prefix_len, attrs)
-
-
-def _ipv6_text(text: str) -> str:
-    """The full IPv6 text of an address that we folded to IPv4."""
-    return ipaddress.IPv6Address(text.strip("[]")).compressed
 
 
 def _network(address: str, prefix_len: int, extra: tuple[tuple[str, str], ...]) -> Result:
@@ -172,11 +172,7 @@ def _network(address: str, prefix_len: int, extra: tuple[tuple[str, str], ...]) 
     try:
         network = ipaddress.ip_network(f"{address}/{prefix_len}", strict=True)
     except ValueError:
-        return rejected(
-            KIND_CIDR,
-            "host_bits_set",
-            "host bits set; give the network address (an address with netmask is not a range)",
-        )
+        return _HOST_BITS_SET
     attrs = (*extra, ("prefix_len", str(prefix_len)), ("version", version))
     value = f"{network.network_address.compressed}/{prefix_len}"
     return Canonical(KIND_CIDR, value, None, tuple(sorted(attrs)))

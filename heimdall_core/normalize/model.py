@@ -97,10 +97,12 @@ class NormalizeOptions:
 
     ``email_keep_local_case``: keep the case of e-mail local parts (RFC 5321
     allows case-sensitive mailboxes; almost no provider uses that).
-    ``email_fold_dots_domains``: canonical domains whose providers ignore dots
-    in the local part (``gmail.com``): dots are removed.
-    ``email_strip_plus_domains``: canonical domains whose providers treat
-    ``local+tag`` as ``local``: the tag is removed.
+    ``email_fold_dots_domains``: domains whose providers ignore dots in the
+    local part (``gmail.com``): dots are removed.
+    ``email_strip_plus_domains``: domains whose providers treat ``local+tag``
+    as ``local``: the tag is removed. Both are stored canonicalized
+    (``GMail.com.`` becomes ``gmail.com``); a value that is no domain name
+    raises :class:`NormalizeError` at start.
     ``value_chars_max``: longer raw values are rejected before parsing.
     """
 
@@ -111,17 +113,28 @@ class NormalizeOptions:
 
     def __post_init__(self) -> None:
         if self.value_chars_max < 1:
-            raise NormalizeError(
-                f"value_chars_max must be at least 1, got {self.value_chars_max}"
-            )
+            raise NormalizeError(f"value_chars_max must be at least 1, got {self.value_chars_max}")
         for name in ("email_fold_dots_domains", "email_strip_plus_domains"):
-            domains = getattr(self, name)
-            bad = sorted(d for d in domains if d != d.strip().lower().rstrip("."))
-            if bad:
-                raise NormalizeError(
-                    f"{name} must hold canonical domains (lowercase, no trailing dot,"
-                    f" A-labels for IDNs); fix {bad}"
-                )
+            # Written by people ("GMail.com", "bücher.de"): store canonical forms,
+            # since the e-mail canonicalizer compares canonical domains.
+            object.__setattr__(self, name, _canonical_domains(name, getattr(self, name)))
+
+
+def _canonical_domains(option: str, domains: frozenset[str]) -> frozenset[str]:
+    if not domains:
+        return domains
+    # Imported here: the domain module depends on this one.
+    from heimdall_core.normalize.domain import canonicalize_domain
+
+    canonical = set()
+    for domain in domains:
+        result = canonicalize_domain(domain)
+        if not isinstance(result, Canonical):
+            raise NormalizeError(
+                f"{option}: {domain!r} is not a domain name ({result.reason}); give one like gmail.com"
+            )
+        canonical.add(result.value)
+    return frozenset(canonical)
 
 
 DEFAULT = NormalizeOptions()

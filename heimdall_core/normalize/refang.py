@@ -60,3 +60,28 @@ def refang(raw: str) -> str:
         if match:
             text = _SCHEMES[match["scheme"].lower()] + stripped[match.end() :]
     return text
+
+
+# Percent-encodings of the characters that make up a bracketed marker.
+_MARKER_ESCAPES = str.maketrans(
+    {"[": "%5B", "]": "%5D", "(": "%28", ")": "%29", "{": "%7B", "}": "%7D", "\\": "%5C"}
+)
+
+
+def has_marker(text: str) -> bool:
+    """True if ``refang`` would change ``text``."""
+    return refang(text) != text
+
+
+def escape_markers(url: str) -> str:
+    """Percent-encode the brackets of every marker in a canonical URL.
+
+    A canonical URL must survive being refanged and canonicalized again
+    unchanged. Markers in raw input are refanged before parsing, so one can
+    only appear in a canonical URL by decoding (``[%2E]`` -> ``[.]``);
+    encoding its brackets, which RFC 3986 does not allow raw anyway except
+    for the parentheses, keeps the value stable.
+    """
+    if not has_marker(url):
+        return url
+    return _MARKERS.sub(lambda match: match.group(0).translate(_MARKER_ESCAPES), url)
