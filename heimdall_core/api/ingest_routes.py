@@ -1,0 +1,134 @@
+"""POST /v1/dumps: a dump streamed in the request body, through the one ingest pipeline.
+
+Query parameters: ``source`` (required), ``name``, ``format`` (csv, json, ndjson, combo),
+``map`` (COL=KIND, repeatable), ``sha256`` (hex; lets a repeat be refused before any
+record is read). The body is read chunk by chunk, handed to the pipeline through a
+small bounded queue (backpressure: at most QUEUE_CHUNKS_MAX chunks in memory), and
+never held whole. Over ``ingest.body_bytes_max``: 413 (before reading when
+Content-Length says so). A format that is unknown or not text: 415.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import re
+from collections.abc import Iterator
+
+from aiohttp import web
+
+from heimdall_core.api.app import SETTINGS_KEY, error_body
+from heimdall_core.errors import ConfigError, IngestError
+from heimdall_core.ingest.mapping import parse_map_args
+from heimdall_core.ingest.registry import DumpRegistry
+from heimdall_core.ingest.run import IngestSite, ingest_chunks
+
+SITE_KEY = web.AppKey("ingest_site", IngestSite)
+FORMATS = ("csv", "json", "ndjson", "combo")
+CONTENT_TYPES = {
+    "text/csv": "csv", "text/tab-separated-values": "csv", "application/json": "json",
+    "application/x-ndjson": "ndjson", "application/ndjson": "ndjson", "text/plain": None,
+    "application/octet-stream": None, "application/gzip": None, "application/x-gzip": None,
+    "application/x-bzip2": None, "application/x-xz": None, "application/zstd": None, "": None,
+}
+CHUNK_BYTES = 1 << 20
+QUEUE_CHUNKS_MAX = 4
+PUT_WAIT_S = 0.5
+SOURCE_RE = re.compile(r"^[\w.\-:@ ]{1,128}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_END = b""
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/dumps", post_dump)
+    app.cleanup_ctx.append(_site_context)
+
+
+async def _site_context(app: web.Application) -> object:
+    site = await asyncio.to_thread(IngestSite, app[SETTINGS_KEY])
+    app[SITE_KEY] = site
+    yield
+    await asyncio.to_thread(site.close)
+
+
+def _format_of(request: web.Request) -> str | None:
+    fmt = request.query.get("format")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise web.HTTPUnsupportedMediaType(
+                text=f'{{"error": "unknown format {fmt[:20]!r}; use one of: {", ".join(FORMATS)}", '
+                     '"status": 415}', content_type="application/json")
+        return fmt
+    content_type = request.content_type if request.headers.get("Content-Type") else ""
+    if content_type not in CONTENT_TYPES:
+        raise web.HTTPUnsupportedMediaType(
+            text=f'{{"error": "content type {content_type[:40]!r} is not a dump format", '
+                 '"status": 415}', content_type="application/json")
+    return CONTENT_TYPES[content_type]
+
+
+async def post_dump(request: web.Request) -> web.StreamResponse:
+    site = request.app[SITE_KEY]
+    limit = site.settings.ingest.body_bytes_max
+    source = request.query.get("source", "")
+    if not SOURCE_RE.match(source):
+        return error_body(400, "query parameter 'source' is required (1-128 letters, digits, . - _ : @)")
+    fmt = _format_of(request)
+    if request.content_length is not None and request.content_length > limit:
+        return error_body(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
+    try:
+        overrides = parse_map_args(request.query.getall("map", []))
+    except ConfigError as exc:
+        return error_body(400, str(exc))
+    declared = request.query.get("sha256")
+    if declared is not None and not SHA256_RE.match(declared):
+        return error_body(400, "query parameter 'sha256' must be 64 lower-case hex digits")
+    if declared:
+        registry = DumpRegistry(site.store)
+        await asyncio.to_thread(registry.refresh)
+        done = registry.find_complete(source, declared)
+        if done is not None:
+            return web.json_response({"dump_id": done.dump, "duplicate": True, "records": done.records,
+                                      "quarantined": done.quarantined, "sha256": declared})
+    options = site.options(source, fmt=fmt, mapping=overrides)
+    chunks: queue.Queue[bytes] = queue.Queue(QUEUE_CHUNKS_MAX)
+
+    def body() -> Iterator[bytes]:
+        while (chunk := chunks.get()) is not _END:
+            yield chunk
+
+    name = request.query.get("name", "-")[:255]
+    work = asyncio.ensure_future(asyncio.to_thread(
+        ingest_chunks, site, body(), options, name=name, expected_sha256=declared))
+    received = 0
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+            received += len(chunk)
+            if received > limit:
+                return error_body(413, f"body exceeds the limit of {limit} bytes; the records "
+                                  "read so far are logged as an incomplete dump")
+            if not await _put(chunks, chunk, work):
+                break
+        await _put(chunks, _END, work)
+        summary = await work
+    except IngestError as exc:
+        status = 415 if "binary" in str(exc) or "format" in str(exc) else 400
+        return error_body(status, str(exc))
+    finally:
+        if not work.done():
+            await _put(chunks, _END, work)
+            with contextlib.suppress(Exception):
+                await work
+    return web.json_response(summary.as_json(), status=200 if summary.duplicate else 201)
+
+
+async def _put(chunks: queue.Queue[bytes], chunk: bytes, work: asyncio.Future[object]) -> bool:
+    """Hand a chunk to the pipeline thread; False if the pipeline already stopped."""
+    while not work.done():
+        try:
+            chunks.put_nowait(chunk)
+            return True
+        except queue.Full:
+            await asyncio.sleep(0.005)
+    return False

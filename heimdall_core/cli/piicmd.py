@@ -1,0 +1,81 @@
+"""`heimdall pii shred SUBJECT`, `heimdall pii rotate-kek`, `heimdall pii subject`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from heimdall_core import kinds
+from heimdall_core.cli.common import EXIT_OK, Context, print_json
+from heimdall_core.errors import HeimdallError
+from heimdall_core.events import encode_body
+from heimdall_core.ingest.run import log_options, normalize_options
+from heimdall_core.log.store import LogStore
+from heimdall_core.normalize import Canonical, canonicalize
+from heimdall_core.pii.keystore import KeyStore
+
+SUBJECT_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+SUBJECT_KINDS = ("email", "username", "phone", "name")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pii = sub.add_parser("pii", help="personal data: crypto-shredding and key rotation")
+    pii_sub = pii.add_subparsers(dest="pii_command", required=True)
+
+    shred = pii_sub.add_parser("shred", help="destroy a subject's data key (crypto-shredding)")
+    shred.add_argument("subject", help="subject id (32 hex digits) or, with --kind, the person's value")
+    shred.add_argument("--kind", choices=SUBJECT_KINDS,
+                       help="SUBJECT is a value of this kind (e.g. an email), not a subject id")
+    shred.add_argument("--json", action="store_true")
+    shred.set_defaults(func=cmd_shred)
+
+    subject = pii_sub.add_parser("subject", help="show the subject id of a value (nothing changes)")
+    subject.add_argument("value")
+    subject.add_argument("--kind", choices=SUBJECT_KINDS, required=True)
+    subject.set_defaults(func=cmd_subject)
+
+    rotate = pii_sub.add_parser("rotate-kek", help="new key-encryption key; rewrap every data key")
+    rotate.set_defaults(func=cmd_rotate)
+
+
+def _subject(ctx: Context, keystore: KeyStore, text: str, kind: str | None) -> bytes:
+    if kind is None:
+        if not SUBJECT_HEX_RE.match(text.lower()):
+            raise HeimdallError("SUBJECT must be a subject id of 32 hex digits; to name a person by "
+                                "a value, add --kind (e.g. --kind email)")
+        return bytes.fromhex(text.lower())
+    result = canonicalize(kind, text, normalize_options(ctx.settings))
+    if not isinstance(result, Canonical):
+        raise HeimdallError(f"the {kind} value is not valid: {getattr(result, 'reason', 'rejected')}")
+    return keystore.subject_id_for(result.kind, result.value)
+
+
+def cmd_shred(ctx: Context) -> int:
+    with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
+        subject = _subject(ctx, keystore, ctx.args.subject, ctx.args.kind)
+        existed = keystore.shred(subject)
+    with LogStore(ctx.data_dir, log_options(ctx.settings)) as store:
+        ack = store.writer().append_bodies([encode_body(*kinds.SUBJECT_SHREDDED, {"subject": subject})])
+    if ctx.args.json:
+        print_json({"subject": subject.hex(), "key_existed": existed, "event_seq": ack.first_seq})
+    else:
+        state = "its data key was destroyed" if existed else "it had no data key yet; it is now " \
+            "marked shredded, so none will ever be made"
+        print(f"subject {subject.hex()}: {state}; shredding event appended at sequence {ack.first_seq}")
+    return EXIT_OK
+
+
+def cmd_subject(ctx: Context) -> int:
+    with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
+        subject = _subject(ctx, keystore, ctx.args.value, ctx.args.kind)
+        shredded = keystore.is_shredded(subject)
+    print(f"{subject.hex()}{'  (shredded)' if shredded else ''}")
+    return EXIT_OK
+
+
+def cmd_rotate(ctx: Context) -> int:
+    with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
+        version = keystore.rotate_kek()
+    print(f"key-encryption key is now version {version}; every data key was rewrapped and older "
+          "versions destroyed (the log is unchanged)")
+    return EXIT_OK

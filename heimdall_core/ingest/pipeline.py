@@ -1,0 +1,383 @@
+"""The one ingest pipeline: bytes in, canonical protected records, events in the log.
+
+    chunks -> AutoDecompressor -> parser (push) -> mapping -> canonicalize -> PII policy
+           -> records.ingested events (batched) -> the site's signed feed (fsync'd)
+
+:class:`DumpIngestor` is push-based (``feed(chunk)`` / ``finish()``), so the CLI (file
+chunks), the HTTP API (request body chunks) and worker processes (byte ranges of a
+file) all drive the very same object. It holds at most one event batch of records in
+memory, whatever the input size.
+
+Bad input never aborts a dump: a bad line or record is counted and written to the
+quarantine file with its position and a reason that never quotes the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from heimdall_core import kinds
+from heimdall_core.errors import IngestError
+from heimdall_core.events import encode_body
+from heimdall_core.ingest.mapping import FIELD_KINDS, infer_mapping, merge_mapping
+from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_parser
+from heimdall_core.ingest.sources import AutoDecompressor, detect_format
+from heimdall_core.normalize import Canonical, NormalizeOptions, canonicalize
+from heimdall_core.pii.policy import Action, PiiPolicy
+from heimdall_core.pii.protect import Protector
+
+log = logging.getLogger("heimdall.ingest")
+
+RECORDS_PER_EVENT = 256
+EVENTS_PER_APPEND = 16
+SNIFF_BYTES = 64 * 1024
+SAMPLE_RECORDS = 200
+QUARANTINE_REASON_CHARS_MAX = 200
+PLANS_CACHED_MAX = 1024
+
+
+class Appender(Protocol):
+    """Appends event bodies to one of this site's feeds; returns once they are durable."""
+
+    def __call__(self, bodies: Sequence[bytes]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    source: str
+    fmt: str | None = None
+    mapping: Mapping[str, str] = field(default_factory=dict)  # overrides: column -> kind
+    delimiter: str | None = None
+    header: bool | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    line_bytes_max: int = 1 << 20
+    records_per_event: int = RECORDS_PER_EVENT
+    normalize: NormalizeOptions = field(default_factory=NormalizeOptions)
+
+
+@dataclass(slots=True)
+class PartResult:
+    part: int
+    records: int = 0  # records written (or already written before a resume)
+    quarantined: int = 0
+    rejected_fields: int = 0
+    events: int = 0
+
+
+@dataclass(slots=True)
+class Progress:
+    bytes_in: int = 0
+    records: int = 0
+    quarantined: int = 0
+
+
+class Quarantine:
+    """Bad records of one dump part: JSON lines with position and a PII-safe reason."""
+
+    def __init__(self, path: Path, dump_hex: str, source: str) -> None:
+        self.path = path
+        self._dump = dump_hex
+        self._source = source
+        self._handle: Any = None
+
+    def add(self, position: int, reason: str, column: str | None = None) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            os.chmod(self.path, 0o600)
+        entry: dict[str, Any] = {"dump": self._dump, "source": self._source, "position": position,
+                                 "reason": reason[:QUARANTINE_REASON_CHARS_MAX]}
+        if column is not None:
+            entry["column"] = column
+        self._handle.write(json.dumps(entry) + "\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = None
+
+
+class DumpIngestor:
+    """One part of one dump, driven by pushing raw bytes. Not thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        dump: bytes,
+        part: int,
+        options: IngestOptions,
+        protector: Protector,
+        policy: PiiPolicy,
+        append: Appender,
+        quarantine: Quarantine,
+        columns: Sequence[str] | None = None,
+        fmt: str | None = None,
+        mapping: Mapping[str, str] | None = None,
+        skip_through: int = 0,
+        first_line: int = 1,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.dump = dump
+        self.part = part
+        self.options = options
+        self._protector = protector
+        self._policy = policy
+        self._append = append
+        self._quarantine = quarantine
+        self._fixed_columns = tuple(columns) if columns is not None else None
+        self._fmt = fmt or options.fmt
+        self._mapping_fixed = dict(mapping) if mapping is not None else None
+        self._skip_through = skip_through
+        self._first_line = first_line
+        self._on_progress = on_progress
+        self.result = PartResult(part)
+        self.progress = Progress()
+        self.sha256 = hashlib.sha256()
+        self.bytes_in = 0
+        self._decompressor = AutoDecompressor()
+        self._parser: Parser | None = None
+        self._head = b""
+        self._pending: list[RawRecord | BadRecord] = []  # held until the mapping is known
+        self.mapping: dict[str, str] | None = None
+        self.columns: tuple[str, ...] = ()
+        self._plans: dict[tuple[str, ...], list[tuple[int, str, str]]] = {}
+        self._batch: list[list[Any]] = []
+        self._bodies: list[bytes] = []
+
+    # ---------------------------------------------------------------- pushing bytes
+    @property
+    def format(self) -> str | None:
+        return self._fmt
+
+    @property
+    def compression(self) -> str:
+        return self._decompressor.compression or "none"
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.sha256.update(chunk)
+        self.bytes_in += len(chunk)
+        self.progress.bytes_in = self.bytes_in
+        data = self._decompressor.feed(chunk)
+        if data:
+            self._parse(data)
+
+    def finish(self) -> PartResult:
+        """Flush everything; returns after the last events are durable."""
+        tail = self._decompressor.close()
+        if tail:
+            self._parse(tail)
+        if self._parser is None:
+            if not self._head:
+                raise IngestError("the input is empty: no bytes to ingest")
+            self._start_parser()
+        assert self._parser is not None
+        self._take(self._parser.close())
+        if self.mapping is None:
+            self._decide_mapping()
+        self._flush_records(force=True)
+        self._flush_events(force=True)
+        self._quarantine.close()
+        return self.result
+
+    def _parse(self, data: bytes) -> None:
+        if self._parser is None:
+            self._head += data
+            if len(self._head) < SNIFF_BYTES:
+                return
+            data, self._head = self._head, b""
+            self._start_parser()
+        elif self._head:
+            data, self._head = self._head + data, b""
+        assert self._parser is not None
+        self._take(self._parser.feed(data))
+
+    def _start_parser(self) -> None:
+        head = self._head
+        fmt = self._fmt or detect_format(head)
+        self._fmt = fmt
+        header = self.options.header
+        if self._fixed_columns is not None:
+            header = False
+        self._parser = make_parser(fmt, delimiter=self.options.delimiter, header=header,
+                                   line_bytes_max=self.options.line_bytes_max,
+                                   columns=self._fixed_columns, first_line=self._first_line)
+        if head:
+            self._head = b""
+            self._take(self._parser.feed(head))
+
+    # ---------------------------------------------------------------- records
+    def _take(self, items: list[RawRecord | BadRecord]) -> None:
+        if not items:
+            return
+        if self.mapping is None:
+            self._pending.extend(items)
+            if sum(1 for item in self._pending if isinstance(item, RawRecord)) < SAMPLE_RECORDS:
+                return
+            self._decide_mapping()
+            items, self._pending = self._pending, []
+        self._process(items)
+
+    def _decide_mapping(self) -> None:
+        assert self._parser is not None
+        columns = tuple(self._parser.columns)
+        if self._mapping_fixed is not None:
+            mapping = dict(self._mapping_fixed)
+        else:
+            mapping = merge_mapping(_infer(columns, self._pending), self.options.mapping)
+        unknown = sorted(set(self.options.mapping) - set(columns))
+        if unknown and columns:
+            raise IngestError(f"--map names column {unknown[0]!r}, which the input does not have; "
+                              f"its columns are: {', '.join(columns)}")
+        self.mapping = mapping
+        self.columns = columns
+        self._plans.clear()
+        pending, self._pending = self._pending, []
+        self._process(pending)
+
+    def _make_plan(self, columns: Sequence[str], mapping: Mapping[str, str]) -> list[tuple[int, str, str]]:
+        """(column index, column, kind) for every column the policy does not drop."""
+        plan = []
+        for index, column in enumerate(columns):
+            kind = mapping.get(column, "other")
+            if kind not in FIELD_KINDS:
+                raise IngestError(f"column {column!r}: unknown kind {kind!r}")
+            if self._policy.action(self.options.source, column, kind) is Action.DROP:
+                continue
+            plan.append((index, column, kind))
+        return plan
+
+    def _plan_for(self, columns: tuple[str, ...]) -> list[tuple[int, str, str]]:
+        """The plan of a column tuple; parsers share one tuple object per layout, so this
+        is one dict lookup per record (JSON records may each have their own keys)."""
+        plan = self._plans.get(columns)
+        if plan is None:
+            if len(self._plans) >= PLANS_CACHED_MAX:
+                self._plans.clear()
+            assert self.mapping is not None
+            plan = self._plans[columns] = self._make_plan(columns, self.mapping)
+        return plan
+
+    def _process(self, items: list[RawRecord | BadRecord]) -> None:
+        skip = self._skip_through
+        normalize = self.options.normalize
+        last_columns: tuple[str, ...] | None = None
+        plan: list[tuple[int, str, str]] = []
+        for item in items:
+            if isinstance(item, BadRecord):
+                self.result.quarantined += 1
+                self.progress.quarantined += 1
+                if item.position > skip:
+                    self._quarantine.add(item.position, item.reason)
+                continue
+            if item.columns is not last_columns:
+                last_columns = item.columns
+                plan = self._plan_for(item.columns)
+            values = item.values
+            fields: list[tuple[str, str, str, tuple[tuple[str, str], ...]]] = []
+            for index, column, kind in plan:
+                if index >= len(values):
+                    continue
+                raw = values[index]
+                if not raw:
+                    continue
+                result = canonicalize(kind, raw, normalize)
+                if type(result) is Canonical:
+                    fields.append((column, result.kind, result.value, result.attrs))
+                else:
+                    self.result.rejected_fields += 1
+                    if item.position > skip:
+                        self._quarantine.add(item.position, f"{kind} value rejected: "
+                                             f"{getattr(result, 'reason', 'invalid')}", column)
+            if not fields:
+                self.result.quarantined += 1
+                self.progress.quarantined += 1
+                if item.position > skip:
+                    self._quarantine.add(item.position, "no usable field in the record")
+                continue
+            self.result.records += 1
+            self.progress.records += 1
+            if item.position <= skip:
+                continue  # written before an interruption; resuming after it
+            self._batch.append([item.position, fields])
+            if len(self._batch) >= self.options.records_per_event:
+                self._flush_records()
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    def _flush_records(self, force: bool = False) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        protected = self._protector.protect_batch(
+            self.options.source, [[(c, k, v) for c, k, v, _ in fields] for _, fields in batch])
+        records = []
+        for (position, fields), record in zip(batch, protected, strict=True):
+            out = list(record.fields)
+            attrs = {c: a for c, _, _, a in fields if a}
+            if attrs:
+                out = [dict(f, a=dict(attrs[f["col"]])) if "v" in f and f["col"] in attrs  # type: ignore[index]
+                       else f for f in out]
+            records.append([position, out])
+        payload = {"dump": self.dump, "part": self.part, "records": records}
+        self._bodies.append(encode_body(*kinds.RECORDS_INGESTED, payload))
+        self.result.events += 1
+        self._flush_events(force)
+
+    def _flush_events(self, force: bool = False) -> None:
+        if self._bodies and (force or len(self._bodies) >= EVENTS_PER_APPEND):
+            bodies, self._bodies = self._bodies, []
+            self._append(bodies)
+
+
+def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,
+                      sha256: str, size: int, columns: Sequence[str], mapping: Mapping[str, str],
+                      parts: int) -> bytes:
+    return encode_body(*kinds.DUMP_STARTED, {
+        "dump": dump, "source": options.source, "name": name, "format": fmt,
+        "compression": compression, "sha256": sha256, "bytes": size, "columns": list(columns),
+        "mapping": dict(mapping), "parts": parts, "meta": dict(options.meta)})
+
+
+def dump_finished_body(*, dump: bytes, records: int, quarantined: int, sha256: str, size: int,
+                       duplicate_of: bytes | None = None) -> bytes:
+    payload: dict[str, Any] = {"dump": dump, "records": records, "quarantined": quarantined,
+                               "sha256": sha256, "bytes": size}
+    if duplicate_of is not None:
+        payload["duplicate_of"] = duplicate_of
+    return encode_body(*kinds.DUMP_FINISHED, payload)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _infer(columns: tuple[str, ...], items: Sequence[RawRecord | BadRecord]) -> dict[str, str]:
+    """Infer kinds from a sample whose records may each have their own columns (JSON)."""
+    records = [item for item in items if isinstance(item, RawRecord)]
+    names = list(columns)
+    seen = set(names)
+    for record in records:
+        for column in record.columns:
+            if column not in seen:
+                seen.add(column)
+                names.append(column)
+    position = {name: index for index, name in enumerate(names)}
+    sample = []
+    for record in records:
+        row = [""] * len(names)
+        for column, value in zip(record.columns, record.values, strict=False):
+            row[position[column]] = value
+        sample.append(row)
+    return infer_mapping(names, sample)

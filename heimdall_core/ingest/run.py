@@ -1,0 +1,292 @@
+"""Running an ingest: the site's resources, dedupe and resume, single or multi-process.
+
+Every entrance (CLI, HTTP API, daemon) builds an :class:`IngestSite` and calls
+:func:`ingest_file` or :func:`ingest_chunks`; both drive the same ``DumpIngestor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heimdall_core.config import Settings
+from heimdall_core.errors import IngestError
+from heimdall_core.events import encode_body
+from heimdall_core.ingest.pipeline import (
+    DumpIngestor,
+    IngestOptions,
+    Progress,
+    Quarantine,
+    dump_finished_body,
+    dump_started_body,
+)
+from heimdall_core.ingest.registry import DumpRegistry, DumpState
+from heimdall_core.log.feed import LogOptions
+from heimdall_core.log.store import LogStore
+from heimdall_core.normalize import NormalizeOptions
+from heimdall_core.pii.keystore import KeyStore
+from heimdall_core.pii.policy import Action, PiiPolicy
+from heimdall_core.pii.protect import Protector
+
+HASH_CHUNK_BYTES = 4 << 20
+DUMP_ID_BYTES = 16
+
+
+@dataclass(slots=True)
+class IngestSummary:
+    dump_id: str
+    source: str
+    name: str
+    format: str
+    compression: str
+    records: int
+    quarantined: int
+    rejected_fields: int
+    sha256: str
+    bytes: int
+    duplicate: bool
+    duplicate_of: str | None
+    resumed: bool
+    elapsed_s: float
+    records_per_s: float
+    parts: int
+    quarantine_file: str | None
+    mapping: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def log_options(settings: Settings) -> LogOptions:
+    s = settings.log
+    return LogOptions(fsync=s.fsync, segment_bytes_max=s.segment_bytes_max,
+                      frame_bytes_max=s.frame_bytes_max, batch_events_max=s.batch_events_max)
+
+
+def pii_policy(settings: Settings) -> PiiPolicy:
+    policy_map = dict(settings.pii.policy)
+    if settings.pii.allow_passwords and "password" not in policy_map:
+        policy_map["password"] = Action.ENCRYPT_BLIND_INDEX.value
+    return PiiPolicy.from_config(policy_map, settings.pii.overrides)
+
+
+def normalize_options(settings: Settings) -> NormalizeOptions:
+    n = settings.normalize
+    return NormalizeOptions(email_keep_local_case=n.email_keep_local_case,
+                            email_fold_dots_domains=frozenset(n.email_fold_dots_domains),
+                            email_strip_plus_domains=frozenset(n.email_strip_plus_domains))
+
+
+class IngestSite:
+    """The resources one process needs to ingest: log store, key store, policy."""
+
+    def __init__(self, settings: Settings, store: LogStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or LogStore(settings.data_dir, log_options(settings))
+        self.keystore = KeyStore.open(settings.data_dir / "pii", create=True)
+        self.policy = pii_policy(settings)
+        self.protector = Protector(self.policy, self.keystore.index_keys, self.keystore)
+        self._append_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.keystore.close()
+        self.store.close()
+
+    def appender(self, feed: bytes | None = None) -> Callable[[Sequence[bytes]], None]:
+        writer = self.store.writer(feed)
+        batch_max = self.settings.log.batch_events_max
+
+        def append(bodies: Sequence[bytes]) -> None:
+            with self._append_lock:  # HTTP uploads ingest in threads; one writer per feed
+                for start in range(0, len(bodies), batch_max):
+                    writer.append_bodies(bodies[start:start + batch_max])
+        return append
+
+    def options(self, source: str, **kwargs: Any) -> IngestOptions:
+        return IngestOptions(source=source, line_bytes_max=self.settings.ingest.line_bytes_max,
+                             normalize=normalize_options(self.settings), **kwargs)
+
+    def quarantine_path(self, dump: bytes, part: int | None = None) -> Path:
+        suffix = f".part{part}" if part is not None else ""
+        return self.settings.data_dir / "quarantine" / f"{dump.hex()}{suffix}.jsonl"
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if not path.is_file():
+        raise IngestError(f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise IngestError(f"{path}: not readable")
+
+
+class _StartOnce:
+    """Wraps an appender so dump.started goes to the log right before the first records."""
+
+    def __init__(self, append: Callable[[Sequence[bytes]], None],
+                 started: Callable[[], bytes] | None) -> None:
+        self._append = append
+        self._started = started
+
+    def __call__(self, bodies: Sequence[bytes]) -> None:
+        if self._started is not None:
+            bodies = [self._started(), *bodies]
+            self._started = None
+        self._append(bodies)
+
+    def ensure_started(self) -> None:
+        if self._started is not None:
+            self._append([self._started()])
+            self._started = None
+
+
+def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: bool = False,
+                workers: int = 1, restart: bool = False,
+                on_progress: Callable[[Progress], None] | None = None) -> IngestSummary:
+    """Ingest one file (any supported format and compression)."""
+    _check_file(path)
+    began = time.monotonic()
+    sha256, size = file_sha256(path)
+    if size == 0:
+        raise IngestError(f"{path}: the file is empty")
+    registry = DumpRegistry(site.store)
+    registry.refresh()
+    done = registry.find_complete(options.source, sha256)
+    if done is not None and not force:
+        return _duplicate_summary(done, options, path.name, size, began)
+    incomplete = None if restart else registry.find_incomplete(options.source, sha256)
+    if workers > 1 and incomplete is None:
+        from heimdall_core.ingest.workers import ingest_file_parallel
+
+        return ingest_file_parallel(site, path, options, sha256=sha256, size=size, workers=workers,
+                                    on_progress=on_progress, began=began)
+    if incomplete is not None and incomplete.parts > 1:
+        from heimdall_core.ingest.workers import resume_parallel
+
+        return resume_parallel(site, path, options, incomplete, size=size, on_progress=on_progress,
+                               began=began)
+    return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began)
+
+
+def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256: str, size: int,
+                   incomplete: DumpState | None,
+                   on_progress: Callable[[Progress], None] | None, began: float) -> IngestSummary:
+    dump = bytes.fromhex(incomplete.dump) if incomplete else os.urandom(DUMP_ID_BYTES)
+    skip = incomplete.progress.get("0", 0) if incomplete else 0
+    append = site.appender()
+    holder: dict[str, DumpIngestor] = {}
+
+    def started() -> bytes:
+        ing = holder["ingestor"]
+        return dump_started_body(dump=dump, options=options, name=path.name, fmt=ing.format or "?",
+                                 compression=ing.compression, sha256=sha256, size=size,
+                                 columns=ing.columns, mapping=ing.mapping or {}, parts=1)
+
+    gate = _StartOnce(append, None if incomplete else started)
+    ingestor = DumpIngestor(dump=dump, part=0, options=options, protector=site.protector,
+                            policy=site.policy, append=gate,
+                            quarantine=Quarantine(site.quarantine_path(dump), dump.hex(), options.source),
+                            skip_through=skip, on_progress=on_progress)
+    holder["ingestor"] = ingestor
+    with open(path, "rb") as handle:
+        while chunk := handle.read(site.settings.ingest.chunk_bytes):
+            ingestor.feed(chunk)
+    result = ingestor.finish()
+    gate.ensure_started()
+    append([dump_finished_body(dump=dump, records=result.records, quarantined=result.quarantined,
+                               sha256=sha256, size=size)])
+    return _summary(dump, options, path.name, ingestor, result.records, result.quarantined,
+                    result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1,
+                    began=began, quarantine=site.quarantine_path(dump))
+
+
+def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOptions, *,
+                  name: str = "-", expected_sha256: str | None = None,
+                  ingestor_hook: Callable[[DumpIngestor], None] | None = None) -> IngestSummary:
+    """Ingest a stream (an HTTP body). The SHA-256 is known only at the end, so a repeat
+    of an earlier dump is recorded as a duplicate (``duplicate_of``) unless the caller
+    gave ``expected_sha256`` and it was caught up front (see the API)."""
+    began = time.monotonic()
+    dump = os.urandom(DUMP_ID_BYTES)
+    append = site.appender()
+    holder: dict[str, DumpIngestor] = {}
+
+    def started() -> bytes:
+        ing = holder["ingestor"]
+        return dump_started_body(dump=dump, options=options, name=name, fmt=ing.format or "?",
+                                 compression=ing.compression, sha256=expected_sha256 or "", size=-1,
+                                 columns=ing.columns, mapping=ing.mapping or {}, parts=1)
+
+    gate = _StartOnce(append, started)
+    ingestor = DumpIngestor(dump=dump, part=0, options=options, protector=site.protector,
+                            policy=site.policy, append=gate,
+                            quarantine=Quarantine(site.quarantine_path(dump), dump.hex(), options.source))
+    holder["ingestor"] = ingestor
+    if ingestor_hook is not None:
+        ingestor_hook(ingestor)
+    for chunk in chunks:
+        ingestor.feed(chunk)
+    result = ingestor.finish()
+    sha256 = ingestor.sha256.hexdigest()
+    if expected_sha256 and expected_sha256 != sha256:
+        raise IngestError(f"the body's SHA-256 is {sha256}, not the declared {expected_sha256}; "
+                          "the records were logged under dump " + dump.hex())
+    registry = DumpRegistry(site.store)
+    registry.refresh()
+    earlier = registry.find_complete(options.source, sha256)
+    gate.ensure_started()
+    append([dump_finished_body(dump=dump, records=result.records, quarantined=result.quarantined,
+                               sha256=sha256, size=ingestor.bytes_in,
+                               duplicate_of=bytes.fromhex(earlier.dump) if earlier else None)])
+    summary = _summary(dump, options, name, ingestor, result.records, result.quarantined,
+                       result.rejected_fields, sha256, ingestor.bytes_in, resumed=False, parts=1,
+                       began=began, quarantine=site.quarantine_path(dump))
+    if earlier is not None:
+        summary.duplicate, summary.duplicate_of = True, earlier.dump
+    return summary
+
+
+def _summary(dump: bytes, options: IngestOptions, name: str, ingestor: DumpIngestor | None,
+             records: int, quarantined: int, rejected: int, sha256: str, size: int, *, resumed: bool,
+             parts: int, began: float, quarantine: Path | None, fmt: str | None = None,
+             compression: str | None = None, mapping: dict[str, str] | None = None) -> IngestSummary:
+    elapsed = time.monotonic() - began
+    return IngestSummary(
+        dump_id=dump.hex(), source=options.source, name=name,
+        format=(ingestor.format if ingestor else fmt) or "?",
+        compression=(ingestor.compression if ingestor else compression) or "none",
+        records=records, quarantined=quarantined, rejected_fields=rejected, sha256=sha256,
+        bytes=size, duplicate=False, duplicate_of=None, resumed=resumed,
+        elapsed_s=round(elapsed, 3), records_per_s=round(records / elapsed, 1) if elapsed else 0.0,
+        parts=parts,
+        quarantine_file=str(quarantine) if quarantine and quarantine.exists() else None,
+        mapping=dict(ingestor.mapping or {}) if ingestor else dict(mapping or {}))
+
+
+def _duplicate_summary(done: DumpState, options: IngestOptions, name: str, size: int,
+                       began: float) -> IngestSummary:
+    return IngestSummary(
+        dump_id=done.dump, source=options.source, name=name, format=done.format, compression="?",
+        records=done.records, quarantined=done.quarantined, rejected_fields=0, sha256=done.sha256,
+        bytes=size, duplicate=True, duplicate_of=done.dump, resumed=False,
+        elapsed_s=round(time.monotonic() - began, 3), records_per_s=0.0, parts=done.parts,
+        quarantine_file=None)
+
+
+__all__ = ["IngestSite", "IngestSummary", "encode_body", "ingest_chunks", "ingest_file"]

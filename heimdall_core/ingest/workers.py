@@ -1,0 +1,263 @@
+"""Ingest past one core without locks: N processes, N disjoint byte ranges, N feeds.
+
+The parent reads the head of the file to fix the format, columns and mapping, cuts the
+file into N ranges at record boundaries, announces each worker's feed in the site's
+main feed, and writes dump.started. Each worker process parses, normalizes and
+protects its own range and appends to its own single-writer feed (its own key). The
+parent then writes dump.finished with the totals. Events of every part carry the same
+dump id, so the dump stays one dump.
+
+Cutting at record boundaries: a newline ends a record unless it is inside a quoted
+field. In delimited text a doubled quote ("") keeps the count of quote characters
+even, so a newline is a boundary exactly when the number of quotes before it is even.
+Counting is done with ``bytes.count`` (C speed), one pass over the file.
+Compressed files and JSON arrays cannot be cut this way and are ingested by one
+process (a notice says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from heimdall_core import kinds
+from heimdall_core.config import Settings
+from heimdall_core.errors import IngestError
+from heimdall_core.events import encode_body
+from heimdall_core.ingest.mapping import infer_mapping, merge_mapping
+from heimdall_core.ingest.parsers import RawRecord, make_parser
+from heimdall_core.ingest.pipeline import (
+    DumpIngestor,
+    IngestOptions,
+    PartResult,
+    Progress,
+    Quarantine,
+    dump_finished_body,
+    dump_started_body,
+)
+from heimdall_core.ingest.registry import DumpState
+from heimdall_core.ingest.sources import detect_compression, detect_format
+
+log = logging.getLogger("heimdall.ingest")
+
+HEAD_BYTES = 256 * 1024
+SCAN_CHUNK_BYTES = 8 << 20
+WORKERS_MAX = 64
+POLL_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    fmt: str
+    delimiter: str | None
+    columns: tuple[str, ...]
+    mapping: dict[str, str]
+    header: bool
+    ranges: tuple[tuple[int, int, int], ...]  # (start, end, first line number)
+
+
+@dataclass(frozen=True, slots=True)
+class PartJob:
+    settings: Settings
+    path: str
+    feed: str
+    dump: bytes
+    part: int
+    start: int
+    end: int
+    first_line: int
+    plan: Plan
+    options: IngestOptions
+    skip_through: int
+    quarantine: str
+
+
+def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tuple[str, ...],
+                                                               dict[str, str], bool] | None:
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    if detect_compression(head) is not None:
+        return None
+    fmt = options.fmt or detect_format(head)
+    if fmt == "json":
+        return None
+    cut = head.rfind(b"\n") + 1 if len(head) == HEAD_BYTES else len(head)
+    parser = make_parser(fmt, delimiter=options.delimiter, header=options.header,
+                         line_bytes_max=options.line_bytes_max)
+    items = parser.feed(head[:cut]) + (parser.close() if cut == len(head) else [])
+    sample = [item.values for item in items if isinstance(item, RawRecord)][:200]
+    columns = tuple(parser.columns)
+    mapping = merge_mapping(infer_mapping(columns, sample), options.mapping)
+    delimiter = getattr(parser, "delimiter", None) or options.delimiter
+    header = bool(getattr(parser, "has_header", options.header))
+    return fmt, delimiter, columns, mapping, header
+
+
+def split_ranges(path: Path, parts: int, *, quoted: bool) -> tuple[tuple[int, int, int], ...]:
+    """Cut ``path`` into ``parts`` byte ranges at record boundaries: (start, end, first line)."""
+    size = path.stat().st_size
+    targets = [size * i // parts for i in range(1, parts)]
+    cuts: list[tuple[int, int]] = [(0, 1)]  # (offset, line number at offset)
+    lines = 1
+    quotes = 0
+    offset = 0
+    with open(path, "rb") as handle:
+        while targets and (chunk := handle.read(SCAN_CHUNK_BYTES)):
+            position = 0
+            while targets and position < len(chunk):
+                target = targets[0] - offset
+                if target > len(chunk):
+                    break
+                target = max(target, position)
+                newline = chunk.find(b"\n", target)
+                if newline < 0:
+                    break
+                lines += chunk.count(b"\n", position, newline)
+                quotes += chunk.count(b'"', position, newline) if quoted else 0
+                position = newline + 1
+                lines += 1
+                if quotes % 2 == 0:
+                    cuts.append((offset + position, lines))
+                    targets.pop(0)
+                    while targets and targets[0] < offset + position:
+                        targets.pop(0)
+            lines += chunk.count(b"\n", position)
+            quotes += chunk.count(b'"', position) if quoted else 0
+            offset += len(chunk)
+    ends = [start for start, _ in cuts[1:]] + [size]
+    return tuple((start, end, line) for (start, line), end in zip(cuts, ends, strict=True)
+                 if end > start)
+
+
+def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
+    head = _head_plan(path, options)
+    if head is None:
+        return None
+    fmt, delimiter, columns, mapping, header = head
+    ranges = split_ranges(path, min(workers, WORKERS_MAX), quoted=fmt == "csv")
+    return Plan(fmt, delimiter, columns, mapping, header, ranges)
+
+
+def _run_part(job: PartJob) -> tuple[int, int, int, int]:
+    """In a worker process: ingest one byte range into this worker's own feed."""
+    from heimdall_core.ingest.run import IngestSite
+
+    site = IngestSite(job.settings)
+    try:
+        append = site.appender(bytes.fromhex(job.feed))
+        plan = job.plan
+        options = IngestOptions(**{**{f: getattr(job.options, f) for f in job.options.__slots__},
+                                   "delimiter": plan.delimiter})
+        ingestor = DumpIngestor(
+            dump=job.dump, part=job.part, options=options, protector=site.protector,
+            policy=site.policy, append=append,
+            quarantine=Quarantine(Path(job.quarantine), job.dump.hex(), options.source),
+            columns=None if job.part == 0 and plan.header else plan.columns, fmt=plan.fmt,
+            mapping=plan.mapping, skip_through=job.skip_through, first_line=job.first_line)
+        remaining = job.end - job.start
+        with open(job.path, "rb") as handle:
+            handle.seek(job.start)
+            while remaining > 0:
+                chunk = handle.read(min(remaining, site.settings.ingest.chunk_bytes))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                ingestor.feed(chunk)
+        result: PartResult = ingestor.finish()
+        return job.part, result.records, result.quarantined, result.rejected_fields
+    finally:
+        site.close()
+
+
+def _worker_feeds(site: object, count: int) -> list[bytes]:
+    from heimdall_core.ingest.run import IngestSite
+
+    assert isinstance(site, IngestSite)
+    existing = [feed for feed in site.store.own_feeds() if feed != site.store.site.feed]
+    feeds = existing[:count]
+    while len(feeds) < count:
+        feeds.append(site.store.create_own_feed())
+    return feeds
+
+
+def ingest_file_parallel(site: object, path: Path, options: IngestOptions, *, sha256: str, size: int,
+                         workers: int, on_progress: Callable[[Progress], None] | None,
+                         began: float, resume: DumpState | None = None) -> object:
+    from heimdall_core.ingest.run import IngestSite, _ingest_single, _summary
+
+    assert isinstance(site, IngestSite)
+    plan = plan_parts(path, options, workers)
+    if plan is None or len(plan.ranges) < 2:
+        log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
+        return _ingest_single(site, path, options, sha256, size, resume, on_progress, began)
+    dump = bytes.fromhex(resume.dump) if resume else os.urandom(16)
+    feeds = _worker_feeds(site, len(plan.ranges))
+    append_main = site.appender()
+    bodies = [encode_body(*kinds.FEED_ANNOUNCED, {"feed": feed, "role": "ingest-worker",
+                                                  "dump": dump, "part": part})
+              for part, feed in enumerate(feeds)]
+    if resume is None:
+        bodies.append(dump_started_body(
+            dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
+            sha256=sha256, size=size, columns=plan.columns, mapping=plan.mapping,
+            parts=len(plan.ranges)))
+    append_main(bodies)
+    jobs = [PartJob(site.settings, str(path), feed.hex(), dump, part, start, end, line, plan, options,
+                    resume.progress.get(str(part), 0) if resume else 0,
+                    str(site.quarantine_path(dump, part)))
+            for part, ((start, end, line), feed) in enumerate(zip(plan.ranges, feeds, strict=True))]
+    results = _run_jobs(jobs, on_progress, size)
+    records = sum(r[1] for r in results)
+    quarantined = sum(r[2] for r in results)
+    rejected = sum(r[3] for r in results)
+    quarantine = _merge_quarantine(site.quarantine_path(dump), [Path(j.quarantine) for j in jobs])
+    append_main([dump_finished_body(dump=dump, records=records, quarantined=quarantined,
+                                    sha256=sha256, size=size)])
+    return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
+                    resumed=resume is not None, parts=len(plan.ranges), began=began,
+                    quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=plan.mapping)
+
+
+def resume_parallel(site: object, path: Path, options: IngestOptions, incomplete: DumpState, *,
+                    size: int, on_progress: Callable[[Progress], None] | None, began: float) -> object:
+    return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
+                                workers=incomplete.parts, on_progress=on_progress, began=began,
+                                resume=incomplete)
+
+
+def _run_jobs(jobs: list[PartJob], on_progress: Callable[[Progress], None] | None,
+              size: int) -> list[tuple[int, int, int, int]]:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(jobs)) as pool:
+        pending = pool.map_async(_run_part, jobs)
+        while not pending.ready():
+            pending.wait(POLL_S)
+            if on_progress is not None:
+                on_progress(Progress(bytes_in=0, records=0, quarantined=0))
+        try:
+            return sorted(pending.get())
+        except Exception as exc:
+            raise IngestError(f"an ingest worker failed: {exc}") from exc
+
+
+def _merge_quarantine(target: Path, parts: list[Path]) -> Path | None:
+    existing = [p for p in parts if p.exists()]
+    if not existing:
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for part in existing:
+            out.write(part.read_bytes())
+            part.unlink()
+        out.flush()
+        os.fsync(out.fileno())
+    return target
+
+
+_ = time
