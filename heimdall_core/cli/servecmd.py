@@ -1,0 +1,18 @@
+"""`heimdall serve`: the site's HTTP API in the foreground (systemd runs this)."""
+
+from __future__ import annotations
+
+import argparse
+
+from heimdall_core.api.app import serve
+from heimdall_core.cli.common import EXIT_OK, Context
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("serve", help="run the HTTP API (127.0.0.1 only until TLS + OIDC)")
+    parser.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(ctx: Context) -> int:
+    serve(ctx.settings)
+    return EXIT_OK
