@@ -25,20 +25,17 @@ import functools
 
 from publicsuffixlist import PublicSuffixList
 
-# Registrable domains repeat far more than the names below them.
-_CACHE_ENTRIES_MAX = 1 << 16
-
 
 @functools.cache
 def _suffix_list() -> PublicSuffixList:
     return PublicSuffixList(accept_unknown=True, only_icann=False)
 
 
-@functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
 def registrable_domain(name: str) -> str | None:
     """The registrable domain of a canonical (A-label) domain name, or None.
 
     ``name`` must already be canonical: lowercase, A-labels, no trailing dot.
+    Not cached here: callers cache whole canonical results.
     """
     result = _suffix_list().privatesuffix(name)
     return result if isinstance(result, str) else None
