@@ -1,0 +1,621 @@
+"""The site's PII key store: KEKs, index keys and wrapped per-subject data keys (I/O).
+
+Layout of the directory (0700, every file 0600, created so from the start)::
+
+    keys.db             SQLite (WAL): wrapped DEKs and shredded-subject tombstones
+    kek-NNNNNNNN.key    the current key-encryption key (older versions are destroyed)
+    blind-index.key     32 random bytes, created once
+    subject.key         32 random bytes, created once
+
+Several ingest processes may open the same store at once: a DEK is created by
+``INSERT OR IGNORE`` then ``SELECT`` inside one write transaction, so racing
+processes agree on one key per subject. A shredded subject keeps a tombstone row,
+so it is never silently given a new key. See docs/pii.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from heimdall_core.errors import KeyMaterialError, PiiError
+from heimdall_core.pii.blind_index import (
+    SUBJECT_ID_BYTES,
+    IndexKeys,
+    subject_id,
+)
+from heimdall_core.pii.envelope import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    dek_ad,
+    seal,
+    unwrap_dek,
+    wrap_dek,
+)
+
+DB_NAME = "keys.db"
+BLIND_INDEX_KEY_NAME = "blind-index.key"
+SUBJECT_KEY_NAME = "subject.key"
+KEK_PREFIX = "kek-"
+KEK_SUFFIX = ".key"
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+SCHEMA_VERSION = 1
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a process waits for another's write transaction before giving up."""
+
+SUBJECTS_PER_BATCH_MAX = 65_536
+"""Most subjects in one ``data_keys`` call (one transaction)."""
+
+SQL_VARIABLES_PER_QUERY = 500
+"""Subjects per ``IN (...)`` query: well under SQLite's variable limit."""
+
+ROTATE_ROWS_PER_STEP = 10_000
+"""Wrapped DEKs rewrapped per step of a rotation (bounds its memory)."""
+
+CACHE_KIB = 64 * 1024
+"""SQLite page cache per connection: holds the subject index of a few million subjects."""
+
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""Checkpoint the WAL after this many pages (~40 MiB) rather than SQLite's 1000: a page
+touched by several batches is then copied to the database once."""
+
+PURGE_ATTEMPTS_MAX = 5
+PURGE_RETRY_S = 0.2
+"""After a shred the WAL is truncated; readers in other processes may delay that."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subject_key (
+    seq         INTEGER PRIMARY KEY,
+    subject     BLOB NOT NULL UNIQUE CHECK (length(subject) = 16),
+    kek_version INTEGER,
+    wrapped     BLOB,
+    shredded_at INTEGER,
+    CHECK ((wrapped IS NULL) = (shredded_at IS NOT NULL)),
+    CHECK ((wrapped IS NULL) = (kek_version IS NULL))
+);
+"""
+# Rows are appended in creation order (rowid table) and found through the UNIQUE
+# index on the subject: subject ids are random, so a table keyed by them would
+# dirty about one whole page per new subject, while index entries are small.
+
+
+class DataKeys(dict[bytes, bytes | None]):
+    """Subject id → data key (``None`` if shredded); printing it never shows a key."""
+
+    def __repr__(self) -> str:
+        return f"DataKeys(<{len(self)} keys redacted>)"
+
+
+# --- files ------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unsafe_mode(st: os.stat_result, want_dir: bool) -> str | None:
+    if want_dir and not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if not want_dir and not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != os.geteuid():
+        return "is owned by another user"
+    if st.st_mode & 0o077:
+        want = DIR_MODE if want_dir else FILE_MODE
+        return f"has mode {stat.S_IMODE(st.st_mode):o}; expected {want:o}"
+    return None
+
+
+def _check_path(path: Path, want_dir: bool) -> None:
+    problem = _unsafe_mode(os.lstat(path), want_dir)
+    if problem is not None:
+        raise KeyMaterialError(f"PII key store: {path} {problem}; refusing to use it")
+
+
+def _create_private_file(path: Path, content: bytes) -> None:
+    """Create ``path`` 0600 with ``content``; :class:`FileExistsError` if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have removed bits we rely on: be exact
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_key_file(path: Path) -> None:
+    """Publish a new random key at ``path`` unless one is there (racing processes agree).
+
+    The key is written and synced under a unique temporary name, then hard-linked
+    to its final name: the link is atomic and never replaces, so a reader sees
+    either no key or a whole one, and the loser of a race uses the winner's.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    _create_private_file(tmp, os.urandom(KEY_BYTES))
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise KeyMaterialError(f"PII key store: cannot open {path}: {e.strerror}") from None
+    try:
+        problem = _unsafe_mode(os.fstat(fd), want_dir=False)
+        if problem is not None:
+            raise KeyMaterialError(f"PII key store: {path} {problem}; refusing to use it")
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise KeyMaterialError(f"PII key store: {path} must hold exactly {KEY_BYTES} bytes")
+    return key
+
+
+def _destroy_file(path: Path) -> None:
+    """Overwrite then unlink (best effort: copy-on-write media may keep old blocks)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        os.write(fd, b"\x00" * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _fsync_dir(path.parent)
+
+
+def _kek_name(version: int) -> str:
+    return f"{KEK_PREFIX}{version:08d}{KEK_SUFFIX}"
+
+
+def _kek_versions(directory: Path) -> list[int]:
+    versions = []
+    for entry in os.listdir(directory):
+        digits = entry.removeprefix(KEK_PREFIX).removesuffix(KEK_SUFFIX)
+        if entry.startswith(KEK_PREFIX) and entry.endswith(KEK_SUFFIX) and digits.isdigit():
+            versions.append(int(digits))
+    return sorted(versions)
+
+
+def _prepare_dir(directory: Path, create: bool) -> None:
+    if create and not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, DIR_MODE)
+            os.chmod(directory, DIR_MODE)
+    if not directory.exists():
+        raise KeyMaterialError(
+            f"PII key store: {directory} does not exist; initialise the site's key store first"
+        )
+    _check_path(directory, want_dir=True)
+    db = directory / DB_NAME
+    if create:
+        with contextlib.suppress(FileExistsError):
+            # SQLite gives its -wal and -shm files the mode of the database file,
+            # so creating this one 0600 first keeps every one of them private.
+            _create_private_file(db, b"")
+    if not db.exists():
+        raise KeyMaterialError(f"PII key store: {db} does not exist; initialise the site's key store first")
+    _check_path(db, want_dir=False)
+
+
+def _index_keys(directory: Path, create: bool) -> IndexKeys:
+    keys = []
+    for name in (BLIND_INDEX_KEY_NAME, SUBJECT_KEY_NAME):
+        path = directory / name
+        if create:
+            _create_key_file(path)
+        try:
+            keys.append(_read_key_file(path))
+        except FileNotFoundError:
+            raise KeyMaterialError(
+                f"PII key store: {path} is missing; without it no blind index or subject "
+                "id can be computed (restore it from the key-store backup)"
+            ) from None
+    return IndexKeys(blind_index_key=keys[0], subject_key=keys[1])
+
+
+# --- the store --------------------------------------------------------------------
+
+
+class KeyStore:
+    """One process's connection to the site's PII key store. Not thread-safe."""
+
+    __slots__ = ("_conn", "_dir", "_index_keys", "_kek_version", "_keks")
+
+    def __init__(self, directory: Path, conn: sqlite3.Connection, index_keys: IndexKeys) -> None:
+        self._dir = directory
+        self._conn = conn
+        self._index_keys = index_keys
+        self._keks: dict[int, AESGCM] = {}
+        self._kek_version = 0
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], create: bool = False) -> KeyStore:
+        """Open the store in ``directory``; with ``create``, make whatever is missing."""
+        path = Path(directory)
+        _prepare_dir(path, create)
+        index_keys = _index_keys(path, create)
+        conn = _connect(path / DB_NAME)
+        store = cls(path, conn, index_keys)
+        try:
+            store._init_schema(create)
+        except BaseException:
+            conn.close()
+            raise
+        store._destroy_retired_keks()
+        return store
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self._dir)!r}, kek_version={self._kek_version})"
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._keks.clear()
+        self._conn.close()
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def kek_version(self) -> int:
+        """The KEK version this process last saw as current."""
+        return self._kek_version
+
+    @property
+    def index_keys(self) -> IndexKeys:
+        return self._index_keys
+
+    def subject_id_for(self, kind: str, canonical_value: str) -> bytes:
+        """The subject id of the person named by a canonical value (e.g. an email)."""
+        return subject_id(self._index_keys, kind, canonical_value)
+
+    # --- data keys ---
+
+    def data_keys(self, subjects: Sequence[bytes]) -> DataKeys:
+        """Get or create the DEK of every subject, in one transaction; ``None`` if shredded."""
+        unique = list(dict.fromkeys(subjects))
+        if len(unique) > SUBJECTS_PER_BATCH_MAX:
+            raise PiiError(f"{len(unique)} subjects exceed {SUBJECTS_PER_BATCH_MAX} per batch")
+        for s in unique:
+            _check_subject(s)
+        return self._get_or_create(unique) if unique else DataKeys()
+
+    def data_key(self, subject: bytes) -> bytes | None:
+        """The DEK of a known subject, ``None`` if shredded; never creates one."""
+        _check_subject(subject)
+        rows = self._read_rows([subject])
+        if subject not in rows:
+            raise KeyMaterialError(
+                f"no data key for subject {subject.hex()} in {self._dir}: never seen on "
+                "this site, or its key store was not replicated here"
+            )
+        version, wrapped = rows[subject]
+        return self._unwrap(subject, version, wrapped)
+
+    def is_shredded(self, subject: bytes) -> bool:
+        _check_subject(subject)
+        with self._tx():
+            row = self._conn.execute(
+                "SELECT shredded_at FROM subject_key WHERE subject = ?", (subject,)
+            ).fetchone()
+        return row is not None and row[0] is not None
+
+    def shred(self, subject: bytes) -> bool:
+        """Destroy a subject's DEK for good; ``True`` if a key existed.
+
+        A tombstone is recorded either way (a subject may be shredded before any
+        of its data arrives), and no copy of the wrapped key is left in the
+        database or its WAL once this returns.
+        """
+        _check_subject(subject)
+        now = int(time.time())
+        with self._tx(immediate=True):
+            row = self._conn.execute(
+                "SELECT shredded_at FROM subject_key WHERE subject = ?", (subject,)
+            ).fetchone()
+            if row is None:
+                self._conn.execute("INSERT INTO subject_key VALUES (?, NULL, NULL, ?)", (subject, now))
+            elif row[0] is None:
+                self._conn.execute(
+                    "UPDATE subject_key SET kek_version = NULL, wrapped = NULL, "
+                    "shredded_at = ? WHERE subject = ?",
+                    (now, subject),
+                )
+        self._purge_wal(required=True, what=f"subject {subject.hex()}")
+        return row is not None and row[0] is None
+
+    # --- KEK rotation ---
+
+    def rotate_kek(self) -> int:
+        """Make KEK v+1, rewrap every DEK under it, destroy the older KEKs; returns v+1.
+
+        The log is never touched: field ciphertexts stay under the same DEKs.
+        """
+        with self._tx(immediate=True):
+            old = self._current_kek_version()
+            new = old + 1
+            stale = self._dir / _kek_name(new)
+            # A KEK newer than the committed one is left by a rotation that crashed
+            # before its commit; nothing was wrapped under it.
+            _destroy_file(stale)
+            _create_key_file(stale)
+            new_kek = AESGCM(_read_key_file(stale))
+            self._rewrap_all(new, new_kek)
+            self._conn.execute("UPDATE meta SET value = ? WHERE name = 'kek_version'", (new,))
+        self._keks = {new: new_kek}
+        self._kek_version = new
+        self._purge_wal(required=False, what="rotated keys")
+        self._destroy_retired_keks()
+        return new
+
+    # --- internals ---
+
+    @contextlib.contextmanager
+    def _tx(self, immediate: bool = False) -> Iterator[None]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise KeyMaterialError(f"PII key store {self._dir}: {e}") from e
+
+    def _init_schema(self, create: bool) -> None:
+        with self._tx(immediate=True):
+            if not create and not self._has_table("meta"):
+                raise KeyMaterialError(f"PII key store {self._dir} is not initialised; create it first")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            (schema,) = self._conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if schema != SCHEMA_VERSION:
+                raise KeyMaterialError(
+                    f"PII key store {self._dir} has schema {schema}; this build reads {SCHEMA_VERSION}"
+                )
+            if not self._conn.execute("SELECT 1 FROM meta WHERE name = 'kek_version'").fetchone():
+                if not create:
+                    raise KeyMaterialError(f"PII key store {self._dir} has no KEK; create it")
+                _create_key_file(self._dir / _kek_name(1))
+                self._conn.execute("INSERT INTO meta VALUES ('kek_version', 1)")
+            self._current_kek_version()
+
+    def _has_table(self, name: str) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
+    def _current_kek_version(self) -> int:
+        """Read the committed KEK version (inside a transaction) and load that KEK."""
+        (version,) = self._conn.execute("SELECT value FROM meta WHERE name = 'kek_version'").fetchone()
+        if version != self._kek_version:
+            kek = self._load_kek(version)
+            # Forget older KEKs: every row is rewrapped under the current one.
+            self._keks = {v: k for v, k in self._keks.items() if v > version}
+            self._keks[version] = kek
+            self._kek_version = version
+        return int(version)
+
+    def _load_kek(self, version: int) -> AESGCM:
+        kek = self._keks.get(version)
+        if kek is not None:
+            return kek
+        path = self._dir / _kek_name(version)
+        try:
+            return AESGCM(_read_key_file(path))
+        except FileNotFoundError:
+            raise _KekGone(version) from None
+
+    def _read_rows(self, subjects: Sequence[bytes]) -> dict[bytes, tuple[int | None, bytes | None]]:
+        with self._tx():
+            return self._read_rows_in_tx(subjects)
+
+    def _unwrap(self, subject: bytes, version: int | None, wrapped: bytes | None) -> bytes | None:
+        if version is None or wrapped is None:
+            return None
+        try:
+            kek = self._load_kek(version)
+        except _KekGone:
+            # A rotation by another process committed after our read and destroyed
+            # this KEK; the row now holds a rewrapped key: read it again.
+            (version, wrapped) = self._read_rows([subject]).get(subject, (None, None))
+            if version is None or wrapped is None:
+                return None
+            kek = self._load_kek(version)
+        return unwrap_dek(kek, version, subject, wrapped)
+
+    def _get_or_create(self, subjects: Sequence[bytes]) -> DataKeys:
+        """Read the subjects' rows and insert DEKs for the missing ones, atomically.
+
+        The write lock is taken first (BEGIN IMMEDIATE): the rows read are then the
+        latest and no other process can insert until we commit, so racing processes
+        agree on one DEK per subject. A read-only batch commits without any I/O.
+        """
+        fresh = os.urandom(KEY_BYTES * len(subjects))
+        nonces = os.urandom(NONCE_BYTES * len(subjects))
+        result = DataKeys()
+        with self._tx(immediate=True):
+            version = self._current_kek_version()
+            kek = self._keks[version]
+            rows = self._read_rows_in_tx(subjects)
+            inserts = []
+            for i, s in enumerate(subjects):
+                if s in rows:
+                    continue
+                dek = fresh[i * KEY_BYTES : (i + 1) * KEY_BYTES]
+                nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+                inserts.append((s, version, seal(kek, nonce, dek, dek_ad(s, version))))
+                result[s] = dek
+            # OR IGNORE: under the lock nothing can conflict, but a duplicate must
+            # never replace a key that fields may already be sealed under.
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO subject_key (subject, kek_version, wrapped) VALUES (?, ?, ?)",
+                inserts,
+            )
+        # Unwrapped after the commit: the lock is held no longer than the I/O needs.
+        for s, (v, w) in rows.items():
+            result[s] = self._unwrap(s, v, w)
+        return result
+
+    def _read_rows_in_tx(self, subjects: Sequence[bytes]) -> dict[bytes, tuple[int | None, bytes | None]]:
+        rows: dict[bytes, tuple[int | None, bytes | None]] = {}
+        for start in range(0, len(subjects), SQL_VARIABLES_PER_QUERY):
+            chunk = subjects[start : start + SQL_VARIABLES_PER_QUERY]
+            rows.update((s, (v, w)) for s, v, w in self._conn.execute(_select_sql(len(chunk)), chunk))
+        return rows
+
+    def _rewrap_all(self, new: int, new_kek: AESGCM) -> None:
+        last = 0
+        while True:
+            rows = self._conn.execute(
+                "SELECT seq, subject, kek_version, wrapped FROM subject_key "
+                "WHERE seq > ? AND wrapped IS NOT NULL ORDER BY seq LIMIT ?",
+                (last, ROTATE_ROWS_PER_STEP),
+            ).fetchall()
+            if not rows:
+                return
+            updates = []
+            for seq, subject, version, wrapped in rows:
+                dek = unwrap_dek(self._load_kek(version), version, subject, wrapped)
+                updates.append((new, wrap_dek(new_kek, new, subject, dek), seq))
+            self._conn.executemany(
+                "UPDATE subject_key SET kek_version = ?, wrapped = ? WHERE seq = ?", updates
+            )
+            last = rows[-1][0]
+
+    def _purge_wal(self, required: bool, what: str) -> None:
+        """Checkpoint and truncate the WAL so no stale page image stays in it."""
+        for _ in range(PURGE_ATTEMPTS_MAX):
+            try:
+                busy, _log, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as e:
+                raise KeyMaterialError(f"PII key store {self._dir}: {e}") from e
+            if busy == 0:
+                return
+            time.sleep(PURGE_RETRY_S)
+        if required:
+            raise PiiError(
+                f"{what} is shredded, but other processes using {self._dir} kept its old "
+                "copy in the write-ahead log from being purged; stop them and shred again"
+            )
+
+    def _destroy_retired_keks(self) -> None:
+        """Destroy every KEK older than the committed one (also after a crash)."""
+        for version in _kek_versions(self._dir):
+            if version < self._kek_version:
+                _destroy_file(self._dir / _kek_name(version))
+
+
+class _KekGone(KeyMaterialError):
+    """A KEK version's file is gone (destroyed by a rotation)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"KEK v{version} was destroyed")
+        self.version = version
+
+
+def _check_subject(subject: bytes) -> None:
+    if not isinstance(subject, bytes) or len(subject) != SUBJECT_ID_BYTES:
+        raise PiiError(f"a subject id is {SUBJECT_ID_BYTES} bytes")
+
+
+_SELECT_SQL: dict[int, str] = {}
+
+
+def _select_sql(count: int) -> str:
+    sql = _SELECT_SQL.get(count)
+    if sql is None:
+        # Only placeholders are interpolated; the values are bound by SQLite.
+        marks = ",".join("?" * count)
+        sql = f"SELECT subject, kek_version, wrapped FROM subject_key WHERE subject IN ({marks})"  # noqa: S608
+        _SELECT_SQL[count] = sql
+    return sql
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise KeyMaterialError(f"PII key store: cannot open {db}: {e}") from e
+    try:
+        _configure(conn, db)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, db: Path) -> None:
+    try:
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        # Freed bytes are overwritten with zeros, so a shredded key is not left
+        # in a free block of a page.
+        conn.execute("PRAGMA secure_delete = ON")
+        (secure,) = conn.execute("PRAGMA secure_delete").fetchone()
+        # A DEK must be on disk before any event sealed under it is: a lost DEK
+        # would make those fields unreadable (and the subject would get a new key).
+        conn.execute("PRAGMA synchronous = FULL")
+        # Sorts and temporary tables stay in memory, never in a file outside the store.
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    except sqlite3.Error as e:
+        raise KeyMaterialError(f"PII key store: cannot configure {db}: {e}") from e
+    if str(mode).lower() != "wal" or secure != 1:
+        raise KeyMaterialError(
+            f"PII key store: {db} needs WAL and secure_delete (got journal_mode={mode}, "
+            f"secure_delete={secure}); is it on a network file system?"
+        )

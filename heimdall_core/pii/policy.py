@@ -1,0 +1,172 @@
+"""The PII policy: what happens to each field before its event is written (pure).
+
+A field is described by the source it came from, its column in that source and the
+kind the normalizer gave it. The policy maps the kind to an :class:`Action`, and a
+per-source column override can change that for one column. The table is validated
+once, at start, so a typo fails the daemon's start instead of leaking a column.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from heimdall_core.errors import ConfigError, PiiError
+
+KIND_NAME_BYTES_MAX = 32
+"""Longest kind name accepted in a policy (kinds are short identifiers)."""
+
+COLUMN_NAME_BYTES_MAX = 256
+"""Longest column name accepted in an override (header cells are short)."""
+
+SOURCE_NAME_BYTES_MAX = 256
+"""Longest source name accepted in an override."""
+
+_KIND_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+class Action(enum.StrEnum):
+    """What the policy does with one field."""
+
+    CLEAR = "clear"
+    ENCRYPT = "encrypt"
+    BLIND_INDEX = "blind_index"
+    ENCRYPT_BLIND_INDEX = "encrypt+blind_index"
+    DROP = "drop"
+
+    @property
+    def encrypts(self) -> bool:
+        return self in (Action.ENCRYPT, Action.ENCRYPT_BLIND_INDEX)
+
+    @property
+    def indexes(self) -> bool:
+        return self in (Action.BLIND_INDEX, Action.ENCRYPT_BLIND_INDEX)
+
+
+ALLOWED_ACTIONS = ", ".join(a.value for a in Action)
+
+OTHER_KIND = "other"
+"""The kind of a column the normalizer could not classify; it may hold anything."""
+
+SUBJECT_KINDS: tuple[str, ...] = ("email", "username", "phone", "name")
+"""Kinds that identify a person, in the order that picks a record's subject."""
+
+SECRET_KINDS = frozenset({"password", "password_hash"})
+"""Kinds that are never kept in clear: a configuration that asks for it is refused.
+
+A password hash from a breach dump is usually unsalted and cracks in seconds, so it
+is as sensitive as the password itself.
+"""
+
+DEFAULT_ACTIONS: Mapping[str, Action] = MappingProxyType(
+    {
+        "ip": Action.CLEAR,
+        "cidr": Action.CLEAR,
+        "domain": Action.CLEAR,
+        "url": Action.CLEAR,
+        "hash": Action.CLEAR,
+        **dict.fromkeys(SUBJECT_KINDS, Action.ENCRYPT_BLIND_INDEX),
+        "password": Action.DROP,
+        "password_hash": Action.BLIND_INDEX,
+        # An unclassified column may hold anything, personal data included: keep it
+        # recoverable for this site but never in clear; an operator who knows the
+        # column is harmless sets a per-source override to `clear`.
+        OTHER_KIND: Action.ENCRYPT,
+    }
+)
+
+
+def _parse_action(value: object, where: str) -> Action:
+    if isinstance(value, str):
+        try:
+            return Action(value.strip().lower())
+        except ValueError:
+            pass
+    raise ConfigError(f"pii policy {where}: {value!r} is not an action; allowed: {ALLOWED_ACTIONS}")
+
+
+def _check_name(name: object, what: str, bytes_max: int) -> str:
+    if not isinstance(name, str) or not name or len(name.encode()) > bytes_max:
+        raise ConfigError(
+            f"pii policy: {what} {name!r} must be a non-empty string of at most {bytes_max} bytes"
+        )
+    return name
+
+
+def _check_kind(kind: object) -> str:
+    name = _check_name(kind, "kind", KIND_NAME_BYTES_MAX)
+    if not _KIND_RE.match(name):
+        raise ConfigError(
+            f"pii policy: kind {name!r} must be lowercase letters, digits and '_', starting with a letter"
+        )
+    return name
+
+
+def _refuse_clear_secret(kind: str, action: Action, where: str) -> None:
+    if action is Action.CLEAR and kind in SECRET_KINDS:
+        allowed = ", ".join(a.value for a in Action if a is not Action.CLEAR)
+        raise ConfigError(f"pii policy {where}: kind {kind!r} may never be kept in clear; allowed: {allowed}")
+
+
+@dataclass(frozen=True, slots=True)
+class PiiPolicy:
+    """Kind → action, with per-source column overrides. Build with :meth:`from_config`."""
+
+    kinds: Mapping[str, Action]
+    overrides: Mapping[str, Mapping[str, Action]]
+
+    @classmethod
+    def default(cls) -> PiiPolicy:
+        return cls.from_config({})
+
+    @classmethod
+    def from_config(
+        cls,
+        mapping: Mapping[str, str],
+        overrides: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> PiiPolicy:
+        """Merge ``mapping`` (kind → action) over the defaults; add column overrides.
+
+        Raises :class:`ConfigError` naming the key and the allowed actions.
+        """
+        kinds = dict(DEFAULT_ACTIONS)
+        for kind, value in mapping.items():
+            name = _check_kind(kind)
+            action = _parse_action(value, f"kinds.{name}")
+            _refuse_clear_secret(name, action, f"kinds.{name}")
+            kinds[name] = action
+        parsed: dict[str, Mapping[str, Action]] = {}
+        for source, columns in (overrides or {}).items():
+            src = _check_name(source, "source", SOURCE_NAME_BYTES_MAX)
+            if not isinstance(columns, Mapping):
+                raise ConfigError(f"pii policy overrides.{src}: expected a table of column = action")
+            parsed[src] = MappingProxyType(
+                {
+                    _check_name(col, "column", COLUMN_NAME_BYTES_MAX): _parse_action(
+                        value, f"overrides.{src}.{col}"
+                    )
+                    for col, value in columns.items()
+                }
+            )
+        return cls(kinds=MappingProxyType(kinds), overrides=MappingProxyType(parsed))
+
+    def action(self, source: str, column: str, kind: str) -> Action:
+        """The action for one field; a kind the policy does not name is treated as `other`.
+
+        A column override that would keep a secret kind in clear is refused with
+        :class:`PiiError` (the kind is only known once the normalizer ran).
+        """
+        columns = self.overrides.get(source)
+        override = columns.get(column) if columns is not None else None
+        if override is not None:
+            if override is Action.CLEAR and kind in SECRET_KINDS:
+                raise PiiError(
+                    f"pii policy overrides.{source}.{column}: 'clear' refused for a "
+                    f"field of kind {kind!r}; use drop, blind_index or encrypt+blind_index"
+                )
+            return override
+        action = self.kinds.get(kind)
+        return action if action is not None else self.kinds[OTHER_KIND]
