@@ -76,8 +76,9 @@ def test_plus_strip_keeps_tag_when_nothing_valid_would_be_left() -> None:
         assert canonicalize("email", result.value, only_plus) == result
 
 
-def test_folding_into_a_marker_is_rejected() -> None:
-    result = canonicalize("email", "{a.t}@gmail.com", GMAIL)
+@pytest.mark.parametrize(("raw", "opts"), [("{a.t}@gmail.com", GMAIL), ("a{{.}}b@x.com", None)])
+def test_a_marker_left_in_the_local_part_is_rejected(raw: str, opts: NormalizeOptions | None) -> None:
+    result = canonicalize("email", raw, opts or NormalizeOptions())
     assert isinstance(result, Rejected)
     assert result.code == "defang_marker"
 

@@ -147,8 +147,9 @@ def test_defanged_url() -> None:
     assert result.value == "https://evil.example.com/bins/mirai.x86"
 
 
-def test_marker_formed_by_decoding_is_escaped() -> None:
-    result = canonicalize("url", "http://example.com/[%2E]")
+@pytest.mark.parametrize("raw", ["http://example.com/[%2E]", "http://example.com/[[.]]"])
+def test_marker_left_in_the_value_is_escaped(raw: str) -> None:
+    result = canonicalize("url", raw)
     assert isinstance(result, Canonical)
     assert result.value == "http://example.com/%5B.%5D"
     assert canonicalize("url", result.value) == result

@@ -24,6 +24,9 @@ Rules:
   ``jdoe@gmail.com``), then ``email_strip_plus_domains`` removes a ``+tag``
   (``a+news@x`` -> ``a@x``) unless what is left would not be a valid local
   part (``+news@x``, or ``a.+news@x`` without dot folding).
+* A local part that still reads as a defang marker after refanging and
+  folding (``{{.}}`` refangs to ``{.}``; ``{a.t}`` folds to ``{at}``) is
+  rejected (code ``defang_marker``): it has no stable canonical text.
 * ``display`` is the address with the U-label domain when the domain is an
   IDN. Attributes: ``domain`` (canonical) and ``registrable_domain``.
 """
@@ -84,8 +87,8 @@ def canonicalize_email(raw: str, opts: NormalizeOptions = DEFAULT) -> Result:
         return Rejected(KIND_EMAIL, f"domain.{domain.reason}")
     local = _fold(local_or_error, domain.value, opts)
     if has_marker(local):
-        # Folding made a defang marker ("{a.t}" -> "{at}"); refanging the value
-        # again would change it, so it has no stable canonical form.
+        # A marker survived refanging (nested: "{{.}}" -> "{.}") or folding made
+        # one ("{a.t}" -> "{at}"); refanging the value again would change it.
         return _MARKER
     value = f"{local}@{domain.value}"
     if len(value) > ADDRESS_OCTETS_MAX or (not value.isascii() and _octets(value) > ADDRESS_OCTETS_MAX):

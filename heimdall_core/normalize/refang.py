@@ -77,10 +77,11 @@ def escape_markers(url: str) -> str:
     """Percent-encode the brackets of every marker in a canonical URL.
 
     A canonical URL must survive being refanged and canonicalized again
-    unchanged. Markers in raw input are refanged before parsing, so one can
-    only appear in a canonical URL by decoding (``[%2E]`` -> ``[.]``);
-    encoding its brackets, which RFC 3986 does not allow raw anyway except
-    for the parentheses, keeps the value stable.
+    unchanged. Markers in raw input are refanged before parsing, so one is
+    left in a canonical URL only by nesting (``[[.]]`` refangs to ``[.]``) or
+    decoding (``[%2E]`` -> ``[.]``); encoding its brackets, which RFC 3986
+    does not allow raw anyway except for the parentheses, keeps the value
+    stable.
     """
     if not has_marker(url):
         return url

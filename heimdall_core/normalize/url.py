@@ -22,9 +22,9 @@ Rules:
    decoded (``%7E`` -> ``~``), in every component. The fragment (``#...``)
    is dropped: it never leaves the client, so it does not identify what is
    served. Should the result contain something refanging would rewrite
-   (``[%2E]`` decodes to ``[.]``), the brackets of that marker are
-   percent-encoded (``%5B.%5D``), so that the canonical text is stable when
-   it is fed back through the dispatcher.
+   (``[%2E]`` decodes to ``[.]``; nested ``[[.]]`` refangs to ``[.]``), the
+   brackets of that marker are percent-encoded (``%5B.%5D``), so that the
+   canonical text is stable when it is fed back through the dispatcher.
 4. The host must also be a valid host for our other kinds: a domain host
    must pass the domain canonicalizer (so ``http://a!b.example/``, which the
    WHATWG parser allows, is rejected with code ``host.invalid_char``, and so
@@ -91,7 +91,7 @@ def canonicalize_url(raw: str) -> Result:
     value = parts["href"].partition("#")[0]
     if "%" in value:
         value = _PERCENT.sub(_percent_normal, value)
-    # Decoding or the parser's removal of tabs can form a marker ("[%2E]").
+    # Decoding, nested markers or the parser dropping tabs can leave a marker ("[%2E]").
     value = escape_markers(value)
     host = _host(parts["hostname"], parts["host_type"])
     if isinstance(host, Rejected):
