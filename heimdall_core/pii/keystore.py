@@ -73,6 +73,7 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 touched by several batches is then copied to the database once."""
 
 PURGE_ATTEMPTS_MAX = 5
+PURGE_BUSY_TIMEOUT_MS = 2_000
 PURGE_RETRY_S = 0.2
 """After a shred the WAL is truncated; readers in other processes may delay that."""
 
@@ -361,7 +362,9 @@ class KeyStore:
                 "SELECT shredded_at FROM subject_key WHERE subject = ?", (subject,)
             ).fetchone()
             if row is None:
-                self._conn.execute("INSERT INTO subject_key VALUES (?, NULL, NULL, ?)", (subject, now))
+                self._conn.execute(
+                    "INSERT INTO subject_key (subject, shredded_at) VALUES (?, ?)", (subject, now)
+                )
             elif row[0] is None:
                 self._conn.execute(
                     "UPDATE subject_key SET kek_version = NULL, wrapped = NULL, "
@@ -535,19 +538,27 @@ class KeyStore:
             last = rows[-1][0]
 
     def _purge_wal(self, required: bool, what: str) -> None:
-        """Checkpoint and truncate the WAL so no stale page image stays in it."""
-        for _ in range(PURGE_ATTEMPTS_MAX):
-            try:
-                busy, _log, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.Error as e:
-                raise KeyMaterialError(f"PII key store {self._dir}: {e}") from e
-            if busy == 0:
-                return
-            time.sleep(PURGE_RETRY_S)
+        """Checkpoint and truncate the WAL so no stale page image stays in it.
+
+        A reader in another process that is inside a transaction holds the WAL;
+        each attempt waits for it up to PURGE_BUSY_TIMEOUT_MS.
+        """
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {PURGE_BUSY_TIMEOUT_MS}")
+            for _ in range(PURGE_ATTEMPTS_MAX):
+                (busy, _log, _done) = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy == 0:
+                    return
+                time.sleep(PURGE_RETRY_S)
+        except sqlite3.Error as e:
+            raise KeyMaterialError(f"PII key store {self._dir}: {e}") from e
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if required:
             raise PiiError(
                 f"{what} is shredded, but other processes using {self._dir} kept its old "
-                "copy in the write-ahead log from being purged; stop them and shred again"
+                "copy in the write-ahead log from being purged; run the shred again when "
+                "they are idle (or stopped)"
             )
 
     def _destroy_retired_keks(self) -> None:
