@@ -1,0 +1,392 @@
+"""Which column holds what: column -> field kind, inferred or given by the operator.
+
+Inference looks first at the column name (header or JSON key), then, when the name says
+nothing or needs a value to decide (``login``: email or username? ``password``: clear
+or hashed?), at a sample of values, by majority vote of a few fast regexes. Operators
+override it with ``--map col=kind`` or a mapping file; unknown kinds are rejected with the
+column and the allowed kinds named. Column names are not values, so errors may name them.
+
+Everything here is pure except :func:`load_mapping_file`, the thin file edge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from heimdall_core.errors import ConfigError
+
+FIELD_KINDS: Final = (
+    "email",
+    "username",
+    "ip",
+    "cidr",
+    "domain",
+    "url",
+    "hash",
+    "password",
+    "password_hash",
+    "phone",
+    "name",
+    "other",
+)
+
+SAMPLE_VALUES_MAX: Final = 1000
+"""Values per column looked at when sniffing; more only costs time."""
+VALUE_CHARS_MAX: Final = 2048
+"""Longer values are not sniffed (none of the kinds is that long)."""
+MAJORITY_FRACTION_MIN: Final = 0.5
+"""A kind must hold for more than this fraction of a column's non-empty sample values."""
+MAPPING_FILE_BYTES_MAX: Final = 1024 * 1024
+
+
+class MappingError(ConfigError):
+    """A column mapping given by the operator is invalid (names column and kinds)."""
+
+
+# --- names -------------------------------------------------------------------------------
+
+# Marker kinds: the name alone does not decide, the values do.
+_LOGIN: Final = "login"  # email or username
+_PW_OR_HASH: Final = "secret"  # password or password_hash
+_HOST: Final = "host"  # domain or ip
+_ADDRESS: Final = "address"  # ip or cidr
+
+_EXACT_NAMES: Final[Mapping[str, str]] = {
+    "email": "email", "e_mail": "email", "mail": "email", "email_address": "email",
+    "emailaddress": "email", "mail_address": "email",
+    "user": _LOGIN, "username": _LOGIN, "user_name": _LOGIN, "login": _LOGIN,
+    "account": _LOGIN, "uid": "username", "nick": "username", "nickname": "username",
+    "handle": "username", "screen_name": "username",
+    "ip": _ADDRESS, "ip_address": _ADDRESS, "ipaddress": _ADDRESS, "ipaddr": _ADDRESS,
+    "src_ip": "ip", "dst_ip": "ip", "source_ip": "ip", "dest_ip": "ip", "client_ip": "ip",
+    "remote_addr": "ip", "ipv4": "ip", "ipv6": "ip", "last_ip": "ip", "reg_ip": "ip",
+    "cidr": "cidr", "network": "cidr", "subnet": "cidr", "netblock": "cidr", "prefix": "cidr",
+    "ip_range": "cidr",
+    "domain": "domain", "domain_name": "domain", "fqdn": "domain", "host": _HOST,
+    "hostname": _HOST, "host_name": _HOST, "server": _HOST,
+    "url": "url", "uri": "url", "link": "url", "href": "url", "website": "url",
+    "md5": "hash", "sha1": "hash", "sha256": "hash", "sha512": "hash", "sha224": "hash",
+    "sha384": "hash", "hash": "hash", "file_hash": "hash", "filehash": "hash",
+    "imphash": "hash", "ssdeep": "hash", "tlsh": "hash",
+    "password": _PW_OR_HASH, "pass": _PW_OR_HASH, "pwd": _PW_OR_HASH, "passwd": _PW_OR_HASH,
+    "passwort": _PW_OR_HASH, "secret": _PW_OR_HASH, "plaintext": "password",
+    "password_hash": "password_hash", "passwordhash": "password_hash", "pwhash": "password_hash",
+    "pw_hash": "password_hash", "hashed_password": "password_hash", "pass_hash": "password_hash",
+    "crypt": "password_hash", "bcrypt": "password_hash", "salt": "other",
+    "phone": "phone", "tel": "phone", "telephone": "phone", "mobile": "phone", "cell": "phone",
+    "msisdn": "phone", "phone_number": "phone", "phonenumber": "phone",
+    "mobile_number": "phone", "cellphone": "phone",
+    "name": "name", "first_name": "name", "firstname": "name", "last_name": "name",
+    "lastname": "name", "full_name": "name", "fullname": "name", "surname": "name",
+    "given_name": "name", "family_name": "name", "display_name": "name", "displayname": "name",
+    "middle_name": "name", "real_name": "name",
+}  # fmt: skip
+
+# For names not in the table: a token of the name decides (src_ip_addr, user_email...).
+# Order matters: the first rule whose tokens all occur wins.
+_TOKEN_RULES: Final[tuple[tuple[frozenset[str], str], ...]] = (
+    (frozenset({"password", "hash"}), "password_hash"),
+    (frozenset({"pass", "hash"}), "password_hash"),
+    (frozenset({"pwd", "hash"}), "password_hash"),
+    (frozenset({"email"}), "email"),
+    (frozenset({"mail"}), "email"),
+    (frozenset({"password"}), _PW_OR_HASH),
+    (frozenset({"passwd"}), _PW_OR_HASH),
+    (frozenset({"cidr"}), "cidr"),
+    (frozenset({"ip"}), _ADDRESS),
+    (frozenset({"ipv4"}), "ip"),
+    (frozenset({"ipv6"}), "ip"),
+    (frozenset({"url"}), "url"),
+    (frozenset({"uri"}), "url"),
+    (frozenset({"domain"}), "domain"),
+    (frozenset({"hostname"}), _HOST),
+    (frozenset({"host"}), _HOST),
+    (frozenset({"md5"}), "hash"),
+    (frozenset({"sha1"}), "hash"),
+    (frozenset({"sha256"}), "hash"),
+    (frozenset({"sha512"}), "hash"),
+    (frozenset({"hash"}), "hash"),
+    (frozenset({"phone"}), "phone"),
+    (frozenset({"mobile"}), "phone"),
+    (frozenset({"username"}), _LOGIN),
+    (frozenset({"login"}), _LOGIN),
+    (frozenset({"name"}), "name"),
+)
+
+_NAME_SPLIT: Final = re.compile(r"[^a-z0-9]+")
+_CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _name_forms(column: str) -> tuple[str, list[str]]:
+    """``"User.E-Mail"`` -> ("e_mail", ["e", "mail"]); dotted keys use their last part."""
+    last = column.rsplit(".", 1)[-1]
+    words = _NAME_SPLIT.split(_CAMEL.sub("_", last).lower())
+    tokens = [w for w in words if w]
+    return "_".join(tokens), tokens
+
+
+def _name_hint(column: str) -> str | None:
+    """A kind, a marker kind (decided by values), or None if the name says nothing."""
+    joined, tokens = _name_forms(column)
+    if not joined:
+        return None
+    exact = _EXACT_NAMES.get(joined)
+    if exact is not None:
+        return exact
+    present = set(tokens)
+    for needed, kind in _TOKEN_RULES:
+        if needed <= present:
+            return kind
+    return None
+
+
+def kind_from_name(column: str) -> str | None:
+    """The kind a column name alone suggests (a guess for the ambiguous ones), or None.
+
+    Used to recognise a header row: a row of such names is a header.
+    """
+    hint = _name_hint(column)
+    return _MARKER_DEFAULTS.get(hint, hint) if hint is not None else None
+
+
+# --- values ------------------------------------------------------------------------------
+
+_EMAIL: Final = re.compile(r"[^@\s\"'<>,;]{1,64}@[^@\s\"'<>,;]+\.[^@\s\"'<>,;.]{2,}")
+_IP_CHARS: Final = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_CIDR_CHARS: Final = re.compile(r"[0-9A-Fa-f:.]{2,45}/\d{1,3}")
+_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{1,15}://\S+")
+_HEX_HASH: Final = re.compile(r"(?:[0-9A-Fa-f]{32}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{56}|[0-9A-Fa-f]{64}"
+                              r"|[0-9A-Fa-f]{96}|[0-9A-Fa-f]{128})")  # fmt: skip
+_CRYPT: Final = re.compile(
+    r"\$(?:2[abxy]?|argon2(?:id|i|d)|1|5|6|7|y|gy|sha1|md5|apr1|pbkdf2[\w-]*|scrypt)\$\S+"
+    r"|\{(?:SSHA|SHA|SMD5|MD5|CRYPT|SSHA256|SSHA512|PBKDF2[\w-]*)\}\S+"
+    r"|pbkdf2_sha\d+\$\S+|sha1\$\S+"
+)
+_DOMAIN: Final = re.compile(
+    r"(?=.{4,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+"
+    r"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})\.?"
+)
+_PHONE: Final = re.compile(r"\+[1-9][\d\s().-]{6,20}\d|\(?\d{2,5}\)?[\s.-]\d{2,5}[\s.-]\d{2,8}")
+_DIGITS_MIN: Final = 7
+_DIGITS_MAX: Final = 15
+
+
+def sniff_value(value: str) -> str | None:
+    """The kind one value looks like, or None. Cheap: a few anchored regexes."""
+    v = value.strip()
+    if not v or len(v) > VALUE_CHARS_MAX:
+        return None
+    if "@" in v:
+        return "email" if _EMAIL.fullmatch(v) else None
+    if _URL.fullmatch(v):
+        return "url"
+    if _CRYPT.fullmatch(v):
+        return "password_hash"
+    if _HEX_HASH.fullmatch(v):
+        return "hash"
+    if _CIDR_CHARS.fullmatch(v):
+        return "cidr" if _is_network(v) else None
+    if _IP_CHARS.fullmatch(v) and _is_ip(v):
+        return "ip"
+    if _DOMAIN.fullmatch(v):
+        return "domain"
+    if _PHONE.fullmatch(v) and _DIGITS_MIN <= sum(c.isdigit() for c in v) <= _DIGITS_MAX:
+        return "phone"
+    return None
+
+
+def _is_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_network(v: str) -> bool:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _vote(values: Iterable[str]) -> tuple[str | None, float]:
+    """Majority kind of the non-empty values and the fraction that voted for it."""
+    votes: Counter[str | None] = Counter()
+    total = 0
+    for value in values:
+        if not value.strip():
+            continue
+        votes[sniff_value(value)] += 1
+        total += 1
+        if total >= SAMPLE_VALUES_MAX:
+            break
+    if not total:
+        return None, 0.0
+    kind, count = votes.most_common(1)[0]
+    return kind, count / total
+
+
+# --- inference ---------------------------------------------------------------------------
+
+_MARKER_DEFAULTS: Final[Mapping[str, str]] = {
+    _LOGIN: "username",
+    _PW_OR_HASH: "password",
+    _HOST: "domain",
+    _ADDRESS: "ip",
+}
+# Which sniffed kinds a marker accepts, besides its default.
+_MARKER_CHOICES: Final[Mapping[str, frozenset[str]]] = {
+    _LOGIN: frozenset({"email", "username"}),
+    _PW_OR_HASH: frozenset({"password_hash", "password"}),
+    _HOST: frozenset({"domain", "ip"}),
+    _ADDRESS: frozenset({"ip", "cidr"}),
+}
+_HASHED_KINDS: Final = frozenset({"hash", "password_hash"})
+
+
+def _decide(hint: str | None, values: Sequence[str]) -> str:
+    kind, fraction = _vote(values)
+    if fraction <= MAJORITY_FRACTION_MIN:
+        kind = None
+    if hint is None:
+        return kind or "other"
+    if hint == _PW_OR_HASH and kind in _HASHED_KINDS:
+        return "password_hash"  # a "password" column full of hashes is hashed passwords
+    if hint == "hash" and kind == "password_hash":
+        return "password_hash"  # crypt forms ($2b$, $argon2id$) are password hashes
+    choices = _MARKER_CHOICES.get(hint)
+    if choices is None:
+        return hint
+    return kind if kind in choices else _MARKER_DEFAULTS[hint]
+
+
+def infer_mapping_from_values(values_by_column: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Column -> kind from each column's name and its sample values."""
+    return {col: _decide(_name_hint(col), vals) for col, vals in values_by_column.items()}
+
+
+def infer_mapping(columns: Sequence[str], sample: Sequence[Sequence[str]]) -> dict[str, str]:
+    """Column -> kind for tabular input: ``sample`` rows are aligned with ``columns``.
+
+    Repeated column names pool their values. For JSON records (each with its own columns)
+    use :func:`sample_by_column` then :func:`infer_mapping_from_values`.
+    """
+    pooled: dict[str, list[str]] = {col: [] for col in columns}
+    for row in sample:
+        for col, value in zip(columns, row, strict=False):
+            pooled[col].append(value)
+    return infer_mapping_from_values(pooled)
+
+
+def sample_by_column(
+    records: Iterable[tuple[Sequence[str], Sequence[str]]],
+) -> dict[str, list[str]]:
+    """Pool (columns, values) pairs (e.g. RawRecord fields) into values per column."""
+    pooled: dict[str, list[str]] = {}
+    for columns, values in records:
+        for col, value in zip(columns, values, strict=False):
+            bucket = pooled.setdefault(col, [])
+            if len(bucket) < SAMPLE_VALUES_MAX:
+                bucket.append(value)
+    return pooled
+
+
+# --- operator overrides ------------------------------------------------------------------
+
+
+def check_kind(column: str, kind: str) -> str:
+    """Return ``kind`` if it is a field kind, else raise naming the column and the kinds."""
+    if kind not in FIELD_KINDS:
+        raise MappingError(
+            f"column {column!r}: unknown field kind {kind!r}; "
+            f"allowed kinds: {', '.join(FIELD_KINDS)}"
+        )
+    return kind
+
+
+def parse_map_args(args: Sequence[str]) -> dict[str, str]:
+    """``["email=email", "pw=password_hash"]`` -> {column: kind}.
+
+    The last ``=`` separates the kind, so column names may contain ``=``.
+    """
+    mapping: dict[str, str] = {}
+    for arg in args:
+        column, sep, kind = arg.rpartition("=")
+        column, kind = column.strip(), kind.strip()
+        if not sep or not column:
+            raise MappingError(
+                f"mapping {arg!r} is not COLUMN=KIND (kinds: {', '.join(FIELD_KINDS)})"
+            )
+        _add(mapping, column, kind)
+    return mapping
+
+
+def _add(mapping: dict[str, str], column: str, kind: str) -> None:
+    if column in mapping:
+        raise MappingError(f"column {column!r} is mapped twice")
+    mapping[column] = check_kind(column, kind)
+
+
+def parse_mapping_document(text: str, fmt: str) -> dict[str, str]:
+    """A mapping file's content: a ``columns`` table of column = kind.
+
+    TOML::
+
+        [columns]
+        "E-Mail" = "email"
+        pw = "password_hash"
+
+    JSON: ``{"columns": {"E-Mail": "email", "pw": "password_hash"}}``.
+    """
+    try:
+        doc: object = tomllib.loads(text) if fmt == "toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise MappingError(f"mapping file is not valid {fmt.upper()}: {e}") from e
+    if not isinstance(doc, dict) or set(doc) != {"columns"} or not isinstance(
+        doc["columns"], dict
+    ):
+        raise MappingError('mapping file must hold exactly one table, "columns" (column = kind)')
+    mapping: dict[str, str] = {}
+    for column, kind in doc["columns"].items():
+        if not isinstance(kind, str):
+            raise MappingError(f"column {column!r}: kind must be a string")
+        _add(mapping, str(column), kind)
+    return mapping
+
+
+def load_mapping_file(path: str | Path) -> dict[str, str]:
+    """Read a ``.toml`` or ``.json`` mapping file (see :func:`parse_mapping_document`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise MappingError(f"mapping file {path.name!r} must end in .toml or .json")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAPPING_FILE_BYTES_MAX + 1)
+    except OSError as e:
+        raise MappingError(f"cannot read mapping file {path.name!r}: {e.strerror}") from e
+    if len(raw) > MAPPING_FILE_BYTES_MAX:
+        raise MappingError(f"mapping file {path.name!r} is larger than 1 MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MappingError(f"mapping file {path.name!r} is not UTF-8") from e
+    return parse_mapping_document(text, suffix[1:])
+
+
+def merge_mapping(inferred: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """Inferred mapping with the operator's overrides on top (overrides may add columns:
+    JSON keys can appear after the sample)."""
+    merged = dict(inferred)
+    for column, kind in overrides.items():
+        merged[column] = check_kind(column, kind)
+    return merged
