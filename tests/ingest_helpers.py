@@ -1,0 +1,61 @@
+"""Shared helpers for ingest tests: a site in a temp dir, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "heimdall_core" / "samples" / "sample-dump.csv"
+
+
+def site_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HMD_")}
+    env["HMD_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+def cli(data_dir: Path, *args: str, input_bytes: bytes | None = None, check: bool = True,
+        **env: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "heimdall_core.cli.main", *args],
+        input=input_bytes.decode() if input_bytes is not None else None,
+        capture_output=True, text=True, env=site_env(data_dir, **env), timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"heimdall {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_json(data_dir: Path, *args: str, **env: str) -> Any:
+    proc = cli(data_dir, *args, **env)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_dump(path: Path, rows: list[list[str]], header: list[str]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(header) + "\n")
+        for row in rows:
+            handle.write(",".join(row) + "\n")
+    return path
+
+
+def events_of(data_dir: Path, kind: str | None = None) -> list[Any]:
+    """Every event of every own feed, decoded (kind filter optional)."""
+    from heimdall_core.events import decode_frame
+    from heimdall_core.log.store import LogStore
+
+    store = LogStore(data_dir)
+    out = []
+    for feed in store.own_feeds():
+        reader = store.reader(feed)
+        for _, frame in reader.read_frames(0, reader.state.size):
+            event = decode_frame(frame)
+            if kind is None or event.kind == kind:
+                out.append(event)
+    return out

@@ -1,0 +1,133 @@
+"""The ingest pipeline end to end, through the real CLI and real files."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from ingest_helpers import SAMPLE, cli, cli_json, events_of, write_dump
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    data = tmp_path / "site"
+    cli(data, "init")
+    return data
+
+
+def test_sample_dump_ingests_with_summary_and_events(site: Path) -> None:
+    summary = cli_json(site, "ingest", str(SAMPLE), "--source", "sample", "--json")
+    assert summary["sha256"] == hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
+    assert summary["duplicate"] is False
+    assert summary["records"] >= 55
+    assert summary["quarantined"] >= 1
+    assert summary["format"] == "csv"
+    assert summary["mapping"]["email"] == "email"
+    assert summary["mapping"]["ip"] == "ip"
+    started = events_of(site, "dump.started")
+    finished = events_of(site, "dump.finished")
+    records = events_of(site, "records.ingested")
+    assert len(started) == 1 and len(finished) == 1
+    assert started[0].payload["dump"].hex() == summary["dump_id"]
+    assert finished[0].payload["records"] == summary["records"]
+    assert sum(len(e.payload["records"]) for e in records) == summary["records"]
+    # Passwords are dropped by the default policy; emails never appear in clear.
+    fields = [f for e in records for _, fs in e.payload["records"] for f in fs]
+    assert not any(f["kind"] == "password" for f in fields)
+    emails = [f for f in fields if f["kind"] == "email"]
+    assert emails and all("v" not in f and "ct" in f and "bi" in f for f in emails)
+    ips = [f for f in fields if f["kind"] == "ip"]
+    assert ips and all("v" in f for f in ips)
+    assert cli(site, "log", "verify").returncode == 0
+    quarantine = Path(summary["quarantine_file"])
+    lines = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert all(entry["position"] > 1 and entry["reason"] for entry in lines)
+    assert (quarantine.stat().st_mode & 0o777) == 0o600
+
+
+def test_reingest_is_a_noop_unless_forced(site: Path) -> None:
+    first = cli_json(site, "ingest", str(SAMPLE), "--source", "sample", "--json")
+    again = cli_json(site, "ingest", str(SAMPLE), "--source", "sample", "--json")
+    assert again["duplicate"] is True and again["dump_id"] == first["dump_id"]
+    assert len(events_of(site, "dump.started")) == 1
+    other_source = cli_json(site, "ingest", str(SAMPLE), "--source", "other", "--json")
+    assert other_source["duplicate"] is False
+    forced = cli_json(site, "ingest", str(SAMPLE), "--source", "sample", "--force", "--json")
+    assert forced["duplicate"] is False and forced["dump_id"] != first["dump_id"]
+    assert len(events_of(site, "dump.started")) == 3
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "xz", "zstd"])
+def test_compressed_input_is_read_transparently(site: Path, tmp_path: Path, compress: str) -> None:
+    raw = SAMPLE.read_bytes()
+    packed = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+              "zstd": zstandard.ZstdCompressor().compress}[compress](raw)
+    path = tmp_path / f"dump.{compress}"
+    path.write_bytes(packed)
+    summary = cli_json(site, "ingest", str(path), "--source", "s", "--json")
+    plain = cli_json(site, "ingest", str(SAMPLE), "--source", "plain", "--json")
+    assert summary["compression"] == compress
+    assert summary["records"] == plain["records"]
+
+
+def test_ndjson_and_json_and_combo(site: Path, tmp_path: Path) -> None:
+    nd = tmp_path / "a.ndjson"
+    nd.write_text("\n".join(json.dumps({"user": {"mail": f"u{i}@example.com"}, "src_ip": f"192.0.2.{i}"})
+                            for i in range(1, 40)) + "\n{broken\n")
+    s1 = cli_json(site, "ingest", str(nd), "--source", "nd", "--json")
+    assert s1["format"] == "ndjson" and s1["records"] == 39 and s1["quarantined"] == 1
+    arr = tmp_path / "b.json"
+    arr.write_text(json.dumps([{"domain": f"host{i}.example.org", "md5": "d41d8cd98f00b204e9800998ecf8427e"}
+                               for i in range(30)]))
+    s2 = cli_json(site, "ingest", str(arr), "--source", "arr", "--json")
+    assert s2["format"] == "json" and s2["records"] == 30
+    combo = tmp_path / "c.txt"
+    combo.write_text("".join(f"user{i}@example.net:pa:ss{i}" + ":x" * (i % 3) + "\n" for i in range(50)))
+    s3 = cli_json(site, "ingest", str(combo), "--source", "combo", "--json")
+    assert s3["format"] == "combo" and s3["records"] == 50
+
+
+def test_bad_inputs_have_clear_errors(site: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    proc = cli(site, "ingest", str(empty), "--source", "x", check=False)
+    assert proc.returncode == 1 and "empty" in proc.stderr
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(bytes(range(256)) * 64)
+    proc = cli(site, "ingest", str(binary), "--source", "x", check=False)
+    assert proc.returncode == 1 and "bin.csv" in proc.stderr
+    missing = cli(site, "ingest", str(tmp_path / "nope.csv"), "--source", "x", check=False)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+    wrong = cli(site, "ingest", str(SAMPLE), "--source", "x", "--format", "json", check=False)
+    out = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 or "quarantined" in out
+
+
+def test_invalid_utf8_and_overlong_lines_are_quarantined(site: Path, tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    rows = [b"email,ip"] + [f"a{i}@example.com,192.0.2.{i}".encode() for i in range(1, 30)]
+    rows.insert(5, b"bad\xff\xfe@example.com,192.0.2.200")
+    rows.insert(9, b"x" * 5000 + b",192.0.2.201")
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    summary = cli_json(site, "ingest", str(path), "--source", "m", "--json",
+                       HMD_INGEST__LINE_BYTES_MAX="4KiB")
+    assert summary["records"] == 29
+    assert summary["quarantined"] == 2
+    text = Path(summary["quarantine_file"]).read_text()
+    assert "UTF-8" in text or "utf-8" in text.lower()
+    assert "bad" not in text and "xxxx" not in text  # reasons never quote the input
+
+
+def test_map_override_and_unknown_kind(site: Path, tmp_path: Path) -> None:
+    path = write_dump(tmp_path / "d.csv", [[f"v{i}", f"192.0.2.{i}"] for i in range(1, 20)], ["c1", "c2"])
+    summary = cli_json(site, "ingest", str(path), "--source", "m", "--map", "c1=username", "--json")
+    assert summary["mapping"] == {"c1": "username", "c2": "ip"}
+    bad = cli(site, "ingest", str(path), "--source", "m2", "--map", "c1=planet", check=False)
+    assert bad.returncode == 2 and "c1" in bad.stderr and "planet" in bad.stderr
