@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgpack
+
 from heimdall_core import kinds
 from heimdall_core.errors import IngestError
 from heimdall_core.events import encode_body
@@ -194,13 +196,9 @@ class DumpIngestor:
     def _parse(self, data: bytes) -> None:
         if self._parser is None:
             self._head += data
-            if len(self._head) < SNIFF_BYTES:
-                return
-            data, self._head = self._head, b""
-            self._start_parser()
-        elif self._head:
-            data, self._head = self._head + data, b""
-        assert self._parser is not None
+            if len(self._head) >= SNIFF_BYTES:
+                self._start_parser()  # sniffs the head, then parses it
+            return
         self._take(self._parser.feed(data))
 
     def _start_parser(self) -> None:
@@ -311,34 +309,65 @@ class DumpIngestor:
             if item.position <= skip:
                 continue  # written before an interruption; resuming after it
             self._batch.append([item.position, fields])
-            if len(self._batch) >= self.options.records_per_event:
+            if len(self._batch) >= self.options.records_per_event * EVENTS_PER_APPEND:
                 self._flush_records()
         if self._on_progress is not None:
             self._on_progress(self.progress)
 
     def _flush_records(self, force: bool = False) -> None:
+        """Protect the held records in one batch (one key-store transaction, fsync'd before
+        the events that use its keys), build their events, append them in one signed batch."""
         if not self._batch:
             return
         batch, self._batch = self._batch, []
         protected = self._protector.protect_batch(
             self.options.source, [[(c, k, v) for c, k, v, _ in fields] for _, fields in batch])
-        records = []
-        for (position, fields), record in zip(batch, protected, strict=True):
-            out = list(record.fields)
-            attrs = {c: a for c, _, _, a in fields if a}
-            if attrs:
-                out = [dict(f, a=dict(attrs[f["col"]])) if "v" in f and f["col"] in attrs  # type: ignore[index]
-                       else f for f in out]
-            records.append([position, out])
-        payload = {"dump": self.dump, "part": self.part, "records": records}
-        self._bodies.append(encode_body(*kinds.RECORDS_INGESTED, payload))
-        self.result.events += 1
-        self._flush_events(force)
+        per_event = self.options.records_per_event
+        bodies = []
+        for start in range(0, len(batch), per_event):
+            records = []
+            for (position, fields), record in zip(batch[start:start + per_event],
+                                                  protected[start:start + per_event], strict=True):
+                records.append([position, _with_attrs(record.fields, fields)])
+            payload = {"dump": self.dump, "part": self.part, "records": records}
+            bodies.append(encode_records_body(payload))
+            self.result.events += 1
+        self._append(bodies)
 
     def _flush_events(self, force: bool = False) -> None:
-        if self._bodies and (force or len(self._bodies) >= EVENTS_PER_APPEND):
-            bodies, self._bodies = self._bodies, []
-            self._append(bodies)
+        """Kept for symmetry with older callers: records are appended as they are flushed."""
+
+
+_FIELD_KEYS = ("a", "bi", "col", "ct", "kind", "sub", "v")
+
+
+def _with_attrs(protected: Sequence[Mapping[str, Any]],
+                fields: Sequence[tuple[str, str, str, tuple[tuple[str, str], ...]]]) -> list[Any]:
+    """Protected fields in canonical key order, with derived attributes on clear fields."""
+    attrs = {column: attr for column, _, _, attr in fields if attr}
+    out = []
+    for field_map in protected:
+        extra = attrs.get(field_map["col"]) if attrs and "v" in field_map else None
+        if extra:
+            field_map = {**field_map, "a": dict(extra)}
+        out.append({key: field_map[key] for key in _FIELD_KEYS if key in field_map})
+    return out
+
+
+def encode_records_body(payload: Mapping[str, Any]) -> bytes:
+    """records.ingested bodies, built in canonical form by construction (sorted keys, only
+    str/bytes/int values), so they are packed directly instead of walked; the first body of
+    each process is still checked against the general canonical encoder."""
+    body: bytes = msgpack.packb([*kinds.RECORDS_INGESTED, payload], use_bin_type=True)
+    global _CHECKED
+    if not _CHECKED:
+        if encode_body(*kinds.RECORDS_INGESTED, payload) != body:
+            raise AssertionError("records.ingested payload is not in canonical form")
+        _CHECKED = True
+    return body
+
+
+_CHECKED = False
 
 
 def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,
