@@ -52,11 +52,25 @@ async def health(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    from heimdall_core import metrics
+    from heimdall_core.log.store import LogStore
+
+    store = LogStore(request.app[SETTINGS_KEY].data_dir)
+    metrics.LOG_FORKS.set(len(store.forks()))
+    metrics.LOG_FEEDS_STOPPED.set(len(store.stopped()))
+    for feed, size in store.iter_feed_states():
+        metrics.LOG_FEED_EVENTS.labels(feed.hex()[:16]).set(size)
+    return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=1 << 20)  # streamed routes read bodies themselves
     app[SETTINGS_KEY] = settings
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/metrics", metrics_text)
     for name in ROUTE_MODULES:
         try:
             module = importlib.import_module(name)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 
@@ -22,9 +25,12 @@ from heimdall_core.api.app import SETTINGS_KEY, error_body
 from heimdall_core.errors import ConfigError, IngestError
 from heimdall_core.ingest.mapping import parse_map_args
 from heimdall_core.ingest.registry import DumpRegistry
-from heimdall_core.ingest.run import IngestSite, ingest_chunks
+from heimdall_core.ingest.run import IngestSite, ingest_chunks, record_metrics
 
 SITE_KEY = web.AppKey("ingest_site", IngestSite)
+# One thread owns the ingest resources (the key store's SQLite connection, the feed
+# writer): uploads are ingested one after another, each streamed with backpressure.
+EXECUTOR_KEY = web.AppKey("ingest_executor", ThreadPoolExecutor)
 FORMATS = ("csv", "json", "ndjson", "combo")
 CONTENT_TYPES = {
     "text/csv": "csv", "text/tab-separated-values": "csv", "application/json": "json",
@@ -38,6 +44,11 @@ PUT_WAIT_S = 0.5
 SOURCE_RE = re.compile(r"^[\w.\-:@ ]{1,128}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _END = b""
+_ABORT = b"\x00abort"  # an object identity marker: never compared by value
+
+
+class UploadAborted(IngestError):
+    """The upload was cut off (over the limit or the client went away)."""
 
 
 def setup(app: web.Application) -> None:
@@ -45,11 +56,15 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_site_context)
 
 
-async def _site_context(app: web.Application) -> object:
-    site = await asyncio.to_thread(IngestSite, app[SETTINGS_KEY])
+async def _site_context(app: web.Application) -> AsyncIterator[None]:
+    executor = ThreadPoolExecutor(1, thread_name_prefix="ingest")
+    loop = asyncio.get_running_loop()
+    site = await loop.run_in_executor(executor, IngestSite, app[SETTINGS_KEY])
     app[SITE_KEY] = site
+    app[EXECUTOR_KEY] = executor
     yield
-    await asyncio.to_thread(site.close)
+    await loop.run_in_executor(executor, site.close)
+    executor.shutdown(wait=True)
 
 
 def _format_of(request: web.Request) -> str | None:
@@ -84,9 +99,11 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
     declared = request.query.get("sha256")
     if declared is not None and not SHA256_RE.match(declared):
         return error_body(400, "query parameter 'sha256' must be 64 lower-case hex digits")
+    loop = asyncio.get_running_loop()
+    executor = request.app[EXECUTOR_KEY]
     if declared:
         registry = DumpRegistry(site.store)
-        await asyncio.to_thread(registry.refresh)
+        await loop.run_in_executor(executor, registry.refresh)
         done = registry.find_complete(source, declared)
         if done is not None:
             return web.json_response({"dump_id": done.dump, "duplicate": True, "records": done.records,
@@ -96,10 +113,12 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
 
     def body() -> Iterator[bytes]:
         while (chunk := chunks.get()) is not _END:
+            if chunk is _ABORT:
+                raise UploadAborted("upload aborted; records read so far stay as an incomplete dump")
             yield chunk
 
     name = request.query.get("name", "-")[:255]
-    work = asyncio.ensure_future(asyncio.to_thread(
+    work = loop.run_in_executor(executor, functools.partial(
         ingest_chunks, site, body(), options, name=name, expected_sha256=declared))
     received = 0
     try:
@@ -117,13 +136,16 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         return error_body(status, str(exc))
     finally:
         if not work.done():
-            await _put(chunks, _END, work)
+            # Over the limit, or the client went away: the dump stays incomplete (no
+            # dump.finished), and `heimdall dumps` reports it.
+            await _put(chunks, _ABORT, work)
             with contextlib.suppress(Exception):
                 await work
+    record_metrics(summary)
     return web.json_response(summary.as_json(), status=200 if summary.duplicate else 201)
 
 
-async def _put(chunks: queue.Queue[bytes], chunk: bytes, work: asyncio.Future[object]) -> bool:
+async def _put(chunks: queue.Queue[bytes], chunk: bytes, work: asyncio.Future[Any]) -> bool:
     """Hand a chunk to the pipeline thread; False if the pipeline already stopped."""
     while not work.done():
         try:

@@ -13,7 +13,7 @@ from heimdall_core.errors import HeimdallError, IngestError
 from heimdall_core.ingest.mapping import load_mapping_file, parse_map_args
 from heimdall_core.ingest.pipeline import Progress
 from heimdall_core.ingest.registry import DumpRegistry
-from heimdall_core.ingest.run import IngestSite, IngestSummary, ingest_file
+from heimdall_core.ingest.run import IngestSite, IngestSummary, ingest_file, record_metrics
 from heimdall_core.units import format_size
 
 FORMATS = ("csv", "json", "ndjson", "combo")
@@ -134,6 +134,7 @@ def cmd_ingest(ctx: Context) -> int:
                 continue
             if bar:
                 bar.done()
+            record_metrics(summary)
             if args.json:
                 print_json(summary.as_json())
             else:

@@ -232,6 +232,7 @@ class _LineFramer:
 # --- CSV ---------------------------------------------------------------------------------
 
 _STRAY_CR: Final = re.compile(r"\r(?!\n)")
+_UNKNOWN: Final = -1  # field count before any row was seen; matches no row
 _HEADER_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_ .\-/#()]{0,63}")
 _VALUE_KINDS_NOT_NAMES: Final = frozenset({"email", "ip", "cidr", "url", "hash", "password_hash"})
 _HEADER_SAMPLE_ROWS: Final = 50
@@ -336,6 +337,7 @@ class CsvParser:
         line_bytes_max: int = LINE_BYTES_MAX,
         columns: Sequence[str] | None = None,
         first_line: int = 1,
+        sniff_bytes: int = SNIFF_BYTES,
     ) -> None:
         if delimiter is not None and (len(delimiter) != 1 or delimiter in "\"\r\n"):
             raise IngestError(
@@ -347,6 +349,7 @@ class CsvParser:
         self._given_header = False if columns is not None else header
         self.has_header: bool | None = None  # decided from the sample
         self._limit = line_bytes_max
+        self._sniff_bytes = sniff_bytes
         self._bom = _BomSkipper()
         self._guard = _LeadGuard("csv")
         self._sniff: bytearray | None = bytearray()  # None once configured
@@ -354,7 +357,7 @@ class CsvParser:
         self._line = first_line  # number of the line starting at _buf[0]
         self._skipping = False
         self._columns: tuple[str, ...] = ()
-        self._expected = 0  # 0: not known yet (no row seen)
+        self._expected = _UNKNOWN
         self._fixed_columns = tuple(columns) if columns is not None else None
         self._delim = delimiter or ","
         self._record_re, self._records_re = _csv_record_patterns(self._delim)
@@ -377,7 +380,7 @@ class CsvParser:
         out: list[Item] = []
         if self._sniff is not None:
             self._sniff += data
-            if len(self._sniff) < SNIFF_BYTES:
+            if len(self._sniff) < self._sniff_bytes:
                 return out
             data = self._configure(final=False)
         self._push(data, out, final=False)
@@ -398,7 +401,7 @@ class CsvParser:
         """Decide delimiter, header and field count; return the input to parse."""
         assert self._sniff is not None
         data, self._sniff = bytes(self._sniff), None
-        sample = data[:SNIFF_BYTES]
+        sample = data[: self._sniff_bytes]
         if not final and b"\n" in sample:
             sample = sample[: sample.rfind(b"\n") + 1]
         text = sample.decode("utf-8", "replace")
@@ -421,7 +424,7 @@ class CsvParser:
         self.has_header = has_header
         if has_header:
             if not header_whole:
-                raise IngestError(f"the CSV header row is longer than {SNIFF_BYTES} bytes")
+                raise IngestError(f"the CSV header row is longer than {self._sniff_bytes} bytes")
             self._set_columns(tuple(_column_names(first.fields)))
             return self._drop_lines(data, first.last_line)
         counts = Counter(len(r.fields) for r in rows)
@@ -506,7 +509,7 @@ class CsvParser:
 
     def _parse_rows(self, text: str, first: int) -> list[Item] | None:
         """The fast path: one csv reader over a clean block. None if csv objects."""
-        if not self._expected:
+        if self._expected == _UNKNOWN:
             self._guess_columns(text)
         reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=self._delim)
         columns, expected = self._columns, self._expected
@@ -1180,17 +1183,15 @@ class JsonParser(_JsonRecords):
 
     def _compact(self) -> None:
         """Drop consumed bytes; keep only the pending value (or the kept top object)."""
-        keep = self._pos
         scan = self._scan
-        if scan is not None:
-            keep = min(keep, scan.i if scan.discard else scan.start)
+        keep = self._pos if scan is None else scan.i if scan.discard else scan.start
         if self._obj_start is not None:
             if len(self._buf) - self._obj_start > self._limit:
-                self._obj_start = None
+                self._obj_start = None  # one record too long: stop keeping it
                 self._obj_too_long = True
                 if scan is not None and self._scan_is_member:
                     scan.discard = True
-                    keep = min(self._pos, scan.i)
+                    keep = scan.i
             else:
                 keep = min(keep, self._obj_start)
         if keep <= 0:
@@ -1198,7 +1199,7 @@ class JsonParser(_JsonRecords):
         self._dropped_lines += self._buf.count(b"\n", 0, keep)
         self._dropped_bytes += keep
         del self._buf[:keep]
-        self._pos -= keep
+        self._pos = max(0, self._pos - keep)  # while scanning, _pos is not used
         if scan is not None:
             scan.shift(keep)
         if self._obj_start is not None:

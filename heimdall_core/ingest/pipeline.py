@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 
@@ -46,10 +46,8 @@ QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
 
 
-class Appender(Protocol):
-    """Appends event bodies to one of this site's feeds; returns once they are durable."""
-
-    def __call__(self, bodies: Sequence[bytes]) -> None: ...
+# Appends event bodies to one of this site's feeds; returns once they are durable.
+Appender = Callable[[Sequence[bytes]], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,6 +262,19 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
     return summary
 
 
+def record_metrics(summary: IngestSummary) -> None:
+    from heimdall_core import metrics
+
+    outcome = "duplicate" if summary.duplicate else ("resumed" if summary.resumed else "complete")
+    metrics.INGEST_DUMPS.labels(summary.source, outcome).inc()
+    if summary.duplicate and summary.records_per_s == 0.0:
+        return
+    metrics.INGEST_RECORDS.labels(summary.source).inc(summary.records)
+    metrics.INGEST_QUARANTINED.labels(summary.source).inc(summary.quarantined)
+    metrics.INGEST_BYTES.labels(summary.source).inc(summary.bytes)
+    metrics.INGEST_SECONDS.observe(summary.elapsed_s)
+
+
 def _summary(dump: bytes, options: IngestOptions, name: str, ingestor: DumpIngestor | None,
              records: int, quarantined: int, rejected: int, sha256: str, size: int, *, resumed: bool,
              parts: int, began: float, quarantine: Path | None, fmt: str | None = None,

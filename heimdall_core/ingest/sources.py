@@ -53,6 +53,10 @@ DECOMPRESSED_BYTES_MAX: Final = 256 * GIB
 OUTPUT_PIECE_BYTES: Final = 1 * MIB
 """Granularity of the bomb checks: decompressors produce at most this much at a time."""
 
+DECODER_WINDOW_BYTES_MAX: Final = 128 * MIB
+"""Memory an xz or zstd decoder may take for its window (xz -9 needs 65 MiB); a hostile
+header cannot make it allocate more."""
+
 ZSTD_EXPANSION_PER_BYTE_MAX: Final = 32 * KIB
 """Worst zstd expansion: a 4-byte RLE block decodes to a 128 KiB block."""
 ZSTD_SLICE_BYTES_MIN: Final = 512
@@ -170,7 +174,8 @@ class _ZstdMember:
     """
 
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj()
+        decoder = zstandard.ZstdDecompressor(max_window_size=DECODER_WINDOW_BYTES_MAX)
+        self._d = decoder.decompressobj()
         self._tail = b""
 
     @property
@@ -202,7 +207,8 @@ def _new_member(kind: str) -> _Member:
     if kind == "bz2":
         return _BufferedMember(bz2.BZ2Decompressor())
     if kind == "xz":
-        return _BufferedMember(lzma.LZMADecompressor(format=lzma.FORMAT_XZ))
+        decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=DECODER_WINDOW_BYTES_MAX)
+        return _BufferedMember(decoder)
     if kind == "zstd":
         return _ZstdMember()
     raise IngestError(f"unknown compression {kind!r}; expected one of {', '.join(COMPRESSIONS)}")
@@ -228,6 +234,7 @@ class Decompressor:
         *,
         ratio_max: int = COMPRESSION_RATIO_MAX,
         output_bytes_max: int = DECOMPRESSED_BYTES_MAX,
+        ratio_grace_bytes: int = RATIO_GRACE_BYTES,
     ) -> None:
         self.kind = kind
         self._member: _Member | None = _new_member(kind)
@@ -235,6 +242,7 @@ class Decompressor:
         self._between = b""  # bytes after a member, too few to recognise the next one
         self._ratio_max = ratio_max
         self._output_bytes_max = output_bytes_max
+        self._grace = ratio_grace_bytes
         self._in_total = 0
         self._out_total = 0
         self._call_budget = 0
@@ -252,7 +260,7 @@ class Decompressor:
     def feed(self, chunk: bytes) -> bytes:
         self._check_usable()
         self._in_total += len(chunk)
-        self._call_budget = self._ratio_max * len(chunk) + RATIO_GRACE_BYTES
+        self._call_budget = self._ratio_max * len(chunk) + self._grace
         try:
             return b"".join(self._decode(chunk))
         except BaseException:
@@ -318,7 +326,7 @@ class Decompressor:
         )
 
     def _budget_bytes(self) -> int:
-        total = self._ratio_max * self._in_total + RATIO_GRACE_BYTES - self._out_total
+        total = self._ratio_max * self._in_total + self._grace - self._out_total
         return max(0, min(total, self._call_budget, self._output_bytes_max - self._out_total))
 
     def _account(self, produced: int) -> None:
@@ -329,7 +337,7 @@ class Decompressor:
                 f"{self.kind} input decompresses to more than {self._output_bytes_max} bytes "
                 f"(DECOMPRESSED_BYTES_MAX); refusing it"
             )
-        ratio_budget = self._ratio_max * self._in_total + RATIO_GRACE_BYTES
+        ratio_budget = self._ratio_max * self._in_total + self._grace
         if self._out_total > ratio_budget or self._call_budget < 0:
             raise IngestError(
                 f"{self.kind} input expands more than {self._ratio_max}x "
@@ -349,12 +357,16 @@ class AutoDecompressor:
         *,
         ratio_max: int = COMPRESSION_RATIO_MAX,
         output_bytes_max: int = DECOMPRESSED_BYTES_MAX,
+        ratio_grace_bytes: int = RATIO_GRACE_BYTES,
     ) -> None:
         self._head = b""
         self._inner: Decompressor | None = None
         self._plain = False
-        self._ratio_max = ratio_max
-        self._output_bytes_max = output_bytes_max
+        self._limits = {
+            "ratio_max": ratio_max,
+            "output_bytes_max": output_bytes_max,
+            "ratio_grace_bytes": ratio_grace_bytes,
+        }
 
     @property
     def compression(self) -> str | None:
@@ -386,9 +398,7 @@ class AutoDecompressor:
         if kind is None:
             self._plain = True
             return head
-        self._inner = Decompressor(
-            kind, ratio_max=self._ratio_max, output_bytes_max=self._output_bytes_max
-        )
+        self._inner = Decompressor(kind, **self._limits)
         return self._inner.feed(head)
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heimdall_core import kinds
 from heimdall_core.config import Settings
@@ -42,6 +42,9 @@ from heimdall_core.ingest.pipeline import (
 )
 from heimdall_core.ingest.registry import DumpState
 from heimdall_core.ingest.sources import detect_compression, detect_format
+
+if TYPE_CHECKING:
+    from heimdall_core.ingest.run import IngestSite, IngestSummary
 
 log = logging.getLogger("heimdall.ingest")
 
@@ -174,10 +177,7 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
         site.close()
 
 
-def _worker_feeds(site: object, count: int) -> list[bytes]:
-    from heimdall_core.ingest.run import IngestSite
-
-    assert isinstance(site, IngestSite)
+def _worker_feeds(site: IngestSite, count: int) -> list[bytes]:
     existing = [feed for feed in site.store.own_feeds() if feed != site.store.site.feed]
     feeds = existing[:count]
     while len(feeds) < count:
@@ -185,12 +185,11 @@ def _worker_feeds(site: object, count: int) -> list[bytes]:
     return feeds
 
 
-def ingest_file_parallel(site: object, path: Path, options: IngestOptions, *, sha256: str, size: int,
+def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *, sha256: str, size: int,
                          workers: int, on_progress: Callable[[Progress], None] | None,
-                         began: float, resume: DumpState | None = None) -> object:
-    from heimdall_core.ingest.run import IngestSite, _ingest_single, _summary
+                         began: float, resume: DumpState | None = None) -> IngestSummary:
+    from heimdall_core.ingest.run import _ingest_single, _summary
 
-    assert isinstance(site, IngestSite)
     plan = plan_parts(path, options, workers)
     if plan is None or len(plan.ranges) < 2:
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
@@ -223,8 +222,9 @@ def ingest_file_parallel(site: object, path: Path, options: IngestOptions, *, sh
                     quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=plan.mapping)
 
 
-def resume_parallel(site: object, path: Path, options: IngestOptions, incomplete: DumpState, *,
-                    size: int, on_progress: Callable[[Progress], None] | None, began: float) -> object:
+def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,
+                    size: int, on_progress: Callable[[Progress], None] | None,
+                    began: float) -> IngestSummary:
     return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
                                 workers=incomplete.parts, on_progress=on_progress, began=began,
                                 resume=incomplete)
@@ -259,5 +259,3 @@ def _merge_quarantine(target: Path, parts: list[Path]) -> Path | None:
         os.fsync(out.fileno())
     return target
 
-
-_ = time
