@@ -1,0 +1,109 @@
+"""PII never leaves in clear: not in the data directory, not in log output, not in metrics.
+
+Ingests a dump of known emails, names, usernames, phones and passwords through the CLI
+and through the HTTP API, then searches every byte under the data directory, the
+program's own output and the metrics text for each plaintext and its lower-case form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from heimdall_core import config
+from heimdall_core.api.app import create_app
+from heimdall_core.errors import ShreddedError
+from heimdall_core.pii.keystore import KeyStore
+from heimdall_core.pii.protect import reveal
+from ingest_helpers import cli, cli_json, events_of, write_dump
+
+COUNT = 40
+
+
+def _secrets(i: int) -> dict[str, str]:
+    return {
+        "email": f"Quorra.Leaktest{i}@Example.COM",
+        "full_name": f"Quintessa Marblefoot{i}",
+        "username": f"ZephyrLeak{i}",
+        "phone": f"+4477009{i:05d}",
+        "password": f"S3cr3t-Pa55-{i}!",
+    }
+
+
+def _all_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+async def _post_and_scrape(data: Path, body: bytes) -> str:
+    settings = config.load(environ={"HMD_DATA_DIR": str(data), "HMD_LOG_LEVEL": "debug"})
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/v1/dumps",
+                                    params={"source": "api-leak"}, data=body) as response:
+                assert response.status == 201, await response.text()
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                return await response.text()
+    finally:
+        await runner.cleanup()
+
+
+def test_no_plaintext_anywhere_and_shredding_makes_values_unrecoverable(tmp_path: Path) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    rows = [_secrets(i) for i in range(COUNT)]
+    header = [*rows[0].keys(), "ip"]
+    dump = write_dump(tmp_path / "people.csv", [[*r.values(), f"192.0.2.{i + 1}"] for i, r in
+                                                 enumerate(rows)], header)
+    # A few bad lines: the quarantine file must not quote them either.
+    with open(dump, "a") as handle:
+        handle.write("Leaky.Broken@Example.COM,only-two\n")
+    proc = cli(data, "ingest", str(dump), "--source", "leak", "--map", "full_name=name",
+               "--map", "phone=phone", "--json", HMD_LOG_LEVEL="debug")
+    summary = cli_json(data, "dumps", "--json")
+    assert summary and summary[0]["records"] == COUNT
+    http_body = dump.read_bytes().replace(b"Leaktest", b"Leaktesu")
+    metrics = asyncio.run(_post_and_scrape(data, http_body))
+    output = proc.stdout + proc.stderr + metrics
+    for extra in ("log", "tail", "-n", "1000"), ("log", "stats"), ("dumps",), ("log", "verify"):
+        run = cli(data, *extra, HMD_LOG_LEVEL="debug")
+        output += run.stdout + run.stderr
+    plaintexts = [v for r in rows for k, v in r.items()] + ["Leaky.Broken@Example.COM"]
+    plaintexts += [p.replace("Leaktest", "Leaktesu") for p in plaintexts]
+    needles = {p.encode() for p in plaintexts} | {p.lower().encode() for p in plaintexts}
+    files = _all_files(data)
+    assert len(files) > 10
+    blobs = {path: path.read_bytes() for path in files}
+    for needle in needles:
+        assert needle.decode() not in output, "plaintext in program output or metrics"
+        for path, blob in blobs.items():
+            assert needle not in blob, f"plaintext found in {path.relative_to(data)}"
+
+    # Shred the first person: every sealed value of that subject is gone for good.
+    cli(data, "pii", "shred", "--kind", "email", rows[0]["email"])
+    events = events_of(data, "records.ingested")
+    with KeyStore.open(data / "pii") as keys:
+        subject = keys.subject_id_for("email", rows[0]["email"].lower())
+        sealed = [f for e in events for _, fields in e.payload["records"] for f in fields
+                  if f.get("sub") == subject and "ct" in f]
+        assert sealed, "the shredded subject had sealed fields"
+        for field in sealed:
+            try:
+                reveal(field, keys)
+            except ShreddedError as exc:
+                assert rows[0]["email"] not in str(exc)
+            else:
+                raise AssertionError("a shredded value could still be revealed")
+        others = [f for e in events for _, fields in e.payload["records"] for f in fields
+                  if "ct" in f and f.get("sub") != subject]
+        assert reveal(others[0], keys)  # everyone else's values still open
+    assert cli(data, "log", "verify").returncode == 0
+    shredded = events_of(data, "subject.shredded")
+    assert [e.payload["subject"] for e in shredded] == [subject]
