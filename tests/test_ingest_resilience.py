@@ -1,0 +1,88 @@
+"""Killed ingests resume without loss or duplicates; --workers splits across processes/feeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from ingest_helpers import cli, cli_json, events_of, site_env
+
+
+def _make_csv(path: Path, rows: int, quoted_every: int = 0) -> Path:
+    with open(path, "w") as handle:
+        handle.write("email,username,ip,note\n")
+        for i in range(rows):
+            note = f'"multi\nline {i}, with ""quotes"""' if quoted_every and i % quoted_every == 0 else "x"
+            handle.write(f"user{i}@example.com,user{i},10.0.{(i >> 8) % 256}.{i % 256},{note}\n")
+    return path
+
+
+def _positions(data: Path, dump: str) -> Counter[int]:
+    seen: Counter[int] = Counter()
+    for event in events_of(data, "records.ingested"):
+        if event.payload["dump"].hex() == dump:
+            seen.update(position for position, _ in event.payload["records"])
+    return seen
+
+
+def test_killed_ingest_is_reported_incomplete_and_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    rows = 60_000
+    dump_file = _make_csv(tmp_path / "big.csv", rows)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "big",
+         "--no-progress"], env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Wait until some records are acknowledged, then kill without warning.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dumps = cli_json(data, "dumps", "--json")
+        if dumps and dumps[0]["records"] > 0:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    dumps = cli_json(data, "dumps", "--json")
+    assert len(dumps) == 1 and dumps[0]["finished"] is False
+    acked = dumps[0]["records"]
+    assert 0 < acked < rows
+    listing = cli(data, "dumps").stdout
+    assert "INCOMPLETE" in listing and "resume" in listing
+    assert cli(data, "log", "verify").returncode == 0
+    summary = cli_json(data, "ingest", str(dump_file), "--source", "big", "--json")
+    assert summary["resumed"] is True and summary["dump_id"] == dumps[0]["dump"]
+    assert summary["records"] == rows
+    positions = _positions(data, summary["dump_id"])
+    assert set(positions) == set(range(2, rows + 2)), "every record exactly once"
+    assert max(positions.values()) == 1, "no record written twice"
+    assert len(events_of(data, "dump.started")) == 1
+    assert cli_json(data, "dumps", "--json")[0]["finished"] is True
+
+
+def test_workers_split_a_dump_across_processes_and_feeds(tmp_path: Path) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    rows = 20_000
+    dump_file = _make_csv(tmp_path / "w.csv", rows, quoted_every=97)
+    summary = cli_json(data, "ingest", str(dump_file), "--source", "w", "--workers", "2", "--json")
+    assert summary["parts"] == 2
+    assert summary["records"] == rows
+    announced = events_of(data, "feed.announced")
+    assert len(announced) == 2 and {e.payload["part"] for e in announced} == {0, 1}
+    feeds_with_records = {e.feed for e in events_of(data, "records.ingested")}
+    assert feeds_with_records == {e.payload["feed"] for e in announced}
+    # Positions are the line numbers of the file, across both parts, each exactly once.
+    expected, line = [], 2
+    for i in range(rows):
+        expected.append(line)
+        line += 2 if i % 97 == 0 else 1
+    positions = _positions(data, summary["dump_id"])
+    assert sorted(positions) == expected and max(positions.values()) == 1
+    assert cli(data, "log", "verify").returncode == 0
+    finished = events_of(data, "dump.finished")
+    assert finished[0].payload["records"] == rows
