@@ -7,9 +7,9 @@ Layout of the directory (0700, every file 0600, created so from the start)::
     blind-index.key     32 random bytes, created once
     subject.key         32 random bytes, created once
 
-Several ingest processes may open the same store at once: a DEK is created by
-``INSERT OR IGNORE`` then ``SELECT`` inside one write transaction, so racing
-processes agree on one key per subject. A shredded subject keeps a tombstone row,
+Several ingest processes may open the same store at once: a batch's rows are read
+and the missing DEKs inserted (``INSERT OR IGNORE``) inside one write transaction,
+so racing processes agree on one key per subject. A shredded subject keeps a tombstone row,
 so it is never silently given a new key. See docs/pii.md.
 """
 
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
-import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from types import TracebackType
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from heimdall_core.errors import KeyMaterialError, PiiError
+from heimdall_core.pii import keyfiles
 from heimdall_core.pii.blind_index import (
     SUBJECT_ID_BYTES,
     IndexKeys,
@@ -45,11 +44,6 @@ from heimdall_core.pii.envelope import (
 DB_NAME = "keys.db"
 BLIND_INDEX_KEY_NAME = "blind-index.key"
 SUBJECT_KEY_NAME = "subject.key"
-KEK_PREFIX = "kek-"
-KEK_SUFFIX = ".key"
-
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 SCHEMA_VERSION = 1
 
@@ -104,135 +98,26 @@ class DataKeys(dict[bytes, bytes | None]):
         return f"DataKeys(<{len(self)} keys redacted>)"
 
 
-# --- files ------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unsafe_mode(st: os.stat_result, want_dir: bool) -> str | None:
-    if want_dir and not stat.S_ISDIR(st.st_mode):
-        return "is not a directory"
-    if not want_dir and not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if st.st_uid != os.geteuid():
-        return "is owned by another user"
-    if st.st_mode & 0o077:
-        want = DIR_MODE if want_dir else FILE_MODE
-        return f"has mode {stat.S_IMODE(st.st_mode):o}; expected {want:o}"
-    return None
-
-
-def _check_path(path: Path, want_dir: bool) -> None:
-    problem = _unsafe_mode(os.lstat(path), want_dir)
-    if problem is not None:
-        raise KeyMaterialError(f"PII key store: {path} {problem}; refusing to use it")
-
-
-def _create_private_file(path: Path, content: bytes) -> None:
-    """Create ``path`` 0600 with ``content``; :class:`FileExistsError` if it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)  # the umask may have removed bits we rely on: be exact
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_key_file(path: Path) -> None:
-    """Publish a new random key at ``path`` unless one is there (racing processes agree).
-
-    The key is written and synced under a unique temporary name, then hard-linked
-    to its final name: the link is atomic and never replaces, so a reader sees
-    either no key or a whole one, and the loser of a race uses the winner's.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
-    _create_private_file(tmp, os.urandom(KEY_BYTES))
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _read_key_file(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise KeyMaterialError(f"PII key store: cannot open {path}: {e.strerror}") from None
-    try:
-        problem = _unsafe_mode(os.fstat(fd), want_dir=False)
-        if problem is not None:
-            raise KeyMaterialError(f"PII key store: {path} {problem}; refusing to use it")
-        key = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(key) != KEY_BYTES:
-        raise KeyMaterialError(f"PII key store: {path} must hold exactly {KEY_BYTES} bytes")
-    return key
-
-
-def _destroy_file(path: Path) -> None:
-    """Overwrite then unlink (best effort: copy-on-write media may keep old blocks)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        os.write(fd, b"\x00" * size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    _fsync_dir(path.parent)
-
-
-def _kek_name(version: int) -> str:
-    return f"{KEK_PREFIX}{version:08d}{KEK_SUFFIX}"
-
-
-def _kek_versions(directory: Path) -> list[int]:
-    versions = []
-    for entry in os.listdir(directory):
-        digits = entry.removeprefix(KEK_PREFIX).removesuffix(KEK_SUFFIX)
-        if entry.startswith(KEK_PREFIX) and entry.endswith(KEK_SUFFIX) and digits.isdigit():
-            versions.append(int(digits))
-    return sorted(versions)
-
-
 def _prepare_dir(directory: Path, create: bool) -> None:
     if create and not directory.exists():
         directory.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, DIR_MODE)
-            os.chmod(directory, DIR_MODE)
+            os.mkdir(directory, keyfiles.DIR_MODE)
+            os.chmod(directory, keyfiles.DIR_MODE)
     if not directory.exists():
         raise KeyMaterialError(
             f"PII key store: {directory} does not exist; initialise the site's key store first"
         )
-    _check_path(directory, want_dir=True)
+    keyfiles.check_path(directory, want_dir=True)
     db = directory / DB_NAME
     if create:
         with contextlib.suppress(FileExistsError):
             # SQLite gives its -wal and -shm files the mode of the database file,
             # so creating this one 0600 first keeps every one of them private.
-            _create_private_file(db, b"")
+            keyfiles.create_private_file(db, b"")
     if not db.exists():
         raise KeyMaterialError(f"PII key store: {db} does not exist; initialise the site's key store first")
-    _check_path(db, want_dir=False)
+    keyfiles.check_path(db, want_dir=False)
 
 
 def _index_keys(directory: Path, create: bool) -> IndexKeys:
@@ -240,9 +125,9 @@ def _index_keys(directory: Path, create: bool) -> IndexKeys:
     for name in (BLIND_INDEX_KEY_NAME, SUBJECT_KEY_NAME):
         path = directory / name
         if create:
-            _create_key_file(path)
+            keyfiles.create_key_file(path)
         try:
-            keys.append(_read_key_file(path))
+            keys.append(keyfiles.read_key_file(path))
         except FileNotFoundError:
             raise KeyMaterialError(
                 f"PII key store: {path} is missing; without it no blind index or subject "
@@ -384,12 +269,12 @@ class KeyStore:
         with self._tx(immediate=True):
             old = self._current_kek_version()
             new = old + 1
-            stale = self._dir / _kek_name(new)
+            stale = self._dir / keyfiles.kek_name(new)
             # A KEK newer than the committed one is left by a rotation that crashed
             # before its commit; nothing was wrapped under it.
-            _destroy_file(stale)
-            _create_key_file(stale)
-            new_kek = AESGCM(_read_key_file(stale))
+            keyfiles.destroy_file(stale)
+            keyfiles.create_key_file(stale)
+            new_kek = AESGCM(keyfiles.read_key_file(stale))
             self._rewrap_all(new, new_kek)
             self._conn.execute("UPDATE meta SET value = ? WHERE name = 'kek_version'", (new,))
         self._keks = {new: new_kek}
@@ -429,7 +314,7 @@ class KeyStore:
             if not self._conn.execute("SELECT 1 FROM meta WHERE name = 'kek_version'").fetchone():
                 if not create:
                     raise KeyMaterialError(f"PII key store {self._dir} has no KEK; create it")
-                _create_key_file(self._dir / _kek_name(1))
+                keyfiles.create_key_file(self._dir / keyfiles.kek_name(1))
                 self._conn.execute("INSERT INTO meta VALUES ('kek_version', 1)")
             self._current_kek_version()
 
@@ -454,9 +339,9 @@ class KeyStore:
         kek = self._keks.get(version)
         if kek is not None:
             return kek
-        path = self._dir / _kek_name(version)
+        path = self._dir / keyfiles.kek_name(version)
         try:
-            return AESGCM(_read_key_file(path))
+            return AESGCM(keyfiles.read_key_file(path))
         except FileNotFoundError:
             raise _KekGone(version) from None
 
@@ -563,9 +448,9 @@ class KeyStore:
 
     def _destroy_retired_keks(self) -> None:
         """Destroy every KEK older than the committed one (also after a crash)."""
-        for version in _kek_versions(self._dir):
+        for version in keyfiles.kek_versions(self._dir):
             if version < self._kek_version:
-                _destroy_file(self._dir / _kek_name(version))
+                keyfiles.destroy_file(self._dir / keyfiles.kek_name(version))
 
 
 class _KekGone(KeyMaterialError):
