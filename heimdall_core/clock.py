@@ -88,6 +88,16 @@ class HybridClock:
                 self._last = remote
             return True
 
+    def ensure_after(self, floor: Hlc) -> None:
+        """Never issue a timestamp at or below ``floor`` (the last one stored in a feed).
+
+        Unlike :meth:`observe` there is no drift bound: a feed's own timestamps must
+        increase even if an earlier run of this site had a clock far in the future.
+        """
+        with self._lock:
+            if floor > self._last:
+                self._last = floor
+
 
 def _advance(last: Hlc, now_ms: int) -> Hlc:
     if now_ms > last.physical_ms:

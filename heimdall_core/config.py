@@ -5,11 +5,15 @@ environment variables.
 
 Environment nesting rule: ``HMD_`` + the dotted key path in upper case with ``__``
 between levels. ``data_dir`` is ``HMD_DATA_DIR``; ``log.fsync`` is ``HMD_LOG__FSYNC``;
-``pii.policy.email`` is ``HMD_PII__POLICY__EMAIL``. Lists are comma-separated.
+``pii.policy.email`` is ``HMD_PII__POLICY__EMAIL``. Lists are comma-separated. Names
+are lower-cased, so map keys set from the environment are lower case. Variables that
+start with a reserved prefix (``HMD_CONFIG``, ``HMD_PG_``, ``HMD_TEST_``) belong to
+tools and tests, not to the configuration, and are ignored here.
 
 Any unknown key, wrong type or bad value stops the program with one line naming the
 key, the value and what is allowed (``ConfigError``). Secrets are marked in the schema
-and redacted by :func:`redacted`.
+and redacted by :func:`redacted` and in every error message; the value of an unknown
+key is shown only when it cannot be a mistyped secret.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from heimdall_core.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX = "HMD_"
 ENV_CONFIG_FILE = "HMD_CONFIG"
+ENV_RESERVED_PREFIXES = (ENV_CONFIG_FILE, "HMD_PG_", "HMD_TEST_")
 REDACTED = "<redacted>"
+# Words in a key name that mark a value we must not echo even when the key is unknown
+# (a mistyped 'postgres_dsn' is still a DSN with a password in it).
+_SECRET_HINTS = ("dsn", "password", "passwd", "secret", "token", "key", "credential", "auth",
+                 "postgres")
+_SHOWN_CHARS_MAX = 60
 
 # Field metadata keys.
 _SIZE = "size"  # int parsed from "64MiB"
@@ -138,7 +148,8 @@ def load(
     if path is not None:
         layered = _read_toml(path)
     _merge(layered, _env_layer(env))
-    return _build(Settings, layered, "")
+    settings: Settings = _build(Settings, layered, "")
+    return settings
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -156,7 +167,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_RESERVED_PREFIXES):
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
         if any(not part for part in parts):
@@ -186,24 +197,39 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
 
 def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: {str(data)!r} is not allowed here; {where} is a table of "
+                          f"settings (in the environment: HMD_{where.upper().replace('.', '__')}__<KEY>)")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        key = prefix + unknown[0]
         raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key; allowed in {prefix.rstrip('.') or 'the top level'}: "
-            f"{', '.join(sorted(fields))}"
+            f"{key} = {_show_unknown(key, data[unknown[0]])}: unknown key; allowed in "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}"
         )
     values: dict[str, Any] = {}
     for name, value in data.items():
         key = prefix + name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, key + ".")
         else:
             values[name] = _coerce(key, value, hint, fields[name].metadata)
     return cls(**values)
+
+
+def _show_unknown(key: str, value: Any) -> str:
+    """The value of an unknown key for an error message, unless it may be a secret."""
+    if isinstance(value, Mapping):
+        return "(a table)"
+    text = str(value) if isinstance(value, _EnvText) else value
+    if isinstance(text, str) and (any(hint in key.lower() for hint in _SECRET_HINTS)
+                                  or "@" in text or "://" in text):
+        return REDACTED
+    shown = repr(text)
+    return shown if len(shown) <= _SHOWN_CHARS_MAX else shown[:_SHOWN_CHARS_MAX] + "…"
 
 
 def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
@@ -217,11 +243,14 @@ def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     elif hint is bool:
         result = _as_bool(key, value, shown)
     elif hint is int:
-        result = _as_int(key, value, shown)
+        result = _as_int(key, value, shown, meta)
     elif hint is str:
         result = _as_str(key, value, shown)
     elif hint is Path:
-        result = Path(os.path.expanduser(_as_str(key, value, shown)))
+        text = _as_str(key, value, shown)
+        if not text.strip():
+            raise ConfigError(f"{key}: {shown} is not a path; give a directory, e.g. /var/lib/heimdall")
+        result = Path(os.path.expanduser(text))
     elif origin is Literal:
         allowed = typing.get_args(hint)
         result = str(value)
@@ -266,17 +295,18 @@ def _as_bool(key: str, value: Any, shown: str) -> bool:
     raise ConfigError(f"{key}: {shown} is not a boolean; use true or false")
 
 
-def _as_int(key: str, value: Any, shown: str) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: {shown} is not an integer")
-    if isinstance(value, int):
+def _as_int(key: str, value: Any, shown: str, meta: Mapping[str, Any]) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, _EnvText):
         try:
             return int(value.strip())
         except ValueError:
             pass
-    raise ConfigError(f"{key}: {shown} is not an integer")
+    low, high = meta.get(_MIN), meta.get(_MAX)
+    allowed = (f"an integer {int(low)}..{int(high)}" if low is not None and high is not None
+               else "an integer")
+    raise ConfigError(f"{key}: {shown} is not an integer; use {allowed}")
 
 
 def _as_str(key: str, value: Any, shown: str) -> str:

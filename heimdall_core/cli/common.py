@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,7 @@ class Context:
 def build_context(args: argparse.Namespace) -> Context:
     environ = None
     if getattr(args, "data_dir", None):
-        import os
-
+        # --data-dir outranks HMD_DATA_DIR: it is the environment layer with one more value.
         environ = dict(os.environ)
         environ["HMD_DATA_DIR"] = str(args.data_dir)
     settings = config.load(Path(args.config) if args.config else None, environ)

@@ -22,12 +22,28 @@ from heimdall_core.cli.common import (
     resolve_feed,
     short,
 )
-from heimdall_core.errors import EncodingError, HeimdallError, IntegrityError
+from heimdall_core.errors import (
+    EncodingError,
+    FeedStopped,
+    ForkDetected,
+    HeimdallError,
+    IntegrityError,
+)
 from heimdall_core.events import Event, decode_frame, encode_body
 from heimdall_core.log.bundle import export_bundle, import_bundle
 from heimdall_core.log.store import LogStore
 
 STDIN_LINE_BYTES_MAX = 1 << 20
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.set_defaults(func=cmd_verify)
 
     tail = log_sub.add_parser("tail", help="show the last events of a feed")
-    tail.add_argument("-n", type=int, default=10, help="how many events (default 10)")
+    tail.add_argument("-n", type=_count, default=10, help="how many events (default 10)")
     tail.add_argument("--feed", help="feed (hex id or prefix); default: this site's feed")
     tail.add_argument("--json", action="store_true", help="one JSON object per event")
     tail.set_defaults(func=cmd_tail)
@@ -61,7 +77,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser("export", help="write verified frames to a bundle file")
     export.add_argument("file", type=Path)
     export.add_argument("--feed", action="append", help="feed to export (repeatable; default all)")
-    export.add_argument("--since", type=int, default=0, help="first sequence number (default 0)")
+    export.add_argument("--since", type=_count, default=0,
+                        help="only batches that end after this sequence number (default 0)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=cmd_export)
 
@@ -71,24 +88,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp.set_defaults(func=cmd_import)
 
 
-def _read_payloads(stream: Any) -> Iterator[dict[str, Any]]:
+class _BadLine(HeimdallError):
+    """A line of standard input that is not one event payload."""
+
+
+def _read_bodies(stream: Any, kind: str, version: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, canonical body) for each non-blank line; ``_BadLine`` names the line."""
     for number, line in enumerate(stream, start=1):
         if len(line) > STDIN_LINE_BYTES_MAX:
-            raise HeimdallError(f"stdin line {number}: longer than {STDIN_LINE_BYTES_MAX} bytes")
+            raise _BadLine(f"stdin line {number}: longer than {STDIN_LINE_BYTES_MAX} bytes")
         if not line.strip():
             continue
         try:
             payload = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise HeimdallError(f"stdin line {number}: not valid JSON ({exc.msg} at column "
-                                f"{exc.colno})") from None
+            raise _BadLine(f"stdin line {number}: not valid JSON ({exc.msg} at column "
+                           f"{exc.colno})") from None
         if not isinstance(payload, dict):
-            raise HeimdallError(f"stdin line {number}: must be a JSON object, got "
-                                f"{type(payload).__name__}")
-        yield payload
+            raise _BadLine(f"stdin line {number}: must be a JSON object, got "
+                           f"{type(payload).__name__}")
+        try:
+            yield number, encode_body(kind, version, payload)
+        except EncodingError as exc:
+            raise _BadLine(f"stdin line {number}: {exc}") from None
 
 
 def cmd_append(ctx: Context) -> int:
+    """Append stdin's JSON lines in batches. On a bad line, the lines before it are appended
+    (and said so) and nothing from it on."""
     kind = ctx.args.kind
     version = kinds.latest_version(kind)
     if version is None:
@@ -99,14 +126,17 @@ def cmd_append(ctx: Context) -> int:
     with ctx.store() as store:
         writer = store.writer()
         batch: list[bytes] = []
-        for number, payload in enumerate(_read_payloads(sys.stdin.buffer), start=1):
-            try:
-                batch.append(encode_body(kind, version, payload))
-            except EncodingError as exc:
-                raise HeimdallError(f"stdin event {number}: {exc}") from None
-            if len(batch) >= batch_max:
+        try:
+            for _, body in _read_bodies(sys.stdin.buffer, kind, version):
+                batch.append(body)
+                if len(batch) >= batch_max:
+                    total += writer.append_bodies(batch).count
+                    batch = []
+        except _BadLine as exc:
+            if batch:
                 total += writer.append_bodies(batch).count
-                batch = []
+            raise HeimdallError(f"{exc}; the {total} events before it were appended, "
+                                "nothing from this line on") from None
         if batch:
             total += writer.append_bodies(batch).count
         size = writer.state.size
@@ -145,7 +175,8 @@ def cmd_verify(ctx: Context) -> int:
             else:
                 print(f"FAIL  {entry['feed'][:16]}…  {entry['error']}")
         for fork in forks:
-            print(f"FORK  {short(fork.feed)}…  proof: {fork.path}")
+            print(f"FORK  {short(fork.feed)}…  two inconsistent signed heads (sizes "
+                  f"{fork.sizes[0]} and {fork.sizes[1]}); proof: {fork.path}")
     return EXIT_INTEGRITY if failed else EXIT_OK
 
 
@@ -222,7 +253,7 @@ def cmd_reindex(ctx: Context) -> int:
     with ctx.store() as store:
         feed = resolve_feed(store, ctx.args.feed)
         writer = store.writer(feed)
-        count = writer.rebuild_indexes(writer.state.size)
+        count = writer.rebuild_indexes()
     print(f"index of feed {short(feed)}… rebuilt from segments: {count} events")
     return EXIT_OK
 
@@ -244,8 +275,12 @@ def cmd_import(ctx: Context) -> int:
     with ctx.store() as store:
         try:
             summary = import_bundle(store, ctx.args.file, ctx.settings.log.frame_bytes_max)
-        except IntegrityError as exc:
-            print(f"import rejected: {exc}; nothing after that position was applied",
+        except ForkDetected as exc:
+            print(f"FORK  import stopped: {exc}; the feed is stopped, nothing after that position "
+                  "was applied", file=sys.stderr)
+            return EXIT_INTEGRITY
+        except (IntegrityError, FeedStopped) as exc:
+            print(f"import rejected: {exc}; nothing from that position on was applied",
                   file=sys.stderr)
             return EXIT_INTEGRITY
     if ctx.args.json:

@@ -1,7 +1,15 @@
 """The `heimdall` command: parse arguments, build the context once, dispatch, map errors.
 
-Exit status: 0 success; 1 an operational error (the message says what and where);
-2 a usage or configuration error; 3 an integrity failure or a fork was found.
+Exit status (scripts and monitoring rely on these):
+
+    0    success
+    1    an operational error: missing site, key or file, I/O error, bad input line
+         (the message says what and where, and what to do)
+    2    a usage or configuration error (argparse, or one line naming key, value and
+         what is allowed)
+    3    an integrity problem: a damaged, tampered or stale log, a rejected bundle, a
+         stopped feed, or a FORK (``heimdall log verify`` prints FORK lines)
+    130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -13,7 +21,13 @@ from collections.abc import Callable, Sequence
 
 from heimdall_core import __version__
 from heimdall_core.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_USAGE, Context, build_context
-from heimdall_core.errors import ConfigError, HeimdallError, IntegrityError, StaleLogError
+from heimdall_core.errors import (
+    ConfigError,
+    FeedStopped,
+    HeimdallError,
+    IntegrityError,
+    StaleLogError,
+)
 
 # One module per command group; each has register(subparsers).
 COMMAND_MODULES = (
@@ -60,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"heimdall: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (IntegrityError, StaleLogError) as exc:
+    except (IntegrityError, StaleLogError, FeedStopped) as exc:
         print(f"heimdall: integrity error: {exc}", file=sys.stderr)
         return EXIT_INTEGRITY
     except HeimdallError as exc:

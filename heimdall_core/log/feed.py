@@ -1,35 +1,47 @@
 """One feed on disk: segment files, the sequence index, and the durable signed head (I/O).
 
-Layout of a feed directory (see docs/formats.md for bytes):
+Layout of a feed directory (docs/formats.md has the bytes; segments.py the codecs):
 
-    seg-<first seq, 20 digits>.log   records: segment header, frames, checkpoints
+    seg-<first seq, 20 digits>.log   records: segment header, then batches (frames, checkpoint)
     index                            48 bytes per frame: segment first seq, offset, leaf hash
     checkpoints.idx                  24 bytes per checkpoint: size, segment first seq, offset
-    head                             the last signed head, two alternating slots
+    head                             the last signed head, two alternating slots (own feeds
+                                     keep it beside their key instead: keys/site.head)
     STOPPED                          present when the feed is stopped (integrity failure, fork)
     lock                             flock'ed by the one process that writes the feed
 
 Write path of one batch: frames and their signed checkpoint are written to the current
 segment with one write and one fdatasync; then the head slot is written and fdatasync'd;
-then the index files are appended (not synced: they are rebuilt from segments when they
-disagree). A batch never spans two segments, so a segment holds at most
-``segment_bytes_max`` plus one batch.
+only then is the batch acknowledged. Index entries are appended without a sync: the
+index entries of the last segment are rewritten from the segment at every open, and the
+index files are synced whenever a segment is closed, so the prefix before the last
+segment is durable. A batch never spans two segments.
 
-Recovery at open scans the last segment: a torn tail after the last valid signed
-checkpoint is cut off; corruption inside acknowledged data is never repaired, it stops the
-feed with its position; a log shorter than its own durable signed head is refused
-(``StaleLogError``: a restored backup or a copied key).
+Recovery at open (:meth:`FeedLog._recover`) reads the durable head and scans the last
+segment. The head marks what was acknowledged:
+
+* damage (a short, unreadable or misplaced record) *before* the head's checkpoint is
+  corruption of acknowledged data: never repaired; the feed is stopped (``STOPPED``) and
+  ``IntegrityError`` names feed, segment, offset and sequence;
+* complete batches after the head are verified (signature and Merkle root) and kept;
+  a complete batch that fails verification is corruption as above;
+* anything else after the last good checkpoint is a torn tail and is cut off;
+* a log that ends cleanly before its head is *behind* (a restored backup, a lost
+  segment, a copied key): ``StaleLogError``, and nothing of our own is written until
+  the missing batches come back from a peer or a bundle (``allow_behind``).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import struct
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import NoReturn
 
@@ -44,6 +56,8 @@ from heimdall_core.errors import (
 from heimdall_core.events import (
     FEED_ID_BYTES,
     FRAME_BYTES_MAX_DEFAULT,
+    BodyError,
+    check_bodies,
     decode_header,
     encode_header,
 )
@@ -51,27 +65,48 @@ from heimdall_core.keys import SigningKey
 from heimdall_core.log.checkpoint import Checkpoint, NoteSigner
 from heimdall_core.log.merkle import Frontier, leaf_hash, root_from_leaf_hashes
 from heimdall_core.log.records import (
-    RECORD_HEADER_BYTES,
     T_CHECKPOINT,
     T_FRAME,
-    T_HEAD,
     T_SEGMENT_HEADER,
     BadRecord,
-    Record,
     ShortRecord,
-    decode_record,
     encode_record,
+    iter_records,
+)
+from heimdall_core.log.segments import (
+    CHECKPOINT_ENTRY,
+    CHECKPOINT_INDEX_FILE,
+    INDEX_ENTRY,
+    INDEX_FILE,
+    NOTE_BYTES_MAX,
+    SEGMENT_HEADER_RECORD_BYTES,
+    EntryFile,
+    Head,
+    HeadFile,
+    Scan,
+    check_segment_header,
+    fsync_dir,
+    list_segments,
+    read_record_at,
+    scan_segment,
+    segment_header_record,
+    segment_name,
+    strip_position,
+    truncate,
+    write_all,
 )
 from heimdall_core.log.verify import FeedState, VerifiedBatch, origin_for, verify_batch, verify_note
 
-SEGMENT_MAGIC = b"HMDSEG1\x00"
-SEGMENT_HEADER = struct.Struct(">8s32sQ")
-INDEX_ENTRY = struct.Struct(">QQ32s")
-CHECKPOINT_ENTRY = struct.Struct(">QQQ")
-HEAD_SLOT_BYTES = 8192
-HEAD_PAYLOAD = struct.Struct(">QI")  # generation, note length; then note, then frontier bytes
-NOTE_BYTES_MAX = 16 * 1024
+__all__ = [
+    "NOTE_BYTES_MAX", "SEGMENT_BYTES_MAX_DEFAULT", "AppendResult", "FeedLog", "LogOptions",
+    "segment_name",
+]
+
+log = logging.getLogger("heimdall.log")
+
 SEGMENT_BYTES_MAX_DEFAULT = 64 << 20
+STOPPED_FILE = "STOPPED"
+LOCK_FILE = "lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,58 +124,19 @@ class AppendResult:
     checkpoint: Checkpoint
 
 
-@dataclass(slots=True)
-class _Scan:
-    """What recovery found in the last segment."""
-
-    path: Path
-    first_seq: int
-    data: bytes
-    header_end: int = 0
-    # (seq, offset, leaf hash, hlc) per frame; (frames before, offset, end, note) per checkpoint
-    frames: list[tuple[int, int, bytes, Hlc]] = field(default_factory=list)
-    checkpoints: list[tuple[int, int, int, bytes]] = field(default_factory=list)
-    error: str | None = None
-    error_offset: int = 0
-    error_short: bool = False
-
-
 @dataclass(frozen=True, slots=True)
-class Head:
-    generation: int
-    note: bytes
-    checkpoint: Checkpoint
+class _Position:
+    """A verified batch boundary in the last segment: recovery continues from here."""
+
+    size: int
+    end: int  # offset in the last segment where the records after this boundary start
     frontier: Frontier
-
-
-def segment_name(first_seq: int) -> str:
-    return f"seg-{first_seq:020d}.log"
-
-
-def _segment_first_seq(path: Path) -> int | None:
-    name = path.name
-    if name.startswith("seg-") and name.endswith(".log") and name[4:-4].isdigit():
-        return int(name[4:-4])
-    return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    note: bytes | None
+    hlc: Hlc
 
 
 class FeedLog:
-    """A feed's files. Reading is safe from any process; writing needs ``lock_for_writing``."""
+    """A feed's files. Reading is safe from any process; writing needs ``open_for_writing``."""
 
     def __init__(self, directory: Path, feed: bytes, *, head_path: Path | None = None,
                  options: LogOptions | None = None) -> None:
@@ -152,6 +148,10 @@ class FeedLog:
         self.head_path = head_path or directory / "head"
         self.options = options or LogOptions()
         self.state = FeedState(feed)
+        self._head_file = HeadFile(self.head_path, feed)
+        self._index = EntryFile(directory / INDEX_FILE, INDEX_ENTRY)
+        self._cp_index = EntryFile(directory / CHECKPOINT_INDEX_FILE, CHECKPOINT_ENTRY)
+        self._record_max = self.options.frame_bytes_max + NOTE_BYTES_MAX
         self._lock_fd: int | None = None
         self._seg_fd: int | None = None
         self._seg_first = 0
@@ -161,56 +161,70 @@ class FeedLog:
         self._head_generation = 0
         self._signer: NoteSigner | None = None
         self._clock: HybridClock | None = None
+        self._behind: Head | None = None
+        self._broken: str | None = None
+        self._stopped: str | None = None
+        self._write_lock = threading.Lock()
 
     # ----------------------------------------------------------------- opening
     @classmethod
     def open_for_writing(cls, directory: Path, feed: bytes, *, head_path: Path | None = None,
                          options: LogOptions | None = None, key: SigningKey | None = None,
-                         clock: Clock | None = None) -> FeedLog:
-        """Open, lock and recover the feed; with ``key`` it can append its own events."""
-        log = cls(directory, feed, head_path=head_path, options=options)
+                         clock: Clock | None = None, hlc: HybridClock | None = None,
+                         allow_behind: bool = False) -> FeedLog:
+        """Open, lock and recover the feed; with ``key`` it can append its own events.
+
+        ``hlc`` shares one hybrid clock between feeds (a store passes its own); without
+        it the feed gets a clock of its own on ``clock``. With ``allow_behind`` a log that
+        is behind its durable head opens anyway, accepting only verified batches
+        (``append_verified``) until it has caught up; without it, ``StaleLogError``.
+        """
+        log_ = cls(directory, feed, head_path=head_path, options=options)
         directory.mkdir(parents=True, exist_ok=True)
-        log._lock()
+        log_._lock()
         try:
-            log._check_not_stopped()
-            log._recover()
+            log_._check_not_stopped()
+            log_._recover(allow_behind=allow_behind)
             if key is not None:
                 if key.public != feed:
-                    raise HeimdallError(f"key {key.public.hex()} does not sign feed {log.feed_hex}")
-                log._signer = NoteSigner(origin_for(feed), key.private)
-                log._clock = HybridClock(clock, log.state.last_hlc)
+                    raise HeimdallError(f"key {key.public.hex()} does not sign feed {log_.feed_hex}")
+                log_._signer = NoteSigner(origin_for(feed), key.private)
+                log_._clock = hlc or HybridClock(clock)
+                log_._clock.ensure_after(log_.state.last_hlc)
         except BaseException:
-            log.close()
+            log_.close()
             raise
-        return log
+        return log_
 
     @classmethod
     def open_for_reading(cls, directory: Path, feed: bytes, *, head_path: Path | None = None,
                          options: LogOptions | None = None) -> FeedLog:
         """A read-only view up to the durable signed head (safe while another process writes)."""
-        log = cls(directory, feed, head_path=head_path, options=options)
-        head = log._read_head()
+        log_ = cls(directory, feed, head_path=head_path, options=options)
+        head = log_._head_file.read()
         if head is not None:
-            log.state = FeedState(feed, head.checkpoint.size, head.frontier, ZERO, head.note)
-        return log
+            log_.state = FeedState(feed, head.size, head.frontier, head.last_hlc, head.note)
+        return log_
 
     def _lock(self) -> None:
-        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise HeimdallError(
                 f"feed {self.feed_hex} is being written by another process "
-                f"(lock {self.directory / 'lock'}); stop it first") from None
+                f"(lock {self.directory / LOCK_FILE}); stop it first") from None
         self._lock_fd = fd
 
     def close(self) -> None:
-        for name in ("_seg_fd", "_index_fd", "_cp_index_fd", "_lock_fd"):
-            fd = getattr(self, name)
-            if fd is not None:
-                os.close(fd)
-                setattr(self, name, None)
+        with self._write_lock:
+            for name in ("_seg_fd", "_index_fd", "_cp_index_fd", "_lock_fd"):
+                fd = getattr(self, name)
+                if fd is not None:
+                    os.close(fd)
+                    setattr(self, name, None)
+            self._head_file.close()
 
     def __enter__(self) -> FeedLog:
         return self
@@ -218,401 +232,323 @@ class FeedLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def is_writable_own(self) -> bool:
+        return self._signer is not None
+
+    @property
+    def behind(self) -> Head | None:
+        """The durable head this log has not caught up with yet (None: not behind)."""
+        return self._behind
+
     # ----------------------------------------------------------------- stopping
     @property
     def stopped_path(self) -> Path:
-        return self.directory / "STOPPED"
+        return self.directory / STOPPED_FILE
 
     def stopped_reason(self) -> str | None:
         try:
             return str(json.loads(self.stopped_path.read_text())["reason"])
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             return "stopped (reason file unreadable)"
 
     def stop(self, reason: str) -> None:
         """Stop the feed for good: nothing more is appended or accepted until an operator acts."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         record = {"feed": self.feed_hex, "reason": reason, "at_ms": time.time_ns() // 1_000_000}
         tmp = self.stopped_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record) + "\n")
         os.replace(tmp, self.stopped_path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
+        self._stopped = reason
+        log.error("feed %s stopped: %s", self.feed_hex, reason)
 
     def _check_not_stopped(self) -> None:
-        reason = self.stopped_reason()
+        reason = self._stopped or self.stopped_reason()
         if reason is not None:
             raise FeedStopped(f"feed {self.feed_hex} is stopped: {reason} "
                               f"(see {self.stopped_path})")
 
-    # ----------------------------------------------------------------- head file
-    def _read_head(self) -> Head | None:
-        try:
-            data = self.head_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        best: Head | None = None
-        for slot in range(2):
-            chunk = data[slot * HEAD_SLOT_BYTES:(slot + 1) * HEAD_SLOT_BYTES]
-            head = self._parse_head_slot(chunk)
-            if head is not None and (best is None or head.generation > best.generation):
-                best = head
-        return best
-
-    def _parse_head_slot(self, chunk: bytes) -> Head | None:
-        try:
-            record = decode_record(chunk, 0, HEAD_SLOT_BYTES)
-        except (ShortRecord, BadRecord):
-            return None  # a torn slot: the other one holds the previous head
-        if record.type != T_HEAD or len(record.payload) < HEAD_PAYLOAD.size:
-            return None
-        generation, note_len = HEAD_PAYLOAD.unpack_from(record.payload)
-        note = record.payload[HEAD_PAYLOAD.size:HEAD_PAYLOAD.size + note_len]
-        frontier = Frontier.from_bytes(record.payload[HEAD_PAYLOAD.size + note_len:])
-        checkpoint = verify_note(FeedState(self.feed), note)
-        if checkpoint.size != frontier.size or checkpoint.root != frontier.root():
-            raise IntegrityError("head file: frontier does not match its signed checkpoint",
-                                 feed=self.feed_hex, segment=str(self.head_path))
-        return Head(generation, note, checkpoint, frontier)
-
-    def _write_head(self, note: bytes, frontier: Frontier) -> None:
-        self._head_generation += 1
-        payload = HEAD_PAYLOAD.pack(self._head_generation, len(note)) + note + frontier.to_bytes()
-        record = encode_record(T_HEAD, payload)
-        if len(record) > HEAD_SLOT_BYTES:
-            raise HeimdallError(f"signed head of {len(record)} bytes does not fit a head slot")
-        slot = self._head_generation % 2
-        fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.pwrite(fd, record.ljust(HEAD_SLOT_BYTES, b"\0"), slot * HEAD_SLOT_BYTES)
-            if self.options.fsync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+    def _check_writable(self) -> None:
+        if self._seg_fd is None and self._index_fd is None:
+            raise HeimdallError(f"feed {self.feed_hex} is not open for writing")
+        if self._broken is not None:
+            raise HeimdallError(f"feed {self.feed_hex}: an earlier write failed ({self._broken}); "
+                                "close and reopen the feed to recover")
+        self._check_not_stopped()
 
     # ----------------------------------------------------------------- recovery
     def segments(self) -> list[tuple[int, Path]]:
-        found = []
-        for path in self.directory.glob("seg-*.log"):
-            first = _segment_first_seq(path)
-            if first is not None:
-                found.append((first, path))
-        return sorted(found)
+        return list_segments(self.directory)
 
-    def _recover(self) -> None:
-        head = self._read_head()
-        if head is not None:
-            self._head_generation = head.generation
-        head_size = head.checkpoint.size if head else 0
+    def _recover(self, *, allow_behind: bool) -> None:
+        head = self._head_file.read()
+        self._head_generation = head.generation if head else 0
         segments = self.segments()
         if not segments:
-            if head_size > 0:
-                raise StaleLogError(
-                    f"feed {self.feed_hex}: no segment files, but its last signed head covers "
-                    f"{head_size} events; refusing to write (restored backup or copied key?)")
-            self._open_index_files(0, 0)
+            self._recover_empty(head, allow_behind)
             return
+        if segments[0][0] != 0:
+            self._fail(f"the first segment is {segments[0][1].name}, not {segment_name(0)}",
+                       segment=segments[0][1].name, offset=0, seq=0)
         last_first, last_path = segments[-1]
-        scan = self._scan_segment(last_path, last_first)
-        self._settle(scan, head, last_first, last_path)
-
-    def _scan_segment(self, path: Path, first_seq: int) -> _Scan:
-        data = path.read_bytes()
-        scan = _Scan(path, first_seq, data)
-        offset = 0
-        try:
-            header = decode_record(data, 0, 1024)
-            self._check_segment_header(header.payload, path, first_seq)
-            offset = header.end
-            scan.header_end = offset
-            seq = first_seq
-            while offset < len(data):
-                record = decode_record(data, offset, self.options.frame_bytes_max + NOTE_BYTES_MAX)
-                if record.type == T_FRAME:
-                    frame_header = decode_header(record.payload)
-                    if frame_header.feed != self.feed or frame_header.seq != seq:
-                        raise BadRecord("frame of another feed or out of sequence", offset=offset)
-                    scan.frames.append((seq, offset, leaf_hash(record.payload), frame_header.hlc))
-                    seq += 1
-                elif record.type == T_CHECKPOINT:
-                    scan.checkpoints.append((seq, offset, record.end, record.payload))
-                else:
-                    raise BadRecord(f"unexpected record type {record.type:#x}", offset=offset)
-                offset = record.end
-        except ShortRecord:
-            scan.error, scan.error_offset, scan.error_short = "torn record", offset, True
-        except (BadRecord, EncodingError) as exc:
-            scan.error, scan.error_offset = str(exc), offset
-        return scan
-
-    def _check_segment_header(self, payload: bytes, path: Path, first_seq: int) -> None:
-        if len(payload) != SEGMENT_HEADER.size:
-            raise BadRecord("segment header has the wrong size", offset=0)
-        magic, feed, first = SEGMENT_HEADER.unpack(payload)
-        if magic != SEGMENT_MAGIC or feed != self.feed or first != first_seq:
-            raise IntegrityError("segment header does not match its file name or feed",
-                                 feed=self.feed_hex, segment=path.name, offset=0)
-
-    def _settle(self, scan: _Scan, head: Head | None, last_first: int, last_path: Path) -> None:
-        head_size = head.checkpoint.size if head else 0
-        good = self._best_checkpoint(scan, head)
-        if good is None:
-            self._no_checkpoint_in_last_segment(scan, head, last_first, last_path)
-            return
-        size, cut, note, frontier = good
-        if scan.error is not None and not scan.error_short and scan.error_offset < cut:
-            self._corrupt(scan, f"corrupt record: {scan.error}")
-        if size < head_size:
-            self._fail_behind(scan, size, head_size)
-        if cut < len(scan.data):
-            self._truncate(last_path, cut)
-        if head is None or head.note != note:
-            self._write_head(note, frontier)
-        self._sync_indexes(scan, size)
-        last_hlc = next((hlc for seq, _, _, hlc in reversed(scan.frames) if seq < size), None)
-        if last_hlc is None:
-            last_hlc = self._hlc_of(size - 1) if size else ZERO
-        self.state = FeedState(self.feed, size, frontier, last_hlc, note)
-        self._open_segment_for_append(last_first, last_path, cut)
-
-    def _best_checkpoint(self, scan: _Scan, head: Head | None
-                         ) -> tuple[int, int, bytes, Frontier] | None:
-        """The last checkpoint of the scan that verifies and is not behind the head."""
-        head_size = head.checkpoint.size if head else 0
-        for seq_after, offset, end, note in reversed(scan.checkpoints):
-            if scan.error is not None and offset >= scan.error_offset:
-                continue
-            if seq_after < head_size:
-                self._fail_behind(scan, seq_after, head_size)
-            frontier = self._frontier_for(scan, head, seq_after)
-            if frontier is None:
-                continue
-            try:
-                checkpoint = verify_note(FeedState(self.feed, seq_after), note)
-            except IntegrityError:
-                continue
-            if checkpoint.size == seq_after and checkpoint.root == frontier.root():
-                return seq_after, end, note, frontier
-            if offset < (scan.error_offset if scan.error is not None else len(scan.data)):
-                self._corrupt(scan, "a stored checkpoint does not match the frames before it",
-                              offset=offset, seq=seq_after)
-        return None
-
-    def _frontier_for(self, scan: _Scan, head: Head | None, size: int) -> Frontier | None:
-        if head is not None and head.checkpoint.size <= size:
-            frontier = head.frontier.copy()
-            start = head.checkpoint.size
-        else:
-            start = scan.first_seq
-            frontier = self._frontier_from_index(start)
-        needed = [h for seq, _, h, _ in scan.frames if start <= seq < size]
-        if len(needed) != size - start:
-            return None
-        frontier.extend(needed)
-        return frontier
-
-    def _frontier_from_index(self, size: int) -> Frontier:
-        return Frontier.from_leaf_hashes(self.leaf_hashes(0, size))
-
-    def _no_checkpoint_in_last_segment(self, scan: _Scan, head: Head | None,
-                                       last_first: int, last_path: Path) -> None:
-        head_size = head.checkpoint.size if head else 0
+        self._ensure_index_prefix(segments)
+        scan = scan_segment(last_path, self.feed, last_first, self._record_max)
         if scan.header_end == 0:
-            # The segment header itself is torn: the segment was being created.
-            if last_first < head_size:
-                self._corrupt(scan, "segment header is unreadable")
-            last_path.unlink()
-            _fsync_dir(self.directory)
-            self._recover()
+            self._recover_torn_segment(scan, head, allow_behind)
             return
-        if last_first < head_size:
-            if scan.error is not None and not scan.error_short:
-                self._corrupt(scan, f"corrupt record: {scan.error}")
-            self._fail_behind(scan, last_first + len(scan.frames), head_size)
-        # Only unacknowledged frames in this segment: cut back to its header.
-        if head is not None and head.checkpoint.size == last_first:
-            frontier, note = head.frontier, head.note
-        elif last_first == 0:
-            frontier, note = Frontier(), b""
-        else:
-            raise IntegrityError("no signed checkpoint covers the start of the last segment",
-                                 feed=self.feed_hex, segment=last_path.name, seq=last_first)
-        self._truncate(last_path, scan.header_end)
-        self._sync_indexes(scan, last_first)
-        self.state = FeedState(self.feed, last_first, frontier,
-                               self._hlc_of(last_first - 1) if last_first else ZERO, note or None)
-        self._open_segment_for_append(last_first, last_path, scan.header_end)
+        start = self._start_position(scan, head)
+        good = self._walk(scan, start)
+        if head is not None and good.size < head.size:
+            if scan.error is not None:  # cannot happen: an error before the head is caught above
+                self._corrupt(scan, scan.error, scan.error_offset)
+            self._fall_behind(head, good, allow_behind)
+        if good.end < scan.length:
+            self._cut_tail(scan, good)
+        if self._behind is None and (head is None or good.size > head.size):
+            self._head_generation += 1
+            self._head_file.write(self._head_generation, good.note or b"", good.frontier,
+                                  good.hlc, fsync=self.options.fsync)
+        self._write_last_segment_indexes(scan, good.size)
+        self.state = FeedState(self.feed, good.size, good.frontier, good.hlc, good.note)
+        self._seg_fd = os.open(last_path, os.O_WRONLY | os.O_APPEND)
+        self._seg_first, self._seg_size = last_first, good.end
 
-    def _fail_behind(self, scan: _Scan, size: int, head_size: int) -> NoReturn:
-        if scan.error is not None and not scan.error_short:
-            self._corrupt(scan, f"corrupt record: {scan.error}")
-        raise StaleLogError(
-            f"feed {self.feed_hex}: the log holds {size} events but its last signed head covers "
-            f"{head_size}; refusing to write (restored backup or copied key?). "
-            "Fetch the missing events from a peer or an export bundle.")
+    def _recover_empty(self, head: Head | None, allow_behind: bool) -> None:
+        if head is not None:
+            self._fall_behind(head, _Position(0, 0, Frontier(), None, ZERO), allow_behind)
+        for entries in (self._index, self._cp_index):
+            entries.path.unlink(missing_ok=True)
+        self._open_index_files()
 
-    def _corrupt(self, scan: _Scan, reason: str, *, offset: int | None = None,
-                 seq: int | None = None) -> NoReturn:
-        at = scan.error_offset if offset is None else offset
-        if seq is None:
-            seq = scan.first_seq + sum(1 for _, off, _, _ in scan.frames if off < at)
-        message = (f"{reason} in acknowledged data: feed {self.feed_hex}, segment "
-                   f"{scan.path.name}, offset {at}, sequence {seq}; not repaired")
-        self.stop(message)
-        raise IntegrityError(reason + " in acknowledged data; feed stopped, not repaired",
-                             feed=self.feed_hex, segment=scan.path.name, offset=at, seq=seq)
+    def _recover_torn_segment(self, scan: Scan, head: Head | None, allow_behind: bool) -> None:
+        """The last segment's header is unreadable: a crash while the segment was created."""
+        head_size = head.size if head else 0
+        if scan.first_seq < head_size or scan.length > SEGMENT_HEADER_RECORD_BYTES:
+            self._corrupt(scan, f"segment header unreadable: {scan.error}", 0)
+        log.warning("feed %s: removing %s, whose header was torn while it was created",
+                    self.feed_hex, scan.path.name)
+        scan.path.unlink()
+        fsync_dir(self.directory)
+        self._recover(allow_behind=allow_behind)
 
-    def _truncate(self, path: Path, size: int) -> None:
-        fd = os.open(path, os.O_RDWR)
+    def _start_position(self, scan: Scan, head: Head | None) -> _Position:
+        """The verified boundary in the last segment from which recovery walks on."""
+        if head is not None and head.size > scan.first_seq:
+            for size, offset, end, note in scan.checkpoints:
+                if size == head.size:
+                    self._check_same_head(scan, head, note, offset)
+                    return _Position(size, end, head.frontier.copy(), head.note, head.last_hlc)
+            if scan.error is not None:
+                # The head covers records we cannot read: acknowledged data is damaged.
+                self._corrupt(scan, scan.error, scan.error_offset)
+            if scan.checkpoints and scan.checkpoints[-1][0] > head.size:
+                self._corrupt(scan, f"no checkpoint at the size {head.size} of the durable head",
+                              scan.checkpoints[-1][1])
+            # The log ends cleanly before its head: behind. Walk what there is.
+        elif head is not None and head.size == scan.first_seq:
+            return _Position(head.size, scan.header_end, head.frontier.copy(), head.note,
+                             head.last_hlc)
+        elif head is not None:
+            log.warning("feed %s: durable head (size %d) is older than the last segment %s",
+                        self.feed_hex, head.size, scan.path.name)
+        return self._position_from_index(scan)
+
+    def _check_same_head(self, scan: Scan, head: Head, note: bytes, offset: int) -> None:
+        if note == head.note:
+            return
         try:
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            checkpoint = verify_note(FeedState(self.feed, head.size), note)
+        except IntegrityError as exc:
+            self._corrupt(scan, f"checkpoint does not verify: {strip_position(exc)}", offset)
+        if checkpoint.root != head.checkpoint.root:
+            self._corrupt(scan, "the stored checkpoint and the durable head sign different roots "
+                                "at the same size (a forked copy of this log?)", offset)
+
+    def _position_from_index(self, scan: Scan) -> _Position:
+        """The boundary at the start of the last segment, from the index (slow: O(log size))."""
+        first = scan.first_seq
+        if first == 0:
+            return _Position(0, scan.header_end, Frontier(), None, ZERO)
+        note = self.checkpoint_at(first)
+        if note is None:
+            self._corrupt(scan, f"no signed checkpoint at the start (size {first}) of the segment", 0)
+        frontier = Frontier.from_leaf_hashes(self.leaf_hashes(0, first))
+        checkpoint = verify_note(FeedState(self.feed, first), note)
+        if checkpoint.size != first or checkpoint.root != frontier.root():
+            self._corrupt(scan, "the checkpoint before this segment does not match the index", 0)
+        return _Position(first, scan.header_end, frontier, note, self.hlc_before(first))
+
+    def _walk(self, scan: Scan, start: _Position) -> _Position:
+        """Verify every complete batch after ``start``; return the last good boundary."""
+        good = start
+        frontier = start.frontier.copy()
+        for size, offset, end, note in scan.checkpoints:
+            if offset < start.end:
+                continue
+            frames = scan.frames[good.size - scan.first_seq:size - scan.first_seq]
+            hlcs = [hlc for _, _, hlc in frames]
+            previous = (good.hlc.physical_ms, good.hlc.logical)
+            if not frames or any(b <= a for a, b in zip([previous, *hlcs], hlcs, strict=False)):
+                self._corrupt(scan, "a stored batch is empty or its HLC does not increase", offset,
+                              seq=good.size)
+            frontier.extend([digest for _, digest, _ in frames])
+            try:
+                checkpoint = verify_note(FeedState(self.feed, good.size), note)
+            except IntegrityError as exc:
+                self._corrupt(scan, f"checkpoint does not verify: {strip_position(exc)}", offset,
+                              seq=good.size)
+            if checkpoint.size != size or checkpoint.root != frontier.root():
+                self._corrupt(scan, "a stored checkpoint does not match the frames before it",
+                              offset, seq=good.size)
+            good = _Position(size, end, frontier.copy(), note, Hlc(*hlcs[-1]))
+        return good
+
+    def _fall_behind(self, head: Head, good: _Position, allow_behind: bool) -> None:
+        message = (f"feed {self.feed_hex}: the log holds {good.size} events but its last signed "
+                   f"head covers {head.size}; refusing to write (restored backup, lost segment "
+                   "or copied key?). Import the missing events from a peer or an export bundle.")
+        if not allow_behind:
+            raise StaleLogError(message)
+        log.error("%s", message)
+        self._behind = head
+
+    def _cut_tail(self, scan: Scan, good: _Position) -> None:
+        cut_frames = len(scan.frames) - (good.size - scan.first_seq)
+        log.warning("feed %s: cutting a torn tail of %d bytes (%d unacknowledged frames%s) from %s "
+                    "after the checkpoint of size %d", self.feed_hex, scan.length - good.end,
+                    cut_frames, f"; {scan.error} at offset {scan.error_offset}" if scan.error else "",
+                    scan.path.name, good.size)
+        truncate(scan.path, good.end)
+
+    def _corrupt(self, scan: Scan, reason: str, offset: int, *, seq: int | None = None) -> NoReturn:
+        """Damage inside acknowledged data: stop the feed and say where (never repaired)."""
+        if seq is None:
+            seq = self._damaged_seq(scan, offset)
+        self._fail(reason, segment=scan.path.name, offset=offset, seq=seq)
+
+    def _fail(self, reason: str, *, segment: str, offset: int, seq: int) -> NoReturn:
+        message = (f"{reason}: feed {self.feed_hex}, segment {segment}, offset {offset}, "
+                   f"sequence {seq}; acknowledged data is damaged and is not repaired")
+        self.stop(message)
+        raise IntegrityError(f"{reason}; feed stopped, not repaired", feed=self.feed_hex,
+                             segment=segment, offset=offset, seq=seq)
+
+    def _damaged_seq(self, scan: Scan, offset: int) -> int:
+        """The sequence a damaged record at ``offset`` belongs to (see :meth:`_attribute`)."""
+        next_seq = scan.first_seq + scan.frames_before(offset)
+        batch_first = scan.first_seq
+        for size, cp_offset, _, _ in scan.checkpoints:
+            if cp_offset < offset:
+                batch_first = size
+        return self._attribute(scan.first_seq, offset, next_seq, batch_first, scan.error_type)
+
+    def _attribute(self, seg_first: int, offset: int, next_seq: int, batch_first: int,
+                   type_byte: int | None) -> int:
+        """A damaged frame record is reported at its own sequence, a damaged checkpoint at the
+        first sequence of its batch. The index (written when the batch was appended) tells
+        which one lies at ``offset``; the record's own type byte is the fallback."""
+        if offset < SEGMENT_HEADER_RECORD_BYTES:
+            return seg_first
+        entry = self._index.get(next_seq)
+        if entry is not None and entry[0] == seg_first:
+            return next_seq if entry[1] == offset else batch_first
+        return next_seq if type_byte == T_FRAME else batch_first
 
     # ----------------------------------------------------------------- indexes
-    def _sync_indexes(self, scan: _Scan, size: int) -> None:
-        """Make index files agree with the segments up to ``size``; rebuild if they cannot."""
-        index_path = self.directory / "index"
-        count = index_path.stat().st_size // INDEX_ENTRY.size if index_path.exists() else 0
-        if count < scan.first_seq or not self._index_prefix_ok(scan.first_seq):
-            self.rebuild_indexes(size)
-            return
-        entries = [INDEX_ENTRY.pack(scan.first_seq, off, h)
-                   for seq, off, h, _ in scan.frames if seq < size]
-        self._rewrite_tail(index_path, scan.first_seq * INDEX_ENTRY.size, b"".join(entries))
-        cp_path = self.directory / "checkpoints.idx"
-        kept = self._checkpoint_entries_before(scan.first_seq)
-        tail = [CHECKPOINT_ENTRY.pack(seq_after, scan.first_seq, off)
-                for seq_after, off, _, _ in scan.checkpoints if seq_after <= size and
-                (seq_after > scan.first_seq or off > 0)]
-        self._rewrite_tail(cp_path, kept * CHECKPOINT_ENTRY.size, b"".join(tail))
-        self._open_index_files(size, kept + len(tail))
+    def _ensure_index_prefix(self, segments: list[tuple[int, Path]]) -> None:
+        """The index entries of every segment but the last must be there; rebuild if not.
 
-    def _index_prefix_ok(self, first_seq: int) -> bool:
-        if first_seq == 0:
-            return True
-        entry = self._index_entry(first_seq - 1)
-        return entry is not None and entry[0] <= first_seq - 1
-
-    def _checkpoint_entries_before(self, first_seq: int) -> int:
-        path = self.directory / "checkpoints.idx"
-        if not path.exists():
-            return 0
-        data = path.read_bytes()
-        count = 0
-        for index in range(len(data) // CHECKPOINT_ENTRY.size):
-            _, segment, _ = CHECKPOINT_ENTRY.unpack_from(data, index * CHECKPOINT_ENTRY.size)
-            if segment >= first_seq:
+        Each boundary is checked: the entry before a segment's first frame points into the
+        previous segment, and the checkpoint entries end exactly at the boundary.
+        """
+        last_first = segments[-1][0]
+        ok = self._index.count() >= last_first
+        for (first, _), (next_first, _) in pairwise(segments):
+            if not ok:
                 break
-            count += 1
-        return count
+            entry = self._index.get(next_first - 1)
+            ok = entry is not None and entry[0] == first
+        if ok and last_first > 0:
+            kept = self._cp_index.bisect_right(1, last_first - 1)
+            entry = self._cp_index.get(kept - 1) if kept else None
+            ok = entry is not None and entry[0] == last_first
+        if not ok:
+            log.warning("feed %s: index files do not match the segments; rebuilding them",
+                        self.feed_hex)
+            try:
+                self._rebuild_index_files(segments[:-1])
+            except IntegrityError as exc:
+                self._fail(strip_position(exc), segment=exc.segment or "", offset=exc.offset or 0,
+                           seq=exc.seq or 0)
 
-    @staticmethod
-    def _rewrite_tail(path: Path, keep_bytes: int, tail: bytes) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            os.ftruncate(fd, keep_bytes)
-            os.pwrite(fd, tail, keep_bytes)
-        finally:
-            os.close(fd)
+    def _write_last_segment_indexes(self, scan: Scan, size: int) -> None:
+        """Rewrite the index entries of the last segment from its scan (they are not synced)."""
+        first = scan.first_seq
+        entries = [INDEX_ENTRY.pack(first, offset, digest)
+                   for offset, digest, _ in scan.frames[:size - first]]
+        _rewrite_tail(self._index.path, first * INDEX_ENTRY.size, b"".join(entries))
+        kept = self._cp_index.bisect_right(1, first - 1) if first else 0
+        checkpoints = [CHECKPOINT_ENTRY.pack(cp_size, first, offset)
+                       for cp_size, offset, _, _ in scan.checkpoints if cp_size <= size]
+        _rewrite_tail(self._cp_index.path, kept * CHECKPOINT_ENTRY.size, b"".join(checkpoints))
+        self._open_index_files()
 
-    def _open_index_files(self, size: int, checkpoints: int) -> None:
-        for name, attr in (("index", "_index_fd"), ("checkpoints.idx", "_cp_index_fd")):
-            fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            setattr(self, attr, fd)
-        assert self._index_fd is not None
-        if os.fstat(self._index_fd).st_size != size * INDEX_ENTRY.size:
-            raise IntegrityError("index length disagrees with the recovered log",
-                                 feed=self.feed_hex, seq=size)
+    def _open_index_files(self) -> None:
+        for path, attr in ((self._index.path, "_index_fd"), (self._cp_index.path, "_cp_index_fd")):
+            if getattr(self, attr) is None:
+                setattr(self, attr, os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644))
 
-    def rebuild_indexes(self, size: int | None = None) -> int:
-        """Rebuild ``index`` and ``checkpoints.idx`` from the segment files; return frames seen."""
+    def rebuild_indexes(self) -> int:
+        """Rebuild ``index`` and ``checkpoints.idx`` from the segment files; return frames seen.
+
+        Safe on a feed open for writing (``heimdall log reindex``); every record is checked.
+        """
+        with self._write_lock:
+            for attr in ("_index_fd", "_cp_index_fd"):
+                fd = getattr(self, attr)
+                if fd is not None:
+                    os.close(fd)
+                    setattr(self, attr, None)
+            count = self._rebuild_index_files(self.segments())
+            if self._lock_fd is not None:
+                self._open_index_files()
+            return count
+
+    def _rebuild_index_files(self, segments: list[tuple[int, Path]]) -> int:
+        """Write both index files for ``segments`` (a prefix of the log's segments)."""
         index_parts: list[bytes] = []
         cp_parts: list[bytes] = []
-        seq = 0
-        for first, path in self.segments():
-            if first != seq:
-                raise IntegrityError(f"segment starts at {first}, expected {seq}",
-                                     feed=self.feed_hex, segment=path.name, seq=seq)
-            for record, frame_seq in self._records_in(path, first, 0, first):
-                if size is not None and frame_seq >= size and record.type == T_FRAME:
-                    break
-                if record.type == T_FRAME:
-                    index_parts.append(INDEX_ENTRY.pack(first, record.offset,
-                                                        leaf_hash(record.payload)))
-                    seq += 1
-                elif record.type == T_CHECKPOINT and (size is None or frame_seq <= size):
-                    cp_parts.append(CHECKPOINT_ENTRY.pack(frame_seq, first, record.offset))
-        for name, parts in (("index", index_parts), ("checkpoints.idx", cp_parts)):
-            tmp = self.directory / (name + ".tmp")
-            tmp.write_bytes(b"".join(parts))
-            os.replace(tmp, self.directory / name)
-        for attr in ("_index_fd", "_cp_index_fd"):
-            fd = getattr(self, attr)
-            if fd is not None:
-                os.close(fd)
-                setattr(self, attr, None)
-        self._open_index_files(seq, len(cp_parts))
-        return seq
-
-    def _index_entry(self, seq: int) -> tuple[int, int, bytes] | None:
-        try:
-            with open(self.directory / "index", "rb") as handle:
-                handle.seek(seq * INDEX_ENTRY.size)
-                raw = handle.read(INDEX_ENTRY.size)
-        except FileNotFoundError:
-            return None
-        if len(raw) != INDEX_ENTRY.size:
-            return None
-        first, offset, digest = INDEX_ENTRY.unpack(raw)
-        return first, offset, digest
-
-    def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
-        """Leaf hashes of frames ``start..stop-1`` from the index."""
-        if stop <= start:
-            return []
-        with open(self.directory / "index", "rb") as handle:
-            handle.seek(start * INDEX_ENTRY.size)
-            raw = handle.read((stop - start) * INDEX_ENTRY.size)
-        if len(raw) != (stop - start) * INDEX_ENTRY.size:
-            raise IntegrityError("index is shorter than the log; run 'heimdall log reindex'",
-                                 feed=self.feed_hex, seq=start + len(raw) // INDEX_ENTRY.size)
-        return [raw[i + 16:i + 48] for i in range(0, len(raw), INDEX_ENTRY.size)]
-
-    def root_at(self, size: int) -> bytes:
-        if size == self.state.size:
-            return self.state.frontier.root()
-        return root_from_leaf_hashes(self.leaf_hashes(0, size))
-
-    def _hlc_of(self, seq: int) -> Hlc:
-        for _, frame in self.read_frames(seq, seq + 1):
-            return decode_header(frame).hlc
-        raise IntegrityError("frame missing", feed=self.feed_hex, seq=seq)
+        count = 0
+        if segments:
+            records = self._records_from(0, 0, 0, 0, seg_stop=segments[-1][0] + 1)
+            for record_type, seg, offset, payload, seq in records:
+                if record_type == T_FRAME:
+                    index_parts.append(INDEX_ENTRY.pack(seg, offset, leaf_hash(payload)))
+                    count = seq + 1
+                else:
+                    cp_parts.append(CHECKPOINT_ENTRY.pack(seq, seg, offset))
+        for entries, parts in ((self._index, index_parts), (self._cp_index, cp_parts)):
+            tmp = entries.path.with_suffix(".tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(b"".join(parts))
+                handle.flush()
+                if self.options.fsync:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, entries.path)
+        if self.options.fsync:
+            fsync_dir(self.directory)
+        return count
 
     # ----------------------------------------------------------------- appending
-    def _open_segment_for_append(self, first: int, path: Path, size: int) -> None:
-        self._seg_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self._seg_first = first
-        self._seg_size = size
-
-    def _roll_segment(self) -> None:
-        if self._seg_fd is not None:
-            os.close(self._seg_fd)
-        first = self.state.size
-        path = self.directory / segment_name(first)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        header = encode_record(T_SEGMENT_HEADER, SEGMENT_HEADER.pack(SEGMENT_MAGIC, self.feed, first))
-        _write_all(fd, header)
-        if self.options.fsync:
-            os.fdatasync(fd)
-            _fsync_dir(self.directory)
-        self._seg_fd, self._seg_first, self._seg_size = fd, first, len(header)
-
     def append_bodies(self, bodies: Sequence[bytes]) -> AppendResult:
         """Append events of this site's own feed (bodies from ``events.encode_body``).
 
-        Returns after the frames and the signed checkpoint are durable.
+        Every body is checked to be canonical before it is signed: a signed bad frame
+        could never be removed from the feed. Returns once the frames and their signed
+        checkpoint are durable.
         """
         if self._signer is None or self._clock is None:
             raise HeimdallError(f"feed {self.feed_hex} is not this site's to write")
@@ -620,214 +556,361 @@ class FeedLog:
             raise ValueError("empty batch")
         if len(bodies) > self.options.batch_events_max:
             raise ValueError(f"batch of {len(bodies)} exceeds {self.options.batch_events_max}")
+        try:
+            check_bodies(bodies, 0)
+        except BodyError as exc:
+            raise EncodingError(f"event {exc.index} of the batch: {exc}") from None
+        with self._write_lock:
+            if self._behind is not None:
+                raise StaleLogError(
+                    f"feed {self.feed_hex} is behind its durable head ({self.state.size} of "
+                    f"{self._behind.size} events); import the missing events first")
+            self._check_writable()
+            return self._append_own(bodies, self._signer, self._clock)
+
+    def _append_own(self, bodies: Sequence[bytes], signer: NoteSigner,
+                    clock: HybridClock) -> AppendResult:
         first = self.state.size
-        hlcs = self._clock.tick_many(len(bodies))
+        hlcs = clock.tick_many(len(bodies))
         feed, limit = self.feed, self.options.frame_bytes_max
-        frames = []
-        for offset, (body, hlc) in enumerate(zip(bodies, hlcs, strict=True)):
-            frame = encode_header(feed, first + offset, hlc) + body
-            if len(frame) > limit:
-                raise EncodingError(f"event of {len(frame)} bytes exceeds the frame limit {limit}")
-            frames.append(frame)
-        hashes = [leaf_hash(frame) for frame in frames]
+        frames = [encode_header(feed, first + index, hlc) + body
+                  for index, (body, hlc) in enumerate(zip(bodies, hlcs, strict=True))]
+        too_big = [len(frame) for frame in frames if len(frame) > limit]
+        if too_big:
+            raise EncodingError(f"event of {too_big[0]} bytes exceeds the frame limit {limit}")
+        hashes = list(map(leaf_hash, frames))
         frontier = self.state.frontier.copy()
         frontier.extend(hashes)
         checkpoint = Checkpoint(origin_for(feed), frontier.size, frontier.root())
-        note = self._signer.sign(checkpoint)
+        note = signer.sign(checkpoint)
         after = FeedState(feed, frontier.size, frontier, hlcs[-1], note)
         self._write_batch(frames, hashes, note, after)
         return AppendResult(first, len(frames), checkpoint)
 
     def append_verified(self, batch: VerifiedBatch) -> None:
-        """Append a batch the verifier accepted (foreign feeds, imports)."""
-        self._check_not_stopped()
-        if batch.feed != self.feed or batch.first_seq != self.state.size:
-            raise HeimdallError("verified batch does not continue this feed")
-        self._write_batch(list(batch.frames), list(batch.leaf_hashes), batch.note, batch.state)
+        """Append a batch the verifier accepted (foreign feeds, imports, catching up)."""
+        with self._write_lock:
+            self._check_writable()
+            if batch.feed != self.feed or batch.first_seq != self.state.size:
+                raise HeimdallError("verified batch does not continue this feed")
+            behind = self._behind
+            if behind is not None and batch.state.size >= behind.size:
+                self._check_catches_up(batch, behind)
+            self._write_batch(list(batch.frames), list(batch.leaf_hashes), batch.note, batch.state)
+            if behind is not None and self.state.size >= behind.size:
+                log.warning("feed %s caught up with its durable head (size %d)", self.feed_hex,
+                            behind.size)
+                self._behind = None
+            if self._clock is not None:
+                self._clock.ensure_after(batch.state.last_hlc)
+
+    def _check_catches_up(self, batch: VerifiedBatch, behind: Head) -> None:
+        frontier = self.state.frontier.copy()
+        frontier.extend(batch.leaf_hashes[:behind.size - self.state.size])
+        if frontier.root() != behind.checkpoint.root:
+            raise IntegrityError("batch disagrees with this feed's durable signed head",
+                                 feed=self.feed_hex, seq=batch.first_seq)
 
     def _write_batch(self, frames: list[bytes], hashes: list[bytes], note: bytes,
                      after: FeedState) -> None:
         # Assert before writing (TigerBeetle style): the new head must extend the old one.
-        assert after.size == self.state.size + len(frames)
+        assert after.size == self.state.size + len(frames) == self.state.size + len(hashes)
+        assert self._index_fd is not None and self._cp_index_fd is not None
         records = [encode_record(T_FRAME, frame) for frame in frames]
-        batch_bytes = sum(map(len, records)) + RECORD_HEADER_BYTES + len(note)
-        if self._seg_fd is None or (self._seg_size > 4096 and
-                                    self._seg_size + batch_bytes > self.options.segment_bytes_max):
-            self._roll_segment()
-        assert self._seg_fd is not None and self._index_fd is not None
-        base = self._seg_size
-        offsets = []
-        for record in records:
-            offsets.append(base)
-            base += len(record)
-        cp_offset = base
         records.append(encode_record(T_CHECKPOINT, note))
+        lengths = list(map(len, records))
+        if self._seg_fd is None or (self._seg_size > SEGMENT_HEADER_RECORD_BYTES and
+                                    self._seg_size + sum(lengths) > self.options.segment_bytes_max):
+            self._roll_segment()
+        assert self._seg_fd is not None
+        offsets = list(accumulate(lengths, initial=self._seg_size))
         blob = b"".join(records)
-        _write_all(self._seg_fd, blob)
-        if self.options.fsync:
-            os.fdatasync(self._seg_fd)
-        self._seg_size += len(blob)
-        self._write_head(note, after.frontier)
         seg = self._seg_first
-        os.write(self._index_fd, b"".join(
-            INDEX_ENTRY.pack(seg, off, digest) for off, digest in zip(offsets, hashes, strict=True)))
-        assert self._cp_index_fd is not None
-        os.write(self._cp_index_fd, CHECKPOINT_ENTRY.pack(after.size, seg, cp_offset))
+        try:
+            write_all(self._seg_fd, blob)
+            if self.options.fsync:
+                os.fdatasync(self._seg_fd)
+            self._seg_size += len(blob)
+            if self._behind is None or after.size >= self._behind.size:
+                self._head_generation += 1
+                self._head_file.write(self._head_generation, note, after.frontier, after.last_hlc,
+                                      fsync=self.options.fsync)
+            write_all(self._index_fd, b"".join(
+                INDEX_ENTRY.pack(seg, offset, digest)
+                for offset, digest in zip(offsets, hashes, strict=False)))
+            write_all(self._cp_index_fd, CHECKPOINT_ENTRY.pack(after.size, seg, offsets[-2]))
+        except BaseException as exc:
+            # The files may now hold part of a batch: only recovery at open may touch them.
+            self._broken = f"{type(exc).__name__}: {exc}"
+            raise
         self.state = after
+
+    def _roll_segment(self) -> None:
+        assert self._index_fd is not None and self._cp_index_fd is not None
+        if self._seg_fd is not None:
+            if self.options.fsync:
+                # Index entries of a finished segment are never rewritten at open: sync them now.
+                os.fdatasync(self._index_fd)
+                os.fdatasync(self._cp_index_fd)
+            os.close(self._seg_fd)
+            self._seg_fd = None
+        first = self.state.size
+        path = self.directory / segment_name(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            header = segment_header_record(self.feed, first)
+            write_all(fd, header)
+            if self.options.fsync:
+                os.fdatasync(fd)
+                fsync_dir(self.directory)
+        except BaseException as exc:
+            os.close(fd)
+            self._broken = f"{type(exc).__name__}: {exc}"
+            raise
+        self._seg_fd, self._seg_first, self._seg_size = fd, first, len(header)
 
     # ----------------------------------------------------------------- reading
     def durable_size(self) -> int:
         """Frames covered by the durable signed head (what readers may read)."""
-        head = self._read_head()
-        return head.checkpoint.size if head else 0
+        head = self._head_file.read()
+        return head.size if head else 0
 
     def read_frames(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
         """Frames ``start..stop-1`` in order, each checked against its CRC and position."""
-        for record, seq in self._records(start):
-            if record.type != T_FRAME:
-                continue
-            if seq >= stop:
-                return
-            yield seq, record.payload
+        if stop <= start:
+            return
+        seg_first, offset = self._locate(start)
+        for record_type, _, _, payload, seq in self._records_from(seg_first, offset, start, start):
+            if record_type == T_FRAME:
+                yield seq, payload
+                if seq + 1 >= stop:
+                    return
 
     def iter_batches(self, start: int = 0, stop: int | None = None
                      ) -> Iterator[tuple[int, list[bytes], bytes]]:
-        """Stored batches (first seq, frames, signed note) that end after ``start``."""
-        stop = self.state.size if stop is None else stop
-        frames: list[bytes] = []
-        batch_first: int | None = None
-        for record, seq in self._records(start, from_segment_start=True):
-            if record.type == T_FRAME:
-                if seq >= stop:
-                    return
-                if batch_first is None:
-                    batch_first = seq
-                frames.append(record.payload)
-            elif record.type == T_CHECKPOINT:
-                if batch_first is not None and seq > start:
-                    yield batch_first, frames, record.payload
-                frames, batch_first = [], None
+        """Stored batches (first seq, frames, signed note) that end after ``start``, up to ``stop``.
 
-    def _records(self, start: int, *, from_segment_start: bool = False
-                 ) -> Iterator[tuple[Record, int]]:
-        """Records from the frame ``start`` (or its segment's start) to the end of the log."""
-        segments = self.segments()
-        if not segments:
+        The first batch may begin before ``start``: a batch is only verifiable whole.
+        """
+        for first, frames, _, note in self._batches(start, stop):
+            yield first, frames, note
+
+    def _batches(self, start: int, stop: int | None
+                 ) -> Iterator[tuple[int, list[bytes], list[tuple[int, int]], bytes]]:
+        """Batches with the (segment, offset) of each frame record."""
+        stop = self.state.size if stop is None else stop
+        first = self._batch_start(start)
+        if first >= stop:
             return
-        entry = self._index_entry(start) if start > 0 else None
-        if entry is None and start > 0:
-            if start >= self.durable_size():
-                return
-            raise IntegrityError("frame not in the index; run 'heimdall log reindex'",
-                                 feed=self.feed_hex, seq=start)
-        first, offset = (entry[0], entry[1]) if entry else (segments[0][0], 0)
-        seq = start if entry else first
-        if from_segment_start or entry is None:
-            offset, seq = 0, first
-        for seg_first, path in segments:
-            if seg_first < first:
+        seg_first, offset = self._locate(first)
+        frames: list[bytes] = []
+        places: list[tuple[int, int]] = []
+        for record_type, seg, at, payload, seq in self._records_from(seg_first, offset, first, first):
+            if record_type == T_FRAME:
+                frames.append(payload)
+                places.append((seg, at))
                 continue
-            if seg_first != first and seq != seg_first:
-                raise IntegrityError(f"segment starts at {seg_first}, expected {seq}",
-                                     feed=self.feed_hex, segment=path.name, seq=seq)
-            for record, record_seq in self._records_in(path, seg_first, offset, seq):
-                seq = record_seq + (1 if record.type == T_FRAME else 0)
-                yield record, record_seq
+            yield seq - len(frames), frames, places, payload
+            if seq >= stop:
+                return
+            frames, places = [], []
+
+    def _batch_start(self, seq: int) -> int:
+        """The first sequence of the stored batch holding ``seq`` (0 if none is known)."""
+        index = self._cp_index.bisect_right(0, seq)
+        if index == 0:
+            return 0
+        entry = self._cp_index.get(index - 1)
+        assert entry is not None
+        size, seg_first, offset = entry
+        _, note = read_record_at(self.directory / segment_name(seg_first), offset, NOTE_BYTES_MAX)
+        if _note_size(note) != size:
+            raise IntegrityError("checkpoints.idx does not match the segments; run "
+                                 "'heimdall log reindex'", feed=self.feed_hex, seq=seq)
+        return int(size)
+
+    def _locate(self, seq: int) -> tuple[int, int]:
+        """(segment first seq, record offset) of frame ``seq``; for 0, the first segment's start."""
+        if seq == 0:
+            return 0, 0
+        entry = self._index.get(seq)
+        if entry is None:
+            raise IntegrityError(f"frame {seq} is not in the index; run 'heimdall log reindex'",
+                                 feed=self.feed_hex, seq=seq)
+        return int(entry[0]), int(entry[1])
+
+    def _records_from(self, seg_first: int, offset: int, seq: int, batch_first: int, *,
+                      seg_stop: int | None = None) -> Iterator[tuple[int, int, int, bytes, int]]:
+        """(type, segment, offset, payload, seq) from a place to the end of the log.
+
+        For a frame ``seq`` is its own sequence, for a checkpoint the size it covers.
+        Every record is checked: CRC, frame placement, segment headers and continuity.
+        One flat loop: this is the read path of verify, export and replay.
+        """
+        segments = [(first, path) for first, path in self.segments()
+                    if first >= seg_first and (seg_stop is None or first < seg_stop)]
+        if not segments or segments[0][0] != seg_first:
+            raise IntegrityError(f"segment {segment_name(seg_first)} is missing",
+                                 feed=self.feed_hex, segment=segment_name(seg_first), seq=seq)
+        feed = self.feed
+        for first, path in segments:
+            if first != seg_first and first != seq:
+                raise IntegrityError(f"segment {path.name} starts at {first}, expected {seq} "
+                                     "(a segment is missing)", feed=self.feed_hex,
+                                     segment=path.name, seq=seq)
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    records = iter_records(handle.read, offset, self._record_max)
+                    if offset == 0:
+                        self._check_header_record(next(records, None), first)
+                    for record_type, at, payload in records:
+                        if record_type == T_FRAME:
+                            if payload[4:36] != feed or int.from_bytes(payload[36:44], "big") != seq:
+                                raise BadRecord(_misplaced(payload, seq), offset=at)
+                            yield record_type, first, at, payload, seq
+                            seq += 1
+                        elif record_type == T_CHECKPOINT:
+                            yield record_type, first, at, payload, seq
+                            batch_first = seq
+                        else:
+                            raise BadRecord(f"unexpected record type {record_type:#x}", offset=at)
+            except (ShortRecord, BadRecord) as exc:
+                at = exc.offset or 0
+                seq_at = self._attribute(first, at, seq, batch_first, _type_byte_at(path, at))
+                raise IntegrityError(f"damaged record: {strip_position(exc)}", feed=self.feed_hex,
+                                     segment=path.name, offset=at, seq=seq_at) from None
             offset = 0
 
-    def _records_in(self, path: Path, first: int, offset: int, seq: int,
-                    ) -> Iterator[tuple[Record, int]]:
-        """Stream records of one segment from ``offset``; every record is checked."""
-        limit = self.options.frame_bytes_max + NOTE_BYTES_MAX
-        with open(path, "rb") as handle:
-            if offset == 0:
-                head = handle.read(RECORD_HEADER_BYTES + SEGMENT_HEADER.size)
-                try:
-                    header = decode_record(head, 0, 1024)
-                except (ShortRecord, BadRecord) as exc:
-                    raise IntegrityError(f"damaged segment header: {exc}", feed=self.feed_hex,
-                                         segment=path.name, offset=0, seq=first) from None
-                self._check_segment_header(header.payload, path, first)
-                offset = header.end
-            handle.seek(offset)
-            buffer, position, eof = b"", offset, False
-            while not eof:
-                chunk = handle.read(1 << 20)
-                eof = not chunk
-                buffer += chunk
-                local = 0
-                while local < len(buffer):
-                    try:
-                        record = decode_record(buffer, local, limit)
-                    except ShortRecord:
-                        if eof:
-                            raise IntegrityError("segment ends inside a record",
-                                                 feed=self.feed_hex, segment=path.name,
-                                                 offset=position + local, seq=seq) from None
-                        break
-                    except BadRecord as exc:
-                        raise IntegrityError(f"damaged record: {exc}", feed=self.feed_hex,
-                                             segment=path.name, offset=position + local,
-                                             seq=seq) from None
-                    placed = Record(record.type, position + local, record.payload)
-                    if record.type == T_FRAME:
-                        self._check_frame_place(record.payload, path, placed.offset, seq)
-                        yield placed, seq
-                        seq += 1
-                    elif record.type == T_CHECKPOINT:
-                        yield placed, seq
-                    else:
-                        raise IntegrityError(f"unexpected record type {record.type:#x}",
-                                             feed=self.feed_hex, segment=path.name,
-                                             offset=placed.offset, seq=seq)
-                    local = record.end
-                buffer = buffer[local:]
-                position += local
-
-    def _check_frame_place(self, frame: bytes, path: Path, offset: int, seq: int) -> None:
-        try:
-            header = decode_header(frame)
-        except EncodingError as exc:
-            raise IntegrityError(f"malformed frame: {exc}", feed=self.feed_hex,
-                                 segment=path.name, offset=offset, seq=seq) from None
-        if header.seq != seq or header.feed != self.feed:
-            raise IntegrityError(f"frame out of place (found sequence {header.seq})",
-                                 feed=self.feed_hex, segment=path.name, offset=offset, seq=seq)
+    def _check_header_record(self, header: tuple[int, int, bytes] | None, first: int) -> None:
+        problem = ("segment is empty" if header is None
+                   else "not a segment header" if header[0] != T_SEGMENT_HEADER
+                   else check_segment_header(header[2], self.feed, first))
+        if problem is not None:
+            raise BadRecord(problem, offset=0)
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
         """(size, signed note) of every stored checkpoint, oldest first."""
         out = []
-        data = (self.directory / "checkpoints.idx").read_bytes() \
-            if (self.directory / "checkpoints.idx").exists() else b""
-        for index in range(len(data) // CHECKPOINT_ENTRY.size):
-            size, first, offset = CHECKPOINT_ENTRY.unpack_from(data, index * CHECKPOINT_ENTRY.size)
-            path = self.directory / segment_name(first)
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                head = handle.read(RECORD_HEADER_BYTES)
-                length = int.from_bytes(head[:4], "big")
-                record = decode_record(head + handle.read(length), 0, NOTE_BYTES_MAX)
-            out.append((size, record.payload))
+        for index in range(self._cp_index.count()):
+            entry = self._cp_index.get(index)
+            assert entry is not None
+            size, seg_first, offset = entry
+            _, note = read_record_at(self.directory / segment_name(seg_first), offset,
+                                     NOTE_BYTES_MAX)
+            out.append((int(size), note))
         return out
 
+    def checkpoint_at(self, size: int) -> bytes | None:
+        """The stored signed note of exactly ``size`` frames, if a batch ended there."""
+        index = self._cp_index.bisect_right(0, size)
+        entry = self._cp_index.get(index - 1) if index else None
+        if entry is None or entry[0] != size:
+            return None
+        record_type, note = read_record_at(self.directory / segment_name(entry[1]), entry[2],
+                                           NOTE_BYTES_MAX)
+        return note if record_type == T_CHECKPOINT else None
+
+    def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
+        """Leaf hashes of frames ``start..stop-1`` from the index."""
+        raw = self._index.read(start, stop)
+        if len(raw) != max(0, stop - start) * INDEX_ENTRY.size:
+            raise IntegrityError("index is shorter than the log; run 'heimdall log reindex'",
+                                 feed=self.feed_hex, seq=start + len(raw) // INDEX_ENTRY.size)
+        return [raw[i + 16:i + 48] for i in range(0, len(raw), INDEX_ENTRY.size)]
+
+    def root_at(self, size: int) -> bytes:
+        """The Merkle root of the first ``size`` frames."""
+        if size == self.state.size:
+            return self.state.frontier.root()
+        note = self.checkpoint_at(size)
+        if note is not None:
+            return verify_note(FeedState(self.feed, size), note).root
+        return root_from_leaf_hashes(self.leaf_hashes(0, size))
+
+    def hlc_before(self, seq: int) -> Hlc:
+        """The HLC of frame ``seq - 1`` (ZERO for 0): what frame ``seq`` must exceed."""
+        if seq == 0:
+            return ZERO
+        for _, frame in self.read_frames(seq - 1, seq):
+            return decode_header(frame).hlc
+        raise IntegrityError("frame missing", feed=self.feed_hex, seq=seq - 1)
+
+    # ----------------------------------------------------------------- verifying
     def verify(self, *, deep: bool = True) -> FeedState:
-        """Verify every stored batch from the first frame; raise at the first bad one."""
+        """Verify every stored batch from the first frame; raise at the first bad one.
+
+        Also checks that the index agrees with the segments and that the log reaches its
+        durable signed head (``StaleLogError`` if not).
+        """
         state = FeedState(self.feed)
-        for first, frames, note in self.iter_batches(0):
-            if first != state.size:
-                raise IntegrityError("batches do not follow each other", feed=self.feed_hex,
-                                     seq=state.size)
-            batch = verify_batch(state, frames, note, frame_bytes_max=self.options.frame_bytes_max,
-                                 deep=deep)
+        for first, frames, places, note in self._batches(0, None):
+            try:
+                batch = verify_batch(state, frames, note, frame_bytes_max=self.options.frame_bytes_max,
+                                     deep=deep)
+            except IntegrityError as exc:
+                raise self._pinpoint(exc, first, frames) from None
+            self._check_index(first, places, batch.leaf_hashes)
             state = batch.state
-        head = self._read_head()
-        if head is not None and head.checkpoint.size > state.size:
+        head = self._head_file.read()
+        if head is not None and head.size > state.size:
             raise StaleLogError(f"feed {self.feed_hex}: log verifies up to {state.size} but its "
-                                f"signed head covers {head.checkpoint.size}")
-        if head is not None and head.checkpoint.root != root_from_leaf_hashes(
-                self.leaf_hashes(0, head.checkpoint.size)):
-            raise IntegrityError("index leaf hashes disagree with the signed head",
-                                 feed=self.feed_hex)
+                                f"signed head covers {head.size}")
+        if head is not None and head.size == state.size and head.checkpoint.root != state.frontier.root():
+            raise IntegrityError("the log and its durable signed head sign different roots",
+                                 feed=self.feed_hex, seq=state.size)
         return state
 
+    def _pinpoint(self, exc: IntegrityError, first: int, frames: list[bytes]) -> IntegrityError:
+        """A batch-level failure narrowed to the first frame whose hash the index disagrees with."""
+        if exc.seq != first:
+            return exc
+        recorded = self._index.read(first, first + len(frames))
+        for index, frame in enumerate(frames):
+            start = index * INDEX_ENTRY.size + 16
+            if recorded[start:start + 32] != leaf_hash(frame):
+                if len(recorded) < start + 32:
+                    break
+                return IntegrityError(
+                    f"{strip_position(exc)}; frame {first + index} differs from the leaf hash "
+                    "recorded when it was appended", feed=self.feed_hex, seq=first + index)
+        return exc
+
+    def _check_index(self, first: int, places: list[tuple[int, int]], hashes: Sequence[bytes]) -> None:
+        expected = b"".join(INDEX_ENTRY.pack(seg, offset, digest)
+                            for (seg, offset), digest in zip(places, hashes, strict=True))
+        if self._index.read(first, first + len(places)) != expected:
+            raise IntegrityError("index does not match the segments; run 'heimdall log reindex'",
+                                 feed=self.feed_hex, seq=first)
+
+
+def _rewrite_tail(path: Path, keep_bytes: int, tail: bytes) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, keep_bytes)
+        os.pwrite(fd, tail, keep_bytes)
+    finally:
+        os.close(fd)
+
+
+def _misplaced(frame: bytes, seq: int) -> str:
+    found = int.from_bytes(frame[36:44], "big") if len(frame) >= 44 else None
+    return (f"frame out of place: sequence {found} of feed {frame[4:36].hex()[:16]}… "
+            f"where {seq} belongs")
+
+
+def _note_size(note: bytes) -> int | None:
+    """The tree size a signed note states (unverified; used to cross-check an index)."""
+    lines = note.split(b"\n", 2)
+    return int(lines[1]) if len(lines) == 3 and lines[1].isdigit() else None
+
+
+def _type_byte_at(path: Path, offset: int) -> int | None:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset + 4)
+            data = handle.read(1)
+    except OSError:
+        return None
+    return data[0] if data else None
 

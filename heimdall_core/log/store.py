@@ -14,37 +14,52 @@ import both call it, and it calls the one verifier.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from heimdall_core.clock import ZERO, Clock, Hlc
+from heimdall_core.clock import Clock, HybridClock
 from heimdall_core.errors import (
     FeedStopped,
     ForkDetected,
     HeimdallError,
     IntegrityError,
     KeyMaterialError,
+    StaleLogError,
 )
-from heimdall_core.events import decode_header
 from heimdall_core.keys import (
+    KEY_DIR_MODE,
     SigningKey,
     ensure_private_dir,
     load_signing_key,
     save_signing_key,
 )
 from heimdall_core.log.feed import FeedLog, LogOptions
-from heimdall_core.log.merkle import Frontier, consistency_proof, root_from_leaf_hashes
-from heimdall_core.log.verify import FeedState, verify_batch, verify_note
+from heimdall_core.log.merkle import Frontier, leaf_hash, root_from_leaf_hashes
+from heimdall_core.log.segments import fsync_dir
+from heimdall_core.log.verify import (
+    FeedState,
+    ForkProof,
+    VerifiedBatch,
+    make_fork_proof,
+    verify_batch,
+    verify_note,
+)
 
 log = logging.getLogger("heimdall.log")
 
 SITE_FILE = "site.json"
+FORK_EXPLANATION = (
+    "Two signed checkpoints of one feed that no single history explains. 'larger' commits, "
+    "through 'consistency_proof' (RFC 9162), to 'root_at_smaller_size' at the size of "
+    "'smaller', but 'smaller' signs a different root at that size. Check with "
+    "heimdall_core.log.verify.check_fork_proof or any RFC 9162 verifier and the feed's "
+    "Ed25519 key (the feed id).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +81,13 @@ class ForkReport:
     feed: bytes
     path: Path
     detected_ms: int
-    sizes: tuple[int, int]
+    sizes: tuple[int, int]  # (smaller, larger) tree sizes of the two signed heads
 
 
 def init_site(data_dir: Path, name: str) -> SiteInfo:
     """Create a site: its key (0600) and its main feed. Refuses to overwrite an existing site."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=KEY_DIR_MODE)
     site_path = data_dir / SITE_FILE
     if site_path.exists():
         raise HeimdallError(f"{data_dir} already holds a site ({site_path}); refusing to re-initialise")
@@ -80,10 +96,18 @@ def init_site(data_dir: Path, name: str) -> SiteInfo:
     save_signing_key(data_dir / "keys" / "site.key", key)
     info = SiteInfo(name, key.public, time.time_ns() // 1_000_000)
     record = {"name": name, "feed": key.public.hex(), "created_ms": info.created_ms}
-    tmp = site_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, site_path)
+    _write_json_atomically(site_path, record)
     return info
+
+
+def _write_json_atomically(path: Path, record: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def read_site(data_dir: Path) -> SiteInfo:
@@ -98,17 +122,24 @@ def read_site(data_dir: Path) -> SiteInfo:
 
 
 class LogStore:
-    """All feeds of a site. One instance per process; writers are opened lazily and cached."""
+    """All feeds of a site. One instance per process; writers are opened lazily and cached.
+
+    Own feeds share one hybrid logical clock, which also merges the timestamps of every
+    foreign batch accepted, so this site's events order after what it has seen.
+    """
 
     def __init__(self, data_dir: Path, options: LogOptions | None = None,
                  clock: Clock | None = None) -> None:
         self.data_dir = data_dir
         self.options = options or LogOptions()
         self.clock = clock
+        self.hlc = HybridClock(clock)
         self.site = read_site(data_dir)
         self.feeds_dir = data_dir / "log" / "feeds"
         self.forks_dir = data_dir / "log" / "forks"
         self._writers: dict[bytes, FeedLog] = {}
+        self._lock = threading.RLock()
+        self._feed_locks: dict[bytes, threading.Lock] = {}
 
     # ------------------------------------------------------------ own feeds
     def _own_key_paths(self, feed: bytes) -> tuple[Path, Path] | None:
@@ -136,12 +167,25 @@ class LogStore:
         save_signing_key(self.data_dir / "keys" / "feeds" / f"{key.public.hex()}.key", key)
         return key.public
 
-    def writer(self, feed: bytes | None = None) -> FeedLog:
-        """The open, locked, recovered log of a feed (own: signs; foreign: verified appends)."""
+    def writer(self, feed: bytes | None = None, *, allow_behind: bool = False) -> FeedLog:
+        """The open, locked, recovered log of a feed (own: signs; foreign: verified appends).
+
+        A log behind its durable head raises ``StaleLogError`` unless ``allow_behind``
+        (what :meth:`accept` uses, so the missing batches can come back).
+        """
         feed = self.site.feed if feed is None else feed
-        existing = self._writers.get(feed)
-        if existing is not None:
+        with self._lock:
+            existing = self._writers.get(feed)
+            if existing is None:
+                existing = self._open_writer(feed, allow_behind)
+                self._writers[feed] = existing
+            if existing.behind is not None and not allow_behind:
+                raise StaleLogError(
+                    f"feed {feed.hex()} is behind its durable head ({existing.state.size} of "
+                    f"{existing.behind.size} events); import the missing events first")
             return existing
+
+    def _open_writer(self, feed: bytes, allow_behind: bool) -> FeedLog:
         paths = self._own_key_paths(feed)
         key: SigningKey | None = None
         head_path: Path | None = None
@@ -150,10 +194,10 @@ class LogStore:
             key = load_signing_key(key_path)
             if key.public != feed:
                 raise KeyMaterialError(f"key file {key_path} does not hold the key of feed {feed.hex()}")
-        opened = FeedLog.open_for_writing(self.feed_dir(feed), feed, head_path=head_path,
-                                          options=self.options, key=key, clock=self.clock)
-        self._writers[feed] = opened
-        return opened
+        return FeedLog.open_for_writing(self.feed_dir(feed), feed, head_path=head_path,
+                                        options=self.options, key=key, clock=self.clock,
+                                        hlc=self.hlc if key is not None else None,
+                                        allow_behind=allow_behind)
 
     def reader(self, feed: bytes) -> FeedLog:
         paths = self._own_key_paths(feed)
@@ -169,15 +213,18 @@ class LogStore:
         if self.feeds_dir.is_dir():
             for path in self.feeds_dir.iterdir():
                 try:
-                    found.add(bytes.fromhex(path.name))
+                    feed = bytes.fromhex(path.name)
                 except ValueError:
                     continue
+                if len(feed) == 32:
+                    found.add(feed)
         return sorted(found)
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        with self._lock:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
 
     def __enter__(self) -> LogStore:
         return self
@@ -190,58 +237,105 @@ class LogStore:
         """Verify a batch of a feed (from a peer or a bundle) and append what is new.
 
         ``frames`` are the frames ``first_seq..`` and ``note`` the feed's signed checkpoint
-        that covers exactly up to the last of them. Overlap with what we hold is allowed;
-        a batch that disagrees with our history is a fork: the proof is kept, the feed
-        stopped, and ``ForkDetected`` raised.
+        that covers exactly up to the last of them. Three cases:
+
+        * it lies within what we hold: the note must sign our root at its size (else a
+          fork) and the frames must be ours (else they were tampered with); nothing is
+          appended;
+        * it overlaps our end: the overlapping frames must be ours; the rest is verified
+          and appended. Different frames whose note verifies are a fork;
+        * it starts at our end: verified and appended.
+
+        A fork keeps a proof on disk, stops the feed and raises ``ForkDetected``.
         """
+        if not frames:
+            raise IntegrityError("a batch must hold at least one frame", feed=feed.hex(),
+                                 seq=first_seq)
         self._refuse_stopped(feed)
-        writer = self.writer(feed)
+        with self._feed_lock(feed):
+            writer = self.writer(feed, allow_behind=True)
+            held = writer.state.size
+            if first_seq > held:
+                raise IntegrityError(
+                    f"batch starts at sequence {first_seq} but this site holds only {held} events "
+                    "of the feed; the frames in between are missing", feed=feed.hex(), seq=held)
+            end = first_seq + len(frames)
+            if end <= held:
+                self._check_held(writer, first_seq, frames, note)
+                return AcceptResult(feed, 0, held)
+            batch = self._verify_extension(writer, first_seq, frames, note)
+            self._check_durable_head(writer, batch)
+            if self.is_own(feed):
+                log.warning("feed %s: accepting %d events of this site's own feed from elsewhere "
+                            "(restoring from a bundle or a peer)", feed.hex(), len(batch.frames))
+            writer.append_verified(batch)
+            if not self.is_own(feed) and not self.hlc.observe(batch.state.last_hlc):
+                log.warning("feed %s: HLC %s is more than the allowed drift ahead of our clock; "
+                            "not merged", feed.hex(), batch.state.last_hlc)
+            return AcceptResult(feed, len(batch.frames), writer.state.size)
+
+    def _check_held(self, writer: FeedLog, first_seq: int, frames: Sequence[bytes],
+                    note: bytes) -> None:
+        """A batch entirely within what we hold: same root at its size, same frames."""
+        feed = writer.feed
+        end = first_seq + len(frames)
+        checkpoint = verify_note(FeedState(feed, first_seq), note)
+        if checkpoint.size != end:
+            raise IntegrityError(f"checkpoint covers {checkpoint.size} frames but the frames reach "
+                                 f"{end}", feed=feed.hex(), seq=first_seq)
+        if checkpoint.root != writer.root_at(end):
+            differs = _first_difference(writer.leaf_hashes(first_seq, end), frames)
+            self._fork(writer, writer.state.head_note or b"", note,
+                       writer.leaf_hashes(0, writer.state.size),
+                       seq=first_seq + differs if differs is not None else end)
+        differs = _first_difference(writer.leaf_hashes(first_seq, end), frames)
+        if differs is not None:
+            raise IntegrityError("frame differs from the one held at this position, although the "
+                                 "checkpoint matches (tampered frame)", feed=feed.hex(),
+                                 seq=first_seq + differs)
+
+    def _verify_extension(self, writer: FeedLog, first_seq: int, frames: Sequence[bytes],
+                          note: bytes) -> VerifiedBatch:
+        """Verify a batch that reaches past our end; a verified different history is a fork."""
         held = writer.state.size
-        if first_seq > held:
-            raise IntegrityError(
-                f"batch starts at sequence {first_seq} but this site holds only {held} events of "
-                "the feed; the frames in between are missing", feed=feed.hex(), seq=held)
-        if first_seq == held:
-            base = writer.state
-        else:
-            base = FeedState(feed, first_seq, Frontier.from_leaf_hashes(
-                writer.leaf_hashes(0, first_seq)), self._hlc_before(writer, first_seq))
-        batch = verify_batch(base, frames, note, frame_bytes_max=self.options.frame_bytes_max)
-        new_size = batch.state.size
-        if new_size <= held:
-            if writer.root_at(new_size) != batch.checkpoint.root:
-                self._fork(writer, note, new_size, batch.leaf_hashes, first_seq)
-            return AcceptResult(feed, 0, held)
-        if first_seq < held:
-            theirs = Frontier.from_leaf_hashes(writer.leaf_hashes(0, first_seq))
-            theirs.extend(batch.leaf_hashes[:held - first_seq])
-            if theirs.root() != writer.state.frontier.root():
-                self._fork(writer, note, new_size, batch.leaf_hashes, first_seq)
-            skip = held - first_seq
-            base = writer.state
-            batch = verify_batch(base, frames[skip:], note, frame_bytes_max=self.options.frame_bytes_max,
-                                 deep=False)
-        if self.is_own(feed) and writer.state.size:
-            log.warning("feed %s: accepting %d events of this site's own feed from elsewhere "
-                        "(restoring from a bundle or peer)", feed.hex(), len(batch.frames))
-        writer.append_verified(batch)
-        return AcceptResult(feed, len(batch.frames), writer.state.size)
+        overlap = held - first_seq
+        differs = _first_difference(writer.leaf_hashes(first_seq, held), frames[:overlap])
+        limit = self.options.frame_bytes_max
+        if differs is None:
+            return verify_batch(writer.state, frames[overlap:], note, frame_bytes_max=limit)
+        # Their frames differ from ours inside the overlap: verify the batch on its own terms
+        # (on our history before it); if their checkpoint signs it, the feed has forked.
+        prefix = writer.leaf_hashes(0, first_seq)
+        base = FeedState(writer.feed, first_seq, Frontier.from_leaf_hashes(prefix),
+                         writer.hlc_before(first_seq))
+        theirs = verify_batch(base, frames, note, frame_bytes_max=limit)
+        self._fork(writer, writer.state.head_note or b"", note, prefix + list(theirs.leaf_hashes),
+                   seq=first_seq + differs)
+        raise AssertionError("unreachable: _fork raises")
+
+    def _check_durable_head(self, writer: FeedLog, batch: VerifiedBatch) -> None:
+        """A log catching up with its durable head must arrive at that very head."""
+        behind = writer.behind
+        if behind is None or batch.state.size < behind.size:
+            return
+        leaves = writer.leaf_hashes(0, writer.state.size) + list(batch.leaf_hashes)
+        if root_from_leaf_hashes(leaves[:behind.size]) != behind.checkpoint.root:
+            self._fork(writer, behind.note, batch.note, leaves, seq=writer.state.size)
 
     def accept_head(self, feed: bytes, note: bytes) -> None:
         """Compare a signed head of a feed (no frames) with ours; a disagreement is a fork."""
         self._refuse_stopped(feed)
-        writer = self.writer(feed)
-        checkpoint = verify_note(FeedState(feed), note)
-        if checkpoint.size <= writer.state.size and writer.root_at(checkpoint.size) != checkpoint.root:
-            self._fork(writer, note, checkpoint.size, (), checkpoint.size)
+        with self._feed_lock(feed):
+            writer = self.writer(feed, allow_behind=True)
+            checkpoint = verify_note(FeedState(feed), note)
+            held = writer.state.size
+            if checkpoint.size <= held and writer.root_at(checkpoint.size) != checkpoint.root:
+                self._fork(writer, writer.state.head_note or b"", note,
+                           writer.leaf_hashes(0, held), seq=checkpoint.size)
 
-    @staticmethod
-    def _hlc_before(writer: FeedLog, seq: int) -> Hlc:
-        if seq == 0:
-            return ZERO
-        for _, frame in writer.read_frames(seq - 1, seq):
-            return decode_header(frame).hlc
-        raise IntegrityError("frame missing", feed=writer.feed_hex, seq=seq - 1)
+    def _feed_lock(self, feed: bytes) -> threading.Lock:
+        with self._lock:
+            return self._feed_locks.setdefault(feed, threading.Lock())
 
     def _refuse_stopped(self, feed: bytes) -> None:
         reason = FeedLog(self.feed_dir(feed), feed).stopped_reason()
@@ -249,48 +343,27 @@ class LogStore:
             raise FeedStopped(f"feed {feed.hex()} is stopped and accepts nothing: {reason}")
 
     # ------------------------------------------------------------ forks
-    def _fork(self, writer: FeedLog, their_note: bytes, their_size: int,
-              their_leaves: Sequence[bytes], their_first: int) -> None:
+    def _fork(self, writer: FeedLog, note_a: bytes, note_b: bytes,
+              leaves_of_larger: Sequence[bytes], *, seq: int) -> None:
         """Keep both signed statements and a consistency proof, stop the feed, raise."""
-        ours_note = writer.state.head_note or b""
-        ours_size = writer.state.size
-        leaves = writer.leaf_hashes(0, ours_size)
-        proof: list[bytes] = []
-        if their_size <= ours_size:
-            # Our head commits to a different root at their size: prove it.
-            proof = consistency_proof(leaves, their_size, ours_size) if their_size else []
-            our_root_at_theirs = root_from_leaf_hashes(leaves[:their_size])
-        else:
-            their_full = list(leaves[:their_first]) + list(their_leaves)
-            proof = consistency_proof(their_full, ours_size, their_size) if ours_size else []
-            our_root_at_theirs = root_from_leaf_hashes(their_full[:ours_size])
-        self.forks_dir.mkdir(parents=True, exist_ok=True)
-        detected = time.time_ns() // 1_000_000
-        path = self.forks_dir / f"{writer.feed_hex}-{detected}.json"
-        b64 = base64.b64encode
-        record = {
-            "feed": writer.feed_hex,
-            "detected_ms": detected,
-            "explanation": (
-                "Two signed heads of one feed that are not consistent. 'consistency_proof' proves "
-                "that the larger head commits to 'root_at_smaller_size' at the smaller size, which "
-                "differs from the root the smaller head signs."),
-            "ours": {"size": ours_size, "note": b64(ours_note).decode()},
-            "theirs": {"size": their_size, "note": b64(their_note).decode()},
-            "smaller_size": min(ours_size, their_size),
-            "larger_size": max(ours_size, their_size),
-            "root_at_smaller_size": b64(our_root_at_theirs).decode(),
-            "consistency_proof": [b64(h).decode() for h in proof],
-        }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, path)
-        reason = f"fork detected at size {min(ours_size, their_size)}; proof in {path}"
+        proof = make_fork_proof(writer.feed, note_a, note_b, leaves_of_larger)
+        path = self._save_fork_proof(proof, held_note=note_a)
+        reason = f"fork detected at sequence {seq}; proof in {path}"
         writer.stop(reason)
         log.error("FORK: feed %s presented two histories; feed stopped; proof in %s",
                   writer.feed_hex, path)
-        raise ForkDetected(f"feed {writer.feed_hex}: {reason}", feed=writer.feed_hex,
-                           seq=min(ours_size, their_size))
+        raise ForkDetected(f"feed {writer.feed_hex}: {reason}", feed=writer.feed_hex, seq=seq)
+
+    def _save_fork_proof(self, proof: ForkProof, *, held_note: bytes) -> Path:
+        self.forks_dir.mkdir(parents=True, exist_ok=True)
+        detected = time.time_ns() // 1_000_000
+        path = self.forks_dir / f"{proof.feed.hex()}-{detected}.json"
+        record = proof.to_json()
+        record["detected_ms"] = detected
+        record["held_by_this_site"] = "smaller" if proof.smaller_note == held_note else "larger"
+        record["explanation"] = FORK_EXPLANATION
+        _write_json_atomically(path, record)
+        return path
 
     def forks(self) -> list[ForkReport]:
         """Every fork proof on disk (the sync agent and metrics read this)."""
@@ -301,7 +374,8 @@ class LogStore:
                     record = json.loads(path.read_text())
                     reports.append(ForkReport(bytes.fromhex(record["feed"]), path,
                                               int(record["detected_ms"]),
-                                              (int(record["ours"]["size"]), int(record["theirs"]["size"]))))
+                                              (int(record["smaller"]["size"]),
+                                               int(record["larger"]["size"]))))
                 except (ValueError, KeyError, TypeError):
                     log.error("fork proof %s is unreadable", path)
         return reports
@@ -318,3 +392,11 @@ class LogStore:
     def iter_feed_states(self) -> Iterator[tuple[bytes, int]]:
         for feed in self.feeds():
             yield feed, self.reader(feed).state.size
+
+
+def _first_difference(held: Sequence[bytes], frames: Sequence[bytes]) -> int | None:
+    """Index of the first frame whose leaf hash is not the one held (None: all equal)."""
+    theirs = list(map(leaf_hash, frames))
+    if theirs == list(held):
+        return None
+    return next(i for i, (a, b) in enumerate(zip(held, theirs, strict=False)) if a != b)
