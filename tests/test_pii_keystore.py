@@ -308,3 +308,38 @@ def test_a_row_read_before_a_rotation_is_read_again(store_dir: Path) -> None:
     assert a._unwrap(sub, 2, stale) == dek
     a.close()
     b.close()
+
+
+def test_interrupted_rotation_keeps_old_keks_until_a_rotation_finishes(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import heimdall_core.pii.keystore as keystore
+
+    monkeypatch.setattr(keystore, "ROTATE_ROWS_PER_STEP", 10)
+    ks = KeyStore.open(store_dir, create=True)
+    keys = ks.data_keys(subjects(35))
+    real_step = KeyStore._rewrap_step
+    steps = 0
+
+    def failing_step(self: KeyStore, new: int, after: int) -> int | None:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            raise OSError("power cut")
+        return real_step(self, new, after)
+
+    monkeypatch.setattr(KeyStore, "_rewrap_step", failing_step)
+    with pytest.raises(OSError):
+        ks.rotate_kek()
+    ks.close()
+    monkeypatch.setattr(KeyStore, "_rewrap_step", real_step)
+    # Rows are under v1 and v2 now: both KEKs must survive a reopen.
+    with KeyStore.open(store_dir) as again:
+        assert again.kek_version == 2
+        assert (store_dir / "kek-00000001.key").exists()
+        assert again.data_keys(subjects(35)) == keys
+        fresh = again.data_keys(subjects(3, tag=5))
+        assert again.rotate_kek() == 3
+        assert [p.name for p in store_dir.glob("kek-*")] == ["kek-00000003.key"]
+        assert again.data_keys(subjects(35)) == keys
+        assert again.data_keys(subjects(3, tag=5)) == fresh

@@ -264,21 +264,30 @@ class KeyStore:
     def rotate_kek(self) -> int:
         """Make KEK v+1, rewrap every DEK under it, destroy the older KEKs; returns v+1.
 
-        The log is never touched: field ciphertexts stay under the same DEKs.
+        The log is never touched: field ciphertexts stay under the same DEKs. The
+        rewrap runs in steps of ROTATE_ROWS_PER_STEP rows, each its own short
+        transaction, so ingest processes are not locked out for the whole store;
+        they wrap new DEKs under v+1 from the first step on. An interrupted
+        rotation is finished by the next one; until then no KEK is destroyed.
         """
         with self._tx(immediate=True):
-            old = self._current_kek_version()
-            new = old + 1
-            stale = self._dir / keyfiles.kek_name(new)
+            new = self._current_kek_version() + 1
+            path = self._dir / keyfiles.kek_name(new)
             # A KEK newer than the committed one is left by a rotation that crashed
             # before its commit; nothing was wrapped under it.
-            keyfiles.destroy_file(stale)
-            keyfiles.create_key_file(stale)
-            new_kek = AESGCM(keyfiles.read_key_file(stale))
-            self._rewrap_all(new, new_kek)
+            keyfiles.destroy_file(path)
+            keyfiles.create_key_file(path)
             self._conn.execute("UPDATE meta SET value = ? WHERE name = 'kek_version'", (new,))
-        self._keks = {new: new_kek}
-        self._kek_version = new
+            # Marks "older KEKs still needed" until this rotation's last step; holds
+            # its version so an overlapping later rotation keeps the mark alive.
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('rotation_pending', ?)", (new,))
+            self._current_kek_version()
+        last: int | None = 0
+        while last is not None:
+            with self._tx(immediate=True):
+                last = self._rewrap_step(new, last)
+        with self._tx(immediate=True):
+            self._conn.execute("DELETE FROM meta WHERE name = 'rotation_pending' AND value = ?", (new,))
         self._purge_wal(required=False, what="rotated keys")
         self._destroy_retired_keks()
         return new
@@ -329,7 +338,8 @@ class KeyStore:
         (version,) = self._conn.execute("SELECT value FROM meta WHERE name = 'kek_version'").fetchone()
         if version != self._kek_version:
             kek = self._load_kek(version)
-            # Forget older KEKs: every row is rewrapped under the current one.
+            # Forget older KEKs: rows still under one (during a rotation) load it
+            # again from its file, which exists until no row needs it.
             self._keks = {v: k for v, k in self._keks.items() if v > version}
             self._keks[version] = kek
             self._kek_version = version
@@ -403,24 +413,24 @@ class KeyStore:
             rows.update((s, (v, w)) for s, v, w in self._conn.execute(_select_sql(len(chunk)), chunk))
         return rows
 
-    def _rewrap_all(self, new: int, new_kek: AESGCM) -> None:
-        last = 0
-        while True:
-            rows = self._conn.execute(
-                "SELECT seq, subject, kek_version, wrapped FROM subject_key "
-                "WHERE seq > ? AND wrapped IS NOT NULL ORDER BY seq LIMIT ?",
-                (last, ROTATE_ROWS_PER_STEP),
-            ).fetchall()
-            if not rows:
-                return
-            updates = []
-            for seq, subject, version, wrapped in rows:
+    def _rewrap_step(self, new: int, after: int) -> int | None:
+        """Rewrap up to ROTATE_ROWS_PER_STEP rows past ``after`` under KEK ``new``;
+        the last seq seen, or None when no row is left."""
+        rows = self._conn.execute(
+            "SELECT seq, subject, kek_version, wrapped FROM subject_key "
+            "WHERE seq > ? AND wrapped IS NOT NULL ORDER BY seq LIMIT ?",
+            (after, ROTATE_ROWS_PER_STEP),
+        ).fetchall()
+        if not rows:
+            return None
+        new_kek = self._load_kek(new)
+        updates = []
+        for seq, subject, version, wrapped in rows:
+            if version < new:
                 dek = unwrap_dek(self._load_kek(version), version, subject, wrapped)
                 updates.append((new, wrap_dek(new_kek, new, subject, dek), seq))
-            self._conn.executemany(
-                "UPDATE subject_key SET kek_version = ?, wrapped = ? WHERE seq = ?", updates
-            )
-            last = rows[-1][0]
+        self._conn.executemany("UPDATE subject_key SET kek_version = ?, wrapped = ? WHERE seq = ?", updates)
+        return int(rows[-1][0])
 
     def _purge_wal(self, required: bool, what: str) -> None:
         """Checkpoint and truncate the WAL so no stale page image stays in it.
@@ -447,7 +457,14 @@ class KeyStore:
             )
 
     def _destroy_retired_keks(self) -> None:
-        """Destroy every KEK older than the committed one (also after a crash)."""
+        """Destroy every KEK older than the committed one, once no row needs it.
+
+        Also runs at open, for a rotation that crashed after its last step.
+        """
+        with self._tx():
+            pending = self._conn.execute("SELECT 1 FROM meta WHERE name = 'rotation_pending'").fetchone()
+        if pending is not None:
+            return
         for version in keyfiles.kek_versions(self._dir):
             if version < self._kek_version:
                 keyfiles.destroy_file(self._dir / keyfiles.kek_name(version))
@@ -457,7 +474,10 @@ class _KekGone(KeyMaterialError):
     """A KEK version's file is gone (destroyed by a rotation)."""
 
     def __init__(self, version: int) -> None:
-        super().__init__(f"KEK v{version} was destroyed")
+        super().__init__(
+            f"KEK v{version} is missing: destroyed by a rotation, or lost (restore the "
+            "key store from its backup)"
+        )
         self.version = version
 
 
