@@ -543,12 +543,12 @@ class FeedLog:
         return count
 
     # ----------------------------------------------------------------- appending
-    def append_bodies(self, bodies: Sequence[bytes]) -> AppendResult:
+    def append_bodies(self, bodies: Sequence[bytes], *, checked: bool = False) -> AppendResult:
         """Append events of this site's own feed (bodies from ``events.encode_body``).
 
-        Every body is checked to be canonical before it is signed: a signed bad frame
-        could never be removed from the feed. Returns once the frames and their signed
-        checkpoint are durable.
+        Every body is checked to be canonical before it is signed (a signed bad frame
+        could never be removed from the feed), unless the caller did it (``checked``).
+        Returns once the frames and their signed checkpoint are durable.
         """
         if self._signer is None or self._clock is None:
             raise HeimdallError(f"feed {self.feed_hex} is not this site's to write")
@@ -556,10 +556,8 @@ class FeedLog:
             raise ValueError("empty batch")
         if len(bodies) > self.options.batch_events_max:
             raise ValueError(f"batch of {len(bodies)} exceeds {self.options.batch_events_max}")
-        try:
-            check_bodies(bodies, 0)
-        except BodyError as exc:
-            raise EncodingError(f"event {exc.index} of the batch: {exc}") from None
+        if not checked:
+            check_body_batch(bodies)
         with self._write_lock:
             if self._behind is not None:
                 raise StaleLogError(
@@ -882,6 +880,14 @@ class FeedLog:
         if self._index.read(first, first + len(places)) != expected:
             raise IntegrityError("index does not match the segments; run 'heimdall log reindex'",
                                  feed=self.feed_hex, seq=first)
+
+
+def check_body_batch(bodies: Sequence[bytes]) -> None:
+    """Raise EncodingError naming the first body that is not canonical."""
+    try:
+        check_bodies(bodies, 0)
+    except BodyError as exc:
+        raise EncodingError(f"event {exc.index} of the batch: {exc}") from None
 
 
 def _rewrite_tail(path: Path, keep_bytes: int, tail: bytes) -> None:

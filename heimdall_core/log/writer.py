@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heimdall_core.errors import HeimdallError
-from heimdall_core.log.feed import AppendResult, FeedLog
+from heimdall_core.log.feed import AppendResult, FeedLog, check_body_batch
 
 QUEUE_APPENDS_MAX = 10_000
 
@@ -75,6 +75,8 @@ class GroupCommitWriter:
             raise ValueError(f"at most {self._batch_max} events per append")
         if self._closed:
             raise HeimdallError("group commit writer is closed")
+        # Checked here, per append: one appender's bad event must not fail the others'.
+        check_body_batch(bodies)
         if self._task is None:
             await self.start()
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
@@ -112,7 +114,7 @@ class GroupCommitWriter:
 
     async def _commit(self, pending: list[_Pending]) -> None:
         flat = [body for bodies, _ in pending for body in bodies]
-        write = asyncio.ensure_future(asyncio.to_thread(self._feed.append_bodies, flat))
+        write = asyncio.ensure_future(asyncio.to_thread(self._feed.append_bodies, flat, checked=True))
         cancelled = False
         while not write.done():
             try:
