@@ -151,7 +151,9 @@ class DumpIngestor:
         self.mapping: dict[str, str] | None = None
         self.columns: tuple[str, ...] = ()
         self._plans: dict[tuple[str, ...], list[tuple[int, str, str]]] = {}
-        self._batch: list[list[Any]] = []
+        self._actions: dict[tuple[str, str], Action] = {}
+        # (position, clear fields built here, fields for the protector)
+        self._batch: list[tuple[int, list[dict[str, Any]], list[tuple[str, str, str]]]] = []
         self._bodies: list[bytes] = []
 
     # ---------------------------------------------------------------- pushing bytes
@@ -254,6 +256,12 @@ class DumpIngestor:
             plan.append((index, column, kind))
         return plan
 
+    def _action(self, column: str, kind: str) -> Action:
+        if len(self._actions) >= PLANS_CACHED_MAX:
+            self._actions.clear()
+        action = self._actions[(column, kind)] = self._policy.action(self.options.source, column, kind)
+        return action
+
     def _plan_for(self, columns: tuple[str, ...]) -> list[tuple[int, str, str]]:
         """The plan of a column tuple; parsers share one tuple object per layout, so this
         is one dict lookup per record (JSON records may each have their own keys)."""
@@ -268,6 +276,7 @@ class DumpIngestor:
     def _process(self, items: list[RawRecord | BadRecord]) -> None:
         skip = self._skip_through
         normalize = self.options.normalize
+        actions = self._actions
         last_columns: tuple[str, ...] | None = None
         plan: list[tuple[int, str, str]] = []
         for item in items:
@@ -281,7 +290,8 @@ class DumpIngestor:
                 last_columns = item.columns
                 plan = self._plan_for(item.columns)
             values = item.values
-            fields: list[tuple[str, str, str, tuple[tuple[str, str], ...]]] = []
+            clear: list[dict[str, Any]] = []
+            sealed: list[tuple[str, str, str]] = []
             for index, column, kind in plan:
                 if index >= len(values):
                     continue
@@ -289,13 +299,26 @@ class DumpIngestor:
                 if not raw:
                     continue
                 result = canonicalize(kind, raw, normalize)
-                if type(result) is Canonical:
-                    fields.append((column, result.kind, result.value, result.attrs))
-                else:
+                if type(result) is not Canonical:
                     self.result.rejected_fields += 1
                     if item.position > skip:
                         self._quarantine.add(item.position, f"{kind} value rejected: "
                                              f"{getattr(result, 'reason', 'invalid')}", column)
+                    continue
+                final_kind = result.kind  # a "hash" column may hold a crypt password hash
+                action = actions.get((column, final_kind))
+                if action is None:
+                    action = self._action(column, final_kind)
+                if action is Action.CLEAR:
+                    # Built here, keys in canonical order: a (attrs), col, kind, v.
+                    if result.attrs:
+                        clear.append({"a": dict(result.attrs), "col": column, "kind": final_kind,
+                                      "v": result.value})
+                    else:
+                        clear.append({"col": column, "kind": final_kind, "v": result.value})
+                elif action is not Action.DROP:
+                    sealed.append((column, final_kind, result.value))
+            fields = clear or sealed
             if not fields:
                 self.result.quarantined += 1
                 self.progress.quarantined += 1
@@ -306,7 +329,7 @@ class DumpIngestor:
             self.progress.records += 1
             if item.position <= skip:
                 continue  # written before an interruption; resuming after it
-            self._batch.append([item.position, fields])
+            self._batch.append((item.position, clear, sealed))
             if len(self._batch) >= self.options.records_per_event * EVENTS_PER_APPEND:
                 self._flush_records()
         if self._on_progress is not None:
@@ -318,15 +341,15 @@ class DumpIngestor:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        protected = self._protector.protect_batch(
-            self.options.source, [[(c, k, v) for c, k, v, _ in fields] for _, fields in batch])
+        protected = self._protector.protect_batch(self.options.source,
+                                                  [sealed for _, _, sealed in batch])
         per_event = self.options.records_per_event
         bodies = []
         for start in range(0, len(batch), per_event):
             records = []
-            for (position, fields), record in zip(batch[start:start + per_event],
-                                                  protected[start:start + per_event], strict=True):
-                records.append([position, _with_attrs(record.fields, fields)])
+            for (position, clear, _), record in zip(batch[start:start + per_event],
+                                                    protected[start:start + per_event], strict=True):
+                records.append([position, [*map(_canonical_order, record.fields), *clear]])
             payload = {"dump": self.dump, "part": self.part, "records": records}
             bodies.append(encode_records_body(payload))
             self.result.events += 1
@@ -339,17 +362,9 @@ class DumpIngestor:
 _FIELD_KEYS = ("a", "bi", "col", "ct", "kind", "sub", "v")
 
 
-def _with_attrs(protected: Sequence[Mapping[str, Any]],
-                fields: Sequence[tuple[str, str, str, tuple[tuple[str, str], ...]]]) -> list[Any]:
-    """Protected fields in canonical key order, with derived attributes on clear fields."""
-    attrs = {column: attr for column, _, _, attr in fields if attr}
-    out = []
-    for field_map in protected:
-        extra = attrs.get(field_map["col"]) if attrs and "v" in field_map else None
-        if extra:
-            field_map = {**field_map, "a": dict(extra)}
-        out.append({key: field_map[key] for key in _FIELD_KEYS if key in field_map})
-    return out
+def _canonical_order(field_map: Mapping[str, Any]) -> dict[str, Any]:
+    """A protector field with its keys in canonical (sorted) order."""
+    return {key: field_map[key] for key in _FIELD_KEYS if key in field_map}
 
 
 def encode_records_body(payload: Mapping[str, Any]) -> bytes:
