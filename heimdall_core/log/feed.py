@@ -83,6 +83,7 @@ from heimdall_core.log.segments import (
     EntryFile,
     Head,
     HeadFile,
+    MisplacedFrame,
     Scan,
     check_segment_header,
     fsync_dir,
@@ -181,6 +182,7 @@ class FeedLog:
         """
         log_ = cls(directory, feed, head_path=head_path, options=options)
         directory.mkdir(parents=True, exist_ok=True)
+        log_._check_not_stopped()  # before the lock: a stopped feed says so even while held
         log_._lock()
         try:
             log_._check_not_stopped()
@@ -425,6 +427,8 @@ class FeedLog:
 
     def _corrupt(self, scan: Scan, reason: str, offset: int, *, seq: int | None = None) -> NoReturn:
         """Damage inside acknowledged data: stop the feed and say where (never repaired)."""
+        if seq is None and scan.error_seq is not None and offset == scan.error_offset:
+            seq = scan.error_seq
         if seq is None:
             seq = self._damaged_seq(scan, offset)
         self._fail(reason, segment=scan.path.name, offset=offset, seq=seq)
@@ -765,7 +769,7 @@ class FeedLog:
                     for record_type, at, payload in records:
                         if record_type == T_FRAME:
                             if payload[4:36] != feed or int.from_bytes(payload[36:44], "big") != seq:
-                                raise BadRecord(_misplaced(payload, seq), offset=at)
+                                raise MisplacedFrame(_misplaced(payload, seq), offset=at)
                             yield record_type, first, at, payload, seq
                             seq += 1
                         elif record_type == T_CHECKPOINT:
@@ -775,7 +779,8 @@ class FeedLog:
                             raise BadRecord(f"unexpected record type {record_type:#x}", offset=at)
             except (ShortRecord, BadRecord) as exc:
                 at = exc.offset or 0
-                seq_at = self._attribute(first, at, seq, batch_first, _type_byte_at(path, at))
+                seq_at = seq if isinstance(exc, MisplacedFrame) else self._attribute(
+                    first, at, seq, batch_first, _type_byte_at(path, at))
                 raise IntegrityError(f"damaged record: {strip_position(exc)}", feed=self.feed_hex,
                                      segment=path.name, offset=at, seq=seq_at) from None
             offset = 0

@@ -114,6 +114,10 @@ def check_segment_header(payload: bytes, feed: bytes, first_seq: int) -> str | N
 
 
 # ----------------------------------------------------------------------- scanning
+class MisplacedFrame(BadRecord):
+    """An intact frame record at the wrong place: another feed's, or the wrong sequence."""
+
+
 @dataclass(slots=True)
 class Scan:
     """What one pass over a segment found, up to its first damaged record.
@@ -131,6 +135,7 @@ class Scan:
     error: str | None = None
     error_offset: int = 0
     error_type: int | None = None  # the record type byte at the error, when readable
+    error_seq: int | None = None  # set when the bad record is an intact, misplaced frame
 
     @property
     def end(self) -> int:
@@ -159,6 +164,8 @@ def scan_segment(path: Path, feed: bytes, first_seq: int, payload_bytes_max: int
             _scan_records(scan, handle.read, feed, payload_bytes_max)
         except (ShortRecord, BadRecord) as exc:
             scan.error, scan.error_offset = strip_position(exc), exc.offset or 0
+            if isinstance(exc, MisplacedFrame):
+                scan.error_seq = first_seq + len(scan.frames)
             handle.seek(scan.error_offset + 4)
             type_byte = handle.read(1)
             scan.error_type = type_byte[0] if type_byte else None
@@ -183,11 +190,11 @@ def _scan_records(scan: Scan, read: Callable[[int], bytes], feed: bytes,
     for record_type, offset, payload in records:
         if record_type == T_FRAME:
             if len(payload) <= HEADER_BYTES or not payload.startswith(prefix):
-                raise BadRecord("frame of another feed or malformed", offset=offset)
+                raise MisplacedFrame("frame of another feed, or malformed", offset=offset)
             frame_seq, physical, logical = _POSITION.unpack_from(payload, 36)
             if frame_seq != seq:
-                raise BadRecord(f"frame out of place: sequence {frame_seq} where {seq} belongs",
-                                offset=offset)
+                raise MisplacedFrame(f"frame out of place: sequence {frame_seq} where {seq} belongs",
+                                     offset=offset)
             frames.append((offset, leaf_hash(payload), (physical, logical)))
             seq += 1
         elif record_type == T_CHECKPOINT:
