@@ -290,6 +290,7 @@ class KeyStore:
             self._conn.execute("DELETE FROM meta WHERE name = 'rotation_pending' AND value = ?", (new,))
         self._purge_wal(required=False, what="rotated keys")
         self._destroy_retired_keks()
+        self._keks = {v: k for v, k in self._keks.items() if v >= new}
         return new
 
     # --- internals ---
@@ -351,9 +352,11 @@ class KeyStore:
             return kek
         path = self._dir / keyfiles.kek_name(version)
         try:
-            return AESGCM(keyfiles.read_key_file(path))
+            kek = AESGCM(keyfiles.read_key_file(path))
         except FileNotFoundError:
             raise _KekGone(version) from None
+        self._keks[version] = kek
+        return kek
 
     def _read_rows(self, subjects: Sequence[bytes]) -> dict[bytes, tuple[int | None, bytes | None]]:
         with self._tx():
