@@ -1,0 +1,646 @@
+"""The embedded graph back end: one SQLite file (WAL) through aiosqlite.
+
+Schema, shaped for bulk projection (docs/graph-model.md, "SQLite back end"):
+
+* Every vertex table has an integer surrogate key assigned in arrival order, and the
+  content id as a UNIQUE column. Edges reference surrogates, so the indexes they live
+  in grow at their end (new values get new, larger numbers) instead of at random
+  places; the only random-order insert left per new value is its content id.
+* ``sighting`` holds a record's (value, field) pairs packed in one blob; ``seen``
+  (value, sighting, field) WITHOUT ROWID is the index that answers "where was this value
+  seen". Entity edges are not stored: a sighting names its entity (its primary value),
+  and entity -> value is read as the values of the sightings that name it.
+* Property cells are msgpack maps in one column; they are merged in Python with the
+  same rules as every other back end, only for vertices that already existed.
+* A batch writes new values through a temporary table in content-id order (B-tree
+  friendly), and knows which of them existed from one join.
+
+One transaction per delta (``BEGIN IMMEDIATE`` ... ``COMMIT``) holds the effects and the
+feed positions, so a crash at any point leaves the projection at a batch boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from array import array
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgpack
+
+from heimdall_core.errors import DatabaseUnavailable, GraphError
+from heimdall_core.graph import model
+from heimdall_core.graph.model import (
+    CoValue,
+    CoValues,
+    Delta,
+    DumpSeen,
+    GraphCounts,
+    StateEntry,
+    ValueInfo,
+)
+from heimdall_core.graph.rules import Rule, RuleSet, lift, merge, visible
+from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+
+SCHEMA_VERSION = 1
+PAGE_BYTES = 16_384  # fewer B-tree levels and page writes per random insert than 4 KiB
+CACHE_BYTES_DEFAULT = 512 << 20
+BUSY_TIMEOUT_MS = 10_000
+SQL_VARIABLES_MAX = 500  # per IN (...) list: far under SQLite's limit
+STATE_ROWS_PER_FETCH = 5_000
+FILE_NAME = "graph.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS position (feed BLOB PRIMARY KEY, next_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dump (di INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, props BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS field (
+    fi INTEGER PRIMARY KEY, di INTEGER NOT NULL, col TEXT NOT NULL, kind TEXT NOT NULL,
+    UNIQUE (di, col, kind));
+CREATE TABLE IF NOT EXISTS value (
+    vi INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind TEXT NOT NULL, v TEXT, bi BLOB,
+    props BLOB NOT NULL, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subject (id BLOB PRIMARY KEY, props BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sighting (
+    si INTEGER PRIMARY KEY, di INTEGER NOT NULL, part INTEGER NOT NULL, pos INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL, entity INTEGER, vals BLOB NOT NULL, sealed BLOB,
+    UNIQUE (di, part, pos));
+CREATE INDEX IF NOT EXISTS sighting_entity ON sighting (entity) WHERE entity IS NOT NULL;
+CREATE TABLE IF NOT EXISTS seen (
+    vi INTEGER NOT NULL, si INTEGER NOT NULL, fi INTEGER NOT NULL,
+    PRIMARY KEY (vi, si, fi)) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS batch_value (
+    cand INTEGER NOT NULL, id BLOB NOT NULL, kind TEXT NOT NULL, v TEXT, bi BLOB,
+    props BLOB NOT NULL, n INTEGER NOT NULL);
+"""
+_TABLES = ("position", "dump", "field", "value", "subject", "sighting", "seen")
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def _pack_pairs(pairs: Iterable[int]) -> bytes:
+    return array("q", pairs).tobytes()
+
+
+def _unpack_pairs(blob: bytes) -> list[tuple[int, int]]:
+    numbers = array("q")
+    numbers.frombytes(blob)
+    return list(zip(numbers[0::2], numbers[1::2], strict=True))
+
+
+def _chunks(items: Sequence[Any], size: int = SQL_VARIABLES_MAX) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class SqliteStore:
+    """:class:`~heimdall_core.graph.store.GraphStore` over one SQLite file."""
+
+    def __init__(self, path: Path, rules: RuleSet, *, cache_bytes: int = CACHE_BYTES_DEFAULT) -> None:
+        self.path = path
+        self.rules = rules
+        self._cache_bytes = cache_bytes
+        self._conn: aiosqlite.Connection | None = None
+        self._next: dict[str, int] = {}
+        self._dump_ids: dict[bytes, int] = {}  # committed dump id -> di
+        self._field_ids: dict[tuple[int, str, str], int] = {}  # committed (di, col, kind) -> fi
+
+    @property
+    def backend(self) -> str:
+        return "sqlite"
+
+    # --- opening -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._configure()
+            await self._check_meta()
+            await self._load_ids()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise _translate(exc, f"cannot open the graph database {self.path}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _configure(self) -> None:
+        conn = self._db
+        await conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")  # only takes effect on a new file
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+        if row is None or str(row[0]).lower() != "wal":
+            raise GraphError(f"{self.path}: SQLite refused WAL mode; is it on a network file system?")
+        # NORMAL in WAL mode: a power loss may drop the last commits but never corrupts,
+        # and positions live in the same transactions, so the projector redoes exactly those.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute(f"PRAGMA cache_size = {-(self._cache_bytes // 1024)}")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        await conn.execute("PRAGMA foreign_keys = OFF")
+        await conn.executescript(_SCHEMA)
+
+    async def _check_meta(self) -> None:
+        conn = self._db
+        rows: dict[str, str] = {name: value for name, value in
+                                await conn.execute_fetchall("SELECT name, value FROM meta")}
+        version = rows.get("schema_version")
+        if version is not None and int(version) != SCHEMA_VERSION:
+            raise GraphError(f"{self.path} has graph schema version {version}; this build uses "
+                             f"{SCHEMA_VERSION}: run 'heimdall replay' to rebuild it")
+        fingerprint = self.rules.fingerprint()
+        held = rows.get("rules")
+        if held is not None and held != fingerprint and not await self._is_empty():
+            raise GraphError(f"{self.path} was projected under other merge rules (graph.rules or "
+                             "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
+        await conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), ('rules', ?)",
+                           (str(SCHEMA_VERSION), fingerprint))
+
+    async def _is_empty(self) -> bool:
+        for table in ("position", "dump", "value", "sighting", "subject"):
+            if await self._scalar(f"SELECT EXISTS (SELECT 1 FROM {table})"):  # noqa: S608 - fixed names
+                return False
+        return True
+
+    async def _load_ids(self) -> None:
+        conn = self._db
+        self._next = {
+            table: int(await self._scalar(f"SELECT coalesce(max({key}), 0) + 1 FROM {table}"))  # noqa: S608
+            for table, key in (("dump", "di"), ("field", "fi"), ("value", "vi"), ("sighting", "si"))
+        }
+        self._dump_ids = {bytes(i): di for i, di in await conn.execute_fetchall("SELECT id, di FROM dump")}
+        self._field_ids = {(di, col, kind): fi for fi, di, col, kind in
+                           await conn.execute_fetchall("SELECT fi, di, col, kind FROM field")}
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
+                await conn.close()
+
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise GraphError("the graph store is not open")
+        return self._conn
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = await (await self._db.execute(sql, params)).fetchone()
+        return None if row is None else row[0]
+
+    async def reset(self) -> None:
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            for table in _TABLES:
+                await self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            await self._db.execute("COMMIT")
+            await self._check_meta()
+            await self._load_ids()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            raise _translate(exc, "resetting the graph") from exc
+
+    async def positions(self) -> dict[bytes, int]:
+        try:
+            rows = await self._db.execute_fetchall("SELECT feed, next_seq FROM position")
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading projection positions") from exc
+        return {bytes(feed): int(seq) for feed, seq in rows}
+
+    # --- applying ------------------------------------------------------------------------
+
+    async def apply(self, delta: Delta) -> None:
+        batch = _Batch(self, delta)
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await batch.run()
+            await self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await self._rollback()
+            await self._reload_after_failure()
+            raise _translate(exc, "applying a projection batch") from exc
+        except BaseException:
+            await self._rollback()
+            await self._reload_after_failure()
+            raise
+        batch.committed()
+
+    async def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.execute("ROLLBACK")
+
+    async def _reload_after_failure(self) -> None:
+        # The projector reopens the store before it retries, so a failure here is harmless.
+        with contextlib.suppress(sqlite3.Error, GraphError):
+            await self._load_ids()
+
+    # --- state ---------------------------------------------------------------------------
+
+    async def iter_state(self) -> AsyncIterator[StateEntry]:
+        conn = self._db
+        fields = {fi: (bytes(dump), col, kind) for fi, dump, col, kind in await conn.execute_fetchall(
+            "SELECT f.fi, d.id, f.col, f.kind FROM field f JOIN dump d ON d.di = f.di")}
+        async for dump, props in self._rows("SELECT id, props FROM dump ORDER BY id"):
+            yield StateEntry("dump", (bytes(dump), _unpackb(props)))
+        for fi in sorted(fields, key=fields.__getitem__):
+            yield StateEntry("field", fields[fi])
+        async for vid, kind, clear, blind, props in self._rows(
+                "SELECT id, kind, v, bi, props FROM value ORDER BY id"):
+            yield StateEntry("value", (bytes(vid), kind, clear, None if blind is None else bytes(blind),
+                                       _unpackb(props)))
+        async for subject, props in self._rows("SELECT id, props FROM subject ORDER BY id"):
+            yield StateEntry("subject", (bytes(subject), _unpackb(props)))
+        async for entry in self._state_sightings(fields):
+            yield entry
+        async for entry in self._state_in_field(fields):
+            yield entry
+        async for entry in self._state_includes():
+            yield entry
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[Any]:
+        cursor = await self._db.execute(sql, params)
+        try:
+            while rows := await cursor.fetchmany(STATE_ROWS_PER_FETCH):
+                for row in rows:
+                    yield row
+        finally:
+            await cursor.close()
+
+    async def _vids(self, vis: Iterable[int]) -> dict[int, bytes]:
+        wanted = sorted(set(vis))
+        out: dict[int, bytes] = {}
+        for chunk in _chunks(wanted):
+            rows = await self._db.execute_fetchall(
+                f"SELECT vi, id FROM value WHERE vi IN ({_marks(len(chunk))})", chunk)  # noqa: S608
+            out.update((vi, bytes(vid)) for vi, vid in rows)
+        return out
+
+    async def _state_sightings(self, fields: dict[int, tuple[bytes, str, str]]
+                               ) -> AsyncIterator[StateEntry]:
+        cursor = await self._db.execute(
+            "SELECT d.id, s.part, s.pos, s.seen_ms, s.sealed, s.vals FROM dump d "
+            "JOIN sighting s ON s.di = d.di ORDER BY d.id, s.part, s.pos")
+        try:
+            while rows := await cursor.fetchmany(STATE_ROWS_PER_FETCH):
+                decoded = [(row, _unpack_pairs(row[5])) for row in rows]
+                vids = await self._vids(vi for _, pairs in decoded for vi, _ in pairs)
+                for (dump, part, pos, seen_ms, sealed, _), pairs in decoded:
+                    values = [(vids[vi], fields[fi][1]) for vi, fi in pairs]
+                    yield StateEntry("sighting", (bytes(dump), part, pos, seen_ms,
+                                                  [] if sealed is None else _unpackb(sealed), values))
+        finally:
+            await cursor.close()
+
+    async def _state_in_field(self, fields: dict[int, tuple[bytes, str, str]]
+                              ) -> AsyncIterator[StateEntry]:
+        current: bytes | None = None
+        group: set[int] = set()
+        async for vid, fi in self._rows(
+                "SELECT v.id, s.fi FROM value v JOIN seen s ON s.vi = v.vi ORDER BY v.id"):
+            vid = bytes(vid)
+            if vid != current and current is not None:
+                for key in sorted(fields[f] for f in group):
+                    yield StateEntry("in_field", (current, *key))
+                group = set()
+            current = vid
+            group.add(fi)
+        if current is not None:
+            for key in sorted(fields[f] for f in group):
+                yield StateEntry("in_field", (current, *key))
+
+    async def _state_includes(self) -> AsyncIterator[StateEntry]:
+        current: bytes | None = None
+        members: set[int] = set()
+        async for primary, vals in self._rows(
+                "SELECT v.id, s.vals FROM value v JOIN sighting s ON s.entity = v.vi ORDER BY v.id"):
+            primary = bytes(primary)
+            if primary != current and current is not None:
+                for row in await self._includes_rows(current, members):
+                    yield row
+                members = set()
+            current = primary
+            members.update(vi for vi, _ in _unpack_pairs(vals))
+        if current is not None:
+            for row in await self._includes_rows(current, members):
+                yield row
+
+    async def _includes_rows(self, primary: bytes, members: set[int]) -> list[StateEntry]:
+        vids = await self._vids(members)
+        return [StateEntry("includes", (primary, vid)) for vid in sorted(vids.values())]
+
+    # --- queries -------------------------------------------------------------------------
+
+    async def value(self, vid: bytes) -> ValueInfo | None:
+        return (await self.values([vid])).get(vid)
+
+    async def values(self, vids: Sequence[bytes]) -> dict[bytes, ValueInfo]:
+        try:
+            rows: list[Any] = []
+            for chunk in _chunks(list(vids)):
+                rows += await self._db.execute_fetchall(
+                    f"SELECT id, kind, v, bi, props, n FROM value WHERE id IN ({_marks(len(chunk))})",  # noqa: S608
+                    chunk)
+            return await self._infos(rows)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading values") from exc
+
+    async def _infos(self, rows: Sequence[Any]) -> dict[bytes, ValueInfo]:
+        decoded = [(bytes(vid), kind, clear, blind, _unpackb(props), n)
+                   for vid, kind, clear, blind, props, n in rows]
+        subjects = sorted({bytes(sub) for *_, props, _ in decoded for sub, _ in props.get("seals", [])})
+        shredded: set[bytes] = set()
+        for chunk in _chunks(subjects):
+            found = await self._db.execute_fetchall(
+                f"SELECT id FROM subject WHERE id IN ({_marks(len(chunk))})", chunk)  # noqa: S608
+            shredded.update(bytes(sub) for (sub,) in found)
+        out = {}
+        for vid, kind, clear, blind, props, n in decoded:
+            mine = frozenset(bytes(sub) for sub, _ in props.get("seals", []) if bytes(sub) in shredded)
+            out[vid] = ValueInfo(vid, kind, clear, None if blind is None else bytes(blind), props,
+                                 mine, int(n))
+        return out
+
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+        try:
+            rows = await self._db.execute_fetchall(
+                "SELECT d.id, d.props, count(DISTINCT s.si), min(s.seen_ms), max(s.seen_ms) "
+                "FROM value v JOIN seen e ON e.vi = v.vi JOIN sighting s ON s.si = e.si "
+                "JOIN dump d ON d.di = s.di WHERE v.id = ? GROUP BY s.di", (vid,))
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading where a value was seen") from exc
+        out = []
+        for dump, props, count, first, last in rows:
+            cells = _unpackb(props)
+            out.append(DumpSeen(bytes(dump), self._text(cells, "source"), self._text(cells, "name"),
+                                int(count), int(first), int(last)))
+        out.sort(key=lambda d: (-d.sightings, d.dump))
+        return out[:limit]
+
+    def _text(self, cells: dict[str, Any], prop: str) -> str | None:
+        cell = cells.get(prop)
+        if cell is None:
+            return None
+        shown = visible(self.rules.rule(model.DUMP, prop), cell)
+        return shown if isinstance(shown, str) else str(shown)
+
+    async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
+                        sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:
+        try:
+            return await self._co_values(vid, limit, sightings_max)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading co-occurring values") from exc
+
+    async def _co_values(self, vid: bytes, limit: int, sightings_max: int) -> CoValues:
+        own = await self._scalar("SELECT vi FROM value WHERE id = ?", (vid,))
+        if own is None:
+            return CoValues((), 0, True)
+        sids = [si for (si,) in await self._db.execute_fetchall(
+            "SELECT DISTINCT si FROM seen WHERE vi = ? ORDER BY si DESC LIMIT ?", (own, sightings_max + 1))]
+        complete = len(sids) <= sightings_max
+        sids = sids[:sightings_max]
+        counts: dict[int, int] = {}
+        for chunk in _chunks(sids):
+            for (vals,) in await self._db.execute_fetchall(
+                    f"SELECT vals FROM sighting WHERE si IN ({_marks(len(chunk))})", chunk):  # noqa: S608
+                for vi in {vi for vi, _ in _unpack_pairs(vals)}:
+                    if vi != own:
+                        counts[vi] = counts.get(vi, 0) + 1
+        ranked = await self._rank(counts, limit)
+        infos = await self.values([other for other, _ in ranked])
+        items = tuple(CoValue(infos[other], n) for other, n in ranked)
+        return CoValues(items, len(sids), complete)
+
+    async def _rank(self, counts: dict[int, int], limit: int) -> list[tuple[bytes, int]]:
+        """The top ``limit`` by count, ties by value id (ids fetched only near the cut)."""
+        if not counts:
+            return []
+        by_count = sorted(counts.values(), reverse=True)
+        cut = by_count[min(limit, len(by_count)) - 1]
+        near = [vi for vi, n in counts.items() if n >= cut]
+        vids = await self._vids(near)
+        ranked = sorted(((vids[vi], counts[vi]) for vi in near), key=lambda item: (-item[1], item[0]))
+        return ranked[:limit]
+
+    async def counts(self) -> GraphCounts:
+        try:
+            numbers = [int(await self._scalar(f"SELECT count(*) FROM {table}"))  # noqa: S608
+                       for table in ("dump", "field", "value", "sighting", "subject", "position")]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "counting the graph") from exc
+        return GraphCounts(*numbers)
+
+
+class _Batch:
+    """The statements of one delta, run inside the store's transaction."""
+
+    def __init__(self, store: SqliteStore, delta: Delta) -> None:
+        self.store = store
+        self.db = store._db
+        self.rules = store.rules
+        self.delta = delta
+        self.next = dict(store._next)
+        self.dump_ids = dict(store._dump_ids)
+        self.field_ids = dict(store._field_ids)
+        self.vi: dict[bytes, int] = {}
+
+    def committed(self) -> None:
+        self.store._next = self.next
+        self.store._dump_ids = self.dump_ids
+        self.store._field_ids = self.field_ids
+
+    def _take(self, table: str, count: int) -> int:
+        first = self.next[table]
+        self.next[table] = first + count
+        return first
+
+    async def run(self) -> None:
+        delta = self.delta
+        await self._dumps()
+        await self._fields()
+        if delta.values:
+            await self._values()
+        if delta.sightings:
+            await self._sightings()
+        if delta.subjects:
+            await self._subjects()
+        if delta.positions:
+            await self.db.executemany("INSERT OR REPLACE INTO position VALUES (?, ?)",
+                                      list(delta.positions.items()))
+
+    # --- dumps and fields ----------------------------------------------------------------
+
+    async def _dumps(self) -> None:
+        new, changed = [], []
+        for dump, props in self.delta.dumps.items():
+            di = self.dump_ids.get(dump)
+            if di is None:
+                di = self._take("dump", 1)
+                self.dump_ids[dump] = di
+                new.append((di, dump, _packb(props)))
+            elif props:
+                held = _unpackb(await self.store._scalar("SELECT props FROM dump WHERE di = ?", (di,)))
+                changed.append((_packb(self.rules.merge_props(model.DUMP, held, props)), di))
+        if new:
+            await self.db.executemany("INSERT INTO dump (di, id, props) VALUES (?, ?, ?)", new)
+        if changed:
+            await self.db.executemany("UPDATE dump SET props = ? WHERE di = ?", changed)
+
+    async def _fields(self) -> None:
+        new = []
+        for dump, col, kind in self.delta.fields:
+            key = (self.dump_ids[dump], col, kind)
+            if key not in self.field_ids:
+                fi = self._take("field", 1)
+                self.field_ids[key] = fi
+                new.append((fi, *key))
+        if new:
+            await self.db.executemany("INSERT INTO field (fi, di, col, kind) VALUES (?, ?, ?, ?)", new)
+
+    # --- values --------------------------------------------------------------------------
+
+    async def _values(self) -> None:
+        values = self.delta.values
+        first = self._take("value", len(values))
+        self.vi = {vid: first + offset for offset, vid in enumerate(values)}
+        fresh = self._new_sighting_counts()
+        rows = [(self.vi[vid], vid, v.kind, v.value, v.blind_index, _packb(v.props), fresh.get(vid, 0))
+                for vid, v in sorted(values.items())]
+        db = self.db
+        await db.executemany("INSERT INTO temp.batch_value VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        await db.execute("INSERT INTO value (vi, id, kind, v, bi, props, n) "
+                         "SELECT cand, id, kind, v, bi, props, n FROM temp.batch_value WHERE true "
+                         "ON CONFLICT (id) DO NOTHING")
+        existing = await db.execute_fetchall(
+            "SELECT b.id, v.vi, v.props, b.n FROM temp.batch_value b JOIN value v ON v.id = b.id "
+            "WHERE v.vi <> b.cand")
+        await db.execute("DELETE FROM temp.batch_value")
+        updates = []
+        for vid, vi, held, n in existing:
+            vid = bytes(vid)
+            self.vi[vid] = vi
+            merged = self.rules.merge_props(model.VALUE, _unpackb(held), values[vid].props)
+            updates.append((_packb(merged), n, vi))
+        if updates:
+            await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
+
+    def _new_sighting_counts(self) -> dict[bytes, int]:
+        """Per value, how many of this delta's sightings hold it (assuming they are new;
+        :meth:`_merge_sightings` corrects the count for sightings that were not)."""
+        counts: dict[bytes, int] = {}
+        get = counts.get
+        for sighting in self.delta.sightings.values():
+            if len(sighting.values) == 1:
+                vid = sighting.values[0][0]
+                counts[vid] = get(vid, 0) + 1
+            else:
+                for vid in {vid for vid, _, _ in sighting.values}:
+                    counts[vid] = get(vid, 0) + 1
+        return counts
+
+    # --- sightings -----------------------------------------------------------------------
+
+    async def _sightings(self) -> None:
+        sightings = self.delta.sightings
+        first = self._take("sighting", len(sightings))
+        dump_ids, field_ids, vi = self.dump_ids, self.field_ids, self.vi
+        rows, seen = [], []
+        for offset, ((dump, part, pos), s) in enumerate(sightings.items()):
+            si = first + offset
+            di = dump_ids[dump]
+            pairs: list[int] = []
+            for vid, col, kind in s.values:
+                v, f = vi[vid], field_ids[(di, col, kind)]
+                pairs += (v, f)
+                seen.append((v, si, f))
+            sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
+            entity = None if s.entity is None else vi[s.entity]
+            rows.append((si, di, part, pos, s.seen_ms, entity, _pack_pairs(pairs), sealed))
+        before = self.db.total_changes
+        await self.db.executemany(
+            "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (di, part, pos) DO NOTHING", rows)
+        if self.db.total_changes - before != len(rows):
+            seen = await self._merge_sightings(rows, seen)
+        await self.db.executemany("INSERT OR IGNORE INTO seen (vi, si, fi) VALUES (?, ?, ?)", seen)
+
+    async def _merge_sightings(self, rows: list[tuple[Any, ...]], seen: list[tuple[int, int, int]]
+                               ) -> list[tuple[int, int, int]]:
+        """Slow path: some sightings were already held (a record position seen twice)."""
+        held_rows: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+        for row in rows:
+            found = await self.db.execute_fetchall(
+                "SELECT si, entity, vals, sealed FROM sighting WHERE di = ? AND part = ? AND pos = ?",
+                row[1:4])
+            held = next(iter(found))
+            if held[0] != row[0]:
+                held_rows[row[1:4]] = (row, held)
+        remap: dict[int, int] = {}
+        decrements: list[tuple[int]] = []
+        for row, held in held_rows.values():
+            remap[row[0]] = held[0]
+            await self._merge_sighting(row, held, decrements)
+        if decrements:
+            await self.db.executemany("UPDATE value SET n = n - 1 WHERE vi = ?", decrements)
+        return [(v, remap.get(si, si), f) for v, si, f in seen]
+
+    async def _merge_sighting(self, row: tuple[Any, ...], held: tuple[Any, ...],
+                              decrements: list[tuple[int]]) -> None:
+        si, entity, vals, sealed = held
+        old_pairs = _unpack_pairs(vals)
+        old_vis = {vi for vi, _ in old_pairs}
+        new_pairs = _unpack_pairs(row[6])
+        decrements.extend((vi,) for vi in {vi for vi, _ in new_pairs} if vi in old_vis)
+        pairs = old_pairs + [p for p in new_pairs if p not in old_pairs]
+        merged_sealed = sealed
+        if row[7] is not None:
+            merged_sealed = row[7] if sealed is None else _packb(
+                merge(Rule.UNION, _unpackb(sealed), _unpackb(row[7])))
+        entity = await self._least_entity(entity, row[5])
+        await self.db.execute(
+            "UPDATE sighting SET seen_ms = min(seen_ms, ?), entity = ?, vals = ?, sealed = ? WHERE si = ?",
+            (row[4], entity, _pack_pairs(x for pair in pairs for x in pair), merged_sealed, si))
+
+    async def _least_entity(self, a: int | None, b: int | None) -> int | None:
+        """The entity whose value id is least (the model's rule for a sighting seen twice)."""
+        if a is None or b is None or a == b:
+            return b if a is None else a
+        vids = await self.store._vids([a, b])
+        return a if vids[a] <= vids[b] else b
+
+    # --- subjects ------------------------------------------------------------------------
+
+    async def _subjects(self) -> None:
+        subjects = self.delta.subjects
+        held: dict[bytes, bytes] = {}
+        for chunk in _chunks(list(subjects)):
+            held.update((bytes(sub), props) for sub, props in await self.db.execute_fetchall(
+                f"SELECT id, props FROM subject WHERE id IN ({_marks(len(chunk))})", chunk))  # noqa: S608
+        rows = []
+        for subject, props in subjects.items():
+            old = held.get(subject)
+            merged = props if old is None else self.rules.merge_props(model.SUBJECT, _unpackb(old), props)
+            rows.append((subject, _packb(merged)))
+        await self.db.executemany("INSERT OR REPLACE INTO subject (id, props) VALUES (?, ?)", rows)
+
+
+def _translate(exc: sqlite3.Error, doing: str) -> Exception:
+    """SQLite errors as ours: unreachable/locked/full is retryable, the rest is not."""
+    message = f"{doing}: SQLite: {exc}"
+    if isinstance(exc, sqlite3.OperationalError):
+        return DatabaseUnavailable(message)
+    return GraphError(message)
+
+
+__all__ = ["FILE_NAME", "SqliteStore"]
