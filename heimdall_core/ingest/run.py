@@ -6,11 +6,13 @@ Every entrance (CLI, HTTP API, daemon) builds an :class:`IngestSite` and calls
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,19 @@ class _StartOnce:
             self._started = None
 
 
+@contextlib.contextmanager
+def _fewer_gc_passes() -> Iterator[None]:
+    """Ingest allocates millions of short-lived containers that never form cycles; the
+    default collector thresholds make it rescan the heap every 700 allocations (measured:
+    3-5 us per record). Raise them for the duration of a dump."""
+    old = gc.get_threshold()
+    gc.set_threshold(200_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: bool = False,
                 workers: int = 1, restart: bool = False,
                 on_progress: Callable[[Progress], None] | None = None) -> IngestSummary:
@@ -181,7 +196,8 @@ def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: 
 
         return resume_parallel(site, path, options, incomplete, size=size, on_progress=on_progress,
                                began=began)
-    return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began)
+    with _fewer_gc_passes():
+        return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began)
 
 
 def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256: str, size: int,

@@ -148,8 +148,11 @@ def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
 
 def _run_part(job: PartJob) -> tuple[int, int, int, int]:
     """In a worker process: ingest one byte range into this worker's own feed."""
+    import gc
+
     from heimdall_core.ingest.run import IngestSite
 
+    gc.set_threshold(200_000, 50, 100)  # see run._fewer_gc_passes; this process only ingests
     site = IngestSite(job.settings)
     try:
         append = site.appender(bytes.fromhex(job.feed))

@@ -210,10 +210,11 @@ class Protector:
             if code == _KEEP or not value:
                 out.append({"col": column, "kind": kind, "v": value})
                 continue
-            field: ProtectedField = {"col": column, "kind": kind}
+            # Keys are inserted in sorted order (bi, col, ct, kind, sub): canonical msgpack
+            # needs sorted maps, and building them sorted spares the encoder a sort.
+            ct: bytes | None = None
             if code & _SEAL:
                 assert subject is not None
-                field["sub"] = subject
                 if aead is not None:
                     plaintext = value.encode()
                     if len(plaintext) > FIELD_PLAINTEXT_BYTES_MAX:
@@ -223,11 +224,18 @@ class Protector:
                         )
                     nonce = nonces[offset : offset + NONCE_BYTES]
                     offset += NONCE_BYTES
-                    sealed = aead.encrypt(nonce, plaintext, ad_head + kind.encode())
-                    field["ct"] = _FORMAT + nonce + sealed
+                    ct = _FORMAT + nonce + aead.encrypt(nonce, plaintext, ad_head + kind.encode())
+            field: ProtectedField = {}
             if code & _INDEX:
                 # Inlined blind_index(): same message, same truncation (tested equal).
                 field["bi"] = fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
+            field["col"] = column
+            if ct is not None:
+                field["ct"] = ct
+            field["kind"] = kind
+            if code & _SEAL:
+                assert subject is not None
+                field["sub"] = subject
             out.append(field)
         return tuple(out)
 
