@@ -9,11 +9,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from ingest_helpers import SAMPLE, events_of
 
 from heimdall_core import config
 from heimdall_core.api.app import create_app
 from heimdall_core.log.store import init_site
-from ingest_helpers import SAMPLE, events_of
 
 
 @pytest.fixture
@@ -38,12 +38,12 @@ async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
 async def test_streamed_upload_gives_dump_id_and_counts(api: tuple[str, Path]) -> None:
     base, data = api
     body = SAMPLE.read_bytes()
-    async with aiohttp.ClientSession() as session:
-        # A generator body goes out with chunked transfer encoding: no Content-Length.
-        async with session.post(f"{base}/v1/dumps", params={"source": "web", "name": "s.csv"},
-                                data=_chunks(body, 777)) as response:
-            assert response.status == 201, await response.text()
-            summary = await response.json()
+    # A generator body goes out with chunked transfer encoding: no Content-Length.
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{base}/v1/dumps", params={"source": "web", "name": "s.csv"},
+            data=_chunks(body, 777)) as response:
+        assert response.status == 201, await response.text()
+        summary = await response.json()
     assert summary["sha256"] == hashlib.sha256(body).hexdigest()
     assert summary["records"] >= 55 and summary["quarantined"] >= 1
     assert len(events_of(data, "dump.finished")) == 1

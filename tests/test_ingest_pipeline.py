@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
 from ingest_helpers import SAMPLE, cli, cli_json, events_of, write_dump
 
 

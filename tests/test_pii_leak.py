@@ -12,13 +12,13 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from ingest_helpers import cli, cli_json, events_of, write_dump
 
 from heimdall_core import config
 from heimdall_core.api.app import create_app
 from heimdall_core.errors import ShreddedError
 from heimdall_core.pii.keystore import KeyStore
 from heimdall_core.pii.protect import reveal
-from ingest_helpers import cli, cli_json, events_of, write_dump
 
 COUNT = 40
 
