@@ -37,11 +37,15 @@ _CREATE_DATABASE_SQL = (
     " WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'heimdall') \\gexec\n"
     "\\connect heimdall\n"
 )
-_GRANT_SQL = "GRANT USAGE ON SCHEMA ag_catalog TO heimdall;\n"
+_GRANT_SQL = (
+    "GRANT USAGE ON SCHEMA ag_catalog TO heimdall;\n"
+    # Read-only: lets the application ask which graphs and labels exist.
+    "GRANT SELECT ON ag_catalog.ag_graph, ag_catalog.ag_label TO heimdall;\n"
+)
 
 
 def cluster_bootstrap_sql(verifier: str) -> str:
-    """Role (not superuser), database owned by it, AGE, and the grant AGE needs.
+    """Role (not superuser), database owned by it, AGE, and the grants AGE needs.
 
     AGE's functions live in schema ``ag_catalog``; a role without USAGE on it cannot
     even see ``cypher()``. Creating the extension needs a superuser, which is why it

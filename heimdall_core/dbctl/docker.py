@@ -39,11 +39,18 @@ CLIENT_ENV_PREFIXES = ("DOCKER_",)
 CLIENT_ENV_NAMES = ("HOME", "XDG_RUNTIME_DIR")
 
 
+def docker_client() -> str | None:
+    """The docker client found on the caller's PATH, as an absolute path.
+
+    Resolved once here because the tools themselves run with a fixed PATH.
+    """
+    return shutil.which("docker")
+
+
 def docker_available() -> bool:
     """True when a Docker engine answers (the client alone is not enough)."""
-    return shutil.which("docker") is not None and succeeds(
-        ["docker", "info"], timeout_s=INFO_TIMEOUT_S
-    )
+    client = docker_client()
+    return client is not None and succeeds([client, "info"], timeout_s=INFO_TIMEOUT_S)
 
 
 def container_name(layout: Layout) -> str:
@@ -66,10 +73,10 @@ def _client_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_argv(name: str, layout: Layout, port: int) -> list[str]:
+def run_argv(client: str, name: str, layout: Layout, port: int) -> list[str]:
     """``docker run`` for a fresh container; the password comes from the environment."""
     return [
-        "docker", "run", "--detach", "--name", name,
+        client, "run", "--detach", "--name", name,
         "--label", f"io.heimdall.data-dir={layout.data_dir.absolute()}",
         "--publish", f"{LISTEN_HOST}:{port}:{CONTAINER_PORT}",
         "--shm-size", SHM_SIZE,
@@ -88,12 +95,16 @@ class DockerBackend:
     method: Method = "docker"
 
     def __init__(self, layout: Layout) -> None:
+        client = docker_client()
+        if client is None:
+            raise DbctlError("the docker client is not on PATH")
+        self.client = client
         self.layout = layout
         self.name = container_name(layout)
 
     def _docker(self, *args: str, what: str, stdin_text: str | None = None) -> str:
         return run(
-            ["docker", *args], what=what, timeout_s=TOOL_TIMEOUT_S,
+            [self.client, *args], what=what, timeout_s=TOOL_TIMEOUT_S,
             stdin_text=stdin_text, env=_client_env(),
         )
 
@@ -121,9 +132,9 @@ class DockerBackend:
     def start(self, port: int, password: str) -> None:
         self.layout.pgdata.mkdir(mode=0o700, exist_ok=True)
         # A stopped container may carry an old port or image: replace it (data is on the host).
-        succeeds(["docker", "rm", "--force", self.name], timeout_s=TOOL_TIMEOUT_S)
+        succeeds([self.client, "rm", "--force", self.name], timeout_s=TOOL_TIMEOUT_S)
         run(
-            run_argv(self.name, self.layout, port), what="docker run", timeout_s=TOOL_TIMEOUT_S,
+            run_argv(self.client, self.name, self.layout, port), what="docker run", timeout_s=TOOL_TIMEOUT_S,
             env=_client_env({"POSTGRES_PASSWORD": password}),
         )
         self._wait_ready()
@@ -138,7 +149,7 @@ class DockerBackend:
     def _wait_ready(self) -> None:
         # The image's entrypoint first runs a socket-only server to initialize; asking
         # over TCP waits for the real one.
-        probe = ["docker", "exec", self.name, "pg_isready", "-q", "-h", LISTEN_HOST,
+        probe = [self.client, "exec", self.name, "pg_isready", "-q", "-h", LISTEN_HOST,
                  "-U", DB_ROLE, "-d", DB_NAME]
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -156,4 +167,4 @@ class DockerBackend:
     def stop(self) -> None:
         if self.running_pid() is not None:
             self._docker("stop", "--time", str(STOP_TIMEOUT_S), self.name, what="docker stop")
-        succeeds(["docker", "rm", "--force", self.name], timeout_s=TOOL_TIMEOUT_S)
+        succeeds([self.client, "rm", "--force", self.name], timeout_s=TOOL_TIMEOUT_S)

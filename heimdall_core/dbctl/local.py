@@ -17,9 +17,9 @@ from heimdall_core.dbctl import bootstrap
 from heimdall_core.dbctl.files import Layout, State
 from heimdall_core.dbctl.model import DbctlError, DbStatus
 from heimdall_core.dbctl.osutil import (
+    is_live_postgres,
     is_mount_point,
     port_is_free,
-    process_comm,
     process_cwd,
     read_pid_file,
     run,
@@ -60,7 +60,7 @@ class LocalBackend:
         to an unrelated process. A postmaster works in its data directory.
         """
         pid = read_pid_file(self.paths.host_pgdata / "postmaster.pid")
-        if pid is None or process_comm(pid) != "postgres":
+        if pid is None or not is_live_postgres(pid):
             return None
         return pid if process_cwd(pid) == str(self.paths.seen_cwd) else None
 
@@ -144,6 +144,7 @@ class LocalBackend:
 
     def _attach(self) -> None:
         """Bind-mounts the data directory into the root (chroot only), idempotently."""
+        self._ensure_owner()
         if self.paths.mount_point is not None:
             bind_mount(self.paths.host_pgdata, self.paths.mount_point)
 
@@ -159,7 +160,7 @@ class LocalBackend:
         socket_dir = self._host_socket_dir()
         lock = socket_dir / f".s.PGSQL.{port}.lock"
         owner = read_pid_file(lock)
-        if owner is not None and process_comm(owner) == "postgres":
+        if owner is not None and is_live_postgres(owner):
             raise DbctlError(f"another PostgreSQL (pid {owner}) already uses port {port}")
         lock.unlink(missing_ok=True)
         (socket_dir / f".s.PGSQL.{port}").unlink(missing_ok=True)
@@ -235,6 +236,21 @@ class LocalBackend:
             sockets.mkdir(parents=True, mode=SOCKET_DIR_MODE)
             os.chown(sockets, self.rt.uid, self.rt.gid)
             sockets.chmod(SOCKET_DIR_MODE)
+
+    def _ensure_owner(self) -> None:
+        """PostgreSQL refuses a data directory it does not own.
+
+        After a restore from backup, or a data directory made by another method (the
+        container's account differs), the numeric owner is wrong: hand it over.
+        """
+        pgdata = self.paths.host_pgdata
+        if pgdata.stat().st_uid == self.rt.uid:
+            return
+        if os.geteuid() != 0:
+            raise DbctlError(f"{pgdata} is not owned by {self.rt.account}; chown it, or run as root")
+        for top, _dirs, files in os.walk(pgdata):  # every directory comes up as a top
+            for name in [top, *(os.path.join(top, n) for n in files)]:
+                os.chown(name, self.rt.uid, self.rt.gid, follow_symlinks=False)
 
     def _give_to_server(self, path: Path) -> None:
         if os.geteuid() == 0:

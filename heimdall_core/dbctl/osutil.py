@@ -104,6 +104,21 @@ def process_comm(pid: int) -> str | None:
         return None
 
 
+def _process_state(pid: int) -> str | None:
+    try:
+        stat_line = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ")".
+    rest = stat_line.rpartition(")")[2].split()
+    return rest[0] if rest else None
+
+
+def is_live_postgres(pid: int) -> bool:
+    """A running PostgreSQL process; a killed one not yet reaped (zombie) is not."""
+    return process_comm(pid) == "postgres" and _process_state(pid) not in (None, "Z", "X")
+
+
 def processes_in(cwd: Path) -> list[int]:
     """Pids of the processes whose working directory is ``cwd``.
 
@@ -149,6 +164,9 @@ def free_port() -> int:
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As PostgreSQL binds: connections of a stopped server in TIME_WAIT do not
+        # keep it from listening again on its port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LISTEN_HOST, port))
         except OSError:
