@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -178,6 +179,23 @@ async def test_stale_pid_file_after_sigkill_and_reboot(data_dir: Path) -> None:
         assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()
+
+
+def test_port_in_use_is_a_clear_error_and_leaves_nothing_mounted(data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DbctlError, match=f"port {port}"):
+            start_db(data_dir, port=port)
+        mount_point = _mount_point_of(data_dir)
+        if mount_point is not None:
+            assert str(mount_point) not in mount_points()
+        assert not db_status(data_dir).running
+        stop_db(data_dir)
+        # Without --port, a recorded port that is taken gives way to a free one.
+        info = start_db(data_dir)
+        assert info.port != port and db_status(data_dir).running
 
 
 def _fake_docker(bin_dir: Path, log: Path, engine_up: bool) -> None:

@@ -74,9 +74,9 @@ def start_db(data_dir: Path, port: int | None = None) -> DbInfo:
         backend = current or _choose_backend(layout)
         password = read_or_create_secret(layout)
         chosen = _pick_port(port, state)
+        # Recorded first, so that stop-db can clean up after a start that failed halfway.
+        write_state(layout, backend.state(chosen))
         backend.start(chosen, password)
-        new_state = backend.state(chosen)
-        write_state(layout, new_state)
         return DbInfo(make_dsn(chosen, password), chosen, backend.method, layout.pgdata)
 
 

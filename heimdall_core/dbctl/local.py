@@ -88,10 +88,17 @@ class LocalBackend:
             self._ensure_host_socket_dir()
         self._init_if_needed()
         self._attach()
-        self._clear_stale(port)
-        self._write_conf(port)
-        self._pg_ctl_start()
-        self._bootstrap(port, password)
+        try:
+            self._clear_stale(port)
+            self._write_conf(port)
+            self._pg_ctl_start()
+            self._bootstrap(port, password)
+        except BaseException:
+            # Leave no bind mount behind a server that did not come up; a server that
+            # did (bootstrap failed) stays for stop-db, which the state file allows.
+            if self.paths.mount_point is not None and self.running_pid() is None:
+                unmount(self.paths.mount_point)
+            raise
 
     def _init_if_needed(self) -> None:
         pgdata = self.paths.host_pgdata
