@@ -58,6 +58,7 @@ _KINDS_CACHED_MAX = 1024
 
 Payload = Mapping[str, Any]
 
+_SCALAR_TYPES = frozenset({str, bytes, int, bool, type(None)})
 _good_kinds: set[tuple[str, int]] = set()
 
 
@@ -83,6 +84,16 @@ class FrameHeader:
     hlc: Hlc
 
 
+class CanonicalBody(bytes):
+    """Body bytes made by :func:`encode_body`, canonical by construction.
+
+    The log re-checks every body before signing it, except these: checking our own
+    codec's output again would only double the cost of appending.
+    """
+
+    __slots__ = ()
+
+
 class BodyError(EncodingError):
     """A body in a run of bodies is not canonical; ``index`` says which one."""
 
@@ -96,13 +107,11 @@ def canonical(obj: Any, level: int = 1) -> Any:
     """Return ``obj`` with maps in canonical key order; reject what has no canonical form.
 
     ``level`` is the container nesting level of ``obj`` (the payload map is level 1).
+    Work is per container (sorted, join and a type set run in C), so a flat payload
+    costs one call. Integers beyond 64 bits are left to the packer, which refuses them.
     """
     kind = type(obj)
-    if kind is str or kind is bytes or kind is bool or obj is None:
-        return obj
-    if kind is int:
-        if not INT_MIN <= obj <= INT_MAX:
-            raise EncodingError("integer out of the 64-bit range")
+    if kind in _SCALAR_TYPES:
         return obj
     if kind is float:
         raise EncodingError("floats are not allowed in events; use an integer or a decimal string")
@@ -111,12 +120,23 @@ def canonical(obj: Any, level: int = 1) -> Any:
         raise EncodingError(f"type {kind.__name__} cannot be encoded in an event")
     if level > NESTING_MAX:
         raise EncodingError(f"payload nested deeper than {NESTING_MAX} levels")
+    keys: list[Any] | None = None
     if is_map:
-        for key in obj:
-            if type(key) is not str:
-                raise EncodingError(f"map key of type {type(key).__name__}: only str keys allowed")
-        return {key: canonical(obj[key], level + 1) for key in sorted(obj)}
-    return [canonical(item, level + 1) for item in obj]
+        keys = list(obj)
+        try:
+            "".join(keys)  # TypeError unless every key is a str
+        except TypeError:
+            bad = next(type(key).__name__ for key in keys if not isinstance(key, str))
+            raise EncodingError(f"map key of type {bad}: only str keys allowed") from None
+        keys.sort()
+        values = [obj[key] for key in keys]
+    else:
+        values = list(obj)
+    if not set(map(type, values)) <= _SCALAR_TYPES:
+        scalar = _SCALAR_TYPES
+        values = [value if type(value) in scalar else canonical(value, level + 1)
+                  for value in values]
+    return values if keys is None else dict(zip(keys, values, strict=True))
 
 
 def encode_body(kind: str, version: int, payload: Payload) -> bytes:
@@ -126,9 +146,11 @@ def encode_body(kind: str, version: int, payload: Payload) -> bytes:
         raise EncodingError("event payload must be a map")
     try:
         packed: bytes = msgpack.packb([kind, version, canonical(payload)], use_bin_type=True)
+    except OverflowError:
+        raise EncodingError("integer out of the 64-bit range") from None
     except ValueError as exc:  # UnicodeEncodeError: a lone surrogate in a str
         raise EncodingError(f"event payload cannot be encoded: {type(exc).__name__}") from None
-    return packed
+    return CanonicalBody(packed)
 
 
 def check_kind(kind: str, version: int) -> None:
@@ -221,7 +243,9 @@ def check_bodies(frames: Sequence[bytes], start: int = HEADER_BYTES) -> None:
             objs.append(obj)
     except EncodingError as exc:
         raise BodyError(str(exc), len(objs)) from None
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except TypeError:  # sorted() on str and bin keys of one map
+        raise BodyError("map keys must be str (msgpack str), not bin", len(objs)) from None
+    except (ValueError, msgpack.UnpackException) as exc:
         raise BodyError(f"event body is not valid msgpack: {type(exc).__name__}", len(objs)) from None
     pack = msgpack.Packer(use_bin_type=True).pack
     if list(map(pack, objs)) != bodies:
@@ -256,19 +280,18 @@ def _check_tree(obj: Any) -> None:
 
 
 def _check_container(obj: dict[Any, Any] | list[Any], level: int) -> None:
-    # Work per container, not per element: join, sorted and the type set run in C.
+    # Work per container, not per element: sorted() and the type set run in C.
     if level > NESTING_MAX:
         raise EncodingError(f"payload nested deeper than {NESTING_MAX} levels")
-    values: Any
     if type(obj) is dict:
         keys = [*obj]
-        try:
-            "".join(keys)  # raises TypeError unless every key is a str
-        except TypeError:
-            raise EncodingError("map keys must be str (msgpack str), not bin") from None
+        # Keys from msgpack are str or bytes; sorted() raises TypeError on a mix, so once
+        # they are sorted the first key's type is every key's type.
         if keys != sorted(keys):
             raise EncodingError("map keys are not sorted by code point")
-        values = obj.values()
+        if keys and type(keys[0]) is not str:
+            raise EncodingError("map keys must be str (msgpack str), not bin")
+        values: Any = obj.values()
     else:
         values = obj
     types = set(map(type, values))
