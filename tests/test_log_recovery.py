@@ -41,7 +41,9 @@ def test_torn_tail_at_every_cut_point_is_cut_back(tmp_path: Path) -> None:
     head = tmp_path / "keys" / "site.head"
     assert after_segment.startswith(before_segment)
     for cut in range(len(before_segment), len(after_segment)):
-        for tail in (b"", b"\0" * 64, os.urandom(40)):
+        # Every cut point; at some, the file system also left zeroes or garbage behind it.
+        tails = (b"", b"\0" * 64, os.urandom(40)) if cut % 5 == 0 else (b"",)
+        for tail in tails:
             seg.write_bytes(after_segment[:cut] + tail)
             head.write_bytes(before_head)  # the crash came before the head was written
             log = _open(store)

@@ -11,11 +11,13 @@ Layout of a feed directory (docs/formats.md has the bytes; segments.py the codec
     lock                             flock'ed by the one process that writes the feed
 
 Write path of one batch: frames and their signed checkpoint are written to the current
-segment with one write and one fdatasync; then the head slot is written and fdatasync'd;
-only then is the batch acknowledged. Index entries are appended without a sync: the
-index entries of the last segment are rewritten from the segment at every open, and the
-index files are synced whenever a segment is closed, so the prefix before the last
-segment is durable. A batch never spans two segments.
+segment with one write and one fdatasync; the index entries are appended (no sync);
+then the head slot is written and fdatasync'd; only then is the batch acknowledged.
+Index entries need no sync of their own: those of the last segment are rewritten from
+the segment at every open, and the index files are synced whenever a segment is closed,
+so the prefix before the last segment is durable. They are written before the head so
+that a reader in another process that sees a head finds its entries. A batch never
+spans two segments.
 
 Recovery at open (:meth:`FeedLog._recover`) reads the durable head and scans the last
 segment. The head marks what was acknowledged:
@@ -204,7 +206,7 @@ class FeedLog:
                          options: LogOptions | None = None) -> FeedLog:
         """A read-only view up to the durable signed head (safe while another process writes)."""
         log_ = cls(directory, feed, head_path=head_path, options=options)
-        head = log_._head_file.read()
+        head = log_._head_file.read(concurrent=True)
         if head is not None:
             log_.state = FeedState(feed, head.size, head.frontier, head.last_hlc, head.note)
         return log_
@@ -334,7 +336,8 @@ class FeedLog:
         log.warning("feed %s: removing %s, whose header was torn while it was created",
                     self.feed_hex, scan.path.name)
         scan.path.unlink()
-        fsync_dir(self.directory)
+        if self.options.fsync:
+            fsync_dir(self.directory)
         self._recover(allow_behind=allow_behind)
 
     def _start_position(self, scan: Scan, head: Head | None) -> _Position:
@@ -424,7 +427,7 @@ class FeedLog:
                     "after the checkpoint of size %d", self.feed_hex, scan.length - good.end,
                     cut_frames, f"; {scan.error} at offset {scan.error_offset}" if scan.error else "",
                     scan.path.name, good.size)
-        truncate(scan.path, good.end)
+        truncate(scan.path, good.end, fsync=self.options.fsync)
 
     def _corrupt(self, scan: Scan, reason: str, offset: int, *, seq: int | None = None) -> NoReturn:
         """Damage inside acknowledged data: stop the feed and say where (never repaired)."""
@@ -634,14 +637,16 @@ class FeedLog:
             if self.options.fsync:
                 os.fdatasync(self._seg_fd)
             self._seg_size += len(blob)
-            if self._behind is None or after.size >= self._behind.size:
-                self._head_generation += 1
-                self._head_file.write(self._head_generation, note, after.frontier, after.last_hlc,
-                                      fsync=self.options.fsync)
+            # Index entries before the head: a reader in another process that sees the new
+            # head must find them (they need no sync: open rewrites the last segment's).
             write_all(self._index_fd, b"".join(
                 INDEX_ENTRY.pack(seg, offset, digest)
                 for offset, digest in zip(offsets, hashes, strict=False)))
             write_all(self._cp_index_fd, CHECKPOINT_ENTRY.pack(after.size, seg, offsets[-2]))
+            if self._behind is None or after.size >= self._behind.size:
+                self._head_generation += 1
+                self._head_file.write(self._head_generation, note, after.frontier, after.last_hlc,
+                                      fsync=self.options.fsync)
         except BaseException as exc:
             # The files may now hold part of a batch: only recovery at open may touch them.
             self._broken = f"{type(exc).__name__}: {exc}"
@@ -675,7 +680,7 @@ class FeedLog:
     # ----------------------------------------------------------------- reading
     def durable_size(self) -> int:
         """Frames covered by the durable signed head (what readers may read)."""
-        head = self._head_file.read()
+        head = self._head_file.read(concurrent=True)
         return head.size if head else 0
 
     def read_frames(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
@@ -856,7 +861,7 @@ class FeedLog:
                 raise self._pinpoint(exc, first, frames) from None
             self._check_index(first, places, batch.leaf_hashes)
             state = batch.state
-        head = self._head_file.read()
+        head = self._head_file.read(concurrent=True)
         if head is not None and head.size > state.size:
             raise StaleLogError(f"feed {self.feed_hex}: log verifies up to {state.size} but its "
                                 f"signed head covers {head.size}")

@@ -88,11 +88,12 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def truncate(path: Path, size: int) -> None:
+def truncate(path: Path, size: int, *, fsync: bool = True) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
         os.ftruncate(fd, size)
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -302,7 +303,9 @@ class HeadFile:
         self.feed = feed
         self._fd: int | None = None
 
-    def read(self) -> Head | None:
+    def read(self, *, concurrent: bool = False) -> Head | None:
+        """The newest readable head. ``concurrent``: a writer may be writing a slot right now
+        (a reader in another process), so a torn slot is expected and not worth a warning."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -310,20 +313,21 @@ class HeadFile:
         best: Head | None = None
         for slot in range(HEAD_SLOTS):
             chunk = data[slot * HEAD_SLOT_BYTES:(slot + 1) * HEAD_SLOT_BYTES]
-            head = self._parse_slot(chunk, slot)
+            head = self._parse_slot(chunk, slot, concurrent)
             if head is not None and (best is None or head.generation > best.generation):
                 best = head
         return best
 
-    def _parse_slot(self, chunk: bytes, slot: int) -> Head | None:
+    def _parse_slot(self, chunk: bytes, slot: int, concurrent: bool) -> Head | None:
         if not chunk.strip(b"\0"):
             return None  # never written
         try:
             record = decode_record(chunk, 0, HEAD_SLOT_BYTES - RECORD_HEADER_BYTES)
         except (ShortRecord, BadRecord) as exc:
             # A torn slot write: the other slot holds the previous head.
-            log.warning("head file %s: slot %d unreadable (%s); using the other slot",
-                        self.path, slot, strip_position(exc))
+            log.log(logging.DEBUG if concurrent else logging.WARNING,
+                    "head file %s: slot %d unreadable (%s); using the other slot",
+                    self.path, slot, strip_position(exc))
             return None
         if record.type != T_HEAD or len(record.payload) < HEAD_PAYLOAD.size:
             raise IntegrityError("head file slot is not a head record", feed=self.feed.hex(),
