@@ -11,7 +11,12 @@ import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from heimdall_core.errors import KeyMaterialError
 
@@ -68,8 +73,6 @@ def write_secret_file(path: Path, data: bytes) -> None:
 
 
 def save_signing_key(path: Path, key: SigningKey) -> None:
-    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
     seed = key.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     try:
         write_secret_file(path, seed.hex().encode() + b"\n")
@@ -86,6 +89,8 @@ def load_signing_key(path: Path) -> SigningKey:
         raise KeyMaterialError(
             f"key file {path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o});"
             f" run 'chmod 600 {path}'")
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyMaterialError(f"key file {path} is not a regular file")
     text = path.read_bytes().strip()
     try:
         seed = bytes.fromhex(text.decode("ascii"))

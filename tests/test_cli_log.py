@@ -193,6 +193,8 @@ def test_fork_is_reported_by_import_and_verify(cli: Cli, tmp_path: Path) -> None
     assert json.loads(out)["forks"][0]["proof"] == str(forks[0])
     code, _, err = cli("log", "append", stdin=_lines(1))
     assert code == 3 and "stopped" in err
+    code, _, err = cli("import", str(bundle))
+    assert code == 3 and "stopped" in err
 
 
 def test_stale_log_and_other_exit_codes(cli: Cli, tmp_path: Path) -> None:

@@ -307,8 +307,9 @@ class FeedLog:
         start = self._start_position(scan, head)
         good = self._walk(scan, start)
         if head is not None and good.size < head.size:
-            if scan.error is not None:  # cannot happen: an error before the head is caught above
-                self._corrupt(scan, scan.error, scan.error_offset)
+            # Damage before the head stopped the feed in _start_position: this log simply
+            # ends early.
+            assert scan.error is None
             self._fall_behind(head, good, allow_behind)
         if good.end < scan.length:
             self._cut_tail(scan, good)
@@ -374,7 +375,8 @@ class FeedLog:
                                 "at the same size (a forked copy of this log?)", offset)
 
     def _position_from_index(self, scan: Scan) -> _Position:
-        """The boundary at the start of the last segment, from the index (slow: O(log size))."""
+        """The boundary at the start of the last segment, from the index (slow: hashes every
+        leaf before it; only when the durable head is missing or older than the segment)."""
         first = scan.first_seq
         if first == 0:
             return _Position(0, scan.header_end, Frontier(), None, ZERO)
