@@ -25,6 +25,8 @@ from heimdall_core.graph.model import (
     PERSON_KINDS,
     SUBJECT_ID_BYTES,
     Delta,
+    FieldKey,
+    SealedField,
     SightingDelta,
     ValueDelta,
 )
@@ -50,6 +52,9 @@ _PERSON_RANK: Mapping[str, int] = {kind: rank for rank, kind in enumerate(PERSON
 _NO_RANK = len(PERSON_KINDS)
 
 
+_BASE_PROPS = ("first_seen_ms", "last_seen_ms")
+
+
 class PayloadError(GraphError):
     """A known event kind whose payload does not have the documented shape."""
 
@@ -65,7 +70,11 @@ class Folder:
         self.rules = rules
         self.delta = Delta()
         self._events: list[Event] = []
-        self._vids: dict[tuple[str, str | bytes], bytes] = {}
+        self._clear_ids: dict[str, dict[str, bytes]] = {}  # kind -> clear value -> id
+        self._cached = 0
+        self._record_no = 0
+        self._base_rules = {prop: rules.rule(model.VALUE, prop) for prop in _BASE_PROPS}
+        self._attrs_rule = rules.rule(model.VALUE, "attrs")
         self._handlers: dict[tuple[str, int], Callable[[Event, bytes], None]] = {
             kinds.NOTE: _no_effect,
             kinds.FEED_ANNOUNCED: _no_effect,
@@ -104,8 +113,8 @@ class Folder:
     def take(self) -> Delta:
         """The accumulated delta; the folder starts a new one."""
         delta, self.delta, self._events = self.delta, Delta(), []
-        if len(self._vids) > VID_CACHE_ENTRIES_MAX:
-            self._vids.clear()
+        if self._cached > VID_CACHE_ENTRIES_MAX:
+            self._clear_ids, self._cached = {}, 0
         return delta
 
     def _rebuild(self) -> None:
@@ -156,111 +165,141 @@ class Folder:
     # --- records -------------------------------------------------------------------------
 
     def _records_ingested(self, event: Event, order: bytes) -> None:
+        """The hot path (millions of fields): one loop, few calls, ids cached."""
         p = event.payload
         dump = _bin(p, "dump", DUMP_ID_BYTES, event)
         part = _int(p, "part", event)
         records = p["records"]
         if type(records) is not list:
             raise PayloadError(f"{where(event)}: 'records' must be an array")
-        rules, ms = self.rules, event.hlc.physical_ms
-        base = {
-            "first_seen_ms": lift(rules.rule(model.VALUE, "first_seen_ms"), ms, order, rules.rank(None)),
-            "last_seen_ms": lift(rules.rule(model.VALUE, "last_seen_ms"), ms, order, rules.rank(None)),
-        }
-        attrs_rule = rules.rule(model.VALUE, "attrs")
-        self.delta.dumps.setdefault(dump, {})  # the dump vertex exists once anything names it
-        touched: set[bytes] = set()  # values this event already contributed its base cells to
+        ms = event.hlc.physical_ms
+        base = self._base_cells(ms, order)
+        delta = self.delta
+        delta.dumps.setdefault(dump, {})  # the dump vertex exists once anything names it
+        values, sightings, ranks = delta.values, delta.sightings, _PERSON_RANK
+        field_keys: dict[str, FieldKey] = {}  # column -> field key, for this event
+        touched: set[bytes] = set()  # values this event already gave its base cells to
+        record_no = self._record_no
         for record in records:
+            record_no += 1
             position, fields = record
             if type(position) is not int or type(fields) is not list:
                 raise PayloadError(f"{where(event)}: a record must be [position: int, fields: array]")
-            sighting = SightingDelta(ms, None, [], [])
-            best = _NO_RANK + 1
+            pairs: list[tuple[bytes, FieldKey]] = []
+            sealed: list[SealedField] = []
+            entity, best = None, _NO_RANK + 1
             for field in fields:
-                vid = self._field(event, order, dump, field, sighting, base, attrs_rule, touched)
-                if vid is not None:
-                    rank = _PERSON_RANK.get(field["kind"], _NO_RANK)
-                    if rank < best:
-                        best, sighting.entity = rank, vid
-            self._add_sighting((dump, part, position), sighting)
-        self.delta.records += len(records)
+                column, kind = field["col"], field["kind"]
+                fk = field_keys.get(column)
+                if fk is None or fk[2] != kind:
+                    fk = self._field_key(event, dump, column, kind, field_keys)
+                clear = field.get("v")
+                if clear is not None:
+                    if type(clear) is not str:
+                        raise PayloadError(f"{where(event)}: field {column!r}: 'v' must be a string")
+                    if not clear:
+                        continue  # an empty cell carries nothing and would join unrelated records
+                    vid = self._clear_vid(kind, clear)
+                    held = values.get(vid)
+                    if held is None:
+                        held = values[vid] = ValueDelta(kind, clear, None, dict(base))
+                        touched.add(vid)
+                    elif vid not in touched:
+                        self._merge_base(held, base)
+                        touched.add(vid)
+                    attrs = field.get("a")
+                    if attrs is not None:
+                        self._attrs(event, held, attrs, order)
+                else:
+                    found = self._protected(event, field, column, kind, sealed)
+                    if found is None:
+                        continue
+                    vid = found
+                    held = values.get(vid)
+                    if held is None:
+                        held = values[vid] = ValueDelta(kind, None, field["bi"], dict(base))
+                        touched.add(vid)
+                    elif vid not in touched:
+                        self._merge_base(held, base)
+                        touched.add(vid)
+                    ct = field.get("ct")
+                    if ct is not None:
+                        seal = [[field["sub"], ct]]
+                        seals = held.props.get("seals")
+                        held.props["seals"] = seal if seals is None else merge_seals(seals, seal)
+                pairs.append((vid, fk))
+                if held.last_record != record_no:
+                    held.last_record = record_no
+                    held.sightings += 1
+                rank = ranks.get(kind, _NO_RANK)
+                if rank < best:
+                    best, entity = rank, vid
+            key = (dump, part, position)
+            sighting = SightingDelta(ms, entity, pairs, sealed)
+            if key in sightings:
+                _merge_sighting(sightings[key], sighting, values)
+            else:
+                sightings[key] = sighting
+        self._record_no = record_no
+        delta.records += len(records)
 
-    def _field(self, event: Event, order: bytes, dump: bytes, field: Mapping[str, Any],
-               sighting: SightingDelta, base: Mapping[str, Any], attrs_rule: Rule,
-               touched: set[bytes]) -> bytes | None:
-        """Fold one protected field; returns its value id (None: no value vertex)."""
-        column, kind = field["col"], field["kind"]
+    def _base_cells(self, ms: int, order: bytes) -> dict[str, Any]:
+        rules = self.rules
+        rank = rules.rank(None)
+        return {prop: lift(rules.rule(model.VALUE, prop), ms, order, rank) for prop in _BASE_PROPS}
+
+    def _merge_base(self, held: ValueDelta, base: Mapping[str, Any]) -> None:
+        props = held.props
+        for prop, cell in base.items():
+            old = props.get(prop)
+            props[prop] = cell if old is None else merge(self._base_rules[prop], old, cell)
+
+    def _field_key(self, event: Event, dump: bytes, column: object, kind: object,
+                   cache: dict[str, FieldKey]) -> FieldKey:
         if type(column) is not str or type(kind) is not str or len(kind) > KIND_CHARS_MAX \
                 or len(column) > COLUMN_CHARS_MAX:
-            raise PayloadError(f"{where(event)}: a field needs 'col' and 'kind' strings")
-        clear = field.get("v")
-        if clear is not None:
-            if type(clear) is not str:
-                raise PayloadError(f"{where(event)}: field {column!r}: 'v' must be a string")
-            if not clear:
-                return None  # an empty cell carries nothing and would join unrelated records
-            vid = self._value(kind, clear, None, base, touched)
-            attrs = field.get("a")
-            if attrs is not None:
-                cell = lift(attrs_rule, _attrs(attrs, event), order, 0)
-                self._merge_value_prop(vid, "attrs", attrs_rule, cell)
-        else:
-            subject = field.get("sub")
-            ct = field.get("ct")
-            blind = field.get("bi")
-            if subject is not None:
-                _check_bin(subject, SUBJECT_ID_BYTES, "sub", event)
-            if ct is not None and type(ct) is not bytes:
-                raise PayloadError(f"{where(event)}: field {column!r}: 'ct' must be binary")
-            if blind is None:
-                if subject is not None and ct is not None:
-                    sighting.sealed.append((column, kind, subject, ct))
-                return None  # sealed only (or shredded before ingest): not joinable
-            _check_bin(blind, BLIND_INDEX_BYTES, "bi", event)
-            vid = self._value(kind, None, blind, base, touched)
-            if subject is not None and ct is not None:
-                self._merge_value_prop(vid, "seals", Rule.SEALS, [[subject, ct]])
-        self.delta.fields.add((dump, column, kind))
-        sighting.values.append((vid, column, kind))
-        return vid
+            raise PayloadError(f"{where(event)}: a field needs 'col' and 'kind' strings "
+                               f"(at most {COLUMN_CHARS_MAX} and {KIND_CHARS_MAX} characters)")
+        fk = (dump, column, kind)
+        cache[column] = fk
+        self.delta.fields.add(fk)
+        return fk
 
-    def _value(self, kind: str, clear: str | None, blind: bytes | None, base: Mapping[str, Any],
-               touched: set[bytes]) -> bytes:
-        key = (kind, clear if clear is not None else blind)
-        vid = self._vids.get(key)  # type: ignore[arg-type]
+    def _clear_vid(self, kind: str, clear: str) -> bytes:
+        cache = self._clear_ids.get(kind)
+        if cache is None:
+            cache = self._clear_ids[kind] = {}
+        vid = cache.get(clear)
         if vid is None:
-            vid = (model.clear_value_vid(kind, clear) if clear is not None
-                   else model.blind_value_vid(kind, blind))  # type: ignore[arg-type]
-            self._vids[key] = vid  # type: ignore[index]
-        values = self.delta.values
-        held = values.get(vid)
-        if held is None:
-            values[vid] = ValueDelta(kind, clear, blind, dict(base))
-            touched.add(vid)
-        elif vid not in touched:
-            held.props = self.rules.merge_props(model.VALUE, held.props, base)
-            touched.add(vid)
+            vid = cache[clear] = model.clear_value_vid(kind, clear)
+            self._cached += 1
         return vid
 
-    def _merge_value_prop(self, vid: bytes, prop: str, rule: Rule, cell: Any) -> None:
-        props = self.delta.values[vid].props
-        held = props.get(prop)
-        if held is None:
-            props[prop] = cell
-        elif held != cell:
-            props[prop] = merge_seals(held, cell) if rule is Rule.SEALS else merge(rule, held, cell)
+    def _protected(self, event: Event, field: Mapping[str, Any], column: str, kind: str,
+                   sealed: list[SealedField]) -> bytes | None:
+        """A personal field: its value id by blind index (None: sealed only, not joinable)."""
+        subject, ct, blind = field.get("sub"), field.get("ct"), field.get("bi")
+        if subject is not None:
+            _check_bin(subject, SUBJECT_ID_BYTES, "sub", event)
+        if ct is not None and (type(ct) is not bytes or subject is None):
+            raise PayloadError(f"{where(event)}: field {column!r}: 'ct' must be binary, with 'sub'")
+        if blind is None:
+            if ct is not None and subject is not None:
+                sealed.append((column, kind, subject, ct))
+            return None  # sealed only, or shredded before it was ingested
+        _check_bin(blind, BLIND_INDEX_BYTES, "bi", event)
+        return model.blind_value_vid(kind, blind)
 
-    def _add_sighting(self, key: tuple[bytes, int, int], sighting: SightingDelta) -> None:
-        held = self.delta.sightings.get(key)
-        if held is None:
-            self.delta.sightings[key] = sighting
-            return
-        # The same record position twice (a re-ingest under the same dump id): union.
-        held.seen_ms = min(held.seen_ms, sighting.seen_ms)
-        held.values.extend(v for v in sighting.values if v not in held.values)
-        held.sealed.extend(s for s in sighting.sealed if s not in held.sealed)
-        if held.entity is None or (sighting.entity is not None and sighting.entity < held.entity):
-            held.entity = sighting.entity
+    def _attrs(self, event: Event, held: ValueDelta, attrs: object, order: bytes) -> None:
+        if type(attrs) is not dict:
+            raise PayloadError(f"{where(event)}: derived attributes 'a' must be a map")
+        rule = self._attrs_rule
+        cell = [order, attrs] if rule is Rule.LWW else lift(rule, attrs, order, self.rules.rank(None))
+        old = held.props.get("attrs")
+        if old is None:
+            held.props["attrs"] = cell
+        elif old != cell:
+            held.props["attrs"] = merge(rule, old, cell)
 
     # --- subjects and enrichment ---------------------------------------------------------------
 
@@ -301,6 +340,18 @@ class Folder:
             self.delta.values[vid] = ValueDelta(kind, value, None, props)
         else:
             held.props = rules.merge_props(model.VALUE, held.props, props)
+
+
+def _merge_sighting(held: SightingDelta, new: SightingDelta, values: Mapping[bytes, ValueDelta]) -> None:
+    """The same record position twice (a re-ingest under the same dump id): union."""
+    counted = {vid for vid, _ in held.values}
+    for vid in {vid for vid, _ in new.values} & counted:
+        values[vid].sightings -= 1  # one sighting, counted twice
+    held.seen_ms = min(held.seen_ms, new.seen_ms)
+    held.values.extend(v for v in new.values if v not in held.values)
+    held.sealed.extend(s for s in new.sealed if s not in held.sealed)
+    if held.entity is None or (new.entity is not None and new.entity < held.entity):
+        held.entity = new.entity
 
 
 # --- payload checks ----------------------------------------------------------------------
@@ -347,12 +398,6 @@ def _str_map(p: Mapping[str, Any], key: str, event: Event) -> dict[str, str]:
     value = p.get(key)
     if type(value) is not dict or any(type(item) is not str for item in value.values()):
         raise PayloadError(f"{where(event)}: {key!r} must be a map of strings")
-    return value
-
-
-def _attrs(value: object, event: Event) -> dict[str, str]:
-    if type(value) is not dict or any(type(item) is not str for item in value.values()):
-        raise PayloadError(f"{where(event)}: derived attributes 'a' must be a map of strings")
     return value
 
 

@@ -39,7 +39,7 @@ class _Value:
 class _Sighting:
     seen_ms: int
     entity: bytes | None
-    values: set[tuple[bytes, str, str]]
+    values: set[tuple[bytes, model.FieldKey]]
     sealed: list[Any]
 
 
@@ -101,7 +101,7 @@ class MemoryStore:
             held.sealed = merge(Rule.UNION, held.sealed, sealed)
             if held.entity is None or (new.entity is not None and new.entity < held.entity):
                 held.entity = new.entity
-        known = {vid for vid, _, _ in held.values}
+        known = {vid for vid, _ in held.values}
         for item in new.values:
             held.values.add(item)
             if item[0] not in known:
@@ -125,9 +125,9 @@ class MemoryStore:
         for key in sorted(self._sightings):
             s = self._sightings[key]
             out.append(StateEntry("sighting", (*key, s.seen_ms, s.sealed,
-                                               [(vid, column) for vid, column, _ in s.values])))
-            for vid, column, kind in s.values:
-                in_field.add((vid, key[0], column, kind))
+                                               [(vid, fk[1]) for vid, fk in s.values])))
+            for vid, fk in s.values:
+                in_field.add((vid, *fk))
                 if s.entity is not None:
                     includes.add((s.entity, vid))
         out += [StateEntry("in_field", row) for row in sorted(in_field)]
@@ -175,7 +175,7 @@ class MemoryStore:
         keys = held.sightings[-sightings_max:]
         counts: dict[bytes, int] = {}
         for key in keys:
-            for other in {v for v, _, _ in self._sightings[key].values}:
+            for other in {v for v, _ in self._sightings[key].values}:
                 if other != vid:
                     counts[other] = counts.get(other, 0) + 1
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]

@@ -39,6 +39,8 @@ import msgpack
 ID_BYTES = 16
 """Vertex and edge ids: 128 bits, collision-free at any realistic volume."""
 
+VALUE_PREFIXES_MAX = 1_024  # (kind, form) pairs remembered; kinds are a short list
+
 DUMP_ID_BYTES = 16
 BLIND_INDEX_BYTES = 16
 SUBJECT_ID_BYTES = 16
@@ -95,12 +97,27 @@ def field_vid(dump: bytes, column: str, kind: str) -> bytes:
     return content_id(FIELD, dump, column, kind)
 
 
+_VALUE_PREFIXES: dict[tuple[str, str], bytes] = {}
+
+
+def _value_prefix(kind: str, form: str) -> bytes:
+    """msgpack of ["value", kind, form, ...] up to the last element (4-element fixarray)."""
+    prefix = _VALUE_PREFIXES.get((kind, form))
+    if prefix is None:
+        prefix = b"\x94" + _packb(VALUE) + _packb(kind) + _packb(form)
+        if len(_VALUE_PREFIXES) < VALUE_PREFIXES_MAX:
+            _VALUE_PREFIXES[(kind, form)] = prefix
+    return prefix
+
+
 def clear_value_vid(kind: str, value: str) -> bytes:
-    return content_id(VALUE, kind, CLEAR, value)
+    """= content_id(VALUE, kind, CLEAR, value), without building the list (hot path)."""
+    return _blake2b(_value_prefix(kind, CLEAR) + _packb(value), digest_size=ID_BYTES).digest()
 
 
 def blind_value_vid(kind: str, blind_index: bytes) -> bytes:
-    return content_id(VALUE, kind, BLIND, blind_index)
+    """= content_id(VALUE, kind, BLIND, blind_index)."""
+    return _blake2b(_value_prefix(kind, BLIND) + _packb(blind_index), digest_size=ID_BYTES).digest()
 
 
 def sighting_vid(dump: bytes, part: int, position: int) -> bytes:
@@ -133,15 +150,17 @@ class ValueDelta:
     value: str | None  # canonical value when clear
     blind_index: bytes | None  # when personal
     props: Props
+    sightings: int = 0  # how many of the delta's sightings hold it (assuming they are new)
+    last_record: int = -1  # fold bookkeeping: the record that last counted it
 
 
 @dataclass(slots=True)
 class SightingDelta:
-    """One record of one dump. ``values``: (value id, column, kind) in record order."""
+    """One record of one dump. ``values``: (value id, field key) in record order."""
 
     seen_ms: int
     entity: bytes | None  # the primary value's id (None: a record with no values)
-    values: list[tuple[bytes, str, str]]
+    values: list[tuple[bytes, FieldKey]]
     sealed: list[SealedField]
 
 

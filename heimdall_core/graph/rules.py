@@ -157,12 +157,16 @@ def lift(rule: Rule, value: Any, order: bytes, rank: int) -> Any:
 
 def merge(rule: Rule, a: Any, b: Any) -> Any:
     """The join of two cells of the same rule."""
-    if rule is Rule.LWW:
-        return a if _lww_key(a) >= _lww_key(b) else b
-    if rule is Rule.MIN:
-        return a if sort_key(a) <= sort_key(b) else b
-    if rule is Rule.MAX:
+    if rule is Rule.MIN or rule is Rule.MAX:
+        if type(a) is int and type(b) is int:  # the hot case: times in ms
+            return (a if a <= b else b) if rule is Rule.MIN else (a if a >= b else b)
+        if rule is Rule.MIN:
+            return a if sort_key(a) <= sort_key(b) else b
         return a if sort_key(a) >= sort_key(b) else b
+    if rule is Rule.LWW:
+        if a[0] != b[0]:  # orders differ unless both come from one event
+            return a if bytes(a[0]) > bytes(b[0]) else b
+        return a if _lww_key(a) >= _lww_key(b) else b
     if rule is Rule.UNION or rule is Rule.COUNT:
         if a == b:
             return a

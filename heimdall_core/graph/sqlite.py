@@ -12,8 +12,8 @@ Schema, shaped for bulk projection (docs/graph-model.md, "SQLite back end"):
   and entity -> value is read as the values of the sightings that name it.
 * Property cells are msgpack maps in one column; they are merged in Python with the
   same rules as every other back end, only for vertices that already existed.
-* A batch writes new values through a temporary table in content-id order (B-tree
-  friendly), and knows which of them existed from one join.
+* A batch inserts new values in content-id order (B-tree friendly); values already held
+  are known from a cache of values met twice, or from the insert's conflicts.
 
 One transaction per delta (``BEGIN IMMEDIATE`` ... ``COMMIT``) holds the effects and the
 feed positions, so a crash at any point leaves the projection at a batch boundary.
@@ -25,6 +25,7 @@ import contextlib
 import sqlite3
 from array import array
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ CACHE_BYTES_DEFAULT = 512 << 20
 BUSY_TIMEOUT_MS = 10_000
 SQL_VARIABLES_MAX = 500  # per IN (...) list: far under SQLite's limit
 STATE_ROWS_PER_FETCH = 5_000
+HOT_VALUES_MAX = 1 << 20
+"""Value ids remembered as held (~100 MiB at most): values met again (domains, popular
+addresses) skip the conflicting insert and the lookup that finds them."""
 FILE_NAME = "graph.sqlite"
 
 _SCHEMA = """
@@ -72,9 +76,6 @@ CREATE INDEX IF NOT EXISTS sighting_entity ON sighting (entity) WHERE entity IS 
 CREATE TABLE IF NOT EXISTS seen (
     vi INTEGER NOT NULL, si INTEGER NOT NULL, fi INTEGER NOT NULL,
     PRIMARY KEY (vi, si, fi)) WITHOUT ROWID;
-CREATE TEMP TABLE IF NOT EXISTS batch_value (
-    cand INTEGER NOT NULL, id BLOB NOT NULL, kind TEXT NOT NULL, v TEXT, bi BLOB,
-    props BLOB NOT NULL, n INTEGER NOT NULL);
 """
 _TABLES = ("position", "dump", "field", "value", "subject", "sighting", "seen")
 
@@ -115,6 +116,7 @@ class SqliteStore:
         self._next: dict[str, int] = {}
         self._dump_ids: dict[bytes, int] = {}  # committed dump id -> di
         self._field_ids: dict[tuple[int, str, str], int] = {}  # committed (di, col, kind) -> fi
+        self._hot: dict[bytes, int] = {}  # committed value id -> vi, for values seen again
 
     @property
     def backend(self) -> str:
@@ -175,6 +177,7 @@ class SqliteStore:
 
     async def _load_ids(self) -> None:
         conn = self._db
+        self._hot = {}
         self._next = {
             table: int(await self._scalar(f"SELECT coalesce(max({key}), 0) + 1 FROM {table}"))  # noqa: S608
             for table, key in (("dump", "di"), ("field", "fi"), ("value", "vi"), ("sighting", "si"))
@@ -454,8 +457,13 @@ class _Batch:
         self.dump_ids = dict(store._dump_ids)
         self.field_ids = dict(store._field_ids)
         self.vi: dict[bytes, int] = {}
+        self.hot: dict[bytes, int] = {}  # values found already held: likely to come again
 
     def committed(self) -> None:
+        store = self.store
+        if len(store._hot) + len(self.hot) > HOT_VALUES_MAX:
+            store._hot = {}
+        store._hot.update(self.hot)
         self.store._next = self.next
         self.store._dump_ids = self.dump_ids
         self.store._field_ids = self.field_ids
@@ -511,62 +519,69 @@ class _Batch:
     # --- values --------------------------------------------------------------------------
 
     async def _values(self) -> None:
-        values = self.delta.values
-        first = self._take("value", len(values))
-        self.vi = {vid: first + offset for offset, vid in enumerate(values)}
-        fresh = self._new_sighting_counts()
-        rows = [(self.vi[vid], vid, v.kind, v.value, v.blind_index, _packb(v.props), fresh.get(vid, 0))
-                for vid, v in sorted(values.items())]
-        db = self.db
-        await db.executemany("INSERT INTO temp.batch_value VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        await db.execute("INSERT INTO value (vi, id, kind, v, bi, props, n) "
-                         "SELECT cand, id, kind, v, bi, props, n FROM temp.batch_value WHERE true "
-                         "ON CONFLICT (id) DO NOTHING")
-        existing = await db.execute_fetchall(
-            "SELECT b.id, v.vi, v.props, b.n FROM temp.batch_value b JOIN value v ON v.id = b.id "
-            "WHERE v.vi <> b.cand")
-        await db.execute("DELETE FROM temp.batch_value")
-        updates = []
-        for vid, vi, held, n in existing:
-            vid = bytes(vid)
-            self.vi[vid] = vi
-            merged = self.rules.merge_props(model.VALUE, _unpackb(held), values[vid].props)
-            updates.append((_packb(merged), n, vi))
-        if updates:
-            await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
-
-    def _new_sighting_counts(self) -> dict[bytes, int]:
-        """Per value, how many of this delta's sightings hold it (assuming they are new;
-        :meth:`_merge_sightings` corrects the count for sightings that were not)."""
-        counts: dict[bytes, int] = {}
-        get = counts.get
-        for sighting in self.delta.sightings.values():
-            if len(sighting.values) == 1:
-                vid = sighting.values[0][0]
-                counts[vid] = get(vid, 0) + 1
+        """New values are inserted in content-id order (kind to the B-tree); values already
+        held are found from the store's hot cache, or from the insert's conflicts."""
+        values, hot = self.delta.values, self.store._hot
+        vi: dict[bytes, int] = {}
+        existing: list[bytes] = []
+        rows: list[tuple[int, bytes, str, str | None, bytes | None, bytes, int]] = []
+        number = first = self.next["value"]
+        for vid, v in values.items():
+            held = hot.get(vid)
+            if held is not None:
+                vi[vid] = held
+                existing.append(vid)
             else:
-                for vid in {vid for vid, _, _ in sighting.values}:
-                    counts[vid] = get(vid, 0) + 1
-        return counts
+                vi[vid] = number
+                rows.append((number, vid, v.kind, v.value, v.blind_index, _packb(v.props), v.sightings))
+                number += 1
+        self.next["value"] = number
+        rows.sort(key=itemgetter(1))
+        db = self.db
+        before = db.total_changes
+        await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                             "ON CONFLICT (id) DO NOTHING", rows)
+        if db.total_changes - before != len(rows):
+            landed = {n for (n,) in await db.execute_fetchall(
+                "SELECT vi FROM value WHERE vi >= ? AND vi < ?", (first, number))}
+            existing += [row[1] for row in rows if row[0] not in landed]
+        self.vi = vi
+        if existing:
+            await self._merge_values(existing)
+
+    async def _merge_values(self, vids: list[bytes]) -> None:
+        values, db = self.delta.values, self.db
+        updates = []
+        for chunk in _chunks(vids):
+            for vid, vi, held in await db.execute_fetchall(
+                    f"SELECT id, vi, props FROM value WHERE id IN ({_marks(len(chunk))})", chunk):  # noqa: S608
+                vid = bytes(vid)
+                self.vi[vid] = vi
+                self.hot[vid] = vi
+                delta = values[vid]
+                merged = self.rules.merge_props(model.VALUE, _unpackb(held), delta.props)
+                updates.append((_packb(merged), delta.sightings, vi))
+        await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
 
     # --- sightings -----------------------------------------------------------------------
 
     async def _sightings(self) -> None:
         sightings = self.delta.sightings
         first = self._take("sighting", len(sightings))
-        dump_ids, field_ids, vi = self.dump_ids, self.field_ids, self.vi
-        rows, seen = [], []
-        for offset, ((dump, part, pos), s) in enumerate(sightings.items()):
-            si = first + offset
-            di = dump_ids[dump]
+        dump_ids, vi = self.dump_ids, self.vi
+        fi_of = {fk: self.field_ids[(dump_ids[fk[0]], fk[1], fk[2])] for fk in self.delta.fields}
+        rows = []
+        seen: list[tuple[int, int, int]] = []
+        add_seen, add_row = seen.append, rows.append
+        for si, ((dump, part, pos), s) in enumerate(sightings.items(), first):
             pairs: list[int] = []
-            for vid, col, kind in s.values:
-                v, f = vi[vid], field_ids[(di, col, kind)]
+            for vid, fk in s.values:
+                v, f = vi[vid], fi_of[fk]
                 pairs += (v, f)
-                seen.append((v, si, f))
+                add_seen((v, si, f))
             sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
             entity = None if s.entity is None else vi[s.entity]
-            rows.append((si, di, part, pos, s.seen_ms, entity, _pack_pairs(pairs), sealed))
+            add_row((si, dump_ids[dump], part, pos, s.seen_ms, entity, array("q", pairs).tobytes(), sealed))
         before = self.db.total_changes
         await self.db.executemany(
             "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
