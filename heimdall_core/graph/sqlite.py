@@ -570,7 +570,7 @@ class _Batch:
         first = self._take("sighting", len(sightings))
         dump_ids, vi = self.dump_ids, self.vi
         fi_of = {fk: self.field_ids[(dump_ids[fk[0]], fk[1], fk[2])] for fk in self.delta.fields}
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         seen: list[tuple[int, int, int]] = []
         add_seen, add_row = seen.append, rows.append
         for si, ((dump, part, pos), s) in enumerate(sightings.items(), first):
