@@ -1,0 +1,200 @@
+"""`heimdall project`, `heimdall replay`, `heimdall state-hash`, `heimdall query`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
+
+from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
+from heimdall_core.graph.backends import BACKENDS, make_store, rules_from
+from heimdall_core.graph.projector import Progress, ProjectionReport, Projector, ProjectorOptions
+from heimdall_core.graph.query import QueryKeys, open_keystore, query_value, render_text
+from heimdall_core.graph.statehash import StateHasher
+from heimdall_core.graph.store import CO_VALUES_DEFAULT, GraphStore
+from heimdall_core.ingest.run import normalize_options
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def backend(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--backend", choices=BACKENDS,
+                            help="graph back end (default: graph.backend from the configuration)")
+
+    project = sub.add_parser("project", help="project the log into the graph (catch up once)")
+    backend(project)
+    project.add_argument("--follow", action="store_true", help="keep projecting new events until stopped")
+    project.add_argument("--json", action="store_true")
+    project.set_defaults(func=cmd_project)
+
+    replay = sub.add_parser("replay", help="rebuild the graph from nothing, from the log")
+    backend(replay)
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(func=cmd_replay)
+
+    state = sub.add_parser("state-hash", help="print the canonical hash of the graph's state")
+    backend(state)
+    state.add_argument("--json", action="store_true")
+    state.set_defaults(func=cmd_state_hash)
+
+    query = sub.add_parser("query", help="where a value was seen, with what, what is known")
+    query.add_argument("value", help="the value (an IP, domain, e-mail, URL, hash, ...)")
+    query.add_argument("--kind", help="its kind, when it cannot be told from the value")
+    backend(query)
+    query.add_argument("--limit", type=int, default=CO_VALUES_DEFAULT,
+                       help=f"co-occurring values to list (default {CO_VALUES_DEFAULT})")
+    query.add_argument("--reveal", action="store_true",
+                       help="decrypt personal co-occurring values (they are shown protected otherwise)")
+    query.add_argument("--json", action="store_true")
+    query.set_defaults(func=cmd_query)
+
+
+@contextlib.asynccontextmanager
+async def _opened(ctx: Context) -> AsyncIterator[GraphStore]:
+    store = make_store(ctx.settings, ctx.args.backend, rules_from(ctx.settings))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+class ProgressBar:
+    """One updating line on a terminal; nothing at all when stderr is not one."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self._label = label
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._started = time.monotonic()
+        self._shown = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._shown < PROGRESS_INTERVAL_S:
+            return
+        self._shown = now
+        total = max(progress.events_total, 1)
+        width = 30
+        filled = int(width * min(progress.events, total) / total)
+        rate = progress.records / max(now - self._started, 1e-9)
+        self._stream.write(f"\r{self._label} [{'#' * filled}{'.' * (width - filled)}] "
+                           f"{progress.events:,}/{progress.events_total:,} events, "
+                           f"{progress.records:,} records, {rate:,.0f} records/s ")
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._enabled and self._shown:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _options(ctx: Context) -> ProjectorOptions:
+    return ProjectorOptions(batch_events=ctx.settings.graph.batch_events)
+
+
+async def _project(ctx: Context, *, replay: bool, label: str) -> ProjectionReport:
+    bar = ProgressBar(label)
+    rules = rules_from(ctx.settings)
+    async with _opened(ctx) as store:
+        if replay:
+            await store.reset()
+        with ctx.store() as log_store:
+            projector = Projector(log_store, store, rules, _options(ctx), progress=bar)
+            try:
+                if getattr(ctx.args, "follow", False):
+                    await _follow(projector)
+                    return ProjectionReport()
+                return await projector.catch_up()
+            finally:
+                bar.done()
+
+
+async def _follow(projector: Projector) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await projector.follow(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _report(ctx: Context, report: ProjectionReport, verb: str) -> int:
+    stopped = {feed.hex(): reason for feed, reason in report.stopped.items()}
+    if ctx.args.json:
+        print_json({"events": report.events, "records": report.records, "batches": report.batches,
+                    "seconds": round(report.seconds, 3), "records_per_s": round(report.records_per_s),
+                    "retries": report.retries, "stopped": stopped,
+                    "positions": {feed.hex(): seq for feed, seq in report.positions.items()}})
+    else:
+        print(f"{verb} {report.events:,} events ({report.records:,} records) in {report.seconds:.2f}s"
+              f" ({report.records_per_s:,.0f} records/s)")
+    for feed, reason in stopped.items():
+        print(f"heimdall: feed {feed} is stopped: {reason}", file=sys.stderr)
+    return EXIT_ERROR if stopped else EXIT_OK
+
+
+def cmd_project(ctx: Context) -> int:
+    report = asyncio.run(_project(ctx, replay=False, label="project"))
+    if ctx.args.follow:
+        return EXIT_OK
+    return _report(ctx, report, "projected")
+
+
+def cmd_replay(ctx: Context) -> int:
+    report = asyncio.run(_project(ctx, replay=True, label="replay"))
+    return _report(ctx, report, "replayed")
+
+
+async def _state_hash(ctx: Context) -> dict[str, Any]:
+    rules = rules_from(ctx.settings)
+    hasher = StateHasher(rules)
+    async with _opened(ctx) as store:
+        async for entry in store.iter_state():
+            hasher.add(entry)
+        positions = await store.positions()
+        backend = store.backend
+    return {"state_hash": hasher.hexdigest(), "backend": backend, "items": hasher.items,
+            "positions": {feed.hex(): seq for feed, seq in sorted(positions.items())}}
+
+
+def cmd_state_hash(ctx: Context) -> int:
+    answer = asyncio.run(_state_hash(ctx))
+    if ctx.args.json:
+        print_json(answer)
+    else:
+        print(answer["state_hash"])
+    return EXIT_OK
+
+
+async def _query(ctx: Context) -> dict[str, Any]:
+    keystore = open_keystore(ctx.data_dir)
+    try:
+        keys = None
+        if keystore is not None:
+            keys = QueryKeys(keystore.index_keys, keystore if ctx.args.reveal else None)
+        async with _opened(ctx) as store:
+            return await query_value(store, rules_from(ctx.settings), ctx.args.value, kind=ctx.args.kind,
+                                     keys=keys, reveal_values=ctx.args.reveal, co_values=ctx.args.limit,
+                                     options=normalize_options(ctx.settings))
+    finally:
+        if keystore is not None:
+            keystore.close()
+
+
+def cmd_query(ctx: Context) -> int:
+    answer = asyncio.run(_query(ctx))
+    if ctx.args.json:
+        print_json(answer)
+    else:
+        print(render_text(answer))
+    return EXIT_OK

@@ -1,0 +1,225 @@
+"""What analysts ask of the graph about one value (shared by the CLI and the HTTP API).
+
+``heimdall query VALUE`` and ``GET /v1/indicators/{kind}/{value}`` both call
+:func:`query_value`, which returns one JSON-ready answer:
+
+* the value is canonicalized exactly as ingest does (kind detected unless given);
+* it is looked up in both forms it may be stored in: clear, and by blind index (personal
+  kinds, with the site's PII index key), so a value is found whatever the PII policy was
+  when it was ingested;
+* per match: where it was seen (dumps with source and name, records, first/last seen),
+  what it shares records with (top values by shared records), what is known about it
+  (enrichment facts, derived attributes);
+* personal co-values are shown as "protected" unless the caller asks to reveal them
+  (decrypted with the key store); values whose every subject was shredded show as
+  "shredded", and a shredded queried value answers only that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heimdall_core.errors import KeyMaterialError, NotFound, PiiError, QueryError
+from heimdall_core.graph import model
+from heimdall_core.graph.model import CoValue, DumpSeen, ValueInfo
+from heimdall_core.graph.rules import FACT_PREFIX, RuleSet
+from heimdall_core.graph.store import CO_VALUES_DEFAULT, GraphStore
+from heimdall_core.normalize import KINDS, Canonical, NormalizeOptions, canonicalize, detect_kind
+from heimdall_core.normalize.model import DEFAULT
+from heimdall_core.pii.blind_index import IndexKeys, blind_index
+from heimdall_core.pii.keystore import KeyStore
+from heimdall_core.pii.protect import DataKeyReader, reveal
+
+CO_VALUES_MAX = 1_000
+PROTECTED = "[protected]"
+SHREDDED = "[shredded]"
+FINGERPRINT_ONLY = "[fingerprint only]"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryKeys:
+    """What the PII key store lends a query: index keys to find personal values, and
+    (only when revealing) the data keys to decrypt them."""
+
+    index: IndexKeys | None
+    data: DataKeyReader | None = None
+
+
+def open_keystore(data_dir: Path) -> KeyStore | None:
+    """The site's PII key store, or None when the site never stored personal data."""
+    directory = data_dir / "pii"
+    if not directory.exists():
+        return None
+    return KeyStore.open(directory, create=False)
+
+
+def parse_query(raw: str, kind: str | None, options: NormalizeOptions = DEFAULT) -> Canonical:
+    """Kind (given or detected) and canonical value, as ingest would compute them."""
+    if kind is not None and kind not in KINDS:
+        raise QueryError(f"unknown kind {kind!r}; use one of: {', '.join(sorted(KINDS))}")
+    if kind is None:
+        kind = detect_kind(raw)
+        if kind is None:
+            raise QueryError("cannot tell what kind of value this is; say it with --kind "
+                             f"(one of: {', '.join(sorted(KINDS))})")
+    result = canonicalize(kind, raw, options)
+    if not isinstance(result, Canonical):
+        raise QueryError(f"not a valid {kind}: {result.reason}")
+    return result
+
+
+def candidate_ids(canonical: Canonical, index_keys: IndexKeys | None) -> list[tuple[str, bytes]]:
+    """(form, value id) for each form the value may be stored in."""
+    out = [("clear", model.clear_value_vid(canonical.kind, canonical.value))]
+    if index_keys is not None:
+        bi = blind_index(index_keys, canonical.kind, canonical.value)
+        out.append(("blind_index", model.blind_value_vid(canonical.kind, bi)))
+    return out
+
+
+async def query_value(store: GraphStore, rules: RuleSet, raw: str, *, kind: str | None = None,
+                      keys: QueryKeys | None = None, reveal_values: bool = False,
+                      co_values: int = CO_VALUES_DEFAULT,
+                      options: NormalizeOptions = DEFAULT) -> dict[str, Any]:
+    """The answer about one value; :class:`QueryError` for a bad question, :class:`NotFound`
+    when the value was never seen."""
+    if not 1 <= co_values <= CO_VALUES_MAX:
+        raise QueryError(f"co-occurring values to list must be 1..{CO_VALUES_MAX}")
+    if reveal_values and (keys is None or keys.data is None):
+        raise QueryError("revealing personal values needs the site's PII key store")
+    canonical = parse_query(raw, kind, options)
+    keys = keys or QueryKeys(None)
+    forms = candidate_ids(canonical, keys.index)
+    found = await store.values([vid for _, vid in forms])
+    matches = []
+    for form, vid in forms:
+        info = found.get(vid)
+        if info is not None:
+            matches.append(await _match(store, rules, form, info, keys, reveal_values, co_values))
+    if not matches:
+        raise NotFound(f"{canonical.kind} value not seen in any dump or enrichment")
+    return {"query": {"kind": canonical.kind, "value": canonical.value}, "matches": matches}
+
+
+async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, keys: QueryKeys,
+                 reveal_values: bool, co_values: int) -> dict[str, Any]:
+    answer: dict[str, Any] = {"id": info.vid.hex(), "kind": info.kind, "form": form}
+    if info.is_shredded:
+        answer["status"] = "shredded"
+        return answer
+    props = rules.visible_props(model.VALUE, info.props)
+    answer.update({
+        "status": "seen",
+        "sightings": info.sightings,
+        "first_seen_ms": props.get("first_seen_ms"),
+        "last_seen_ms": props.get("last_seen_ms"),
+        "attrs": props.get("attrs") or {},
+        "facts": {name[len(FACT_PREFIX):]: value for name, value in props.items()
+                  if name.startswith(FACT_PREFIX)},
+        "enriched_by": props.get("enriched_by") or [],
+        "dumps": [_dump(d) for d in await store.value_dumps(info.vid)],
+    })
+    co = await store.co_values(info.vid, co_values)
+    answer["co_occurring"] = {
+        "values": [_co_value(c, keys, reveal_values) for c in co.items],
+        "sightings_scanned": co.sightings_scanned,
+        "complete": co.complete,
+    }
+    return answer
+
+
+def _dump(seen: DumpSeen) -> dict[str, Any]:
+    return {"dump": seen.dump.hex(), "source": seen.source, "name": seen.name,
+            "sightings": seen.sightings, "first_seen_ms": seen.first_seen_ms,
+            "last_seen_ms": seen.last_seen_ms}
+
+
+def _co_value(co: CoValue, keys: QueryKeys, reveal_values: bool) -> dict[str, Any]:
+    info = co.value
+    out: dict[str, Any] = {"id": info.vid.hex(), "kind": info.kind, "records": co.records,
+                           "value": info.value, "protected": info.is_protected,
+                           "shredded": info.is_shredded}
+    if info.is_protected and reveal_values and not info.is_shredded:
+        out["value"] = _reveal(info, keys.data)
+    return out
+
+
+def _reveal(info: ValueInfo, data_keys: DataKeyReader | None) -> str | None:
+    """Decrypt a personal value from any of its sealed copies whose subject is alive."""
+    if data_keys is None:
+        return None
+    for subject, ct in info.seals:
+        if subject in info.shredded_subjects:
+            continue
+        try:
+            return reveal({"kind": info.kind, "sub": subject, "ct": ct}, data_keys)
+        except (PiiError, KeyMaterialError):
+            continue  # shredded since, or a subject this site holds no key for
+    return None
+
+
+# --- text rendering --------------------------------------------------------------------------
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _shown(value: Mapping[str, Any]) -> str:
+    if value.get("shredded"):
+        return SHREDDED
+    if value.get("value") is not None:
+        return str(value["value"])
+    return PROTECTED if value.get("protected") else FINGERPRINT_ONLY
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return lines
+
+
+def render_text(answer: Mapping[str, Any]) -> str:
+    """The human-readable form of an answer (``heimdall query`` without ``--json``)."""
+    query = answer["query"]
+    lines = [f"{query['kind']} {query['value']}"]
+    for match in answer["matches"]:
+        lines.append("")
+        lines.append(f"as {match['form'].replace('_', ' ')} value {match['id'][:16]}…")
+        if match["status"] == "shredded":
+            lines.append("  shredded: the data of every person it belonged to was erased")
+            continue
+        lines.append(f"  seen in {match['sightings']} records, first {_when(match['first_seen_ms'])}, "
+                     f"last {_when(match['last_seen_ms'])}")
+        lines += ["", "where seen"]
+        lines += ["  " + line for line in _table(
+            ["source", "name", "records", "first seen", "last seen"],
+            [[str(d["source"] or "-"), str(d["name"] or "-"), str(d["sightings"]),
+              _when(d["first_seen_ms"]), _when(d["last_seen_ms"])] for d in match["dumps"]])]
+        co = match["co_occurring"]
+        scanned = "" if co["complete"] else f" (from the latest {co['sightings_scanned']} records)"
+        lines += ["", f"seen with{scanned}"]
+        lines += ["  " + line for line in _table(
+            ["kind", "value", "shared records"],
+            [[v["kind"], _shown(v), str(v["records"])] for v in co["values"]])]
+        known = {**{f"attr {k}": v for k, v in match["attrs"].items()}, **match["facts"]}
+        if known:
+            lines += ["", "what is known" + (f" (from {', '.join(match['enriched_by'])})"
+                                             if match["enriched_by"] else "")]
+            lines += ["  " + line for line in _table(
+                ["fact", "value"], [[k, _fact(v)] for k, v in sorted(known.items())])]
+    return "\n".join(lines)
+
+
+def _fact(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
