@@ -17,13 +17,15 @@ process (a notice says so).
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from heimdall_core import kinds
 from heimdall_core.config import Settings
@@ -164,7 +166,8 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
             policy=site.policy, append=append,
             quarantine=Quarantine(Path(job.quarantine), job.dump.hex(), options.source),
             columns=None if job.part == 0 and plan.header else plan.columns, fmt=plan.fmt,
-            mapping=plan.mapping, skip_through=job.skip_through, first_line=job.first_line)
+            mapping=plan.mapping, skip_through=job.skip_through, first_line=job.first_line,
+            on_progress=functools.partial(_report, job.part))
         remaining = job.end - job.start
         with open(job.path, "rb") as handle:
             handle.seek(job.start)
@@ -233,19 +236,46 @@ def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomp
                                 resume=incomplete)
 
 
+_COUNTERS: Any = None  # in a worker process: the shared progress counters
+
+
+def _init_worker(counters: Any) -> None:
+    global _COUNTERS
+    _COUNTERS = counters
+
+
+def _report(part: int, progress: Progress) -> None:
+    """Publish a part's progress (bytes, records, quarantined) to the parent."""
+    if _COUNTERS is not None:
+        base = part * 3
+        _COUNTERS[base], _COUNTERS[base + 1], _COUNTERS[base + 2] = (
+            progress.bytes_in, progress.records, progress.quarantined)
+
+
 def _run_jobs(jobs: list[PartJob], on_progress: Callable[[Progress], None] | None,
               size: int) -> list[tuple[int, int, int, int]]:
+    # ProcessPoolExecutor (not multiprocessing.Pool): a worker that dies is reported
+    # (BrokenProcessPool) instead of silently replaced while the parent waits forever.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(len(jobs)) as pool:
-        pending = pool.map_async(_run_part, jobs)
-        while not pending.ready():
-            pending.wait(POLL_S)
+    counters = context.Array("q", 3 * len(jobs), lock=False)
+    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_init_worker,
+                             initargs=(counters,)) as pool:
+        futures = [pool.submit(_run_part, job) for job in jobs]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
             if on_progress is not None:
-                on_progress(Progress(bytes_in=0, records=0, quarantined=0))
-        try:
-            return sorted(pending.get())
-        except Exception as exc:
-            raise IngestError(f"an ingest worker failed: {exc}") from exc
+                values = list(counters)
+                on_progress(Progress(bytes_in=sum(values[0::3]), records=sum(values[1::3]),
+                                     quarantined=sum(values[2::3])))
+            failed = [f for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                for future in pending:
+                    future.cancel()
+                exc = failed[0].exception()
+                raise IngestError(f"an ingest worker failed: {exc}; the dump stays incomplete "
+                                  "and can be resumed") from exc
+        return sorted(f.result() for f in futures)
 
 
 def _merge_quarantine(target: Path, parts: list[Path]) -> Path | None:
