@@ -1,0 +1,945 @@
+"""The PostgreSQL + Apache AGE graph back end, through asyncpg.
+
+The graph is an AGE graph (``graph.age_graph``, default ``heimdall``): every vertex and
+edge of docs/graph-model.md is a row of an AGE label table, so ``cypher()`` sees all of
+it. Beside the label tables, in the graph's own schema, plain ``hm_*`` tables hold what
+merging and the SQL query paths need: each vertex's content id and graphid, and its merge
+cells (msgpack). The schema is ``sql/NNN_*.sql``, applied at open and recorded in
+``hm_migration``. docs/postgres-age.md has the schema, the measured write paths and the
+indexes.
+
+Writing (one transaction per delta, feed positions included):
+
+* Vertex graphids are allocated here, in ranges reserved from the label's sequence under
+  a transaction-level advisory lock, so edges can be written in the same pass as their
+  vertices, without a round trip per row.
+* Bulk rows go in by ``COPY``: binary for plain tables and id-only edges, text (the
+  agtype properties as JSON) for label tables with properties; ``INSERT ... SELECT FROM
+  unnest(...) ON CONFLICT`` only where a row may already exist (sightings, in_field and
+  includes pairs). Measured: text COPY into a label table ~300k rows/s, INSERT from
+  ``unnest`` of agtype text ~150k, Cypher ``MERGE`` a few hundred per call.
+* Merge rules are applied by the same pure :class:`RuleSet` as every other back end,
+  to the cells of the vertices a delta touches that already existed (read in the same
+  transaction, under the lock): order-independent and idempotent by construction, and
+  equal cells give equal state hashes across back ends.
+
+AGE label tables must keep AGE's own columns (``id``, ``properties``; edges also
+``start_id``, ``end_id``): a label table with an extra column crashes ``cypher()``
+``CREATE``. Hence the ``hm_*`` tables instead of key columns on the label tables.
+"""
+
+# ruff: noqa: S608
+# SQL here interpolates one name only: the graph's schema, checked against GRAPH_NAME_RE
+# when the store is built; every value travels as a query parameter or through COPY.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import zlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgpack
+import orjson
+
+from heimdall_core.errors import DatabaseUnavailable, GraphError
+from heimdall_core.graph import model
+from heimdall_core.graph.model import (
+    CoValue,
+    CoValues,
+    Delta,
+    DumpSeen,
+    GraphCounts,
+    SightingDelta,
+    StateEntry,
+    ValueDelta,
+    ValueInfo,
+)
+from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, lift, merge, visible
+from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    from heimdall_core.config import Settings
+
+    Conn = PoolConnectionProxy[asyncpg.Record]
+
+log = logging.getLogger("heimdall.graph.age")
+
+GRAPH_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,62}\Z")
+"""AGE needs 3+ characters; PostgreSQL identifiers end at 63 bytes. No quoting games."""
+
+SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
+MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
+
+CONNECT_TIMEOUT_S = 10.0
+POOL_CONNECTIONS_MAX = 2  # one writer plus one reader; a store is used from one task at a time
+STATE_ROWS_PER_FETCH = 5_000
+ENTRY_BITS = 48  # graphid = label id << 48 | entry id
+ADVISORY_NAMESPACE = "heimdall.graph:"
+
+VERTEX_LABELS = ("dump", "field", "value", "sighting", "entity", "subject")
+EDGE_LABELS = ("in_dump", "has_value", "in_field", "includes", "field_of")
+HM_TABLES = ("hm_position", "hm_dump", "hm_field", "hm_value", "hm_subject", "hm_sighting")
+
+SESSION_SETTINGS = {
+    # Also set by init_connection; as startup parameters they survive the RESET ALL that
+    # the pool runs when a connection is released.
+    "search_path": 'ag_catalog, "$user", public',
+    # The projection is rebuilt from the log and its positions commit with its effects:
+    # losing the last commits in a server crash only makes the projector redo them.
+    "synchronous_commit": "off",
+}
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def _json(value: Any) -> str:
+    """agtype text for COPY's text format (a backslash is COPY's escape character)."""
+    return orjson.dumps(value).decode().replace("\\", "\\\\")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit for logs and messages: any password replaced by ``***``."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if parts.port is not None:
+                host = f"{host}:{parts.port}"
+            netloc = f"{parts.username or ''}:***@{host}"
+            return str(urlunsplit(parts._replace(netloc=netloc, query=_redact_query(parts.query))))
+        return str(urlunsplit(parts._replace(query=_redact_query(parts.query))))
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+def _redact_query(query: str) -> str:
+    return re.sub(r"(password=)[^&]*", r"\1***", query)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                        asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+                        asyncpg.CrashShutdownError, asyncpg.TooManyConnectionsError)):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def _translate(exc: BaseException, doing: str) -> GraphError:
+    """asyncpg and socket errors as ours: unreachable is retryable, the rest is not."""
+    if _unavailable(exc):
+        return DatabaseUnavailable(f"{doing}: PostgreSQL is unreachable ({type(exc).__name__}: {exc})")
+    return GraphError(f"{doing}: PostgreSQL: {type(exc).__name__}: {exc}")
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Every pooled connection: AGE loaded, its search path, agtype as text, graphid as int8."""
+    try:
+        # A role that is not superuser may LOAD only from $libdir/plugins (where the install
+        # script links age.so); the docker image's superuser loads it by name.
+        await conn.execute("LOAD '$libdir/plugins/age'")
+    except asyncpg.PostgresError:
+        await conn.execute("LOAD 'age'")
+    await conn.execute('SET search_path = ag_catalog, "$user", public')
+    await conn.execute("SET synchronous_commit = off")
+    await conn.set_type_codec("agtype", schema="ag_catalog", encoder=str, decoder=str, format="text")
+    # graphid's binary form is an int8: lets graphids travel in arrays and binary COPY.
+    await conn.set_builtin_type_codec("graphid", schema="ag_catalog", codec_name="int8")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+    """The numbered migrations of ``sql/``, in order."""
+    if not directory.is_dir():
+        raise GraphError(f"the graph schema directory {directory} is missing from this installation")
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = MIGRATION_RE.match(path.name)
+        if match is None:
+            raise GraphError(f"{path}: a migration is named NNN_name.sql")
+        found.append(Migration(int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise GraphError(f"{directory}: migrations must be numbered 001, 002, ... without gaps")
+    return found
+
+
+def render(sql: str, graph: str) -> str:
+    """A migration for one graph (its name is checked against GRAPH_NAME_RE)."""
+    return sql.replace("@graph_name@", f"'{graph}'").replace("@graph@", f'"{graph}"')
+
+
+class AgeStore:
+    """:class:`~heimdall_core.graph.store.GraphStore` over one AGE graph."""
+
+    def __init__(self, rules: RuleSet, *, graph: str = "heimdall", dsn: str | None = None,
+                 data_dir: Path | None = None) -> None:
+        if not GRAPH_NAME_RE.match(graph):
+            raise GraphError(f"graph.age_graph {graph!r}: 3 to 63 letters, digits or '_', "
+                             "not starting with a digit")
+        if dsn is None and data_dir is None:
+            raise GraphError("an AGE store needs a DSN or a data directory with a start-db database")
+        self.rules = rules
+        self.graph = graph
+        self._dsn = dsn
+        self._data_dir = data_dir
+        self._pool: asyncpg.Pool | None = None
+        self._unreachable: str | None = None  # why the last open failed, while it stays closed
+        self._where = f"graph {graph!r}"
+        self._q = f'"{graph}"'
+        self._lock_key = zlib.crc32((ADVISORY_NAMESPACE + graph).encode()) - (1 << 31)
+        self._labels: dict[str, int] = {}
+        self._dump_gids: dict[bytes, int] = {}
+        self._field_gids: dict[tuple[bytes, str, str], int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, rules: RuleSet) -> AgeStore:
+        dsn = settings.graph.postgres_dsn or None
+        return cls(rules, graph=settings.graph.age_graph, dsn=dsn, data_dir=settings.data_dir)
+
+    @property
+    def backend(self) -> str:
+        return "age"
+
+    # --- opening -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            await self._open()
+        except DatabaseUnavailable as exc:
+            self._unreachable = str(exc)
+            raise
+        self._unreachable = None
+
+    async def _open(self) -> None:
+        dsn = self._dsn
+        if dsn is None:
+            dsn = await asyncio.to_thread(self._start_db_dsn)
+        self._where = f"graph {self.graph!r} at {redact_dsn(dsn)}"
+        try:
+            self._pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=POOL_CONNECTIONS_MAX, init=init_connection,
+                timeout=CONNECT_TIMEOUT_S, server_settings=SESSION_SETTINGS)
+        except ValueError as exc:  # set_type_codec: no agtype type in this database
+            raise GraphError(f"{self._where}: Apache AGE is not installed in this database "
+                             f"({exc}); a superuser runs CREATE EXTENSION age") from None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise _translate(exc, f"connecting to {self._where}") from None
+        try:
+            await self._migrate()
+            await self._check_meta()
+            await self._load_ids()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _start_db_dsn(self) -> str:
+        """The DSN of the running ``heimdall start-db`` database of the data directory."""
+        from heimdall_core.dbctl import DbctlError, db_status, start_db
+
+        assert self._data_dir is not None
+        status = db_status(self._data_dir)
+        if not status.running:
+            raise DatabaseUnavailable(
+                f"graph.postgres_dsn is empty and the database of {self._data_dir} is not running "
+                f"({status.detail}): run 'heimdall start-db' or set graph.postgres_dsn")
+        try:
+            return start_db(self._data_dir).dsn  # running already: only reads port and secret
+        except DbctlError as exc:
+            raise DatabaseUnavailable(f"the database of {self._data_dir}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT_S)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                pool.terminate()
+
+    @property
+    def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            if self._unreachable is not None:  # the projector reopens and retries
+                raise DatabaseUnavailable(f"the graph store is not connected: {self._unreachable}")
+            raise GraphError("the graph store is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, doing: str) -> AsyncIterator[Conn]:
+        """A pooled connection; driver errors come out as DatabaseUnavailable or GraphError."""
+        try:
+            async with self._db.acquire() as conn:
+                yield conn
+        except GraphError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise _translate(exc, f"{doing} ({self._where})") from exc
+
+    async def _migrate(self) -> None:
+        migrations = load_migrations()
+        q = self._q
+        async with self._conn("migrating the graph schema") as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            exists = await conn.fetchval("SELECT count(*) FROM ag_catalog.ag_graph WHERE name = $1",
+                                         self.graph)
+            if not exists:
+                await conn.execute("SELECT ag_catalog.create_graph($1)", self.graph)
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {q}.hm_migration (version integer PRIMARY KEY, "
+                               "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            applied = {row[0] for row in await conn.fetch(f"SELECT version FROM {q}.hm_migration")}
+            newest = len(migrations)
+            if applied and max(applied) > newest:
+                raise GraphError(f"{self._where} has schema version {max(applied)}; this build knows "
+                                 f"{newest}: upgrade Heimdall, or use another graph.age_graph")
+            for migration in migrations:
+                if migration.version in applied:
+                    continue
+                await conn.execute(render(migration.sql, self.graph))
+                await conn.execute(f"INSERT INTO {q}.hm_migration (version, name) VALUES ($1, $2)",
+                                   migration.version, migration.name)
+                log.info("%s: applied migration %s", self._where, migration.name)
+
+    async def _check_meta(self) -> None:
+        q = self._q
+        fingerprint = self.rules.fingerprint()
+        async with self._conn("checking the merge rules") as conn, conn.transaction():
+            held = await conn.fetchval(f"SELECT value FROM {q}.hm_meta WHERE name = 'rules'")
+            if held is not None and held != fingerprint and not await self._is_empty(conn):
+                raise GraphError(f"{self._where} was projected under other merge rules (graph.rules or "
+                                 "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
+            await conn.execute(f"INSERT INTO {q}.hm_meta VALUES ('rules', $1) "
+                               "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", fingerprint)
+
+    async def _is_empty(self, conn: Conn) -> bool:
+        q = self._q
+        for table in ("hm_position", "hm_dump", "hm_value", "hm_sighting", "hm_subject"):
+            if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {q}.{table})"):
+                return False
+        return True
+
+    async def _load_ids(self) -> None:
+        q = self._q
+        async with self._conn("loading the graph's labels") as conn:
+            self._labels = {}
+            for label in (*VERTEX_LABELS, *EDGE_LABELS):
+                self._labels[label] = int(await conn.fetchval(
+                    "SELECT ag_catalog._label_id($1, $2)", self.graph, label))
+            dumps = await conn.fetch(f"SELECT id, gid FROM {q}.hm_dump")
+            self._dump_gids = {bytes(i): gid for i, gid in dumps}
+            self._field_gids = {(bytes(dump), col, kind): gid for gid, dump, col, kind in
+                                await conn.fetch(f"SELECT gid, dump, col, kind FROM {q}.hm_field")}
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def reset(self) -> None:
+        q = self._q
+        tables = ", ".join([f"{q}._ag_label_vertex", f"{q}._ag_label_edge",
+                            *(f"{q}.{t}" for t in HM_TABLES)])
+        async with self._conn("resetting the graph") as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            await conn.execute(f"TRUNCATE {tables}")  # a parent's TRUNCATE includes its label tables
+        self._dump_gids, self._field_gids = {}, {}
+
+    async def positions(self) -> dict[bytes, int]:
+        async with self._conn("reading feed positions") as conn:
+            rows = await conn.fetch(f"SELECT feed, next_seq FROM {self._q}.hm_position")
+        return {bytes(feed): int(seq) for feed, seq in rows}
+
+    async def apply(self, delta: Delta) -> None:
+        batch = _Batch(self, delta)
+        async with self._conn("applying a projection batch") as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            await batch.run(conn)
+        batch.committed()
+
+    # --- state ---------------------------------------------------------------------------
+
+    async def iter_state(self) -> AsyncIterator[StateEntry]:
+        q = self._q
+        async with self._conn("reading the graph state") as conn, \
+                conn.transaction(readonly=True, isolation="repeatable_read"):  # one consistent state
+            fields = {int(gid): (bytes(dump), col, kind) for gid, dump, col, kind in
+                      await conn.fetch(f"SELECT gid, dump, col, kind FROM {q}.hm_field")}
+            for dump, cells in await conn.fetch(f"SELECT id, cells FROM {q}.hm_dump ORDER BY id"):
+                yield StateEntry("dump", (bytes(dump), _unpackb(cells)))
+            for key in sorted(fields.values()):
+                yield StateEntry("field", key)
+            async for vid, kind, clear, blind, cells in self._rows(
+                    conn, f"SELECT id, kind, v, bi, cells FROM {q}.hm_value ORDER BY id"):
+                yield StateEntry("value", (bytes(vid), kind, clear, None if blind is None else bytes(blind),
+                                           _unpackb(cells)))
+            for subject, cells in await conn.fetch(f"SELECT id, cells FROM {q}.hm_subject ORDER BY id"):
+                yield StateEntry("subject", (bytes(subject), _unpackb(cells)))
+            async for entry in self._state_sightings(conn):
+                yield entry
+            async for entry in self._state_pairs(conn, fields):
+                yield entry
+
+    async def _rows(self, conn: Conn, sql: str, *args: Any) -> AsyncIterator[Any]:
+        cursor = await conn.cursor(sql, *args)
+        while rows := await cursor.fetch(STATE_ROWS_PER_FETCH):
+            for row in rows:
+                yield row
+
+    async def _state_sightings(self, conn: Conn) -> AsyncIterator[StateEntry]:
+        q = self._q
+        cursor = await conn.cursor(
+            f"SELECT d.id, s.part, s.pos, s.seen_ms, s.sealed, s.gid FROM {q}.hm_sighting s "
+            f"JOIN {q}.hm_dump d ON d.gid = s.dump ORDER BY d.id, s.part, s.pos")
+        while rows := await cursor.fetch(STATE_ROWS_PER_FETCH):
+            values: dict[int, list[tuple[bytes, str]]] = {}
+            for sid, vid, props in await conn.fetch(
+                    f"SELECT e.start_id, v.id, e.properties FROM {q}.has_value e "
+                    f"JOIN {q}.hm_value v ON v.gid = e.end_id WHERE e.start_id = ANY($1::graphid[])",
+                    [row[5] for row in rows]):
+                held = values.setdefault(int(sid), [])
+                held.extend((bytes(vid), column) for column in orjson.loads(props)["columns"])
+            for dump, part, pos, seen_ms, sealed, gid in rows:
+                yield StateEntry("sighting", (bytes(dump), int(part), int(pos), int(seen_ms),
+                                              [] if sealed is None else _unpackb(sealed),
+                                              values.get(int(gid), [])))
+
+    async def _state_pairs(self, conn: Conn,
+                           fields: dict[int, tuple[bytes, str, str]]) -> AsyncIterator[StateEntry]:
+        q = self._q
+        group: list[tuple[bytes, str, str]] = []
+        current: bytes | None = None
+        async for vid, fgid in self._rows(
+                conn, f"SELECT v.id, e.end_id FROM {q}.in_field e JOIN {q}.hm_value v ON v.gid = e.start_id "
+                      "ORDER BY v.id"):
+            vid = bytes(vid)
+            if vid != current and current is not None:
+                for key in sorted(group):
+                    yield StateEntry("in_field", (current, *key))
+                group = []
+            current = vid
+            group.append(fields[int(fgid)])
+        if current is not None:
+            for key in sorted(group):
+                yield StateEntry("in_field", (current, *key))
+        async for primary, member in self._rows(
+                conn, f"SELECT p.id, m.id FROM {q}.includes e JOIN {q}.hm_value p ON p.egid = e.start_id "
+                      f"JOIN {q}.hm_value m ON m.gid = e.end_id ORDER BY p.id, m.id"):
+            yield StateEntry("includes", (bytes(primary), bytes(member)))
+
+    # --- queries -------------------------------------------------------------------------
+
+    async def value(self, vid: bytes) -> ValueInfo | None:
+        return (await self.values([vid])).get(vid)
+
+    async def values(self, vids: Sequence[bytes]) -> dict[bytes, ValueInfo]:
+        q = self._q
+        async with self._conn("reading values") as conn:
+            rows = await conn.fetch(f"SELECT id, kind, v, bi, cells, n FROM {q}.hm_value "
+                                    "WHERE id = ANY($1::bytea[])", list(vids))
+            return await self._infos(conn, rows)
+
+    async def _infos(self, conn: Conn, rows: Sequence[Any]) -> dict[bytes, ValueInfo]:
+        decoded = [(bytes(vid), kind, clear, blind, _unpackb(cells), n)
+                   for vid, kind, clear, blind, cells, n in rows]
+        subjects = sorted({bytes(sub) for *_, cells, _ in decoded for sub, _ in cells.get("seals", [])})
+        shredded: set[bytes] = set()
+        if subjects:
+            shredded = {bytes(sub) for (sub,) in await conn.fetch(
+                f"SELECT id FROM {self._q}.hm_subject WHERE id = ANY($1::bytea[])", subjects)}
+        out = {}
+        for vid, kind, clear, blind, cells, n in decoded:
+            mine = frozenset(bytes(sub) for sub, _ in cells.get("seals", []) if bytes(sub) in shredded)
+            out[vid] = ValueInfo(vid, kind, clear, None if blind is None else bytes(blind), cells, mine,
+                                 int(n))
+        return out
+
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+        q = self._q
+        async with self._conn("reading where a value was seen") as conn:
+            rows = await conn.fetch(
+                f"SELECT d.id, d.cells, count(*), min(s.seen_ms), max(s.seen_ms) FROM {q}.hm_value v "
+                f"JOIN {q}.has_value e ON e.end_id = v.gid JOIN {q}.hm_sighting s ON s.gid = e.start_id "
+                f"JOIN {q}.hm_dump d ON d.gid = s.dump WHERE v.id = $1 GROUP BY d.id, d.cells", vid)
+        out = []
+        for dump, cells, count, first, last in rows:
+            props = _unpackb(cells)
+            out.append(DumpSeen(bytes(dump), self._text(props, "source"), self._text(props, "name"),
+                                int(count), int(first), int(last)))
+        out.sort(key=lambda d: (-d.sightings, d.dump))
+        return out[:limit]
+
+    def _text(self, cells: dict[str, Any], prop: str) -> str | None:
+        cell = cells.get(prop)
+        if cell is None:
+            return None
+        shown = visible(self.rules.rule(model.DUMP, prop), cell)
+        return shown if isinstance(shown, str) else str(shown)
+
+    async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
+                        sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:
+        q = self._q
+        async with self._conn("reading co-occurring values") as conn:
+            own = await conn.fetchval(f"SELECT gid FROM {q}.hm_value WHERE id = $1", vid)
+            if own is None:
+                return CoValues((), 0, True)
+            sids = [row[0] for row in await conn.fetch(
+                f"SELECT start_id FROM {q}.has_value WHERE end_id = $1 ORDER BY start_id DESC LIMIT $2",
+                own, sightings_max + 1)]
+            complete = len(sids) <= sightings_max
+            sids = sids[:sightings_max]
+            ranked = await conn.fetch(
+                f"SELECT v.id, count(*) AS n FROM {q}.has_value e JOIN {q}.hm_value v ON v.gid = e.end_id "
+                "WHERE e.start_id = ANY($1::graphid[]) AND e.end_id <> $2 "
+                "GROUP BY v.id ORDER BY n DESC, v.id LIMIT $3", sids, own, limit)
+            infos = await self._infos(conn, await conn.fetch(
+                f"SELECT id, kind, v, bi, cells, n FROM {q}.hm_value WHERE id = ANY($1::bytea[])",
+                [row[0] for row in ranked]))
+        items = tuple(CoValue(infos[bytes(other)], int(n)) for other, n in ranked)
+        return CoValues(items, len(sids), complete)
+
+    async def counts(self) -> GraphCounts:
+        q = self._q
+        sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {q}.{t})" for t in
+                                    ("hm_dump", "hm_field", "hm_value", "hm_sighting", "hm_subject",
+                                     "hm_position"))
+        async with self._conn("counting the graph") as conn:
+            row = await conn.fetchrow(sql)
+        assert row is not None
+        return GraphCounts(*(int(n) for n in row))
+
+    async def cypher(self, query: str, columns: Sequence[str] = ("result",)) -> list[tuple[str, ...]]:
+        """Run a read-only Cypher query on this graph; each row's columns as agtype text."""
+        if "$$" in query:
+            raise GraphError("a Cypher query may not contain '$$'")
+        spec = ", ".join(f'"{name}" ag_catalog.agtype' for name in columns)
+        async with self._conn("running a Cypher query") as conn, conn.transaction(readonly=True):
+            rows = await conn.fetch(f"SELECT * FROM ag_catalog.cypher('{self.graph}', $$ {query} $$) "
+                                    f"AS ({spec})")
+        return [tuple(row) for row in rows]
+
+
+# --- one delta -----------------------------------------------------------------------------
+
+
+class _Batch:
+    """The statements of one delta, run inside the store's transaction."""
+
+    def __init__(self, store: AgeStore, delta: Delta) -> None:
+        self.store = store
+        self.rules = store.rules
+        self.delta = delta
+        self.q = store._q
+        self.labels = store._labels
+        self.dump_gids = dict(store._dump_gids)
+        self.field_gids = dict(store._field_gids)
+        self.vgid: dict[bytes, int] = {}  # value id -> gid, for every value of the delta
+        self.egid: dict[bytes, int] = {}  # primary value id -> its entity's gid
+        self.in_field: set[tuple[int, int]] = set()
+        self.includes: set[tuple[int, int]] = set()
+        self.retired_entities: set[int] = set()  # primary value gids that lost a sighting
+
+    def committed(self) -> None:
+        self.store._dump_gids = self.dump_gids
+        self.store._field_gids = self.field_gids
+
+    def gid(self, label: str, entry: int) -> int:
+        return (self.labels[label] << ENTRY_BITS) | entry
+
+    async def reserve(self, conn: Conn, label: str, count: int) -> list[int]:
+        if count == 0:
+            return []
+        first = int(await conn.fetchval(f"SELECT {self.q}.hm_reserve($1::regclass, $2)",
+                                        f'{self.q}."{label}_id_seq"', count))
+        base = self.labels[label] << ENTRY_BITS
+        return list(range(base | first, (base | first) + count))
+
+    async def copy_text(self, conn: Conn, table: str, columns: Sequence[str],
+                        lines: Iterable[str]) -> None:
+        data = "".join(lines).encode()
+        if data:
+            await conn.copy_to_table(table, schema_name=self.store.graph, columns=list(columns),
+                                     source=io.BytesIO(data))
+
+    async def copy_rows(self, conn: Conn, table: str, columns: Sequence[str],
+                        rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            await conn.copy_records_to_table(table, schema_name=self.store.graph, columns=list(columns),
+                                             records=rows)
+
+    async def run(self, conn: Conn) -> None:
+        delta = self.delta
+        await self._dumps(conn)
+        await self._fields(conn)
+        if delta.values:
+            await self._values(conn)
+        if delta.sightings:
+            await self._sightings(conn)
+        await self._pairs(conn)
+        if delta.subjects:
+            await self._subjects(conn)
+        if delta.positions:
+            feeds, seqs = zip(*delta.positions.items(), strict=True)
+            await conn.execute(
+                f"INSERT INTO {self.q}.hm_position SELECT * FROM unnest($1::bytea[], $2::bigint[]) "
+                "ON CONFLICT (feed) DO UPDATE SET next_seq = EXCLUDED.next_seq", list(feeds), list(seqs))
+
+    # --- dumps and fields ----------------------------------------------------------------
+
+    async def _dumps(self, conn: Conn) -> None:
+        wanted = set(self.delta.dumps) | {dump for dump, _, _ in self.delta.fields} | \
+            {dump for dump, _, _ in self.delta.sightings}
+        if not wanted:
+            return
+        q = self.q
+        held = {bytes(i): (gid, _unpackb(cells)) for i, gid, cells in await conn.fetch(
+            f"SELECT id, gid, cells FROM {q}.hm_dump WHERE id = ANY($1::bytea[])", sorted(wanted))}
+        new = sorted(wanted - set(held))
+        gids = await self.reserve(conn, "dump", len(new))
+        fresh = []
+        for dump, gid in zip(new, gids, strict=True):
+            cells = self.delta.dumps.get(dump, {})
+            fresh.append((dump, gid, _packb(cells)))
+            self.dump_gids[dump] = gid
+        await self.copy_rows(conn, "hm_dump", ("id", "gid", "cells"), fresh)
+        await self.copy_text(conn, "dump", ("id", "properties"),
+                             (f"{gid}\t{_json(self._dump_props(dump, _unpackb(cells)))}\n"
+                              for dump, gid, cells in fresh))
+        changed = []
+        for dump, (gid, cells) in held.items():
+            self.dump_gids[dump] = gid
+            merged = self.rules.merge_props(model.DUMP, cells, self.delta.dumps.get(dump, {}))
+            if merged != cells:
+                changed.append((dump, gid, merged))
+        if changed:
+            await conn.execute(
+                f"UPDATE {q}.hm_dump d SET cells = u.cells "
+                "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
+                "WHERE d.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
+            await self._set_props(conn, "dump", [(gid, self._dump_props(dump, merged))
+                                                 for dump, gid, merged in changed])
+
+    def _dump_props(self, dump: bytes, cells: Mapping[str, Any]) -> dict[str, Any]:
+        props = {"id": dump.hex()}
+        props.update({prop: _agtype_value(value)
+                      for prop, value in self.rules.visible_props(model.DUMP, cells).items()})
+        return props
+
+    async def _set_props(self, conn: Conn, label: str, rows: list[tuple[int, Any]]) -> None:
+        if rows:
+            await conn.execute(
+                f"UPDATE {self.q}.{label} t SET properties = u.p::agtype "
+                "FROM unnest($1::graphid[], $2::text[]) u(gid, p) WHERE t.id = u.gid",
+                [gid for gid, _ in rows], [orjson.dumps(props).decode() for _, props in rows])
+
+    async def _fields(self, conn: Conn) -> None:
+        new = sorted(key for key in self.delta.fields if key not in self.field_gids)
+        if not new:
+            return
+        q = self.q
+        # Another store on the same graph may have added some since this one loaded them.
+        held = {(bytes(d), c, k): gid for gid, d, c, k in await conn.fetch(
+            f"SELECT f.gid, f.dump, f.col, f.kind FROM {q}.hm_field f JOIN unnest($1::bytea[], $2::text[], "
+            "$3::text[]) u(dump, col, kind) ON f.dump = u.dump AND f.col = u.col AND f.kind = u.kind",
+            [k[0] for k in new], [k[1] for k in new], [k[2] for k in new])}
+        self.field_gids.update(held)
+        new = [key for key in new if key not in held]
+        gids = await self.reserve(conn, "field", len(new))
+        rows = [(gid, dump, col, kind) for (dump, col, kind), gid in zip(new, gids, strict=True)]
+        self.field_gids.update(((dump, col, kind), gid) for gid, dump, col, kind in rows)
+        await self.copy_rows(conn, "hm_field", ("gid", "dump", "col", "kind"), rows)
+        await self.copy_text(conn, "field", ("id", "properties"),
+                             (f"{gid}\t{_json({'column': col, 'kind': kind})}\n"
+                              for gid, _, col, kind in rows))
+        await self.copy_rows(conn, "field_of", ("start_id", "end_id"),
+                             [(gid, self.dump_gids[dump]) for gid, dump, _, _ in rows])
+
+    # --- values --------------------------------------------------------------------------
+
+    async def _values(self, conn: Conn) -> None:
+        q = self.q
+        values = self.delta.values
+        vids = sorted(values)  # content-id order: the B-tree of hm_value fills page by page
+        held = {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
+            f"SELECT id, gid, egid, cells FROM {q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
+        primaries = {s.entity for s in self.delta.sightings.values() if s.entity is not None}
+        new = [vid for vid in vids if vid not in held]
+        needs_entity = sorted(vid for vid in primaries if vid not in held or held[vid][1] is None)
+        gids = await self.reserve(conn, "value", len(new))
+        egids = await self.reserve(conn, "entity", len(needs_entity))
+        self.vgid = dict(zip(new, gids, strict=True))
+        self.vgid.update((vid, h[0]) for vid, h in held.items())
+        self.egid = dict(zip(needs_entity, egids, strict=True))
+        self.egid.update((vid, int(h[1])) for vid, h in held.items() if h[1] is not None)
+        rows, lines = [], []
+        for vid, gid in zip(new, gids, strict=True):
+            v = values[vid]
+            # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
+            rows.append((vid, gid, v.kind, v.value, v.blind_index, _packb(v.props), v.sightings,
+                         self.egid.get(vid)))
+            lines.append(f"{gid}\t{_json(self._value_props(v, v.props))}\n")
+        await self.copy_rows(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), rows)
+        await self.copy_text(conn, "value", ("id", "properties"), lines)
+        await self.copy_text(conn, "entity", ("id", "properties"),
+                             (f"{egid}\t{_json({'id': model.entity_vid(vid).hex()})}\n"
+                              for vid, egid in zip(needs_entity, egids, strict=True)))
+        await self._merge_values(conn, held)
+
+    async def _merge_values(self, conn: Conn, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
+        """Existing values: merge cells with the rules, count new sightings, link new entities."""
+        values = self.delta.values
+        ids, cells_out, counts, egids, props = [], [], [], [], []
+        for vid, (gid, egid, cells) in held.items():
+            old = _unpackb(cells)
+            v = values[vid]
+            merged = self.rules.merge_props(model.VALUE, old, v.props)
+            new_egid = self.egid.get(vid) if egid is None else None
+            count = v.sightings
+            if merged == old and not count and new_egid is None:
+                continue
+            ids.append(vid)
+            cells_out.append(_packb(merged))
+            counts.append(count)
+            egids.append(new_egid)
+            before, after = self._value_props(v, old), self._value_props(v, merged)
+            if before != after:
+                props.append((gid, after))
+        if ids:
+            await conn.execute(
+                f"UPDATE {self.q}.hm_value t "
+                "SET cells = u.cells, n = t.n + u.n, egid = coalesce(t.egid, u.egid) "
+                "FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::graphid[]) u(id, cells, n, egid) "
+                "WHERE t.id = u.id", ids, cells_out, counts, egids)
+        await self._set_props(conn, "value", props)
+
+    def _value_props(self, v: ValueDelta, cells: Mapping[str, Any]) -> dict[str, Any]:
+        """What cypher() sees of a value: identity, derived attributes, enrichment facts.
+
+        Kept small on purpose: the GIN index on these properties costs per key, and
+        timestamps and counts (which change with every sighting) stay in hm_value.
+        """
+        props: dict[str, Any] = {"kind": v.kind}
+        if v.value is not None:
+            props["value"] = v.value
+        else:
+            assert v.blind_index is not None
+            props["bi"] = v.blind_index.hex()
+        attrs = cells.get("attrs")
+        if attrs is not None:
+            props["attrs"] = visible(self.rules.rule(model.VALUE, "attrs"), attrs)
+        facts = {prop[len(FACT_PREFIX):]: visible(self.rules.rule(model.VALUE, prop), cell)
+                 for prop, cell in cells.items() if prop.startswith(FACT_PREFIX)}
+        if facts:
+            props["facts"] = dict(sorted(facts.items()))
+        return props
+
+    # --- sightings -----------------------------------------------------------------------
+
+    async def _sightings(self, conn: Conn) -> None:
+        q = self.q
+        sightings = self.delta.sightings
+        keys = list(sightings)
+        gids = await self.reserve(conn, "sighting", len(keys))
+        dump_gids, vgid = self.dump_gids, self.vgid
+        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for (dump, part, pos), gid in zip(keys, gids, strict=True):
+            s = sightings[(dump, part, pos)]
+            for column, item in zip(cols, (gid, dump_gids[dump], part, pos, s.seen_ms,
+                                           None if s.entity is None else vgid[s.entity],
+                                           _sealed_cell(s)), strict=True):
+                column.append(item)
+        inserted = {int(row[0]) for row in await conn.fetch(
+            f"INSERT INTO {q}.hm_sighting (gid, dump, part, pos, seen_ms, entity, sealed) "
+            "SELECT * FROM unnest($1::graphid[], $2::graphid[], $3::int[], $4::bigint[], "
+            "$5::bigint[], $6::graphid[], $7::bytea[]) ON CONFLICT (dump, part, pos) DO NOTHING "
+            "RETURNING gid", *cols)}
+        new = [(key, gid) for key, gid in zip(keys, gids, strict=True) if gid in inserted]
+        await self._new_sightings(conn, new)
+        if len(new) != len(keys):
+            for key, gid in zip(keys, gids, strict=True):
+                if gid not in inserted:
+                    await self._merge_sighting(conn, key, sightings[key])
+        await self._retire_entities(conn)
+
+    async def _new_sightings(self, conn: Conn, new: list[tuple[model.SightingKey, int]]) -> None:
+        sightings, vgid, egid = self.delta.sightings, self.vgid, self.egid
+        field_gids, in_field, includes = self.field_gids, self.in_field, self.includes
+        vertices: list[str] = []
+        in_dump: list[tuple[Any, ...]] = []
+        has_value: list[str] = []
+        for (dump, part, pos), sid in new:
+            s = sightings[(dump, part, pos)]
+            vertices.append(f'{sid}\t{{"part": {part}, "position": {pos}, "seen_ms": {s.seen_ms}}}\n')
+            in_dump.append((sid, self.dump_gids[dump]))
+            columns: dict[int, list[str]] = {}
+            entity = None if s.entity is None else egid[s.entity]
+            for vid, field in s.values:
+                gid = vgid[vid]
+                column = field[1]
+                held = columns.get(gid)
+                if held is None:
+                    columns[gid] = [column]
+                    if entity is not None:
+                        includes.add((entity, gid))
+                elif column not in held:
+                    held.append(column)
+                in_field.add((gid, field_gids[field]))
+            has_value.extend(f"{sid}\t{gid}\t{_json({'columns': sorted(cs)})}\n"
+                             for gid, cs in columns.items())
+        await self.copy_text(conn, "sighting", ("id", "properties"), vertices)
+        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"), in_dump)
+        await self.copy_text(conn, "has_value", ("start_id", "end_id", "properties"), has_value)
+
+    async def _merge_sighting(self, conn: Conn, key: model.SightingKey, s: SightingDelta) -> None:
+        """Slow path: a record position seen before (a re-ingest under the same dump id, or a
+        delta applied twice): union its values, keep the least entity and first time."""
+        q = self.q
+        dump, part, pos = key
+        row = await conn.fetchrow(
+            f"SELECT gid, seen_ms, entity, sealed FROM {q}.hm_sighting "
+            "WHERE dump = $1 AND part = $2 AND pos = $3",
+            self.dump_gids[dump], part, pos)
+        assert row is not None
+        sid, seen_ms, entity, sealed = int(row[0]), int(row[1]), row[2], row[3]
+        edges = {int(end): orjson.loads(props)["columns"] for end, props in await conn.fetch(
+            f"SELECT end_id, properties FROM {q}.has_value WHERE start_id = $1", sid)}
+        new_entity = None if s.entity is None else self.vgid[s.entity]
+        final_entity = await self._least_entity(conn, None if entity is None else int(entity), new_entity)
+        if entity is not None and final_entity != int(entity):
+            self.retired_entities.add(int(entity))
+        merged_sealed = sealed
+        new_sealed = _sealed_cell(s)
+        if new_sealed is not None:
+            merged_sealed = new_sealed if sealed is None else _packb(
+                merge(Rule.UNION, _unpackb(sealed), _unpackb(new_sealed)))
+        first = min(seen_ms, s.seen_ms)
+        await conn.execute(f"UPDATE {q}.hm_sighting SET seen_ms = $2, entity = $3, sealed = $4 "
+                           "WHERE gid = $1",
+                           sid, first, final_entity, merged_sealed)
+        if first != seen_ms:
+            props = {"part": part, "position": pos, "seen_ms": first}
+            await self._set_props(conn, "sighting", [(sid, props)])
+        await self._merge_sighting_values(conn, sid, dump, s, edges, final_entity)
+
+    async def _merge_sighting_values(self, conn: Conn, sid: int, dump: bytes, s: SightingDelta,
+                                     edges: dict[int, list[str]], entity_vgid: int | None) -> None:
+        q = self.q
+        columns = {gid: set(cs) for gid, cs in edges.items()}
+        counted = {self.vgid[vid] for vid, _ in s.values}
+        for vid, field in s.values:
+            gid = self.vgid[vid]
+            columns.setdefault(gid, set()).add(field[1])
+            self.in_field.add((gid, self.field_gids[field]))
+        # ValueDelta.sightings counted this sighting for each of its values; those it already held
+        # were counted when it was first applied.
+        again = sorted(gid for gid in counted if gid in edges)
+        if again:
+            await conn.execute(f"UPDATE {q}.hm_value SET n = n - 1 WHERE gid = ANY($1::graphid[])",
+                               again)
+        added = [(gid, sorted(cs)) for gid, cs in columns.items() if gid not in edges]
+        changed = [(gid, sorted(cs)) for gid, cs in columns.items() if gid in edges and cs != set(edges[gid])]
+        await self.copy_text(conn, "has_value", ("start_id", "end_id", "properties"),
+                             (f"{sid}\t{gid}\t{_json({'columns': cs})}\n" for gid, cs in added))
+        for gid, cs in changed:
+            await conn.execute(f"UPDATE {q}.has_value SET properties = $3::text::agtype "
+                               "WHERE start_id = $1 AND end_id = $2", sid, gid,
+                               orjson.dumps({"columns": cs}).decode())
+        if entity_vgid is not None:
+            # Every primary value has its entity by now (this batch linked the new ones).
+            egid = await conn.fetchval(f"SELECT egid FROM {q}.hm_value WHERE gid = $1", entity_vgid)
+            self.includes.update((int(egid), gid) for gid in columns)
+
+    async def _least_entity(self, conn: Conn, a: int | None, b: int | None) -> int | None:
+        """The entity whose value id is least (the model's rule for a sighting seen twice)."""
+        if a is None or b is None or a == b:
+            return b if a is None else a
+        vids = {int(gid): bytes(vid) for gid, vid in await conn.fetch(
+            f"SELECT gid, id FROM {self.q}.hm_value WHERE gid = ANY($1::graphid[])", [a, b])}
+        return a if vids[a] <= vids[b] else b
+
+    async def _retire_entities(self, conn: Conn) -> None:
+        """An entity that stopped being some sighting's entity keeps only the includes edges
+        that other sightings of it still support (runs before this batch's pairs go in)."""
+        q = self.q
+        for primary in sorted(self.retired_entities):
+            await conn.execute(
+                f"DELETE FROM {q}.includes e USING {q}.hm_value p WHERE p.gid = $1 AND e.start_id = p.egid "
+                f"AND NOT EXISTS (SELECT 1 FROM {q}.has_value h JOIN {q}.hm_sighting s ON s.gid = h.start_id "
+                "WHERE h.end_id = e.end_id AND s.entity = $1)", primary)
+
+    async def _pairs(self, conn: Conn) -> None:
+        """value -> field and entity -> value edges: sets, so ON CONFLICT DO NOTHING."""
+        for label, pairs in (("in_field", self.in_field), ("includes", self.includes)):
+            if pairs:
+                starts, ends = zip(*sorted(pairs), strict=True)
+                await conn.execute(
+                    f"INSERT INTO {self.q}.{label} (start_id, end_id) SELECT * FROM "
+                    "unnest($1::graphid[], $2::graphid[]) ON CONFLICT DO NOTHING",
+                    list(starts), list(ends))
+
+    # --- subjects ------------------------------------------------------------------------
+
+    async def _subjects(self, conn: Conn) -> None:
+        q = self.q
+        subjects = self.delta.subjects
+        held = {bytes(i): (int(gid), _unpackb(cells)) for i, gid, cells in await conn.fetch(
+            f"SELECT id, gid, cells FROM {q}.hm_subject WHERE id = ANY($1::bytea[])", sorted(subjects))}
+        new = sorted(set(subjects) - set(held))
+        gids = await self.reserve(conn, "subject", len(new))
+        rows = [(sub, gid, _packb(subjects[sub])) for sub, gid in zip(new, gids, strict=True)]
+        await self.copy_rows(conn, "hm_subject", ("id", "gid", "cells"), rows)
+        await self.copy_text(conn, "subject", ("id", "properties"),
+                             (f"{gid}\t{_json(self._subject_props(sub, subjects[sub]))}\n"
+                              for sub, gid, _ in rows))
+        changed = []
+        for sub, (gid, cells) in held.items():
+            merged = self.rules.merge_props(model.SUBJECT, cells, subjects[sub])
+            if merged != cells:
+                changed.append((sub, gid, merged))
+        if changed:
+            await conn.execute(
+                f"UPDATE {q}.hm_subject t SET cells = u.cells "
+                "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
+                "WHERE t.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
+            await self._set_props(conn, "subject", [(gid, self._subject_props(sub, merged))
+                                                    for sub, gid, merged in changed])
+
+    def _subject_props(self, subject: bytes, cells: Mapping[str, Any]) -> dict[str, Any]:
+        props: dict[str, Any] = {"id": subject.hex()}
+        props.update(self.rules.visible_props(model.SUBJECT, cells))
+        return props
+
+
+def _sealed_cell(s: SightingDelta) -> bytes | None:
+    if not s.sealed:
+        return None
+    packed: bytes = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0))
+    return packed
+
+
+def _agtype_value(value: Any) -> Any:
+    """A visible property value as agtype can hold it (bytes as hex)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_agtype_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _agtype_value(item) for key, item in value.items()}
+    return value
+
+
+__all__ = ["AgeStore", "init_connection", "load_migrations", "redact_dsn", "render"]
