@@ -296,3 +296,15 @@ def test_segment_records_are_frames_then_one_checkpoint(tmp_path: Path) -> None:
     records = parse_records(segment_path(store).read_bytes(), 0)
     assert [kind for kind, _, _ in records][1:] == [T_FRAME, T_FRAME, T_CHECKPOINT, T_FRAME,
                                                     T_CHECKPOINT]
+
+
+def test_a_reader_never_reads_past_the_durable_head(tmp_path: Path) -> None:
+    store = make_site(tmp_path)
+    writer = store.writer()
+    bodies = append_batches(writer, [3])
+    with open(segment_path(store), "ab") as segment:  # another process is mid-write
+        segment.write(b"\x00\x00\x01\x00\x02partial")
+    reader = LogStore(tmp_path, FAST).reader(store.site.feed)
+    assert _bodies_of(reader, 0, 100) == bodies
+    assert [f for f, _, _ in reader.iter_batches(0, 100)] == [0]
+    store.close()

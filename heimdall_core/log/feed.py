@@ -686,7 +686,12 @@ class FeedLog:
         return head.size if head else 0
 
     def read_frames(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
-        """Frames ``start..stop-1`` in order, each checked against its CRC and position."""
+        """Frames ``start..stop-1`` in order, each checked against its CRC and position.
+
+        Never reads past what is known durable (a reader's ``stop`` is clamped to the
+        durable head), so a batch another process is writing is never read half-way.
+        """
+        stop = min(stop, self._readable_size(stop))
         if stop <= start:
             return
         seg_first, offset = self._locate(start)
@@ -695,6 +700,12 @@ class FeedLog:
                 yield seq, payload
                 if seq + 1 >= stop:
                     return
+
+    def _readable_size(self, wanted: int) -> int:
+        """How far a read may go: the writer owns its files; a reader stops at the head."""
+        if self._lock_fd is not None or wanted <= self.state.size:
+            return wanted
+        return max(self.state.size, self.durable_size())
 
     def iter_batches(self, start: int = 0, stop: int | None = None
                      ) -> Iterator[tuple[int, list[bytes], bytes]]:
@@ -708,7 +719,7 @@ class FeedLog:
     def _batches(self, start: int, stop: int | None
                  ) -> Iterator[tuple[int, list[bytes], list[tuple[int, int]], bytes]]:
         """Batches with the (segment, offset) of each frame record."""
-        stop = self.state.size if stop is None else stop
+        stop = self.state.size if stop is None else min(stop, self._readable_size(stop))
         first = self._batch_start(start)
         if first >= stop:
             return
