@@ -426,3 +426,13 @@ async def test_contract_refuses_other_rules(make_persistent: Opened) -> None:
     await store.close()
     with pytest.raises(GraphError, match="replay"):
         await make_persistent(RuleSet.from_config({"value": {"attrs": "union"}}, ()))
+
+
+async def test_contract_positions_never_go_back(make_store: Opened) -> None:
+    events = standard_events()
+    store = await make_store()
+    await store.reset()
+    await store.apply(fold(events))
+    after = await store.positions()
+    await store.apply(fold(events[:2]))  # an old batch again: effects and positions unchanged
+    assert await store.positions() == after

@@ -39,6 +39,7 @@ from heimdall_core.graph.rules import (
     merge,
     merge_seals,
     order_key,
+    same,
 )
 
 VID_CACHE_ENTRIES_MAX = 262_144
@@ -298,7 +299,7 @@ class Folder:
         old = held.props.get("attrs")
         if old is None:
             held.props["attrs"] = cell
-        elif old != cell:
+        elif not same(old, cell):  # a value met again in one event: usually the same attrs
             held.props["attrs"] = merge(rule, old, cell)
 
     # --- subjects and enrichment ---------------------------------------------------------------

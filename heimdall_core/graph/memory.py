@@ -89,7 +89,8 @@ class MemoryStore:
             self._subjects[subject] = rules.merge_props(model.SUBJECT, self._subjects.get(subject, {}), props)
         for key, sighting in delta.sightings.items():
             self._apply_sighting(key, sighting)
-        self._positions.update(delta.positions)
+        for feed, seq in delta.positions.items():
+            self._positions[feed] = max(seq, self._positions.get(feed, 0))
 
     def _apply_sighting(self, key: SightingKey, new: model.SightingDelta) -> None:
         sealed = lift(Rule.UNION, [list(s) for s in new.sealed], b"", 0)

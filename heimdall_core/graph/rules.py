@@ -168,14 +168,23 @@ def merge(rule: Rule, a: Any, b: Any) -> Any:
             return a if bytes(a[0]) > bytes(b[0]) else b
         return a if _lww_key(a) >= _lww_key(b) else b
     if rule is Rule.UNION or rule is Rule.COUNT:
-        if a == b:
-            return a
         return _sorted_unique([*a, *b])
     if rule is Rule.PRIORITY:
         return a if _priority_key(a) >= _priority_key(b) else b
     if rule is Rule.SEALS:
         return merge_seals(a, b)
     raise AssertionError(f"rule {rule} not handled")
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (``0 == False`` in Python, not here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    return bool(a == b)
 
 
 def visible(rule: Rule, cell: Any) -> Any:

@@ -484,8 +484,10 @@ class _Batch:
         if delta.subjects:
             await self._subjects()
         if delta.positions:
-            await self.db.executemany("INSERT OR REPLACE INTO position VALUES (?, ?)",
-                                      list(delta.positions.items()))
+            await self.db.executemany(
+                "INSERT INTO position VALUES (?, ?) "
+                "ON CONFLICT (feed) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)",
+                list(delta.positions.items()))
 
     # --- dumps and fields ----------------------------------------------------------------
 

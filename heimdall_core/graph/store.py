@@ -11,6 +11,7 @@ Contract (tests/graph_contract.py runs it against every back end):
 
 * ``apply`` is atomic: after a crash either all of a delta (effects and positions) is
   visible or none of it. Applying the same delta twice leaves the same state as once.
+  A feed's position only moves forward (the greater of the held and the new one).
 * The state after applying deltas equals the state after applying their merge, in any
   order and grouping: ``iter_state`` yields the same entries.
 * A store that cannot reach its database raises :class:`DatabaseUnavailable` (the
