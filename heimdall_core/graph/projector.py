@@ -132,8 +132,12 @@ class Projector:
         report = ProjectionReport()
         started = time.perf_counter()
         delay = self.options.retry_initial_s
+        reopen = False
         while True:
             try:
+                if reopen:
+                    await self.store.open()
+                    reopen = False
                 await self._pass(report)
                 break
             except DatabaseUnavailable as exc:
@@ -141,9 +145,10 @@ class Projector:
                 if self.options.attempts_max is not None and report.retries >= self.options.attempts_max:
                     raise
                 log.warning("graph database unavailable (%s); retrying in %.1fs", exc, delay)
+                await self.store.close()
+                reopen = True
                 await self._sleep(delay)
                 delay = min(delay * 2, self.options.retry_max_s)
-                await self._reopen()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -156,13 +161,6 @@ class Projector:
                          report.seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll_s)
-
-    async def _reopen(self) -> None:
-        await self.store.close()
-        try:
-            await self.store.open()
-        except DatabaseUnavailable as exc:
-            log.warning("graph database still unavailable: %s", exc)
 
     async def _pass(self, report: ProjectionReport) -> None:
         positions = await self.store.positions()

@@ -1,0 +1,156 @@
+"""Folding events into deltas: the model's rules, and refusing what it does not know."""
+
+from __future__ import annotations
+
+import pytest
+from graph_contract import Feeds, clear_field, dump_started, fake_bytes, pii_field
+
+from heimdall_core import kinds
+from heimdall_core.clock import Hlc
+from heimdall_core.errors import UnknownEventError
+from heimdall_core.events import Event
+from heimdall_core.graph import model
+from heimdall_core.graph.fold import Folder, PayloadError
+from heimdall_core.graph.rules import RuleSet
+
+DUMP = fake_bytes("dump")
+
+
+def folder() -> Folder:
+    return Folder(RuleSet.default())
+
+
+def records_event(feeds: Feeds, feed: bytes, records: list[list[object]]) -> Event:
+    return feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": DUMP, "part": 0, "records": records})
+
+
+def test_value_ids_are_content_ids() -> None:
+    assert model.clear_value_vid("ip", "10.0.0.1") == model.content_id("value", "ip", "v", "10.0.0.1")
+    bi = fake_bytes("x")
+    assert model.blind_value_vid("email", bi) == model.content_id("value", "email", "bi", bi)
+    assert model.clear_value_vid("ip", "10.0.0.1") != model.clear_value_vid("domain", "10.0.0.1")
+    assert len(model.edge_id("in_dump", bi, bi)) == model.ID_BYTES
+
+
+def test_entity_is_first_value_of_the_best_person_kind_else_first_value() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    event = records_event(feeds, feed, [
+        [1, [clear_field("ip", "ip", "10.0.0.1"), pii_field("login", "username", "bob"),
+             pii_field("mail", "email", "bob@example.com"), pii_field("mail2", "email", "b@example.org")]],
+        [2, [clear_field("host", "domain", "example.com"), clear_field("ip", "ip", "10.0.0.2")]],
+        [3, [clear_field("ip", "ip", ""), {"col": "x", "kind": "other", "sub": fake_bytes("s"), "ct": b"c"},
+             {"col": "y", "kind": "email", "sub": fake_bytes("s")}]],
+    ])
+    f = folder()
+    f.add(event)
+    delta = f.take()
+    first = delta.sightings[(DUMP, 0, 1)]
+    assert first.entity == model.blind_value_vid("email", fake_bytes("bi:email:bob@example.com"))
+    assert delta.sightings[(DUMP, 0, 2)].entity == model.clear_value_vid("domain", "example.com")
+    third = delta.sightings[(DUMP, 0, 3)]
+    assert third.entity is None and third.values == []
+    assert third.sealed == [("x", "other", fake_bytes("s"), b"c")]
+    assert model.clear_value_vid("ip", "") not in delta.values
+    assert (DUMP, "x", "other") in delta.fields  # the column exists, even with no joinable value
+    assert delta.records == 3 and delta.positions == {feed: 1}
+    assert set(delta.dumps) == {DUMP}
+
+
+def test_value_counts_each_record_once() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(records_event(feeds, feed, [
+        [1, [clear_field("src", "ip", "10.0.0.9"), clear_field("dst", "ip", "10.0.0.9")]],
+        [2, [clear_field("src", "ip", "10.0.0.9")]],
+        [2, [clear_field("dst", "ip", "10.0.0.9")]],  # the same position again: one sighting
+    ]))
+    delta = f.take()
+    assert delta.values[model.clear_value_vid("ip", "10.0.0.9")].sightings == 2
+    assert len(delta.sightings[(DUMP, 0, 2)].values) == 2
+
+
+def test_unknown_kind_or_version_raises_and_leaves_delta_as_it_was() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(records_event(feeds, feed, [[1, [clear_field("ip", "ip", "10.0.0.1")]]]))
+    before = (dict(f.delta.positions), set(f.delta.values), f.delta.events)
+    strange = Event(feed, 1, Hlc(5, 0), "strange.thing", 1, {})
+    with pytest.raises(UnknownEventError) as info:
+        f.add(strange)
+    message = str(info.value)
+    assert feed.hex() in message and "seq 1" in message and "'strange.thing'" in message
+    newer = Event(feed, 1, Hlc(5, 0), "records.ingested", 2, {"dump": DUMP, "part": 0, "records": []})
+    with pytest.raises(UnknownEventError, match="version 2"):
+        f.add(newer)
+    assert (dict(f.delta.positions), set(f.delta.values), f.delta.events) == before
+
+
+@pytest.mark.parametrize("bad_record", [
+    [3, [{"col": "ip", "kind": "ip", "v": 7}]],
+    [3, [{"col": "ip", "kind": "ip"}], "extra"],
+    ["three", []],
+    [3, [{"col": "mail", "kind": "email", "bi": b"short"}]],
+    [3, [{"col": 5, "kind": "ip", "v": "10.0.0.5"}]],
+])
+def test_malformed_payload_raises_and_partial_effects_vanish(bad_record: list[object]) -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(records_event(feeds, feed, [[1, [clear_field("ip", "ip", "10.0.0.1")]]]))
+    bad = records_event(feeds, feed, [[2, [clear_field("ip", "ip", "10.9.9.9")]], bad_record])
+    with pytest.raises(PayloadError) as info:
+        f.add(bad)
+    assert f"feed {feed.hex()} seq 1" in str(info.value)
+    delta = f.take()
+    assert model.clear_value_vid("ip", "10.9.9.9") not in delta.values
+    assert (DUMP, 0, 2) not in delta.sightings
+    assert delta.positions == {feed: 1}
+
+
+def test_note_and_feed_announced_only_advance_the_position() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(feeds.event(feed, kinds.NOTE, {"text": "x"}))
+    f.add(feeds.event(feed, kinds.FEED_ANNOUNCED, {"feed": feeds.feed("b"), "role": "ingest-worker",
+                                                   "dump": DUMP, "part": 1}))
+    delta = f.take()
+    assert delta.positions == {feed: 2} and delta.events == 2
+    assert not (delta.values or delta.sightings or delta.dumps or delta.fields or delta.subjects)
+
+
+def test_dump_events_contribute_known_properties_only() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(feeds.event(feed, kinds.DUMP_STARTED, dump_started(DUMP, "src", "a.csv", ["e", "p"],
+                                                              {"e": "email", "p": "password"})))
+    f.add(feeds.event(feed, kinds.DUMP_FINISHED, {"dump": DUMP, "records": 4, "quarantined": 1,
+                                                  "sha256": "ab" * 32, "bytes": 10}))
+    delta = f.take()
+    props = delta.dumps[DUMP]
+    assert props["source"][1] == "src" and props["sha256"][1] == "ab" * 32 and props["bytes"][1] == 10
+    assert props["started_ms"] < props["finished_ms"]
+    assert delta.fields == {(DUMP, "e", "email"), (DUMP, "p", "password")}
+
+
+def test_shredding_and_enrichment() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(feeds.event(feed, kinds.SUBJECT_SHREDDED, {"subject": fake_bytes("s")}))
+    f.add(feeds.event(feed, kinds.ENRICHMENT_RECEIVED, {
+        "provider": "dns", "kind": "domain", "value": "example.com", "observed_ms": 3,
+        "facts": {"resolves_to": ["192.0.2.1"], "ttl": 60}}))
+    with pytest.raises(PayloadError, match="fact name"):
+        f.add(feeds.event(feed, kinds.ENRICHMENT_RECEIVED, {
+            "provider": "dns", "kind": "domain", "value": "example.com", "observed_ms": 3,
+            "facts": {"Bad Name": 1}}))
+    delta = f.take()
+    assert set(delta.subjects) == {fake_bytes("s")}
+    value = delta.values[model.clear_value_vid("domain", "example.com")]
+    assert value.props["fact.ttl"][2] == 60 and value.props["enriched_by"] == ["dns"]
+    assert value.sightings == 0 and delta.positions == {feed: 2}
