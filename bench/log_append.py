@@ -12,7 +12,9 @@ What it measures, with fsync on, pinned to one CPU (``--cpu``, default 0):
   slot), written and fdatasync'd the same way with no encoding, hashing or signing;
   ``floor_events_per_s_by_batch`` per batch size, and each figure's ratio to its floor;
 * ``verify_events_per_s``: ``FeedLog.verify()`` (deep: CRCs, headers, canonical bodies,
-  leaf hashes, Merkle roots, signatures) over the 200,000 events of the batch-10,000 run;
+  leaf hashes, Merkle roots, signatures) over the 200,000 events of the batch-10,000 run
+  (payloads with a nested map and a list); ``verify_events_per_s_flat_payload`` the
+  same for 200-byte payloads without nesting (the canonical check is per container);
 * ``import_events_per_s``: the same events exported to a bundle and imported into a
   fresh site (the verifier of network sync, plus writing them);
 * ``ack_ms_p50`` / ``ack_ms_p99``: latency of single appends from 8 concurrent appenders
@@ -47,7 +49,8 @@ from heimdall_core.log.writer import GroupCommitWriter
 
 PAYLOAD_BYTES = 200
 BATCH_SIZES = (1, 100, 10_000)
-EVENTS_BY_BATCH = {1: 1_000, 100: 20_000, 10_000: 200_000}
+EVENTS_BY_BATCH = {1: 500, 100: 20_000, 10_000: 200_000}
+ROUNDS = 2  # best of, per batch size
 APPENDERS = 8
 APPENDS_EACH = 250
 OPTIONS = LogOptions(fsync=True, batch_events_max=10_000)
@@ -73,6 +76,11 @@ def payload(n: int) -> dict[str, Any]:
     return _payload(n, _PAD)
 
 
+def flat_payload(n: int) -> dict[str, Any]:
+    """A payload of the same size with no nesting: one map of scalars."""
+    return {"n": n, "source": "bench", "value": "v" * (PAYLOAD_BYTES - 26)}
+
+
 def _site(root: Path, name: str) -> LogStore:
     init_site(root / name, name)
     return LogStore(root / name, OPTIONS)
@@ -82,13 +90,13 @@ def _bodies(total: int) -> list[bytes]:
     return [encode_body("enrichment.received", 1, payload(n)) for n in range(total)]
 
 
-def _append_rate(root: Path, batch: int) -> tuple[float, list[bytes]]:
+def _append_rate(root: Path, batch: int, round_: int = 0) -> tuple[float, list[bytes]]:
     """Events/s appended and acknowledged; also the bytes written per batch (for the floor).
 
     Bodies are encoded before the clock starts (``encode_events_per_s`` measures that):
     the append API takes encoded bodies, and the floor does no encoding either.
     """
-    store = _site(root, f"append-{batch}")
+    store = _site(root, f"append-{batch}" + (f"-{round_}" if round_ else ""))
     writer = store.writer()
     total = EVENTS_BY_BATCH[batch]
     bodies = _bodies(total)
@@ -144,12 +152,26 @@ def _floor_rate(root: Path, blobs: list[bytes], events: int, *, head: bool) -> t
     return events / elapsed, latencies
 
 
-def _verify_rate(root: Path) -> tuple[float, int]:
-    store = LogStore(root / "append-10000", OPTIONS)
+def _flat_verify_rate(root: Path) -> float:
+    """Verify rate for flat payloads (one container per body instead of three)."""
+    store = _site(root, "flat")
+    writer = store.writer()
+    for first in range(0, EVENTS_BY_BATCH[10_000], 10_000):
+        writer.append_bodies([encode_body("note", 1, flat_payload(first + k)) for k in range(10_000)])
+    store.close()
+    return _verify_rate(root, "flat")[0]
+
+
+def _verify_rate(root: Path, name: str = "append-10000") -> tuple[float, int]:
+    """Best of ROUNDS full verifications (a CPU-bound figure: other processes share the core)."""
+    store = LogStore(root / name, OPTIONS)
     reader = store.reader(store.site.feed)
-    started = time.perf_counter()
-    size = reader.verify().size
-    return size / (time.perf_counter() - started), size
+    best, size = 0.0, 0
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        size = reader.verify().size
+        best = max(best, size / (time.perf_counter() - started))
+    return best, size
 
 
 def _import_rate(root: Path) -> float:
@@ -201,7 +223,7 @@ def _rounded(mapping: dict[int, float]) -> dict[str, int]:
 def _timed(label: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
     started = time.perf_counter()
     result = fn()
-    timings[label] = round(time.perf_counter() - started, 2)
+    timings[label] = round(timings.get(label, 0.0) + time.perf_counter() - started, 2)
     return result
 
 
@@ -212,15 +234,20 @@ def run(root: Path) -> dict[str, Any]:
     floor_segment_only: dict[int, float] = {}
     single_blobs: list[bytes] = []
     for batch in BATCH_SIZES:
-        rate, blobs = _timed(f"append_{batch}", timings, lambda b=batch: _append_rate(root, b))
-        append[batch] = rate
-        if batch == 1:
-            single_blobs = blobs
-        events = EVENTS_BY_BATCH[batch]
-        floor[batch] = _floor_rate(root, blobs, events, head=True)[0]
-        floor_segment_only[batch] = _floor_rate(root, blobs, events, head=False)[0]
+        # fsync latency on a shared disk drifts: alternate append and floor, keep the best.
+        for round_ in range(ROUNDS):
+            rate, blobs = _timed(f"append_{batch}", timings,
+                                 lambda b=batch, r=round_: _append_rate(root, b, r))
+            events = EVENTS_BY_BATCH[batch]
+            append[batch] = max(append.get(batch, 0.0), rate)
+            floor[batch] = max(floor.get(batch, 0.0), _floor_rate(root, blobs, events, head=True)[0])
+            floor_segment_only[batch] = max(floor_segment_only.get(batch, 0.0),
+                                            _floor_rate(root, blobs, events, head=False)[0])
+            if batch == 1:
+                single_blobs = blobs
     encode_rate = _timed("encode", timings, _encode_rate)
     verify_rate, verified = _timed("verify", timings, lambda: _verify_rate(root))
+    flat_verify_rate = _timed("verify_flat", timings, lambda: _flat_verify_rate(root))
     import_rate = _timed("import", timings, lambda: _import_rate(root))
     latencies, batches = _timed("acks", timings, lambda: _ack_latencies(root))
     _, floor_latencies = _floor_rate(root, single_blobs, len(single_blobs), head=True)
@@ -237,6 +264,7 @@ def run(root: Path) -> dict[str, Any]:
         "verify_events_per_s": round(verify_rate),
         "verify_ratio_to_floor": _ratio(verify_rate, floor[10_000]),
         "verified_events": verified,
+        "verify_events_per_s_flat_payload": round(flat_verify_rate),
         "import_events_per_s": round(import_rate),
         "import_ratio_to_floor": _ratio(import_rate, floor[10_000]),
         "ack_ms_p50": ack_p50,
