@@ -60,6 +60,11 @@ Payload = Mapping[str, Any]
 
 _SCALAR_TYPES = frozenset({str, bytes, int, bool, type(None)})
 _good_kinds: set[tuple[str, int]] = set()
+# Key tuples of maps already found sorted and all str: events of one kind repeat their
+# keys, and a set lookup is cheaper than sorting again. Bounded like _good_kinds; only
+# tuples that passed the full check are ever added.
+_KEY_TUPLES_CACHED_MAX = 4096
+_good_keys: set[tuple[Any, ...]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,13 +289,16 @@ def _check_container(obj: dict[Any, Any] | list[Any], level: int) -> None:
     if level > NESTING_MAX:
         raise EncodingError(f"payload nested deeper than {NESTING_MAX} levels")
     if type(obj) is dict:
-        keys = [*obj]
-        # Keys from msgpack are str or bytes; sorted() raises TypeError on a mix, so once
-        # they are sorted the first key's type is every key's type.
-        if keys != sorted(keys):
-            raise EncodingError("map keys are not sorted by code point")
-        if keys and type(keys[0]) is not str:
-            raise EncodingError("map keys must be str (msgpack str), not bin")
+        keys = tuple(obj)
+        if keys not in _good_keys:
+            # Keys from msgpack are str or bytes; sorted() raises TypeError on a mix, so
+            # once they are sorted the first key's type is every key's type.
+            if list(keys) != sorted(keys):
+                raise EncodingError("map keys are not sorted by code point")
+            if keys and type(keys[0]) is not str:
+                raise EncodingError("map keys must be str (msgpack str), not bin")
+            if len(_good_keys) < _KEY_TUPLES_CACHED_MAX:
+                _good_keys.add(keys)
         values: Any = obj.values()
     else:
         values = obj
