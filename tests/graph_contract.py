@@ -436,3 +436,71 @@ async def test_contract_positions_never_go_back(make_store: Opened) -> None:
     after = await store.positions()
     await store.apply(fold(events[:2]))  # an old batch again: effects and positions unchanged
     assert await store.positions() == after
+
+
+# --- a synthetic site for measurements ------------------------------------------------------
+
+SYNTHETIC_RECORDS_PER_EVENT = 1_000  # ~450 KB events: well under the 1 MiB frame limit
+
+
+def write_synthetic_site(data_dir: Path, records: int, *, seed: int = 1, unique: bool = False) -> bytes:
+    """A site whose log holds one dump of ``records`` ingest records of six fields (email,
+    username, ip, domain, sha256 kept; password dropped by the policy), as the PII policy
+    would write them (fake keys). Returns the dump id.
+
+    ``unique=False`` draws usernames, addresses, domains and password hashes from pools
+    (about 2.5 new values per record, like a breach dump); ``unique=True`` makes every
+    value but the domain new (the worst case for the value index).
+    """
+    from heimdall_core.log.feed import LogOptions
+    from heimdall_core.log.store import LogStore, init_site
+
+    rng = random.Random(seed)
+    rb = rng.randbytes
+    init_site(data_dir, "synthetic")
+    log = LogStore(data_dir, LogOptions(fsync=False))
+    writer = log.writer()
+    dump = rb(16)
+    columns = ["email", "username", "ip", "domain", "sha256", "password"]
+    mapping = {"email": "email", "username": "username", "ip": "ip", "domain": "domain",
+               "sha256": "hash", "password": "password"}
+    writer.append_bodies([encode_body(*kinds.DUMP_STARTED, dump_started(dump, "synthetic", "synthetic.csv",
+                                                                        columns, mapping))])
+    domains = [f"mail{i}.example" for i in range(2_000)]
+    usernames = [rb(16) for _ in range(50_000)]
+    hashes = [rb(32).hex() for _ in range(100_000)]
+
+    def username() -> bytes:
+        return rb(16) if unique or rng.random() < 0.7 else rng.choice(usernames)
+
+    def ip() -> str:
+        space = 1 << 30 if unique else 300_000
+        n = rng.randrange(space) + (11 << 24)
+        return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+    def sha256() -> str:
+        return rb(32).hex() if unique or rng.random() < 0.5 else rng.choice(hashes)
+
+    bodies, position = [], 0
+    while position < records:
+        batch = []
+        for _ in range(min(SYNTHETIC_RECORDS_PER_EVENT, records - position)):
+            position += 1
+            subject, domain = rb(16), rng.choice(domains)
+            batch.append([position, [
+                {"bi": rb(16), "col": "email", "ct": b"\x01" + rb(48), "kind": "email", "sub": subject},
+                {"bi": username(), "col": "username", "ct": b"\x01" + rb(38), "kind": "username",
+                 "sub": subject},
+                {"a": {"version": "4"}, "col": "ip", "kind": "ip", "v": ip()},
+                {"a": {"registrable_domain": domain}, "col": "domain", "kind": "domain", "v": domain},
+                {"a": {"algo": "sha256"}, "col": "sha256", "kind": "hash", "v": sha256()},
+            ]])
+        bodies.append(encode_body(*kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": batch}))
+        if len(bodies) >= 50:
+            writer.append_bodies(bodies)
+            bodies = []
+    bodies.append(encode_body(*kinds.DUMP_FINISHED, {"dump": dump, "records": records, "quarantined": 0,
+                                                     "sha256": "00" * 32, "bytes": records * 120}))
+    writer.append_bodies(bodies)
+    log.close()
+    return dump
