@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS seen (
     vi INTEGER NOT NULL, si INTEGER NOT NULL, fi INTEGER NOT NULL,
     PRIMARY KEY (vi, si, fi)) WITHOUT ROWID;
 """
+_SCHEMA_OBJECTS = frozenset({"meta", "position", "feed", "dump", "field", "value", "subject", "sighting",
+                             "sighting_entity", "seen"})
 _TABLES = ("position", "feed", "dump", "field", "value", "subject", "sighting", "seen")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -191,6 +193,7 @@ class SqliteStore:
         self._field_ids: dict[tuple[int, str, str], int] = {}  # committed (di, col, kind) -> fi
         self._hot: dict[bytes, int] = {}  # committed value id -> vi, for values seen again
         self._cells = _Cells(rules)
+        self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
 
     @property
     def backend(self) -> str:
@@ -225,7 +228,12 @@ class SqliteStore:
         await conn.execute(f"PRAGMA cache_size = {-(self._cache_bytes // 1024)}")
         await conn.execute("PRAGMA temp_store = MEMORY")
         await conn.execute("PRAGMA foreign_keys = OFF")
-        await conn.executescript(_SCHEMA)
+        # Only create what is missing: a reader (the API, a query) must not need the write
+        # lock that a projecting process may hold for seconds.
+        held = {name for (name,) in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        if not held >= _SCHEMA_OBJECTS:
+            await conn.executescript(_SCHEMA)
 
     async def _check_meta(self) -> None:
         conn = self._db
@@ -240,8 +248,9 @@ class SqliteStore:
         if held is not None and held != fingerprint and not await self._is_empty():
             raise GraphError(f"{self.path} was projected under other merge rules (graph.rules or "
                              "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
-        await conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), ('rules', ?)",
-                           (str(SCHEMA_VERSION), fingerprint))
+        if rows != {"schema_version": str(SCHEMA_VERSION), "rules": fingerprint}:
+            await conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), ('rules', ?)",
+                               (str(SCHEMA_VERSION), fingerprint))
 
     async def _is_empty(self) -> bool:
         for table in ("position", "dump", "value", "sighting", "subject"):
@@ -249,8 +258,19 @@ class SqliteStore:
                 return False
         return True
 
+    async def _data_version(self) -> int:
+        """Changes when another connection commits (never for our own commits)."""
+        return int(await self._scalar("PRAGMA data_version"))
+
+    async def _refresh_for_reading(self) -> None:
+        version = await self._data_version()
+        if version != self._feeds_version:  # a projector elsewhere may have numbered new feeds
+            self._cells.load(await self._db.execute_fetchall("SELECT no, id FROM feed"))
+            self._feeds_version = version
+
     async def _load_ids(self) -> None:
         conn = self._db
+        self._ids_version = self._feeds_version = await self._data_version()
         self._hot = {}
         self._next = {
             table: int(await self._scalar(f"SELECT coalesce(max({key}), 0) + 1 FROM {table}"))  # noqa: S608
@@ -302,6 +322,11 @@ class SqliteStore:
         batch = _Batch(self, delta)
         try:
             await self._db.execute("BEGIN IMMEDIATE")
+            if await self._data_version() != self._ids_version:
+                # Another writer (a second projector, a replay) committed: our ids and caches
+                # are stale. Nothing else should write, but a stale cache must never corrupt.
+                await self._load_ids()
+                batch = _Batch(self, delta)
             await batch.run()
             await self._db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -328,6 +353,7 @@ class SqliteStore:
 
     async def iter_state(self) -> AsyncIterator[StateEntry]:
         conn = self._db
+        await self._refresh_for_reading()
         fields = {fi: (bytes(dump), col, kind) for fi, dump, col, kind in await conn.execute_fetchall(
             "SELECT f.fi, d.id, f.col, f.kind FROM field f JOIN dump d ON d.di = f.di")}
         async for dump, props in self._rows("SELECT id, props FROM dump ORDER BY id"):
@@ -425,6 +451,7 @@ class SqliteStore:
 
     async def values(self, vids: Sequence[bytes]) -> dict[bytes, ValueInfo]:
         try:
+            await self._refresh_for_reading()
             rows: list[Any] = []
             for chunk in _chunks(list(vids)):
                 rows += await self._db.execute_fetchall(
@@ -452,6 +479,7 @@ class SqliteStore:
 
     async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
         try:
+            await self._refresh_for_reading()
             rows = await self._db.execute_fetchall(
                 "SELECT d.id, d.props, count(DISTINCT s.si), min(s.seen_ms), max(s.seen_ms) "
                 "FROM value v JOIN seen e ON e.vi = v.vi JOIN sighting s ON s.si = e.si "
