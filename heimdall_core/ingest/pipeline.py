@@ -28,7 +28,7 @@ import msgpack
 
 from heimdall_core import kinds
 from heimdall_core.errors import IngestError
-from heimdall_core.events import encode_body
+from heimdall_core.events import CanonicalBody, encode_body
 from heimdall_core.ingest.mapping import FIELD_KINDS, infer_mapping, merge_mapping
 from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_parser
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
@@ -361,20 +361,22 @@ class DumpIngestor:
 
 
 
-def encode_records_body(payload: Mapping[str, Any]) -> bytes:
-    """records.ingested bodies, built in canonical form by construction (sorted keys, only
-    str/bytes/int values), so they are packed directly instead of walked; the first body of
-    each process is still checked against the general canonical encoder."""
+def encode_records_body(payload: Mapping[str, Any]) -> CanonicalBody:
+    """records.ingested bodies, built in canonical form by construction (keys inserted in
+    sorted order, only str/bytes/int values), so they are packed directly rather than
+    walked. The log skips its own re-check for ``CanonicalBody``; so that a construction
+    bug can never be signed, the first body of each process and every
+    ``SELF_CHECK_EVERY``-th after it are compared with the general canonical encoder."""
+    global _PACKED
     body: bytes = msgpack.packb([*kinds.RECORDS_INGESTED, payload], use_bin_type=True)
-    global _CHECKED
-    if not _CHECKED:
-        if encode_body(*kinds.RECORDS_INGESTED, payload) != body:
-            raise AssertionError("records.ingested payload is not in canonical form")
-        _CHECKED = True
-    return body
+    if _PACKED % SELF_CHECK_EVERY == 0 and encode_body(*kinds.RECORDS_INGESTED, payload) != body:
+        raise AssertionError("records.ingested payload is not in canonical form")
+    _PACKED += 1
+    return CanonicalBody(body)
 
 
-_CHECKED = False
+SELF_CHECK_EVERY = 64
+_PACKED = 0
 
 
 def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,
