@@ -14,8 +14,10 @@
 
 A factory returns an *opened* store; called again with the same ``directory`` and
 ``name`` it must open the same data (for the persistence tests; ``persistent=False``
-back ends are left out of those). Every answer and the state hash are compared with
-the in-memory reference store, which defines what a delta does.
+back ends are left out of those). The registration may live in a module of its own,
+``tests/graph_contract_age.py``, which this module imports when it exists. Every answer
+and the state hash are compared with the in-memory reference store, which defines what a
+delta does.
 
 The module also holds the event builders the other graph tests use.
 """
@@ -23,6 +25,7 @@ The module also holds the event builders the other graph tests use.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -71,6 +74,15 @@ async def _make_sqlite(directory: Path, rules: RuleSet, name: str) -> GraphStore
 
 register_backend("memory", _make_memory, persistent=False)
 register_backend("sqlite", _make_sqlite, persistent=True)
+
+# A back end tested elsewhere joins from a module of its own, e.g. tests/graph_contract_age.py
+# calling register_backend("age", ...) (it may import this module: register_backend exists).
+for _extra in ("graph_contract_age",):
+    try:
+        importlib.import_module(_extra)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _extra:
+            raise
 
 
 # --- building events ------------------------------------------------------------------------

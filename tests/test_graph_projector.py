@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,29 @@ async def test_replay_equals_live_projection(tmp_path: Path) -> None:
         assert await state_hash(store) == live_hash
     finally:
         await store.close()
+
+
+async def test_follow_projects_what_arrives_until_stopped(tmp_path: Path) -> None:
+    log = make_site(tmp_path / "site")
+    writer = log.writer()
+    writer.append_bodies([records(1, 3)])
+    store = await open_sqlite(tmp_path)
+    stop = asyncio.Event()
+    projector = Projector(log, store, RuleSet.default())
+    task = asyncio.create_task(projector.follow(stop, poll_s=0.01))
+    try:
+        for start in (10, 20):
+            await asyncio.sleep(0.05)
+            writer.append_bodies([records(start, 2)])
+        size = log.reader(log.site.feed).state.size
+        for _ in range(200):
+            if (await store.positions()).get(log.site.feed) == size:
+                break
+            await asyncio.sleep(0.01)
+        assert (await store.positions())[log.site.feed] == size == 3
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    finally:
+        stop.set()
+        await store.close()
+        log.close()
