@@ -10,7 +10,10 @@ from the ``pg_dsn`` fixture (tests/pgfixture.py starts it, installing it first i
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from graph_contract import (
     Feeds,
     Opened,
     chunks,
+    dump_started,
     fake_bytes,
     fold,
     interleave,
@@ -43,12 +47,19 @@ from graph_contract import (
     test_contract_state_equals_reference,
 )
 
-from heimdall_core import kinds
-from heimdall_core.events import Event
+from heimdall_core import config, kinds
+from heimdall_core.cli.main import main
+from heimdall_core.dbctl import stop_db
+from heimdall_core.events import Event, encode_body
 from heimdall_core.graph.age import AgeStore, load_migrations, redact_dsn, render
+from heimdall_core.graph.backends import make_store
+from heimdall_core.graph.memory import MemoryStore
+from heimdall_core.graph.projector import Progress, Projector, ProjectorOptions
 from heimdall_core.graph.rules import RuleSet
 from heimdall_core.graph.sqlite import SqliteStore
 from heimdall_core.graph.store import GraphStore
+from heimdall_core.log.feed import LogOptions
+from heimdall_core.log.store import LogStore, init_site
 
 pytestmark = pytest.mark.pg
 
@@ -238,6 +249,112 @@ async def test_unreachable_database_is_unavailable() -> None:
     assert "pw" not in str(caught.value)
     with pytest.raises(DatabaseUnavailable):
         await store.positions()
+
+
+# --- the database going away: start-db / stop-db, the projector waits and catches up -------
+
+
+@pytest.fixture
+def site_dir(pg_dsn: str) -> Iterator[Path]:
+    """A site data directory with its own start-db database (stopped and removed after)."""
+    path = Path(tempfile.mkdtemp(prefix="heimdall-age-site-"))
+    path.chmod(0o711)  # the server's account may need to walk into <data_dir>/postgres
+    try:
+        yield path
+    finally:
+        try:
+            stop_db(path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _append_records(data_dir: Path, first: int, count: int, *, started: bool) -> None:
+    dump = fake_bytes("dump:outage")
+    bodies = []
+    if started:
+        columns = ["email", "login", "ip", "site", "digest", "note"]
+        mapping = {c: k for c, k in zip(columns, ["email", "username", "ip", "domain", "hash", "other"],
+                                        strict=True)}
+        bodies.append(encode_body(*kinds.DUMP_STARTED, dump_started(dump, "outage", "o.csv", columns, mapping)))
+    for start in range(first, first + count, 5):
+        bodies.append(encode_body(*kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": [
+            [i, person_record(i)] for i in range(start, start + 5)]}))
+    with LogStore(data_dir, LogOptions(fsync=False)) as log:
+        log.writer().append_bodies(bodies)
+
+
+async def _expected_hash(data_dir: Path) -> str:
+    reference_store = MemoryStore(RuleSet.default())
+    with LogStore(data_dir, LogOptions(fsync=False)) as log:
+        await Projector(log, reference_store, RuleSet.default()).catch_up()
+    return await state_hash(reference_store)
+
+
+async def test_projector_waits_for_the_database_and_catches_up(
+        site_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """stop-db in the middle of a projection: the store raises DatabaseUnavailable, the
+    projector backs off, start-db brings the database back, the projection completes with
+    every event applied exactly once."""
+    assert main(["--data-dir", str(site_dir), "start-db", "--json"]) == 0
+    started = json.loads(capsys.readouterr().out)
+    secret = (site_dir / "postgres.secret").read_text().strip()
+    assert started["running"] and "***" in started["dsn"] and secret not in started["dsn"]
+    init_site(site_dir, "outage")
+    _append_records(site_dir, 0, 40, started=True)
+    settings = config.load(None, {"HMD_DATA_DIR": str(site_dir)})
+    store = make_store(settings, "age")  # graph.postgres_dsn empty: the DSN of start-db
+    assert isinstance(store, AgeStore)
+    stops, starts = [], []
+
+    def progress(done: Progress) -> None:
+        if not stops and done.events >= 3:
+            stops.append(done.events)
+            assert main(["--data-dir", str(site_dir), "stop-db"]) == 0  # mid-run
+
+    async def sleep(seconds: float) -> None:
+        starts.append(seconds)
+        if len(starts) == 2:  # the first reopen fails too: still down
+            assert main(["--data-dir", str(site_dir), "start-db"]) == 0
+
+    options = ProjectorOptions(batch_events=1, retry_initial_s=0.01)
+    await store.open()
+    try:
+        await store.reset()
+        with LogStore(site_dir, LogOptions(fsync=False)) as log:
+            report = await Projector(log, store, RuleSet.default(), options, sleep=sleep,
+                                     progress=progress).catch_up()
+            assert stops and len(starts) >= 2 and report.retries >= 2
+            _append_records(site_dir, 100, 10, started=False)  # the log grew meanwhile
+            await Projector(log, store, RuleSet.default(), options).catch_up()
+        assert await state_hash(store) == await _expected_hash(site_dir)
+        positions = await store.positions()
+        with LogStore(site_dir, LogOptions(fsync=False)) as log:
+            assert positions == {log.site.feed: log.reader(log.site.feed).state.size}
+    finally:
+        await store.close()
+    capsys.readouterr()
+    assert main(["--data-dir", str(site_dir), "db", "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] and secret not in json.dumps(status)
+    assert main(["--data-dir", str(site_dir), "stop-db"]) == 0
+    capsys.readouterr()
+    assert main(["--data-dir", str(site_dir), "db", "status"]) == 1
+    assert "not running" in capsys.readouterr().out
+
+
+def test_db_status_of_a_site_without_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data-dir", str(tmp_path), "db", "status"]) == 1
+    out = capsys.readouterr().out
+    assert "not running" in out and "heimdall start-db" in out
+
+
+async def test_store_without_running_database_is_unavailable(tmp_path: Path) -> None:
+    from heimdall_core.errors import DatabaseUnavailable
+
+    settings = config.load(None, {"HMD_DATA_DIR": str(tmp_path)})
+    store = make_store(settings, "age")
+    with pytest.raises(DatabaseUnavailable, match="start-db"):
+        await store.open()
 
 
 # --- helpers --------------------------------------------------------------------------------
