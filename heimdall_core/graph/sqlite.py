@@ -50,11 +50,16 @@ SCHEMA_VERSION = 1
 PAGE_BYTES = 16_384  # fewer B-tree levels and page writes per random insert than 4 KiB
 CACHE_BYTES_DEFAULT = 512 << 20
 BUSY_TIMEOUT_MS = 10_000
+WAL_CHECKPOINT_PAGES = 16_384
+"""Checkpoint after ~256 MiB of WAL rather than SQLite's 16 MiB: a projection batch
+dirties much the same index pages every time, and each checkpoint copies them once."""
 SQL_VARIABLES_MAX = 500  # per IN (...) list: far under SQLite's limit
 STATE_ROWS_PER_FETCH = 5_000
-HOT_VALUES_MAX = 1 << 20
-"""Value ids remembered as held (~100 MiB at most): values met again (domains, popular
-addresses) skip the conflicting insert and the lookup that finds them."""
+HOT_VALUES_MAX = 1 << 19
+YOUNG_VALUES_MAX = 1 << 20
+"""Value ids remembered as held, ~60 and ~120 MiB at most: values met again (domains,
+popular addresses: *hot*) and values inserted lately (*young*, most of which are never
+met again) skip the conflicting insert and the lookups that find them."""
 FILE_NAME = "graph.sqlite"
 
 _SCHEMA = """
@@ -129,6 +134,7 @@ class _Cells:
         self.numbers: dict[bytes, int] = {}  # feed id -> number
         self.feeds: dict[int, bytes] = {}
         self._rule_of: dict[tuple[str, str], Rule] = {}
+        self._plans: dict[str, dict[str, tuple[int | str, Rule | None]]] = {}
 
     def load(self, rows: Iterable[Any]) -> None:
         self.feeds = {int(no): bytes(feed) for no, feed in rows}
@@ -140,17 +146,29 @@ class _Cells:
             rule = self._rule_of[(vtype, name)] = self.rules.rule(vtype, name)
         return rule
 
+    def _plan(self, vtype: str, name: str) -> tuple[int | str, Rule | None]:
+        """(stored key, the rule when its cells hold order keys) for one property."""
+        rule = self._rule(vtype, name)
+        plan = (_PROP_CODES.get(name, name),
+                rule if rule in (Rule.LWW, Rule.PRIORITY, Rule.COUNT) else None)
+        self._plans.setdefault(vtype, {})[name] = plan
+        return plan
+
     def pack(self, vtype: str, props: dict[str, Any]) -> bytes:
+        """Hot: once per new or changed vertex."""
+        plans = self._plans.get(vtype) or {}
         out: dict[int | str, Any] = {}
         for name, cell in props.items():
-            rule = self._rule(vtype, name)
-            if rule is Rule.LWW:
-                cell = [self._order(cell[0]), cell[1]]
+            key, rule = plans.get(name) or self._plan(vtype, name)
+            if rule is None:
+                out[key] = cell
+            elif rule is Rule.LWW:
+                physical, logical, feed, seq = ORDER.unpack(cell[0])
+                out[key] = [[physical, logical, self.numbers[feed], seq], cell[1]]
             elif rule is Rule.PRIORITY:
-                cell = [cell[0], self._order(cell[1]), cell[2]]
-            elif rule is Rule.COUNT:
-                cell = [self._event(event) for event in cell]
-            out[_PROP_CODES.get(name, name)] = cell
+                out[key] = [cell[0], self._order(cell[1]), cell[2]]
+            else:
+                out[key] = [self._event(event) for event in cell]
         packed: bytes = _packb(out)
         return packed
 
@@ -192,6 +210,7 @@ class SqliteStore:
         self._dump_ids: dict[bytes, int] = {}  # committed dump id -> di
         self._field_ids: dict[tuple[int, str, str], int] = {}  # committed (di, col, kind) -> fi
         self._hot: dict[bytes, int] = {}  # committed value id -> vi, for values seen again
+        self._young: dict[bytes, int] = {}  # committed value id -> vi, for values inserted lately
         self._cells = _Cells(rules)
         self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
 
@@ -225,6 +244,7 @@ class SqliteStore:
         # NORMAL in WAL mode: a power loss may drop the last commits but never corrupts,
         # and positions live in the same transactions, so the projector redoes exactly those.
         await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         await conn.execute(f"PRAGMA cache_size = {-(self._cache_bytes // 1024)}")
         await conn.execute("PRAGMA temp_store = MEMORY")
         await conn.execute("PRAGMA foreign_keys = OFF")
@@ -271,7 +291,7 @@ class SqliteStore:
     async def _load_ids(self) -> None:
         conn = self._db
         self._ids_version = self._feeds_version = await self._data_version()
-        self._hot = {}
+        self._hot, self._young = {}, {}
         self._next = {
             table: int(await self._scalar(f"SELECT coalesce(max({key}), 0) + 1 FROM {table}"))  # noqa: S608
             for table, key in (("dump", "di"), ("field", "fi"), ("value", "vi"), ("sighting", "si"))
@@ -561,12 +581,16 @@ class _Batch:
         self.field_ids = dict(store._field_ids)
         self.vi: dict[bytes, int] = {}
         self.hot: dict[bytes, int] = {}  # values found already held: likely to come again
+        self.inserted: list[tuple[bytes, int]] = []  # (value id, vi) new in this batch
 
     def committed(self) -> None:
         store = self.store
         if len(store._hot) + len(self.hot) > HOT_VALUES_MAX:
             store._hot = {}
         store._hot.update(self.hot)
+        if len(store._young) + len(self.inserted) > YOUNG_VALUES_MAX:
+            store._young = {}  # a generation is dropped whole: cheaper than an LRU per entry
+        store._young.update(self.inserted)
         self.store._next = self.next
         self.store._dump_ids = self.dump_ids
         self.store._field_ids = self.field_ids
@@ -641,17 +665,18 @@ class _Batch:
 
     async def _values(self) -> None:
         """New values are inserted in content-id order (kind to the B-tree); values already
-        held are found from the store's hot cache, or from the insert's conflicts."""
-        values, hot, pack = self.delta.values, self.store._hot, self.store._cells.pack
+        held are found in the store's caches, or else from the insert's conflicts."""
+        values, pack = self.delta.values, self.store._cells.pack
+        hot, young = self.store._hot, self.store._young
         vi: dict[bytes, int] = {}
-        existing: list[bytes] = []
+        known: list[tuple[bytes, int]] = []  # (value id, vi) held, from the caches
         rows: list[tuple[int, bytes, str, str | None, bytes | None, bytes, int]] = []
         number = first = self.next["value"]
         for vid, v in values.items():
-            held = hot.get(vid)
+            held = hot.get(vid) or young.get(vid)
             if held is not None:
                 vi[vid] = held
-                existing.append(vid)
+                known.append((vid, held))
             else:
                 vi[vid] = number
                 rows.append((number, vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props),
@@ -663,28 +688,36 @@ class _Batch:
         before = db.total_changes
         await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
                              "ON CONFLICT (id) DO NOTHING", rows)
+        conflicted: list[bytes] = []
         if db.total_changes - before != len(rows):
             landed = {n for (n,) in await db.execute_fetchall(
                 "SELECT vi FROM value WHERE vi >= ? AND vi < ?", (first, number))}
-            existing += [row[1] for row in rows if row[0] not in landed]
+            conflicted = [row[1] for row in rows if row[0] not in landed]
+            self.inserted = [(row[1], row[0]) for row in rows if row[0] in landed]
+        else:
+            self.inserted = [(row[1], row[0]) for row in rows]
         self.vi = vi
-        if existing:
-            await self._merge_values(existing)
-
-    async def _merge_values(self, vids: list[bytes]) -> None:
-        values, db = self.delta.values, self.db
         updates = []
-        for chunk in _chunks(vids):
-            for vid, vi, held in await db.execute_fetchall(
+        for chunk in _chunks(known):
+            found = await db.execute_fetchall(
+                f"SELECT vi, props FROM value WHERE vi IN ({_marks(len(chunk))})",  # noqa: S608
+                [number for _, number in chunk])
+            props_of: dict[int, bytes] = {number: props for number, props in found}
+            updates += [self._merged(vid, number, props_of[number]) for vid, number in chunk]
+        for chunk in _chunks(conflicted):
+            for vid, number, props in await db.execute_fetchall(
                     f"SELECT id, vi, props FROM value WHERE id IN ({_marks(len(chunk))})", chunk):  # noqa: S608
-                vid = bytes(vid)
-                self.vi[vid] = vi
-                self.hot[vid] = vi
-                delta = values[vid]
-                cells = self.store._cells
-                merged = self.rules.merge_props(model.VALUE, cells.unpack(model.VALUE, held), delta.props)
-                updates.append((cells.pack(model.VALUE, merged), delta.sightings, vi))
-        await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
+                vi[bytes(vid)] = number
+                updates.append(self._merged(bytes(vid), number, props))
+        if updates:
+            await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
+
+    def _merged(self, vid: bytes, number: int, held: bytes) -> tuple[bytes, int, int]:
+        """The UPDATE row of a value held already (and remember it as one that comes again)."""
+        self.hot[vid] = number
+        cells, delta = self.store._cells, self.delta.values[vid]
+        merged = self.rules.merge_props(model.VALUE, cells.unpack(model.VALUE, held), delta.props)
+        return cells.pack(model.VALUE, merged), delta.sightings, number
 
     # --- sightings -----------------------------------------------------------------------
 
