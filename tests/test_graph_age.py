@@ -51,8 +51,8 @@ from heimdall_core import config, kinds
 from heimdall_core.cli.main import main
 from heimdall_core.dbctl import stop_db
 from heimdall_core.events import Event, encode_body
+from heimdall_core.graph import backends
 from heimdall_core.graph.age import AgeStore, load_migrations, redact_dsn, render
-from heimdall_core.graph.backends import make_store
 from heimdall_core.graph.memory import MemoryStore
 from heimdall_core.graph.projector import Progress, Projector, ProjectorOptions
 from heimdall_core.graph.rules import RuleSet
@@ -275,7 +275,8 @@ def _append_records(data_dir: Path, first: int, count: int, *, started: bool) ->
         columns = ["email", "login", "ip", "site", "digest", "note"]
         mapping = {c: k for c, k in zip(columns, ["email", "username", "ip", "domain", "hash", "other"],
                                         strict=True)}
-        bodies.append(encode_body(*kinds.DUMP_STARTED, dump_started(dump, "outage", "o.csv", columns, mapping)))
+        payload = dump_started(dump, "outage", "o.csv", columns, mapping)
+        bodies.append(encode_body(*kinds.DUMP_STARTED, payload))
     for start in range(first, first + count, 5):
         bodies.append(encode_body(*kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": [
             [i, person_record(i)] for i in range(start, start + 5)]}))
@@ -302,9 +303,10 @@ async def test_projector_waits_for_the_database_and_catches_up(
     init_site(site_dir, "outage")
     _append_records(site_dir, 0, 40, started=True)
     settings = config.load(None, {"HMD_DATA_DIR": str(site_dir)})
-    store = make_store(settings, "age")  # graph.postgres_dsn empty: the DSN of start-db
+    store = backends.make_store(settings, "age")  # graph.postgres_dsn empty: the DSN of start-db
     assert isinstance(store, AgeStore)
-    stops, starts = [], []
+    stops: list[int] = []
+    starts: list[float] = []
 
     def progress(done: Progress) -> None:
         if not stops and done.events >= 3:
@@ -352,7 +354,7 @@ async def test_store_without_running_database_is_unavailable(tmp_path: Path) -> 
     from heimdall_core.errors import DatabaseUnavailable
 
     settings = config.load(None, {"HMD_DATA_DIR": str(tmp_path)})
-    store = make_store(settings, "age")
+    store = backends.make_store(settings, "age")
     with pytest.raises(DatabaseUnavailable, match="start-db"):
         await store.open()
 
