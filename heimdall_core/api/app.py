@@ -19,7 +19,7 @@ log = logging.getLogger("heimdall.api")
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 LOOPBACK = "127.0.0.1"
-# Modules with ``setup(app: web.Application) -> None``; a missing one is simply not mounted.
+# Route groups: modules with ``setup(app: web.Application) -> None``.
 ROUTE_MODULES = (
     "heimdall_core.api.ingest_routes",
     "heimdall_core.api.query_routes",
@@ -72,13 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/metrics", metrics_text)
     for name in ROUTE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.setup(app)
+        importlib.import_module(name).setup(app)
     return app
 
 

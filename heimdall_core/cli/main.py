@@ -33,8 +33,6 @@ from heimdall_core.errors import (
 COMMAND_MODULES = (
     "heimdall_core.cli.sitecmd",
     "heimdall_core.cli.logcmd",
-)
-OPTIONAL_COMMAND_MODULES = (
     "heimdall_core.cli.ingestcmd",
     "heimdall_core.cli.graphcmd",
     "heimdall_core.cli.dbcmd",
@@ -53,14 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    for name in OPTIONAL_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
     return parser
 
 
