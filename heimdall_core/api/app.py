@@ -65,7 +65,8 @@ async def metrics_text(request: web.Request) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, project: bool = False) -> web.Application:
+    """The API; with ``project`` it also follows the log into the graph (``heimdall serve``)."""
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=1 << 20)  # streamed routes read bodies themselves
     app[SETTINGS_KEY] = settings
@@ -73,6 +74,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_text)
     for name in ROUTE_MODULES:
         importlib.import_module(name).setup(app)
+    if project:
+        importlib.import_module("heimdall_core.api.projection").setup(app)
     return app
 
 
@@ -81,4 +84,4 @@ def serve(settings: Settings) -> None:
     if settings.api.host != LOOPBACK:
         log.warning("api.host=%s ignored: the API listens on %s only until TLS and OIDC are "
                     "configured", settings.api.host, LOOPBACK)
-    web.run_app(create_app(settings), host=LOOPBACK, port=settings.api.port, print=None)
+    web.run_app(create_app(settings, project=True), host=LOOPBACK, port=settings.api.port, print=None)

@@ -1,0 +1,55 @@
+"""The projector as a background task of the site's server (``heimdall serve``).
+
+The server keeps its graph up to date by following the log: new events (from HTTP
+uploads, CLI ingests, imports) are folded in within a poll interval. The projector waits
+and retries with backoff while the database is away; ingest keeps appending meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from heimdall_core.api.app import SETTINGS_KEY
+from heimdall_core.graph.backends import make_store, rules_from
+from heimdall_core.graph.projector import Projector, ProjectorOptions
+from heimdall_core.ingest.run import log_options
+from heimdall_core.log.store import LogStore
+
+log = logging.getLogger("heimdall.api")
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_projector_context)
+
+
+async def _projector_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    rules = rules_from(settings)
+    store = make_store(settings, None, rules)
+    stop = asyncio.Event()
+    log_store = LogStore(settings.data_dir, log_options(settings))
+    projector = Projector(log_store, store, rules, ProjectorOptions(batch_events=settings.graph.batch_events))
+
+    async def run() -> None:
+        await store.open()
+        try:
+            await projector.follow(stop)
+        finally:
+            await store.close()
+
+    task = asyncio.create_task(run(), name="projector")
+    yield
+    stop.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await asyncio.wait_for(task, 30)
+        except TimeoutError:
+            log.warning("projector did not stop within 30 s; cancelling it")
+            task.cancel()
+            await task
+    log_store.close()

@@ -1,0 +1,66 @@
+"""`heimdall serve` as a real process: upload a dump over HTTP, the background projector
+folds it in, the indicator answers; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ingest_helpers import SAMPLE, cli, site_env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_serve_ingests_projects_and_answers(tmp_path: Path) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", "serve"],
+                            env=site_env(data, HMD_API__PORT=str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert _get(f"{base}/v1/health")[0] == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.1)
+        request = urllib.request.Request(f"{base}/v1/dumps?source=served", data=SAMPLE.read_bytes(),
+                                         method="POST", headers={"Content-Type": "text/csv"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 201
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = _get(f"{base}/v1/indicators/domain/login.example.com")
+            if status == 200:
+                break
+            assert status == 404 and time.monotonic() < deadline, body
+            time.sleep(0.2)
+        assert json.dumps(body).count("served") >= 1
+        assert _get(f"{base}/v1/indicators/planet/mars")[0] == 400
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
