@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heimdall_core.errors import NormalizeError
 from heimdall_core.normalize import (
@@ -13,7 +15,10 @@ from heimdall_core.normalize import (
     Rejected,
     UnknownKind,
     canonicalize,
+    dispatch,
+    refang,
 )
+from heimdall_core.normalize.dispatch import canonicalizer_for
 
 
 def test_every_kind_is_dispatched() -> None:
@@ -48,3 +53,30 @@ def test_canonical_attr_lookup_and_reason_code() -> None:
     assert canonical.attr("algo") == "md5"
     assert canonical.attr("missing") is None
     assert Rejected("ip", "leading_zero: text: more").code == "leading_zero"
+
+
+_DEFANG_PARTS = st.sampled_from(
+    ["a", "B", ".", "@", ":", "/", " ", "\t", "\u2003", "[.]", "(dot)", "{at}", "[:]", "\\.",
+     "hxxp", "HXXPS", "fxp", "hXxP", "[", "(", "{", "\\", "x", "1", "ä", "İ", "K"]
+)
+_DEFANG_TEXT = st.lists(_DEFANG_PARTS, max_size=12).map("".join)
+
+
+@settings(deadline=None, max_examples=300)
+@given(kind=st.sampled_from(sorted(KINDS)), raw=_DEFANG_TEXT | st.text(max_size=30),
+       chars_max=st.sampled_from([5, 2048]))
+def test_canonicalizer_for_gives_what_canonicalize_gives(kind: str, raw: str, chars_max: int) -> None:
+    opts = NormalizeOptions(value_chars_max=chars_max)
+    assert canonicalizer_for(kind, opts)(raw) == canonicalize(kind, raw, opts)
+
+
+def test_canonicalizer_for_unknown_kind_raises() -> None:
+    with pytest.raises(UnknownKind, match="'ipv4'"):
+        canonicalizer_for("ipv4")
+
+
+@settings(deadline=None, max_examples=300)
+@given(raw=_DEFANG_TEXT | st.text(max_size=30))
+def test_the_defang_prefilter_misses_no_marker(raw: str) -> None:
+    if refang(raw) != raw:
+        assert dispatch._MAYBE_DEFANGED.search(raw)

@@ -107,6 +107,33 @@ def test_get_or_create_is_stable_across_reopen(store_dir: Path) -> None:
         assert ks.index_keys.blind_index_key == index_keys.blind_index_key
 
 
+def test_batches_mixing_known_and_new_subjects_keep_every_stored_key(store_dir: Path) -> None:
+    """Both ways a batch is stored (insert first after mostly-new batches, read first
+    after mostly-known ones) keep the keys already stored and create the missing ones."""
+    known = subjects(6)
+    with KeyStore.open(store_dir, create=True) as ks:
+        first = ks.data_keys(known[:4])
+        shredded = known[5]
+        ks.shred(shredded)
+        # Mostly new (insert first): 2 of 10 exist, one more is a tombstone.
+        mixed = [known[0], *subjects(7, tag=1), known[3], shredded]
+        second = ks.data_keys(mixed)
+        assert second[known[0]] == first[known[0]] and second[known[3]] == first[known[3]]
+        assert second[shredded] is None
+        # Mostly known (read first): 9 of 10 exist.
+        third = ks.data_keys([*mixed[:9], subjects(1, tag=2)[0]])
+        assert all(third[s] == second[s] for s in mixed[:9])
+        # And back to insert first after that mostly-known batch was seen.
+        fourth = ks.data_keys([known[1], *subjects(5, tag=3)])
+        assert fourth[known[1]] == first[known[1]]
+        everything = {**second, **third, **fourth}
+    with KeyStore.open(store_dir) as ks:
+        for subject, key in everything.items():
+            assert ks.data_keys([subject])[subject] == key
+            if key is not None:
+                assert ks.data_key(subject) == key
+
+
 def test_data_key_never_creates(store: KeyStore) -> None:
     with pytest.raises(KeyMaterialError, match="no data key"):
         store.data_key(subjects(1)[0])

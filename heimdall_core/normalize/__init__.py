@@ -9,7 +9,7 @@ docs/canonicalization.md.
 """
 
 from heimdall_core.normalize.detect import detect_kind
-from heimdall_core.normalize.dispatch import REFANG_KINDS, canonicalize
+from heimdall_core.normalize.dispatch import REFANG_KINDS, canonicalize, canonicalizer_for
 from heimdall_core.normalize.model import (
     DEFAULT,
     KINDS,
@@ -33,6 +33,7 @@ __all__ = [
     "Result",
     "UnknownKind",
     "canonicalize",
+    "canonicalizer_for",
     "detect_kind",
     "refang",
 ]

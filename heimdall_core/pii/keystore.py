@@ -16,6 +16,7 @@ so it is never silently given a new key. See docs/pii.md.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 import time
@@ -33,10 +34,10 @@ from heimdall_core.pii.blind_index import (
     subject_id,
 )
 from heimdall_core.pii.envelope import (
+    FORMAT_V1,
     KEY_BYTES,
     NONCE_BYTES,
     dek_ad,
-    seal,
     unwrap_dek,
     wrap_dek,
 )
@@ -142,7 +143,7 @@ def _index_keys(directory: Path, create: bool) -> IndexKeys:
 class KeyStore:
     """One process's connection to the site's PII key store. Not thread-safe."""
 
-    __slots__ = ("_conn", "_dir", "_index_keys", "_kek_version", "_keks")
+    __slots__ = ("_conn", "_dir", "_index_keys", "_kek_version", "_keks", "_mostly_new")
 
     def __init__(self, directory: Path, conn: sqlite3.Connection, index_keys: IndexKeys) -> None:
         self._dir = directory
@@ -150,6 +151,7 @@ class KeyStore:
         self._index_keys = index_keys
         self._keks: dict[int, AESGCM] = {}
         self._kek_version = 0
+        self._mostly_new = True  # whether the last batch's subjects were mostly new
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], create: bool = False) -> KeyStore:
@@ -382,32 +384,66 @@ class KeyStore:
         The write lock is taken first (BEGIN IMMEDIATE): the rows read are then the
         latest and no other process can insert until we commit, so racing processes
         agree on one DEK per subject. A read-only batch commits without any I/O.
+
+        Fresh DEKs are drawn and wrapped before the lock is taken, under the KEK
+        version last seen (rewrapped inside if a rotation moved it meanwhile). When the
+        previous batch's subjects were mostly new, the rows are inserted first (``OR
+        IGNORE``) and read back only if some already existed: a breach dump names each
+        person about once, and the read of absent rows would cost as much as the insert.
         """
-        fresh = os.urandom(KEY_BYTES * len(subjects))
-        nonces = os.urandom(NONCE_BYTES * len(subjects))
-        result = DataKeys()
+        count = len(subjects)
+        fresh = os.urandom(KEY_BYTES * count)
+        deks = [fresh[i * KEY_BYTES : (i + 1) * KEY_BYTES] for i in range(count)]
+        version = self._kek_version
+        wrapped = self._wrap_all(version, subjects, deks)
+        insert_first = self._mostly_new
         with self._tx(immediate=True):
-            version = self._current_kek_version()
-            kek = self._keks[version]
-            rows = self._read_rows_in_tx(subjects)
-            inserts = []
-            for i, s in enumerate(subjects):
-                if s in rows:
-                    continue
-                dek = fresh[i * KEY_BYTES : (i + 1) * KEY_BYTES]
-                nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
-                inserts.append((s, version, seal(kek, nonce, dek, dek_ad(s, version))))
-                result[s] = dek
-            # OR IGNORE: under the lock nothing can conflict, but a duplicate must
-            # never replace a key that fields may already be sealed under.
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO subject_key (subject, kek_version, wrapped) VALUES (?, ?, ?)",
-                inserts,
-            )
+            if self._current_kek_version() != version:
+                version = self._kek_version
+                wrapped = self._wrap_all(version, subjects, deks)
+            if insert_first:
+                rows = self._insert_then_read(subjects, version, wrapped)
+            else:
+                rows = self._read_rows_in_tx(subjects)
+                self._insert(
+                    [(s, version, w) for s, w in zip(subjects, wrapped, strict=True) if s not in rows]
+                )
+        self._mostly_new = len(rows) * 2 < count
         # Unwrapped after the commit: the lock is held no longer than the I/O needs.
+        result = DataKeys(zip(subjects, deks, strict=True))
         for s, (v, w) in rows.items():
             result[s] = self._unwrap(s, v, w)
         return result
+
+    def _wrap_all(self, version: int, subjects: Sequence[bytes], deks: Sequence[bytes]) -> list[bytes]:
+        """Each DEK sealed under KEK ``version``, bound to its subject (inlined ``wrap_dek``)."""
+        encrypt = self._keks[version].encrypt
+        nonces = os.urandom(NONCE_BYTES * len(subjects))
+        ad_head = dek_ad(b"", version)
+        out = []
+        for i, (s, dek) in enumerate(zip(subjects, deks, strict=True)):
+            nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+            out.append(_FORMAT + nonce + encrypt(nonce, dek, ad_head + s))
+        return out
+
+    def _insert(self, rows: list[tuple[bytes, int, bytes]]) -> None:
+        # OR IGNORE: under the lock nothing can conflict, but a duplicate must
+        # never replace a key that fields may already be sealed under.
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO subject_key (subject, kek_version, wrapped) VALUES (?, ?, ?)", rows
+        )
+
+    def _insert_then_read(
+        self, subjects: Sequence[bytes], version: int, wrapped: Sequence[bytes]
+    ) -> dict[bytes, tuple[int | None, bytes | None]]:
+        """Insert every subject's fresh DEK; the rows that existed before (not ours)."""
+        before = self._conn.total_changes
+        self._insert(list(zip(subjects, itertools.repeat(version), wrapped)))
+        if self._conn.total_changes - before == len(subjects):
+            return {}
+        ours = dict(zip(subjects, wrapped, strict=True))
+        # A wrapped key carries a random nonce: a stored one equal to ours is ours.
+        return {s: row for s, row in self._read_rows_in_tx(subjects).items() if row[1] != ours[s]}
 
     def _read_rows_in_tx(self, subjects: Sequence[bytes]) -> dict[bytes, tuple[int | None, bytes | None]]:
         rows: dict[bytes, tuple[int | None, bytes | None]] = {}
@@ -488,6 +524,8 @@ def _check_subject(subject: bytes) -> None:
     if not isinstance(subject, bytes) or len(subject) != SUBJECT_ID_BYTES:
         raise PiiError(f"a subject id is {SUBJECT_ID_BYTES} bytes")
 
+
+_FORMAT = bytes((FORMAT_V1,))
 
 _SELECT_SQL: dict[int, str] = {}
 
