@@ -68,10 +68,10 @@ async def _opened(ctx: Context) -> AsyncIterator[GraphStore]:
 class ProgressBar:
     """One updating line on a terminal; nothing at all when stderr is not one."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
         self._label = label
-        self._stream = stream
-        self._enabled = stream.isatty()
+        self._stream = stream or sys.stderr  # looked up now: tests and daemons swap it
+        self._enabled = self._stream.isatty()
         self._started = time.monotonic()
         self._shown = 0.0
 
