@@ -18,7 +18,7 @@ from graph_contract import (
 )
 
 from heimdall_core import config, kinds
-from heimdall_core.errors import DatabaseUnavailable
+from heimdall_core.errors import DatabaseUnavailable, GraphError
 from heimdall_core.events import decode_frame, encode_body
 from heimdall_core.graph.model import Delta
 from heimdall_core.graph.projector import Projector, ProjectorOptions, project_data_dir
@@ -239,5 +239,39 @@ async def test_follow_projects_what_arrives_until_stopped(tmp_path: Path) -> Non
         await asyncio.wait_for(task, 5)
     finally:
         stop.set()
+        await store.close()
+        log.close()
+
+
+class BrokenOnce(SqliteStore):
+    def __init__(self, path: Path, rules: RuleSet) -> None:
+        super().__init__(path, rules)
+        self.broken = True
+
+    async def apply(self, delta: Delta) -> None:
+        if self.broken:
+            self.broken = False
+            raise GraphError("simulated store bug")
+        await super().apply(delta)
+
+
+async def test_follow_survives_a_failed_pass(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = make_site(tmp_path / "site")
+    log.writer().append_bodies([records(1, 3)])
+    store = BrokenOnce(tmp_path / "graph.sqlite", RuleSet.default())
+    await store.open()
+    stop = asyncio.Event()
+    projector = Projector(log, store, RuleSet.default(), ProjectorOptions(retry_max_s=0.01))
+    task = asyncio.create_task(projector.follow(stop, poll_s=0.01))
+    try:
+        for _ in range(300):
+            if (await store.positions()).get(log.site.feed) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert (await store.positions())[log.site.feed] == 1
+        assert any("projection pass failed" in record.getMessage() for record in caplog.records)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
         await store.close()
         log.close()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from heimdall_core.config import Settings
-from heimdall_core.errors import DatabaseUnavailable, EncodingError, GraphError
+from heimdall_core.errors import DatabaseUnavailable, EncodingError, GraphError, HeimdallError
 from heimdall_core.events import HEADER_BYTES, Event, check_kind, decode_header
 from heimdall_core.graph.backends import make_store, rules_from
 from heimdall_core.graph.fold import Folder
@@ -153,14 +153,24 @@ class Projector:
         return report
 
     async def follow(self, stop: asyncio.Event, poll_s: float = FOLLOW_POLL_S) -> None:
-        """Keep catching up until ``stop`` is set."""
+        """Keep catching up until ``stop`` is set.
+
+        A failure that is not the database being away (a damaged segment, a store bug) is
+        logged and retried after ``retry_max_s``: a server's projector must not die quietly.
+        """
         while not stop.is_set():
-            report = await self.catch_up()
-            if report.events:
-                log.info("projected %d events (%d records) in %.2fs", report.events, report.records,
-                         report.seconds)
+            wait_s = poll_s
+            try:
+                report = await self.catch_up()
+            except HeimdallError:
+                log.exception("projection pass failed; retrying in %.0fs", self.options.retry_max_s)
+                wait_s = self.options.retry_max_s
+            else:
+                if report.events:
+                    log.info("projected %d events (%d records) in %.2fs", report.events, report.records,
+                             report.seconds)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll_s)
+                await asyncio.wait_for(stop.wait(), wait_s)
 
     async def _pass(self, report: ProjectionReport) -> None:
         positions = await self.store.positions()
