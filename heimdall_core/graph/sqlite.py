@@ -447,8 +447,9 @@ class SqliteStore:
     async def _state_includes(self) -> AsyncIterator[StateEntry]:
         current: bytes | None = None
         members: set[int] = set()
+        # CROSS JOIN keeps value (in id order) outside: no sort of every sighting in memory.
         async for primary, vals in self._rows(
-                "SELECT v.id, s.vals FROM value v JOIN sighting s ON s.entity = v.vi ORDER BY v.id"):
+                "SELECT v.id, s.vals FROM value v CROSS JOIN sighting s ON s.entity = v.vi ORDER BY v.id"):
             primary = bytes(primary)
             if primary != current and current is not None:
                 for row in await self._includes_rows(current, members):
