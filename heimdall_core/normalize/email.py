@@ -46,7 +46,7 @@ from heimdall_core.normalize.model import (
     Result,
     rejected,
 )
-from heimdall_core.normalize.refang import has_marker
+from heimdall_core.normalize.refang import has_marker, maybe_defanged
 
 LOCAL_OCTETS_MAX = 64
 ADDRESS_OCTETS_MAX = 254
@@ -85,8 +85,10 @@ def canonicalize_email(raw: str, opts: NormalizeOptions = DEFAULT) -> Result:
     domain = canonicalize_domain(domain_text)
     if isinstance(domain, Rejected):
         return Rejected(KIND_EMAIL, f"domain.{domain.reason}")
-    local = _fold(local_or_error, domain.value, opts)
-    if has_marker(local):
+    local = local_or_error
+    if opts.email_fold_dots_domains or opts.email_strip_plus_domains:
+        local = _fold(local, domain.value, opts)
+    if maybe_defanged(local) and has_marker(local):
         # A marker survived refanging (nested: "{{.}}" -> "{.}") or folding made
         # one ("{a.t}" -> "{at}"); refanging the value again would change it.
         return _MARKER

@@ -22,7 +22,8 @@ SUBJECT_ID_BYTES = 16
 """Length of a subject id."""
 
 _SHA256_BLOCK_BYTES = 64
-_SUBJECT_LABEL = b"subject\x00"
+SUBJECT_LABEL = b"subject\x00"
+"""Prefix of the message a subject id is computed from (see :func:`subject_id`)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -85,5 +86,5 @@ def blind_index(keys: IndexKeys, kind: str, canonical_value: str) -> bytes:
 
 def subject_id(keys: IndexKeys, kind: str, canonical_value: str) -> bytes:
     """HMAC(subject key, "subject" NUL kind NUL value)[:16]: the id of a person."""
-    msg = _SUBJECT_LABEL + f"{kind}\x00{canonical_value}".encode()
+    msg = SUBJECT_LABEL + f"{kind}\x00{canonical_value}".encode()
     return keys.subject.digest(msg)[:SUBJECT_ID_BYTES]
