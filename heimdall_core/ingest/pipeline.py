@@ -40,15 +40,16 @@ from heimdall_core.pii.protect import Protector
 log = logging.getLogger("heimdall.ingest")
 
 RECORDS_PER_EVENT = 256
-EVENTS_PER_APPEND = 16
+EVENTS_PER_APPEND = 32  # 8192 records per key-store transaction and log append: fewer fsyncs
 SNIFF_BYTES = 64 * 1024
 SAMPLE_RECORDS = 200
 QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
 
 
-# One planned column: (index in the record, column name, mapped kind, its canonicalizer).
-_Step = tuple[int, str, str, Callable[[str], Result]]
+# One planned column: (index in the record, column name, mapped kind, its canonicalizer,
+# the policy's action for a value of that kind).
+_Step = tuple[int, str, str, Callable[[str], Result], Action]
 
 # A record held for the writer: (position, clear fields built here, fields for the protector).
 _Held = tuple[int, list[dict[str, Any]], list[tuple[str, str, str]]]
@@ -254,7 +255,7 @@ class DumpIngestor:
         self._process(pending)
 
     def _make_plan(self, columns: Sequence[str], mapping: Mapping[str, str]) -> list[_Step]:
-        """One step per column the policy does not drop: (index, column, kind, canonicalizer)."""
+        """One step per column the policy does not drop (see ``_Step``)."""
         plan = []
         normalize = self.options.normalize
         for index, column in enumerate(columns):
@@ -266,7 +267,7 @@ class DumpIngestor:
             canon = self._canonicalizers.get(kind)
             if canon is None:
                 canon = self._canonicalizers[kind] = canonicalizer_for(kind, normalize)
-            plan.append((index, column, kind, canon))
+            plan.append((index, column, kind, canon, self._action(column, kind)))
         return plan
 
     def _action(self, column: str, kind: str) -> Action:
@@ -315,7 +316,7 @@ class DumpIngestor:
                 width = len(values)
                 clear: list[dict[str, Any]] = []
                 sealed: list[tuple[str, str, str]] = []
-                for index, column, kind, canon in plan:
+                for index, column, kind, canon, kind_action in plan:
                     if index >= width:
                         continue
                     raw = values[index]
@@ -329,9 +330,11 @@ class DumpIngestor:
                                                  f"{getattr(result, 'reason', 'invalid')}", column)
                         continue
                     final_kind = result.kind  # a "hash" column may hold a crypt password hash
-                    action = actions.get((column, final_kind))
-                    if action is None:
-                        action = self._action(column, final_kind)
+                    action: Action | None = kind_action
+                    if final_kind != kind:
+                        action = actions.get((column, final_kind))
+                        if action is None:
+                            action = self._action(column, final_kind)
                     if action is clear_action:
                         # Built here, keys in canonical order: a (attrs), col, kind, v.
                         if result.attrs:
