@@ -130,3 +130,18 @@ def test_map_override_and_unknown_kind(site: Path, tmp_path: Path) -> None:
     assert summary["mapping"] == {"c1": "username", "c2": "ip"}
     bad = cli(site, "ingest", str(path), "--source", "m2", "--map", "c1=planet", check=False)
     assert bad.returncode == 2 and "c1" in bad.stderr and "planet" in bad.stderr
+
+
+def test_a_crypt_hash_in_a_hash_column_takes_the_password_hash_action(site: Path, tmp_path: Path) -> None:
+    """The plan holds the action of a column's mapped kind; a value that canonicalizes to
+    another kind (a bcrypt string in a ``hash`` column) must get that kind's action."""
+    bcrypt = "$2b$12$" + "a" * 53
+    rows = [[f"u{i}@example.com", "ab" * 32 if i % 2 else bcrypt] for i in range(40)]
+    path = write_dump(tmp_path / "h.csv", rows, ["email", "digest"])
+    cli_json(site, "ingest", str(path), "--source", "h", "--map", "digest=hash", "--json")
+    fields = [f for e in events_of(site, "records.ingested") for _, fs in e.payload["records"] for f in fs
+              if f["col"] == "digest"]
+    crypt = [f for f in fields if f["kind"] == "password_hash"]
+    plain = [f for f in fields if f["kind"] == "hash"]
+    assert len(crypt) == 20 and all("v" not in f and "bi" in f for f in crypt)
+    assert len(plain) == 20 and all(f["v"] == "ab" * 32 for f in plain)
