@@ -60,7 +60,8 @@ CREATE TABLE @graph@.hm_value (
     n bigint NOT NULL,                          -- sightings holding it
     egid ag_catalog.graphid                     -- its entity vertex, once it is a record's primary value
 );
-CREATE UNIQUE INDEX hm_value_gid ON @graph@.hm_value (gid);
+-- gid -> content id without touching the table (co-occurring values rank ties by id).
+CREATE UNIQUE INDEX hm_value_gid ON @graph@.hm_value (gid) INCLUDE (id);
 
 CREATE TABLE @graph@.hm_subject (
     id bytea PRIMARY KEY,
@@ -69,13 +70,15 @@ CREATE TABLE @graph@.hm_subject (
 );
 
 CREATE TABLE @graph@.hm_sighting (
-    gid ag_catalog.graphid PRIMARY KEY,
+    gid ag_catalog.graphid NOT NULL,
     dump ag_catalog.graphid NOT NULL,
     part integer NOT NULL,
     pos bigint NOT NULL,
     seen_ms bigint NOT NULL,
     entity ag_catalog.graphid,                  -- the primary value's vertex (not the entity's)
     sealed bytea,                               -- msgpack union cell of encrypt-only fields
+    -- "where was this value seen" reads dump and time of each sighting from the index alone
+    PRIMARY KEY (gid) INCLUDE (dump, seen_ms),
     UNIQUE (dump, part, pos)
 );
 
@@ -105,14 +108,16 @@ CREATE INDEX field_props ON @graph@.field USING gin (properties);
 CREATE INDEX subject_props ON @graph@.subject USING gin (properties);
 
 -- Edges, both directions. has_value (end_id, start_id) also serves "where was this value
--- seen" and "the newest sightings of this value" in SQL; the unique pairs make in_field and
--- includes idempotent (INSERT ... ON CONFLICT DO NOTHING).
+-- seen" and "the newest sightings of this value" in SQL, (start_id, end_id) "what else is in
+-- these records", both from the index alone; the unique pairs make in_field and includes
+-- idempotent (INSERT ... ON CONFLICT DO NOTHING). field -> values (in_field by end_id) is
+-- not indexed: listing every value of a column is a scan anyway, and the index costs every
+-- new value a write.
 CREATE INDEX has_value_end ON @graph@.has_value (end_id, start_id);
-CREATE INDEX has_value_start ON @graph@.has_value (start_id);
+CREATE INDEX has_value_start ON @graph@.has_value (start_id, end_id);
 CREATE INDEX in_dump_start ON @graph@.in_dump (start_id);
 CREATE INDEX in_dump_end ON @graph@.in_dump (end_id);
 CREATE UNIQUE INDEX in_field_pair ON @graph@.in_field (start_id, end_id);
-CREATE INDEX in_field_end ON @graph@.in_field (end_id);
 CREATE UNIQUE INDEX includes_pair ON @graph@.includes (start_id, end_id);
 CREATE INDEX includes_end ON @graph@.includes (end_id);
 CREATE UNIQUE INDEX field_of_pair ON @graph@.field_of (start_id, end_id);
