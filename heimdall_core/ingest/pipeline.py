@@ -395,8 +395,15 @@ class DumpIngestor:
     def _wait_appended(self) -> None:
         """Wait for the append in flight; its error, if any, is raised here."""
         in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
+        if in_flight is None:
+            return
+        try:
             in_flight.result()
+        except BaseException:
+            if self._appender is not None:  # the dump has failed: no thread is left behind
+                self._appender.shutdown()
+                self._appender = None
+            raise
 
     def _bodies_of(self, batch: list[_Held]) -> list[bytes]:
         protected = self._protector.protect_batch(self.options.source,
