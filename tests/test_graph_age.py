@@ -232,6 +232,16 @@ def test_render_and_names() -> None:
             AgeStore(RuleSet.default(), graph=bad, dsn="postgresql://x@127.0.0.1/y")
 
 
+async def test_cypher_refuses_text_that_would_leave_the_query() -> None:
+    from heimdall_core.errors import GraphError
+
+    store = AgeStore(RuleSet.default(), graph="safe_names", dsn="postgresql://x@127.0.0.1:1/y")
+    with pytest.raises(GraphError, match=r"\$\$"):
+        await store.cypher("RETURN '$$'")
+    with pytest.raises(GraphError, match="columns"):
+        await store.cypher("RETURN 1", ('a" agtype); DROP TABLE x; --',))
+
+
 def test_redact_dsn_hides_passwords() -> None:
     assert redact_dsn("postgresql://heimdall:s3cr%2Ft@127.0.0.1:5432/heimdall") == \
         "postgresql://heimdall:***@127.0.0.1:5432/heimdall"

@@ -78,6 +78,7 @@ log = logging.getLogger("heimdall.graph.age")
 GRAPH_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,62}\Z")
 """AGE needs 3+ characters; PostgreSQL identifiers end at 63 bytes. No quoting games."""
 
+COLUMN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
 MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
 
@@ -553,6 +554,9 @@ class AgeStore:
         """Run a read-only Cypher query on this graph; each row's columns as agtype text."""
         if "$$" in query:
             raise GraphError("a Cypher query may not contain '$$'")
+        bad = [name for name in columns if not COLUMN_NAME_RE.match(name)]
+        if bad or not columns:
+            raise GraphError(f"Cypher result columns must be names of letters, digits and '_': {bad}")
         spec = ", ".join(f'"{name}" ag_catalog.agtype' for name in columns)
         async with self._conn("running a Cypher query") as conn, conn.transaction(readonly=True):
             rows = await conn.fetch(f"SELECT * FROM ag_catalog.cypher('{self.graph}', $$ {query} $$) "
