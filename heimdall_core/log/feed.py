@@ -219,7 +219,9 @@ class FeedLog:
             os.close(fd)
             raise HeimdallError(
                 f"feed {self.feed_hex} is being written by another process "
-                f"(lock {self.directory / LOCK_FILE}); stop it first") from None
+                f"(lock {self.directory / LOCK_FILE}); one writer per feed. If 'heimdall serve' "
+                "is running, send dumps to it (POST /v1/dumps, e.g. curl --data-binary @FILE "
+                "'http://127.0.0.1:8740/v1/dumps?source=NAME') or stop it first") from None
         self._lock_fd = fd
 
     def close(self) -> None:
