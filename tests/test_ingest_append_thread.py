@@ -89,7 +89,7 @@ def test_every_record_is_appended_in_order_once_finish_returns(tmp_path: Path) -
     assert len(append.calls) == 4  # three full batches and the rest
     assert threading.get_ident() not in append.threads  # appended off the parsing thread
     assert append.most_in_flight == 1
-    assert not any(t.name.startswith("ingest-append") for t in threading.enumerate())
+    assert not any(t.name.startswith("ingest-") for t in threading.enumerate())
 
 
 def test_an_append_error_surfaces_and_stops_later_appends(tmp_path: Path) -> None:
@@ -100,4 +100,4 @@ def test_an_append_error_surfaces_and_stops_later_appends(tmp_path: Path) -> Non
         ingestor.finish()
     assert len(append.calls) == 1
     assert append.positions() == list(range(2, PER_BATCH + 2))
-    assert not any(t.name.startswith("ingest-append") for t in threading.enumerate())
+    assert not any(t.name.startswith("ingest-") for t in threading.enumerate())
