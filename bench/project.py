@@ -152,6 +152,17 @@ class TimedStore:
         self.apply_s += time.perf_counter() - started
 
 
+async def drop_graph(dsn: str, graph: str) -> None:
+    """A fresh graph: the projection starts from the current schema, not a used one."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        if await conn.fetchval("SELECT count(*) FROM ag_catalog.ag_graph WHERE name = $1", graph):
+            await conn.execute("SELECT ag_catalog.drop_graph($1, true)", graph)
+    finally:
+        await conn.close()
+
+
 async def project(settings: config.Settings, backend: str) -> tuple[float, float, float]:
     """(records/s of the projection, wall time of the replay, records/s inside apply)."""
     rules = rules_from(settings)
@@ -333,6 +344,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         gc.collect()
         sqlite_rate, sqlite_wall, _ = await project(settings, "sqlite")
+        await drop_graph(info.dsn, settings.graph.age_graph)
         age_rate, age_wall, age_apply = await project(settings, "age")
         floor_rate, copy_only = await copy_floor(settings, info.dsn)
         merge_rate = await cypher_merge(info.dsn, args.records, args.merge_sample)

@@ -649,9 +649,6 @@ class _Batch:
         self.store._dump_gids = self.dump_gids
         self.store._field_gids = self.field_gids
 
-    def gid(self, label: str, entry: int) -> int:
-        return (self.labels[label] << ENTRY_BITS) | entry
-
     async def reserve(self, conn: _Ordered, label: str, count: int) -> list[int]:
         if count == 0:
             return []
@@ -972,11 +969,12 @@ class _Batch:
 
     async def _pairs(self, conn: _Ordered) -> None:
         """value -> field and entity -> value edges, one per pair. A pair whose start vertex
-        this batch created is new: COPY (measured ~2x faster); the others may exist already:
-        INSERT ... ON CONFLICT DO NOTHING on the unique pair index."""
+        this batch created is new: COPY (measured ~2x faster), sorted so the pair index
+        fills at its end (measured 1.4x); the others may exist already: INSERT ... ON
+        CONFLICT DO NOTHING on the unique pair index."""
         created = self.created
         for label, pairs in (("in_field", self.in_field), ("includes", self.includes)):
-            fresh = [pair for pair in pairs if pair[0] in created]
+            fresh = sorted(pair for pair in pairs if pair[0] in created)
             await self.copy_rows(conn, label, ("start_id", "end_id"), fresh)
             maybe = sorted(pair for pair in pairs if pair[0] not in created)
             if maybe:
