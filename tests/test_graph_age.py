@@ -50,11 +50,13 @@ from graph_contract import (
 from heimdall_core import config, kinds
 from heimdall_core.cli.main import main
 from heimdall_core.dbctl import stop_db
+from heimdall_core.errors import NotFound
 from heimdall_core.events import Event, encode_body
 from heimdall_core.graph import backends
 from heimdall_core.graph.age import AgeStore, load_migrations, redact_dsn, render
 from heimdall_core.graph.memory import MemoryStore
 from heimdall_core.graph.projector import Progress, Projector, ProjectorOptions
+from heimdall_core.graph.query import query_value
 from heimdall_core.graph.rules import RuleSet
 from heimdall_core.graph.sqlite import SqliteStore
 from heimdall_core.graph.store import GraphStore
@@ -186,6 +188,28 @@ async def test_state_hash_equal_across_sqlite_and_age(age: Opened, tmp_path: Pat
         await store.apply(fold(batch))
     assert await state_hash(store) == sqlite_hash
     assert sqlite_hash == await state_hash(await reference(events))
+
+
+async def test_query_answers_equal_across_sqlite_and_age(age: Opened, tmp_path: Path) -> None:
+    """heimdall query / GET /v1/indicators give the same answer whichever back end holds it."""
+    events = _mixed_events(seed=9)
+    sqlite = SqliteStore(tmp_path / "q.sqlite", RuleSet.default())
+    await sqlite.open()
+    store = await age()
+    await store.reset()
+    try:
+        for target in (sqlite, store):
+            await target.apply(fold(events))
+        asked = [("ip", "10.0.0.0"), ("ip", "192.0.2.7"), ("domain", "a.test"), ("domain", "example.com"),
+                 ("hash", hashlib.sha256(b"1").hexdigest())]
+        for kind, value in asked:
+            from_sqlite = await query_value(sqlite, RuleSet.default(), value, kind=kind)
+            assert from_sqlite["matches"], (kind, value)
+            assert await query_value(store, RuleSet.default(), value, kind=kind) == from_sqlite
+        with pytest.raises(NotFound):
+            await query_value(store, RuleSet.default(), "198.51.100.1", kind="ip")
+    finally:
+        await sqlite.close()
 
 
 async def test_same_record_position_twice_merges(age: Opened) -> None:
