@@ -25,7 +25,6 @@ import contextlib
 import sqlite3
 from array import array
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -665,26 +664,32 @@ class _Batch:
     # --- values --------------------------------------------------------------------------
 
     async def _values(self) -> None:
-        """New values are inserted in content-id order (kind to the B-tree); values already
-        held are found in the store's caches, or else from the insert's conflicts."""
+        """New values are inserted in content-id order, numbered in that same order, so the
+        table's rowid B-tree is appended to and the id index sees ascending keys (numbered
+        in arrival order instead, the rows landed at random places in the table's tail:
+        measured 2.3x slower). Values already held are found in the store's caches, or else
+        from the insert's conflicts."""
         values, pack = self.delta.values, self.store._cells.pack
         hot, young = self.store._hot, self.store._young
         vi: dict[bytes, int] = {}
         known: list[tuple[bytes, int]] = []  # (value id, vi) held, from the caches
-        rows: list[tuple[int, bytes, str, str | None, bytes | None, bytes, int]] = []
-        number = first = self.next["value"]
-        for vid, v in values.items():
+        fresh: list[bytes] = []
+        for vid in values:
             held = hot.get(vid) or young.get(vid)
             if held is not None:
                 vi[vid] = held
                 known.append((vid, held))
             else:
-                vi[vid] = number
-                rows.append((number, vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props),
-                             v.sightings))
-                number += 1
-        self.next["value"] = number
-        rows.sort(key=itemgetter(1))
+                fresh.append(vid)
+        fresh.sort()
+        first = self.next["value"]
+        rows: list[tuple[int, bytes, str, str | None, bytes | None, bytes, int]] = []
+        for number, vid in enumerate(fresh, first):
+            v = values[vid]
+            vi[vid] = number
+            rows.append((number, vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props),
+                         v.sightings))
+        number = self.next["value"] = first + len(rows)
         db = self.db
         before = db.total_changes
         await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
