@@ -86,3 +86,33 @@ def test_workers_split_a_dump_across_processes_and_feeds(tmp_path: Path) -> None
     assert cli(data, "log", "verify").returncode == 0
     finished = events_of(data, "dump.finished")
     assert finished[0].payload["records"] == rows
+
+
+def test_killed_parallel_ingest_resumes_each_part_exactly_once(tmp_path: Path) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    rows = 80_000
+    dump_file = _make_csv(tmp_path / "p.csv", rows, quoted_every=101)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "p",
+         "--workers", "2", "--no-progress"], env=site_env(data), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        dumps = cli_json(data, "dumps", "--json")
+        if dumps and dumps[0]["records"] > 0:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker processes
+    proc.wait()
+    dumps = cli_json(data, "dumps", "--json")
+    assert dumps[0]["finished"] is False and 0 < dumps[0]["records"] < rows
+    summary = cli_json(data, "ingest", str(dump_file), "--source", "p", "--workers", "2", "--json")
+    assert summary["resumed"] is True and summary["records"] == rows and summary["parts"] == 2
+    expected, line = [], 2
+    for i in range(rows):
+        expected.append(line)
+        line += 2 if i % 101 == 0 else 1
+    positions = _positions(data, summary["dump_id"])
+    assert sorted(positions) == expected and max(positions.values()) == 1
+    assert cli(data, "log", "verify").returncode == 0

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from heimdall_core.config import Settings
 from heimdall_core.errors import HeimdallError
@@ -84,4 +85,18 @@ def serve(settings: Settings) -> None:
     if settings.api.host != LOOPBACK:
         log.warning("api.host=%s ignored: the API listens on %s only until TLS and OIDC are "
                     "configured", settings.api.host, LOOPBACK)
-    web.run_app(create_app(settings, project=True), host=LOOPBACK, port=settings.api.port, print=None)
+    # aiohttp's default access log prints the request line, whose path and query string can
+    # hold personal data (GET /v1/indicators/email/...): log the route template instead.
+    web.run_app(create_app(settings, project=True), host=LOOPBACK, port=settings.api.port, print=None,
+                access_log_class=RouteAccessLogger)
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """One line per request: method, route template (never the concrete path), status, time."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = "-"
+        match = getattr(request, "match_info", None)
+        if match is not None and match.route.resource is not None:
+            route = match.route.resource.canonical
+        self.logger.info("%s %s %d %.1fms", request.method, route, response.status, time * 1000)

@@ -112,7 +112,7 @@ def cmd_ingest(ctx: Context) -> int:
     if args.mapping_file:
         overrides.update(load_mapping_file(args.mapping_file))
     overrides.update(parse_map_args(args.map))
-    workers = args.workers or ctx.settings.ingest.workers
+    workers = ctx.settings.ingest.workers if args.workers is None else args.workers
     if workers < 1:
         raise HeimdallError("--workers must be at least 1")
     site = IngestSite(ctx.settings)

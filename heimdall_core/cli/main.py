@@ -70,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeimdallError as exc:
         print(f"heimdall: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"heimdall: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("heimdall: interrupted", file=sys.stderr)
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from heimdall_core import kinds
 from heimdall_core.cli.common import EXIT_OK, Context, print_json
@@ -13,9 +14,10 @@ from heimdall_core.ingest.run import log_options, normalize_options
 from heimdall_core.log.store import LogStore
 from heimdall_core.normalize import Canonical, canonicalize
 from heimdall_core.pii.keystore import KeyStore
+from heimdall_core.pii.policy import SUBJECT_KINDS as POLICY_SUBJECT_KINDS
 
 SUBJECT_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
-SUBJECT_KINDS = ("email", "username", "phone", "name")
+SUBJECT_KINDS = POLICY_SUBJECT_KINDS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pii_sub = pii.add_subparsers(dest="pii_command", required=True)
 
     shred = pii_sub.add_parser("shred", help="destroy a subject's data key (crypto-shredding)")
-    shred.add_argument("subject", help="subject id (32 hex digits) or, with --kind, the person's value")
+    shred.add_argument("subject", help="subject id (32 hex digits) or, with --kind, the person's value "
+                       "('-': read it from stdin, out of shell history)")
     shred.add_argument("--kind", choices=SUBJECT_KINDS,
                        help="SUBJECT is a value of this kind (e.g. an email), not a subject id")
     shred.add_argument("--json", action="store_true")
@@ -50,12 +53,25 @@ def _subject(ctx: Context, keystore: KeyStore, text: str, kind: str | None) -> b
     return keystore.subject_id_for(result.kind, result.value)
 
 
+def _argument(text: str) -> str:
+    """``-`` reads the value from stdin (keeps personal data out of argv and shell history)."""
+    if text != "-":
+        return text
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise HeimdallError("expected the value on the first line of standard input")
+    return value
+
+
 def cmd_shred(ctx: Context) -> int:
-    with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
-        subject = _subject(ctx, keystore, ctx.args.subject, ctx.args.kind)
-        existed = keystore.shred(subject)
+    # Take the feed first: if another process writes it, fail before destroying anything,
+    # so a shred is never left without its shredding event.
     with LogStore(ctx.data_dir, log_options(ctx.settings)) as store:
-        ack = store.writer().append_bodies([encode_body(*kinds.SUBJECT_SHREDDED, {"subject": subject})])
+        writer = store.writer()
+        with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
+            subject = _subject(ctx, keystore, _argument(ctx.args.subject), ctx.args.kind)
+            existed = keystore.shred(subject)
+        ack = writer.append_bodies([encode_body(*kinds.SUBJECT_SHREDDED, {"subject": subject})])
     if ctx.args.json:
         print_json({"subject": subject.hex(), "key_existed": existed, "event_seq": ack.first_seq})
     else:
@@ -67,7 +83,7 @@ def cmd_shred(ctx: Context) -> int:
 
 def cmd_subject(ctx: Context) -> int:
     with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
-        subject = _subject(ctx, keystore, ctx.args.value, ctx.args.kind)
+        subject = _subject(ctx, keystore, _argument(ctx.args.value), ctx.args.kind)
         shredded = keystore.is_shredded(subject)
     print(f"{subject.hex()}{'  (shredded)' if shredded else ''}")
     return EXIT_OK

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -199,7 +198,6 @@ class DumpIngestor:
         if self.mapping is None:
             self._decide_mapping()
         self._flush_records(force=True)
-        self._flush_events(force=True)
         self._quarantine.close()
         return self.result
 
@@ -243,7 +241,7 @@ class DumpIngestor:
         if self._mapping_fixed is not None:
             mapping = dict(self._mapping_fixed)
         else:
-            mapping = merge_mapping(_infer(columns, self._pending), self.options.mapping)
+            mapping = merge_mapping(infer_from_sample(columns, self._pending), self.options.mapping)
         unknown = sorted(set(self.options.mapping) - set(columns))
         if unknown and columns:
             raise IngestError(f"--map names column {unknown[0]!r}, which the input does not have; "
@@ -305,8 +303,8 @@ class DumpIngestor:
             for item in items:
                 if type(item) is bad_type:
                     quarantined += 1
-                    if item.position > skip:
-                        self._quarantine.add(item.position, item.reason)
+                    # Always written: the quarantine file is rewritten whole on a resume.
+                    self._quarantine.add(item.position, item.reason)
                     continue
                 assert type(item) is RawRecord
                 if item.columns is not last_columns:
@@ -325,9 +323,8 @@ class DumpIngestor:
                     result = canon(raw)
                     if type(result) is not canonical_type:
                         rejected += 1
-                        if item.position > skip:
-                            self._quarantine.add(item.position, f"{kind} value rejected: "
-                                                 f"{getattr(result, 'reason', 'invalid')}", column)
+                        self._quarantine.add(item.position, f"{kind} value rejected: "
+                                             f"{getattr(result, 'reason', 'invalid')}", column)
                         continue
                     final_kind = result.kind  # a "hash" column may hold a crypt password hash
                     action: Action | None = kind_action
@@ -346,8 +343,7 @@ class DumpIngestor:
                         sealed.append((column, final_kind, result.value))
                 if not clear and not sealed:
                     quarantined += 1
-                    if item.position > skip:
-                        self._quarantine.add(item.position, "no usable field in the record")
+                    self._quarantine.add(item.position, "no usable field in the record")
                     continue
                 records += 1
                 if item.position <= skip:
@@ -420,9 +416,6 @@ class DumpIngestor:
             self.result.events += 1
         return bodies
 
-    def _flush_events(self, force: bool = False) -> None:
-        """Kept for symmetry with older callers: records are appended as they are flushed."""
-
 
 
 
@@ -446,11 +439,15 @@ _PACKED = 0
 
 def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,
                       sha256: str, size: int, columns: Sequence[str], mapping: Mapping[str, str],
-                      parts: int) -> bytes:
-    return encode_body(*kinds.DUMP_STARTED, {
+                      parts: int, ranges: Sequence[tuple[int, int, int]] = ()) -> bytes:
+    payload: dict[str, Any] = {
         "dump": dump, "source": options.source, "name": name, "format": fmt,
         "compression": compression, "sha256": sha256, "bytes": size, "columns": list(columns),
-        "mapping": dict(mapping), "parts": parts, "meta": dict(options.meta)})
+        "mapping": dict(mapping), "parts": parts, "meta": dict(options.meta)}
+    if ranges:
+        # The byte ranges of the parts, so that a resume cuts the file exactly the same way.
+        payload["ranges"] = [list(r) for r in ranges]
+    return encode_body(*kinds.DUMP_STARTED, payload)
 
 
 def dump_finished_body(*, dump: bytes, records: int, quarantined: int, sha256: str, size: int,
@@ -462,11 +459,7 @@ def dump_finished_body(*, dump: bytes, records: int, quarantined: int, sha256: s
     return encode_body(*kinds.DUMP_FINISHED, payload)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _infer(columns: tuple[str, ...], items: Sequence[RawRecord | BadRecord]) -> dict[str, str]:
+def infer_from_sample(columns: tuple[str, ...], items: Sequence[RawRecord | BadRecord]) -> dict[str, str]:
     """Infer kinds from a sample whose records may each have their own columns (JSON)."""
     records = [item for item in items if isinstance(item, RawRecord)]
     names = list(columns)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from heimdall_core import kinds
 from heimdall_core.events import HEADER_BYTES
 from heimdall_core.log.store import LogStore
 
-REGISTRY_VERSION = 1
+REGISTRY_VERSION = 2
 _PEEK = {kinds.DUMP_STARTED[0].encode(), kinds.DUMP_FINISHED[0].encode(),
          kinds.RECORDS_INGESTED[0].encode()}
 
@@ -41,6 +42,8 @@ class DumpState:
     duplicate_of: str | None = None
     # part -> last acknowledged record position
     progress: dict[str, int] = field(default_factory=dict)
+    size: int = -1
+    ranges: list[list[int]] | None = None  # parts' byte ranges (start, end, first line)
 
 
 @dataclass(slots=True)
@@ -82,8 +85,10 @@ class DumpRegistry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": REGISTRY_VERSION, "scanned": self._cache.scanned,
                 "dumps": {key: asdict(value) for key, value in self._cache.dumps.items()}}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        # A unique temporary name: `heimdall dumps` and a server may refresh at once.
+        fd, tmp = tempfile.mkstemp(prefix=".registry-", dir=self.path.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data))
         os.replace(tmp, self.path)
 
     def refresh(self) -> None:
@@ -111,7 +116,8 @@ class DumpRegistry:
         if kind == b"dump.started":
             self._cache.dumps.setdefault(dump, DumpState(
                 dump, payload["source"], payload["name"], payload["sha256"], payload["format"],
-                payload["parts"], int.from_bytes(frame[44:52], "big")))
+                payload["parts"], int.from_bytes(frame[44:52], "big"), size=payload["bytes"],
+                ranges=payload.get("ranges")))
             return
         state = self._cache.dumps.get(dump)
         if state is None:

@@ -19,7 +19,6 @@ from typing import Any
 
 from heimdall_core.config import Settings
 from heimdall_core.errors import IngestError
-from heimdall_core.events import encode_body
 from heimdall_core.ingest.pipeline import (
     DumpIngestor,
     IngestOptions,
@@ -246,7 +245,10 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
     def started() -> bytes:
         ing = holder["ingestor"]
         return dump_started_body(dump=dump, options=options, name=name, fmt=ing.format or "?",
-                                 compression=ing.compression, sha256=expected_sha256 or "", size=-1,
+                                 # The digest of a stream is known (and checked) only at the end;
+                                 # dump.finished carries it. An unchecked one here could make a
+                                 # CLI run "resume" a dump of other content.
+                                 compression=ing.compression, sha256="", size=-1,
                                  columns=ing.columns, mapping=ing.mapping or {}, parts=1)
 
     gate = _StartOnce(append, started)
@@ -318,4 +320,4 @@ def _duplicate_summary(done: DumpState, options: IngestOptions, name: str, size:
         quarantine_file=None)
 
 
-__all__ = ["IngestSite", "IngestSummary", "encode_body", "ingest_chunks", "ingest_file"]
+__all__ = ["IngestSite", "IngestSummary", "ingest_chunks", "ingest_file"]

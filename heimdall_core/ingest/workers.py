@@ -31,9 +31,10 @@ from heimdall_core import kinds
 from heimdall_core.config import Settings
 from heimdall_core.errors import IngestError
 from heimdall_core.events import encode_body
-from heimdall_core.ingest.mapping import infer_mapping, merge_mapping
+from heimdall_core.ingest.mapping import merge_mapping
 from heimdall_core.ingest.parsers import RawRecord, make_parser
 from heimdall_core.ingest.pipeline import (
+    SAMPLE_RECORDS,
     DumpIngestor,
     IngestOptions,
     PartResult,
@@ -41,6 +42,7 @@ from heimdall_core.ingest.pipeline import (
     Quarantine,
     dump_finished_body,
     dump_started_body,
+    infer_from_sample,
 )
 from heimdall_core.ingest.registry import DumpState
 from heimdall_core.ingest.sources import detect_compression, detect_format
@@ -95,9 +97,10 @@ def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tup
     parser = make_parser(fmt, delimiter=options.delimiter, header=options.header,
                          line_bytes_max=options.line_bytes_max)
     items = parser.feed(head[:cut]) + (parser.close() if cut == len(head) else [])
-    sample = [item.values for item in items if isinstance(item, RawRecord)][:200]
     columns = tuple(parser.columns)
-    mapping = merge_mapping(infer_mapping(columns, sample), options.mapping)
+    # The same inference as a single process (records may each have their own keys).
+    sample = [item for item in items if isinstance(item, RawRecord)][:SAMPLE_RECORDS]
+    mapping = merge_mapping(infer_from_sample(columns, sample), options.mapping)
     delimiter = getattr(parser, "delimiter", None) or options.delimiter
     header = bool(getattr(parser, "has_header", options.header))
     return fmt, delimiter, columns, mapping, header
@@ -196,7 +199,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                          began: float, resume: DumpState | None = None) -> IngestSummary:
     from heimdall_core.ingest.run import _ingest_single, _summary
 
-    plan = plan_parts(path, options, workers)
+    plan = plan_parts(path, options, workers) if resume is None else _resume_plan(path, options, resume)
     if plan is None or len(plan.ranges) < 2:
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
         return _ingest_single(site, path, options, sha256, size, resume, on_progress, began)
@@ -210,7 +213,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
         bodies.append(dump_started_body(
             dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
             sha256=sha256, size=size, columns=plan.columns, mapping=plan.mapping,
-            parts=len(plan.ranges)))
+            parts=len(plan.ranges), ranges=plan.ranges))
     append_main(bodies)
     jobs = [PartJob(site.settings, str(path), feed.hex(), dump, part, start, end, line, plan, options,
                     resume.progress.get(str(part), 0) if resume else 0,
@@ -226,6 +229,22 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
                     resumed=resume is not None, parts=len(plan.ranges), began=began,
                     quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=plan.mapping)
+
+
+def _resume_plan(path: Path, options: IngestOptions, resume: DumpState) -> Plan:
+    """The parts exactly as the interrupted run cut them (skip positions are per part)."""
+    if not resume.ranges or len(resume.ranges) != resume.parts:
+        raise IngestError(f"dump {resume.dump} was cut into {resume.parts} parts by a version that "
+                          "did not record them; it cannot be resumed: run again with --restart")
+    if resume.size != path.stat().st_size:
+        raise IngestError(f"{path}: its size changed since dump {resume.dump} started; "
+                          "run again with --restart")
+    head = _head_plan(path, options)
+    if head is None:
+        raise IngestError(f"{path}: cannot be resumed in parts; run again with --restart")
+    fmt, delimiter, columns, mapping, header = head
+    ranges = tuple((int(a), int(b), int(c)) for a, b, c in resume.ranges)
+    return Plan(fmt, delimiter, columns, mapping, header, ranges)
 
 
 def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,

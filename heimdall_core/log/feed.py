@@ -220,8 +220,9 @@ class FeedLog:
             raise HeimdallError(
                 f"feed {self.feed_hex} is being written by another process "
                 f"(lock {self.directory / LOCK_FILE}); one writer per feed. If 'heimdall serve' "
-                "is running, send dumps to it (POST /v1/dumps, e.g. curl --data-binary @FILE "
-                "'http://127.0.0.1:8740/v1/dumps?source=NAME') or stop it first") from None
+                "is running, send dumps to it (POST /v1/dumps, e.g. curl --data-binary @FILE -H "
+                "'Content-Type: application/octet-stream' 'http://127.0.0.1:PORT/v1/dumps?source=NAME', "
+                "PORT = api.port, default 8740) or stop it first") from None
         self._lock_fd = fd
 
     def close(self) -> None:
