@@ -180,9 +180,10 @@ class DumpIngestor:
         self.sha256.update(chunk)
         self.bytes_in += len(chunk)
         self.progress.bytes_in = self.bytes_in
-        data = self._decompressor.feed(chunk)
-        if data:
-            self._parse(data)
+        # Piece by piece: a small compressed chunk can expand a thousandfold.
+        for data in self._decompressor.feed_pieces(chunk):
+            if data:
+                self._parse(data)
 
     def finish(self) -> PartResult:
         """Flush everything; returns after the last events are durable."""

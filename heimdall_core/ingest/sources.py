@@ -258,11 +258,16 @@ class Decompressor:
         return self._out_total
 
     def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self.feed_pieces(chunk))
+
+    def feed_pieces(self, chunk: bytes) -> Iterator[bytes]:
+        """Like ``feed`` but yields the output piece by piece, so a caller that consumes each
+        piece before asking for the next holds one piece, not a whole bomb's worth."""
         self._check_usable()
         self._in_total += len(chunk)
         self._call_budget = self._ratio_max * len(chunk) + self._grace
         try:
-            return b"".join(self._decode(chunk))
+            yield from self._decode(chunk)
         except BaseException:
             self._failed = True
             raise
@@ -375,14 +380,27 @@ class AutoDecompressor:
         return None if self._inner is None else self._inner.kind
 
     def feed(self, chunk: bytes) -> bytes:
+        return b"".join(self.feed_pieces(chunk))
+
+    def feed_pieces(self, chunk: bytes) -> Iterator[bytes]:
+        """The output of ``chunk`` piece by piece (bounded memory for compressed input)."""
         if self._plain:
-            return chunk
+            yield chunk
+            return
         if self._inner is not None:
-            return self._inner.feed(chunk)
+            yield from self._inner.feed_pieces(chunk)
+            return
         self._head += chunk
         if len(self._head) < _MAGIC_BYTES_MAX:
-            return b""
-        return self._decide()
+            return
+        head, self._head = self._head, b""
+        kind = detect_compression(head)
+        if kind is None:
+            self._plain = True
+            yield head
+            return
+        self._inner = Decompressor(kind, **self._limits)
+        yield from self._inner.feed_pieces(head)
 
     def close(self) -> bytes:
         out = b""
