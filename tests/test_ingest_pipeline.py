@@ -145,3 +145,18 @@ def test_a_crypt_hash_in_a_hash_column_takes_the_password_hash_action(site: Path
     plain = [f for f in fields if f["kind"] == "hash"]
     assert len(crypt) == 20 and all("v" not in f and "bi" in f for f in crypt)
     assert len(plain) == 20 and all(f["v"] == "ab" * 32 for f in plain)
+
+
+def test_column_names_that_look_personal_never_reach_the_log(site: Path, tmp_path: Path) -> None:
+    # A JSON dump keyed by account: the keys are personal data, not column names.
+    path = tmp_path / "keyed.json"
+    path.write_text(json.dumps([{"zed.keyname@example.com": {"ip": f"192.0.2.{i}"}}
+                                for i in range(1, 30)]))
+    summary = cli_json(site, "ingest", str(path), "--source", "keyed", "--json")
+    assert summary["records"] == 29
+    assert "zed.keyname" not in json.dumps(summary)
+    for event in events_of(site):
+        assert b"zed.keyname" not in json.dumps(event.payload, default=repr).encode()
+    for file in site.rglob("*"):
+        if file.is_file():
+            assert b"zed.keyname" not in file.read_bytes(), file

@@ -29,7 +29,7 @@ import msgpack
 from heimdall_core import kinds
 from heimdall_core.errors import IngestError
 from heimdall_core.events import CanonicalBody, encode_body
-from heimdall_core.ingest.mapping import FIELD_KINDS, infer_mapping, merge_mapping
+from heimdall_core.ingest.mapping import FIELD_KINDS, infer_mapping, merge_mapping, sniff_value
 from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_parser
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
@@ -245,8 +245,9 @@ class DumpIngestor:
             mapping = merge_mapping(infer_from_sample(columns, self._pending), self.options.mapping)
         unknown = sorted(set(self.options.mapping) - set(columns))
         if unknown and columns:
+            shown = ", ".join(public_column(c, i) for i, c in enumerate(columns))
             raise IngestError(f"--map names column {unknown[0]!r}, which the input does not have; "
-                              f"its columns are: {', '.join(columns)}")
+                              f"its columns are: {shown}")
         self.mapping = mapping
         self.columns = columns
         self._plans.clear()
@@ -266,8 +267,17 @@ class DumpIngestor:
             canon = self._canonicalizers.get(kind)
             if canon is None:
                 canon = self._canonicalizers[kind] = canonicalizer_for(kind, normalize)
-            plan.append((index, column, kind, canon, self._action(column, kind)))
+            plan.append((index, public_column(column, index), kind, canon, self._action(column, kind)))
         return plan
+
+    @property
+    def public_columns(self) -> list[str]:
+        return [public_column(c, i) for i, c in enumerate(self.columns)]
+
+    @property
+    def public_mapping(self) -> dict[str, str]:
+        position = {c: i for i, c in enumerate(self.columns)}
+        return {public_column(c, position.get(c, 0)): k for c, k in (self.mapping or {}).items()}
 
     def _action(self, column: str, kind: str) -> Action:
         if len(self._actions) >= PLANS_CACHED_MAX:
@@ -436,6 +446,21 @@ def encode_records_body(payload: Mapping[str, Any]) -> CanonicalBody:
 
 SELF_CHECK_EVERY = 64
 _PACKED = 0
+
+
+_PERSONAL_NAME_KINDS = frozenset({"email", "phone", "ip", "cidr", "url", "hash", "password_hash"})
+
+
+def public_column(name: str, index: int) -> str:
+    """The name under which a column is written to the log, errors and summaries.
+
+    Column names are data in disguise when a headerless file's first row is taken for a
+    header, or when a JSON dump is keyed by account (``{"alice@example.com": {...}}``): a
+    name that looks like a personal value or an indicator is replaced by ``col<N>``.
+    """
+    if "@" in name or sniff_value(name) in _PERSONAL_NAME_KINDS:
+        return f"col{index + 1}"
+    return name
 
 
 def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,

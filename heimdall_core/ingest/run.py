@@ -211,7 +211,7 @@ def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256:
         ing = holder["ingestor"]
         return dump_started_body(dump=dump, options=options, name=path.name, fmt=ing.format or "?",
                                  compression=ing.compression, sha256=sha256, size=size,
-                                 columns=ing.columns, mapping=ing.mapping or {}, parts=1)
+                                 columns=ing.public_columns, mapping=ing.public_mapping, parts=1)
 
     gate = _StartOnce(append, None if incomplete else started)
     ingestor = DumpIngestor(dump=dump, part=0, options=options, protector=site.protector,
@@ -249,7 +249,7 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
                                  # dump.finished carries it. An unchecked one here could make a
                                  # CLI run "resume" a dump of other content.
                                  compression=ing.compression, sha256="", size=-1,
-                                 columns=ing.columns, mapping=ing.mapping or {}, parts=1)
+                                 columns=ing.public_columns, mapping=ing.public_mapping, parts=1)
 
     gate = _StartOnce(append, started)
     ingestor = DumpIngestor(dump=dump, part=0, options=options, protector=site.protector,
@@ -307,7 +307,7 @@ def _summary(dump: bytes, options: IngestOptions, name: str, ingestor: DumpInges
         elapsed_s=round(elapsed, 3), records_per_s=round(records / elapsed, 1) if elapsed else 0.0,
         parts=parts,
         quarantine_file=str(quarantine) if quarantine and quarantine.exists() else None,
-        mapping=dict(ingestor.mapping or {}) if ingestor else dict(mapping or {}))
+        mapping=ingestor.public_mapping if ingestor else dict(mapping or {}))
 
 
 def _duplicate_summary(done: DumpState, options: IngestOptions, name: str, size: int,

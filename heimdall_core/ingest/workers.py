@@ -43,6 +43,7 @@ from heimdall_core.ingest.pipeline import (
     dump_finished_body,
     dump_started_body,
     infer_from_sample,
+    public_column,
 )
 from heimdall_core.ingest.registry import DumpState
 from heimdall_core.ingest.sources import detect_compression, detect_format
@@ -212,7 +213,9 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     if resume is None:
         bodies.append(dump_started_body(
             dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
-            sha256=sha256, size=size, columns=plan.columns, mapping=plan.mapping,
+            sha256=sha256, size=size, columns=[public_column(c, i) for i, c in enumerate(plan.columns)],
+            mapping={public_column(c, plan.columns.index(c) if c in plan.columns else 0): k
+                     for c, k in plan.mapping.items()},
             parts=len(plan.ranges), ranges=plan.ranges))
     append_main(bodies)
     jobs = [PartJob(site.settings, str(path), feed.hex(), dump, part, start, end, line, plan, options,
