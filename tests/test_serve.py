@@ -60,7 +60,12 @@ def test_serve_ingests_projects_and_answers(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert json.dumps(body).count("served") >= 1
         assert _get(f"{base}/v1/indicators/planet/mars")[0] == 400
+        status, _ = _get(f"{base}/v1/indicators/email/Alice.0%40example.com")
+        assert status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
+    # The access log names routes, never the values in request paths.
+    assert b"/v1/indicators/{kind}/{value}" in err
+    assert b"alice.0" not in err.lower() and b"login.example.com" not in err

@@ -22,6 +22,9 @@ from heimdall_core.log.store import LogStore
 
 log = logging.getLogger("heimdall.api")
 
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+
 
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_projector_context)
@@ -36,11 +39,21 @@ async def _projector_context(app: web.Application) -> AsyncIterator[None]:
     projector = Projector(log_store, store, rules, ProjectorOptions(batch_events=settings.graph.batch_events))
 
     async def run() -> None:
-        await store.open()
-        try:
-            await projector.follow(stop)
-        finally:
-            await store.close()
+        # The server must never go on answering from a graph nobody updates: any failure
+        # of a pass is logged with its traceback and the projector starts again (backoff).
+        delay = RETRY_FIRST_S
+        while not stop.is_set():
+            try:
+                await store.open()
+                try:
+                    await projector.follow(stop)
+                finally:
+                    await store.close()
+            except Exception:
+                log.exception("projector failed; retrying in %.0f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     task = asyncio.create_task(run(), name="projector")
     yield
