@@ -162,7 +162,10 @@ def cmd_dumps(ctx: Context) -> int:
         print(f"{row['dump']:<32} {state:<10} {row['records']:>10} {row['quarantined']:>6}  "
               f"{row['source']} / {row['name']}")
     incomplete = [r for r in rows if not r["finished"]]
-    if incomplete:
-        print(f"\n{len(incomplete)} incomplete dump(s): run the same 'heimdall ingest' again to resume "
-              "(or add --restart to start over)")
+    streamed = [r for r in incomplete if not r["sha256"]]
+    if len(incomplete) > len(streamed):
+        print(f"\n{len(incomplete) - len(streamed)} incomplete dump(s) from files: run the same "
+              "'heimdall ingest' again to resume (or add --restart to start over)")
+    if streamed:
+        print(f"{len(streamed)} incomplete HTTP upload(s): a stream cannot be resumed; upload it again")
     return EXIT_OK
