@@ -65,7 +65,7 @@ from heimdall_core.graph.model import (
     ValueDelta,
     ValueInfo,
 )
-from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, lift, merge, visible
+from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_text, lift, merge, visible
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
 if TYPE_CHECKING:
@@ -509,17 +509,10 @@ class AgeStore:
         out = []
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)
-            out.append(DumpSeen(bytes(dump), self._text(props, "source"), self._text(props, "name"),
-                                int(count), int(first), int(last)))
+            out.append(DumpSeen(bytes(dump), dump_text(self.rules, props, "source"),
+                                dump_text(self.rules, props, "name"), int(count), int(first), int(last)))
         out.sort(key=lambda d: (-d.sightings, d.dump))
         return out[:limit]
-
-    def _text(self, cells: dict[str, Any], prop: str) -> str | None:
-        cell = cells.get(prop)
-        if cell is None:
-            return None
-        shown = visible(self.rules.rule(model.DUMP, prop), cell)
-        return shown if isinstance(shown, str) else str(shown)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:

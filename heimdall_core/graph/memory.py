@@ -22,7 +22,7 @@ from heimdall_core.graph.model import (
     StateEntry,
     ValueInfo,
 )
-from heimdall_core.graph.rules import Rule, RuleSet, lift, merge, visible
+from heimdall_core.graph.rules import Rule, RuleSet, dump_text, lift, merge
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
 
@@ -162,11 +162,7 @@ class MemoryStore:
         return out[:limit]
 
     def _dump_text(self, dump: bytes, prop: str) -> str | None:
-        cell = self._dumps.get(dump, {}).get(prop)
-        if cell is None:
-            return None
-        shown = visible(self.rules.rule(model.DUMP, prop), cell)
-        return shown if isinstance(shown, str) else str(shown)
+        return dump_text(self.rules, self._dumps.get(dump, {}), prop)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:

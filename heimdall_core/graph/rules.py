@@ -317,3 +317,14 @@ def _parse_rule(key: str, name: object) -> Rule:
             if rule in CONFIGURABLE_RULES:
                 return rule
     raise ConfigError(f"{key}: {name!r} is not a merge rule; allowed: {ALLOWED_RULES}")
+
+
+def dump_text(rules: RuleSet, cells: Mapping[str, Any], prop: str) -> str | None:
+    """A dump's property as text for answers (source, name), as its rule shows it."""
+    cell = cells.get(prop)
+    if cell is None:
+        return None
+    from heimdall_core.graph import model
+
+    shown = visible(rules.rule(model.DUMP, prop), cell)
+    return shown if isinstance(shown, str) else str(shown)

@@ -42,7 +42,7 @@ from heimdall_core.graph.model import (
     StateEntry,
     ValueInfo,
 )
-from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, lift, merge, visible
+from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_text, lift, merge
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
 SCHEMA_VERSION = 1
@@ -509,17 +509,10 @@ class SqliteStore:
         out = []
         for dump, props, count, first, last in rows:
             cells = self._cells.unpack(model.DUMP, props)
-            out.append(DumpSeen(bytes(dump), self._text(cells, "source"), self._text(cells, "name"),
-                                int(count), int(first), int(last)))
+            out.append(DumpSeen(bytes(dump), dump_text(self.rules, cells, "source"),
+                                dump_text(self.rules, cells, "name"), int(count), int(first), int(last)))
         out.sort(key=lambda d: (-d.sightings, d.dump))
         return out[:limit]
-
-    def _text(self, cells: dict[str, Any], prop: str) -> str | None:
-        cell = cells.get(prop)
-        if cell is None:
-            return None
-        shown = visible(self.rules.rule(model.DUMP, prop), cell)
-        return shown if isinstance(shown, str) else str(shown)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:
