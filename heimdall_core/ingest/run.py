@@ -179,6 +179,11 @@ def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: 
     sha256, size = file_sha256(path)
     if size == 0:
         raise IngestError(f"{path}: the file is empty")
+    # Settle every own feed first: a worker killed between writing a signed batch and its
+    # head leaves records that recovery keeps; resuming must count them, or they would be
+    # written twice.
+    for feed in site.store.own_feeds():
+        site.store.settle(feed)
     registry = DumpRegistry(site.store)
     registry.refresh()
     done = registry.find_complete(options.source, sha256)

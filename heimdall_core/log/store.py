@@ -185,6 +185,26 @@ class LogStore:
                     f"{existing.behind.size} events); import the missing events first")
             return existing
 
+    def settle(self, feed: bytes) -> bool:
+        """Run recovery on a feed nobody writes right now, then release it.
+
+        Recovery may keep a complete signed batch written after the durable head (durable,
+        but never acknowledged); readers see it only once the head says so. Whoever needs
+        the feed's final state before choosing what to write (a resumed ingest) settles
+        it first. False if another process holds the feed (its tail is its own business).
+        """
+        with self._lock:
+            if feed in self._writers:
+                return True
+            try:
+                opened = self._open_writer(feed, allow_behind=True)
+            except HeimdallError as exc:
+                if "another process" in str(exc):
+                    return False
+                raise
+            opened.close()
+            return True
+
     def _open_writer(self, feed: bytes, allow_behind: bool) -> FeedLog:
         paths = self._own_key_paths(feed)
         key: SigningKey | None = None
