@@ -61,6 +61,10 @@ class FeedStopped(HeimdallError):
     """A feed was stopped after an integrity failure or a fork; nothing more is accepted."""
 
 
+class FeedBusy(HeimdallError):
+    """Another process holds the feed's writer lock (one writer per feed)."""
+
+
 class StaleLogError(HeimdallError):
     """The log is behind its own last signed head (restored backup or copied key)."""
 
@@ -75,6 +79,10 @@ class NormalizeError(HeimdallError):
 
 class IngestError(HeimdallError):
     """An input file cannot be ingested at all (as opposed to one bad record)."""
+
+
+class UnsupportedInput(IngestError):
+    """The input is not a dump format at all (binary, UTF-16, ...): HTTP 415."""
 
 
 class PiiError(HeimdallError):

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from heimdall_core.api.app import SETTINGS_KEY, error_body
-from heimdall_core.errors import ConfigError, IngestError
+from heimdall_core.errors import ConfigError, IngestError, UnsupportedInput
 from heimdall_core.ingest.mapping import parse_map_args
 from heimdall_core.ingest.registry import DumpRegistry
 from heimdall_core.ingest.run import IngestSite, ingest_chunks, record_metrics
@@ -131,9 +131,10 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
                 break
         await _put(chunks, _END, work)
         summary = await work
+    except UnsupportedInput as exc:
+        return error_body(415, str(exc))
     except IngestError as exc:
-        status = 415 if "binary" in str(exc) or "format" in str(exc) else 400
-        return error_body(status, str(exc))
+        return error_body(400, str(exc))
     finally:
         if not work.done():
             # Over the limit, or the client went away: the dump stays incomplete (no

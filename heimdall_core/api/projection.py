@@ -17,7 +17,7 @@ from aiohttp import web
 from heimdall_core.api.app import SETTINGS_KEY
 from heimdall_core.graph.backends import make_store, rules_from
 from heimdall_core.graph.projector import Projector, ProjectorOptions
-from heimdall_core.ingest.run import log_options
+from heimdall_core.log.feed import LogOptions
 from heimdall_core.log.store import LogStore
 
 log = logging.getLogger("heimdall.api")
@@ -35,7 +35,7 @@ async def _projector_context(app: web.Application) -> AsyncIterator[None]:
     rules = rules_from(settings)
     store = make_store(settings, None, rules)
     stop = asyncio.Event()
-    log_store = LogStore(settings.data_dir, log_options(settings))
+    log_store = LogStore(settings.data_dir, LogOptions.from_settings(settings.log))
     projector = Projector(log_store, store, rules, ProjectorOptions(batch_events=settings.graph.batch_events))
 
     async def run() -> None:

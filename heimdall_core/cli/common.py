@@ -33,9 +33,7 @@ class Context:
         return self.settings.data_dir
 
     def log_options(self) -> LogOptions:
-        s = self.settings.log
-        return LogOptions(fsync=s.fsync, segment_bytes_max=s.segment_bytes_max,
-                          frame_bytes_max=s.frame_bytes_max, batch_events_max=s.batch_events_max)
+        return LogOptions.from_settings(self.settings.log)
 
     def store(self) -> LogStore:
         return LogStore(self.data_dir, self.log_options())

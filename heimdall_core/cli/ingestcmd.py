@@ -145,10 +145,7 @@ def cmd_ingest(ctx: Context) -> int:
 
 
 def cmd_dumps(ctx: Context) -> int:
-    from heimdall_core.ingest.run import log_options
-    from heimdall_core.log.store import LogStore
-
-    registry = DumpRegistry(LogStore(ctx.data_dir, log_options(ctx.settings)))
+    registry = DumpRegistry(ctx.store())
     registry.refresh()
     rows: list[dict[str, Any]] = registry.as_json()
     if ctx.args.json:

@@ -10,8 +10,7 @@ from heimdall_core import kinds
 from heimdall_core.cli.common import EXIT_OK, Context, print_json
 from heimdall_core.errors import HeimdallError
 from heimdall_core.events import encode_body
-from heimdall_core.ingest.run import log_options, normalize_options
-from heimdall_core.log.store import LogStore
+from heimdall_core.ingest.run import normalize_options
 from heimdall_core.normalize import Canonical, canonicalize
 from heimdall_core.pii.keystore import KeyStore
 from heimdall_core.pii.policy import SUBJECT_KINDS as POLICY_SUBJECT_KINDS
@@ -66,7 +65,7 @@ def _argument(text: str) -> str:
 def cmd_shred(ctx: Context) -> int:
     # Take the feed first: if another process writes it, fail before destroying anything,
     # so a shred is never left without its shredding event.
-    with LogStore(ctx.data_dir, log_options(ctx.settings)) as store:
+    with ctx.store() as store:
         writer = store.writer()
         with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
             subject = _subject(ctx, keystore, _argument(ctx.args.subject), ctx.args.kind)

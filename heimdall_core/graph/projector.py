@@ -294,9 +294,7 @@ async def project_data_dir(settings: Settings, backend: str | None = None, *, re
     """Project a site's data directory once (``replay``: from nothing); for commands and benches."""
     rules = rules_from(settings)
     store = make_store(settings, backend, rules)
-    log_options = LogOptions(fsync=settings.log.fsync, segment_bytes_max=settings.log.segment_bytes_max,
-                             frame_bytes_max=settings.log.frame_bytes_max,
-                             batch_events_max=settings.log.batch_events_max)
+    log_options = LogOptions.from_settings(settings.log)
     options = options or ProjectorOptions(batch_events=settings.graph.batch_events)
     await store.open()
     try:

@@ -64,12 +64,6 @@ class IngestSummary:
         return asdict(self)
 
 
-def log_options(settings: Settings) -> LogOptions:
-    s = settings.log
-    return LogOptions(fsync=s.fsync, segment_bytes_max=s.segment_bytes_max,
-                      frame_bytes_max=s.frame_bytes_max, batch_events_max=s.batch_events_max)
-
-
 def pii_policy(settings: Settings) -> PiiPolicy:
     policy_map = dict(settings.pii.policy)
     if settings.pii.allow_passwords and "password" not in policy_map:
@@ -89,7 +83,7 @@ class IngestSite:
 
     def __init__(self, settings: Settings, store: LogStore | None = None) -> None:
         self.settings = settings
-        self.store = store or LogStore(settings.data_dir, log_options(settings))
+        self.store = store or LogStore(settings.data_dir, LogOptions.from_settings(settings.log))
         self.keystore = KeyStore.open(settings.data_dir / "pii", create=True)
         self.policy = pii_policy(settings)
         self.protector = Protector(self.policy, self.keystore.index_keys, self.keystore)

@@ -32,7 +32,7 @@ from typing import Final, Protocol
 import orjson
 import zstandard
 
-from heimdall_core.errors import IngestError
+from heimdall_core.errors import IngestError, UnsupportedInput
 from heimdall_core.ingest.mapping import kind_from_name
 
 KIB: Final = 1024
@@ -451,22 +451,22 @@ def detect_format(head: bytes) -> str:
 def _reject_non_text(head: bytes) -> None:
     kind = detect_compression(head[:_MAGIC_BYTES_MAX])
     if kind is not None:
-        raise IngestError(f"input is {kind}-compressed; decompress it before sniffing")
+        raise UnsupportedInput(f"input is {kind}-compressed; decompress it before sniffing")
     if head.startswith(_UTF16_BOMS):
-        raise IngestError(
+        raise UnsupportedInput(
             "input is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8)"
         )
     if b"\x00" in head:
-        raise IngestError(
+        raise UnsupportedInput(
             "input is binary (it contains NUL bytes), not CSV, JSON or text lines"
         )
     sample = head[:HEAD_BYTES]
     controls = len(sample.translate(None, _NOT_CONTROL_BYTES))
     if controls > len(sample) * _CONTROL_FRACTION_MAX:
-        raise IngestError("input is binary (too many control bytes), not a text format")
+        raise UnsupportedInput("input is binary (too many control bytes), not a text format")
     invalid = len(sample) - len(sample.decode("utf-8", "ignore").encode("utf-8"))
     if invalid > len(sample) * _INVALID_UTF8_FRACTION_MAX:
-        raise IngestError("input is binary or not UTF-8 (too many invalid UTF-8 bytes)")
+        raise UnsupportedInput("input is binary or not UTF-8 (too many invalid UTF-8 bytes)")
 
 
 def _json_or_ndjson(text: bytes) -> str:

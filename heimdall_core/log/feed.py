@@ -48,8 +48,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from heimdall_core.clock import ZERO, Clock, Hlc, HybridClock
+from heimdall_core.config import LogSettings
 from heimdall_core.errors import (
     EncodingError,
+    FeedBusy,
     FeedStopped,
     HeimdallError,
     IntegrityError,
@@ -119,6 +121,12 @@ class LogOptions:
     segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     batch_events_max: int = 10_000
+
+    @classmethod
+    def from_settings(cls, log: LogSettings) -> LogOptions:
+        """The one translation of the ``[log]`` configuration section."""
+        return cls(fsync=log.fsync, segment_bytes_max=log.segment_bytes_max,
+                   frame_bytes_max=log.frame_bytes_max, batch_events_max=log.batch_events_max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +225,7 @@ class FeedLog:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise HeimdallError(
+            raise FeedBusy(
                 f"feed {self.feed_hex} is being written by another process "
                 f"(lock {self.directory / LOCK_FILE}); one writer per feed. If 'heimdall serve' "
                 "is running, send dumps to it (POST /v1/dumps, e.g. curl --data-binary @FILE -H "

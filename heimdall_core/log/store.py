@@ -25,6 +25,7 @@ from pathlib import Path
 
 from heimdall_core.clock import Clock, HybridClock
 from heimdall_core.errors import (
+    FeedBusy,
     FeedStopped,
     ForkDetected,
     HeimdallError,
@@ -198,10 +199,8 @@ class LogStore:
                 return True
             try:
                 opened = self._open_writer(feed, allow_behind=True)
-            except HeimdallError as exc:
-                if "another process" in str(exc):
-                    return False
-                raise
+            except FeedBusy:
+                return False
             opened.close()
             return True
 
