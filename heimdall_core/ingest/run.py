@@ -22,6 +22,7 @@ from heimdall_core.errors import IngestError
 from heimdall_core.ingest.pipeline import (
     DumpIngestor,
     IngestOptions,
+    PartResult,
     Progress,
     Quarantine,
     dump_finished_body,
@@ -131,24 +132,63 @@ def _check_file(path: Path) -> None:
         raise IngestError(f"{path}: not readable")
 
 
-class _StartOnce:
-    """Wraps an appender so dump.started goes to the log right before the first records."""
+class _OnePart:
+    """One dump ingested by this process as a single part (a file or an HTTP stream).
 
-    def __init__(self, append: Callable[[Sequence[bytes]], None],
-                 started: Callable[[], bytes] | None) -> None:
-        self._append = append
-        self._started = started
+    dump.started goes to the log right before the first records (the format, columns and
+    mapping are known only once the head of the input is parsed), or at the end when no
+    record was usable; dump.finished closes the dump.
+    """
 
-    def __call__(self, bodies: Sequence[bytes]) -> None:
-        if self._started is not None:
-            bodies = [self._started(), *bodies]
-            self._started = None
+    def __init__(self, site: IngestSite, options: IngestOptions, name: str, *, sha256: str,
+                 size: int, resume: DumpState | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.dump = bytes.fromhex(resume.dump) if resume else os.urandom(DUMP_ID_BYTES)
+        self._options = options
+        self._name = name
+        self._sha256 = sha256
+        self._size = size
+        self._append = site.appender()
+        self._started = resume is not None  # a resumed dump's start is already logged
+        self.quarantine_path = site.quarantine_path(self.dump)
+        self.ingestor = DumpIngestor(
+            dump=self.dump, part=0, options=options, protector=site.protector, policy=site.policy,
+            append=self._append_records,
+            quarantine=Quarantine(self.quarantine_path, self.dump.hex(), options.source),
+            skip_through=resume.progress.get("0", 0) if resume else 0, on_progress=on_progress)
+
+    def _started_body(self) -> bytes:
+        ing = self.ingestor
+        return dump_started_body(dump=self.dump, options=self._options, name=self._name,
+                                 fmt=ing.format or "?", compression=ing.compression,
+                                 sha256=self._sha256, size=self._size, columns=ing.public_columns,
+                                 mapping=ing.public_mapping, parts=1)
+
+    def _append_records(self, bodies: Sequence[bytes]) -> None:
+        if not self._started:
+            bodies = [self._started_body(), *bodies]
+            self._started = True
         self._append(bodies)
 
-    def ensure_started(self) -> None:
-        if self._started is not None:
-            self._append([self._started()])
-            self._started = None
+    def run(self, chunks: Iterable[bytes]) -> PartResult:
+        for chunk in chunks:
+            self.ingestor.feed(chunk)
+        return self.ingestor.finish()
+
+    def finish(self, result: PartResult, *, sha256: str, size: int,
+               duplicate_of: bytes | None = None) -> None:
+        bodies = [] if self._started else [self._started_body()]
+        self._started = True
+        bodies.append(dump_finished_body(dump=self.dump, records=result.records,
+                                         quarantined=result.quarantined, sha256=sha256, size=size,
+                                         duplicate_of=duplicate_of))
+        self._append(bodies)
+
+
+def _file_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            yield chunk
 
 
 @contextlib.contextmanager
@@ -201,79 +241,38 @@ def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: 
 def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256: str, size: int,
                    incomplete: DumpState | None,
                    on_progress: Callable[[Progress], None] | None, began: float) -> IngestSummary:
-    dump = bytes.fromhex(incomplete.dump) if incomplete else os.urandom(DUMP_ID_BYTES)
-    skip = incomplete.progress.get("0", 0) if incomplete else 0
-    append = site.appender()
-    holder: dict[str, DumpIngestor] = {}
-
-    def started() -> bytes:
-        ing = holder["ingestor"]
-        return dump_started_body(dump=dump, options=options, name=path.name, fmt=ing.format or "?",
-                                 compression=ing.compression, sha256=sha256, size=size,
-                                 columns=ing.public_columns, mapping=ing.public_mapping, parts=1)
-
-    gate = _StartOnce(append, None if incomplete else started)
-    ingestor = DumpIngestor(dump=dump, part=0, options=options, protector=site.protector,
-                            policy=site.policy, append=gate,
-                            quarantine=Quarantine(site.quarantine_path(dump), dump.hex(), options.source),
-                            skip_through=skip, on_progress=on_progress)
-    holder["ingestor"] = ingestor
-    with open(path, "rb") as handle:
-        while chunk := handle.read(site.settings.ingest.chunk_bytes):
-            ingestor.feed(chunk)
-    result = ingestor.finish()
-    gate.ensure_started()
-    append([dump_finished_body(dump=dump, records=result.records, quarantined=result.quarantined,
-                               sha256=sha256, size=size)])
-    return _summary(dump, options, path.name, ingestor, result.records, result.quarantined,
+    part = _OnePart(site, options, path.name, sha256=sha256, size=size, resume=incomplete,
+                    on_progress=on_progress)
+    result = part.run(_file_chunks(path, site.settings.ingest.chunk_bytes))
+    part.finish(result, sha256=sha256, size=size)
+    return _summary(part.dump, options, path.name, part.ingestor, result.records, result.quarantined,
                     result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1,
-                    began=began, quarantine=site.quarantine_path(dump))
+                    began=began, quarantine=part.quarantine_path)
 
 
 def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOptions, *,
-                  name: str = "-", expected_sha256: str | None = None,
-                  ingestor_hook: Callable[[DumpIngestor], None] | None = None) -> IngestSummary:
+                  name: str = "-", expected_sha256: str | None = None) -> IngestSummary:
     """Ingest a stream (an HTTP body). The SHA-256 is known only at the end, so a repeat
     of an earlier dump is recorded as a duplicate (``duplicate_of``) unless the caller
     gave ``expected_sha256`` and it was caught up front (see the API)."""
     began = time.monotonic()
-    dump = os.urandom(DUMP_ID_BYTES)
-    append = site.appender()
-    holder: dict[str, DumpIngestor] = {}
-
-    def started() -> bytes:
-        ing = holder["ingestor"]
-        return dump_started_body(dump=dump, options=options, name=name, fmt=ing.format or "?",
-                                 # The digest of a stream is known (and checked) only at the end;
-                                 # dump.finished carries it. An unchecked one here could make a
-                                 # CLI run "resume" a dump of other content.
-                                 compression=ing.compression, sha256="", size=-1,
-                                 columns=ing.public_columns, mapping=ing.public_mapping, parts=1)
-
-    gate = _StartOnce(append, started)
-    ingestor = DumpIngestor(dump=dump, part=0, options=options, protector=site.protector,
-                            policy=site.policy, append=gate,
-                            quarantine=Quarantine(site.quarantine_path(dump), dump.hex(), options.source))
-    holder["ingestor"] = ingestor
-    if ingestor_hook is not None:
-        ingestor_hook(ingestor)
-    for chunk in chunks:
-        ingestor.feed(chunk)
-    result = ingestor.finish()
-    sha256 = ingestor.sha256.hexdigest()
+    # The digest of a stream is known (and checked) only at the end; dump.finished carries
+    # it. An unchecked one in dump.started could make a CLI run "resume" other content.
+    part = _OnePart(site, options, name, sha256="", size=-1)
+    result = part.run(chunks)
+    sha256 = part.ingestor.sha256.hexdigest()
     if expected_sha256 and expected_sha256 != sha256:
         raise IngestError(f"the body's SHA-256 is {sha256}, not the declared {expected_sha256}; "
-                          "the records were logged under dump " + dump.hex())
+                          "the records were logged under dump " + part.dump.hex())
     registry = DumpRegistry(site.store)
     registry.refresh()
     earlier = registry.find_complete(options.source, sha256)
-    gate.ensure_started()
-    append([dump_finished_body(dump=dump, records=result.records, quarantined=result.quarantined,
-                               sha256=sha256, size=ingestor.bytes_in,
-                               duplicate_of=bytes.fromhex(earlier.dump) if earlier else None)])
-    summary = _summary(dump, options, name, ingestor, result.records, result.quarantined,
-                       result.rejected_fields, sha256, ingestor.bytes_in, resumed=False, parts=1,
-                       began=began, quarantine=site.quarantine_path(dump))
+    size = part.ingestor.bytes_in
+    part.finish(result, sha256=sha256, size=size,
+                duplicate_of=bytes.fromhex(earlier.dump) if earlier else None)
+    summary = _summary(part.dump, options, name, part.ingestor, result.records, result.quarantined,
+                       result.rejected_fields, sha256, size, resumed=False, parts=1,
+                       began=began, quarantine=part.quarantine_path)
     if earlier is not None:
         summary.duplicate, summary.duplicate_of = True, earlier.dump
     return summary
