@@ -570,7 +570,23 @@ def _column_names(fields: Sequence[str]) -> list[str]:
 _COMBO_SPLIT: Final = re.compile("[" + re.escape("".join(COMBO_DELIMITERS)) + "]")
 
 
-class ComboParser:
+class _LineFramed:
+    """Parsers of one record per line: frame lines, turn them into records, guard the lead."""
+
+    _framer: _LineFramer
+    _guard: _LeadGuard
+
+    def _records(self, segments: list[tuple[int, bytes] | BadRecord]) -> list[Item]:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[Item]:
+        return self._guard.check(self._records(self._framer.push(data)))
+
+    def close(self) -> list[Item]:
+        return self._guard.check(self._records(self._framer.finish()))
+
+
+class ComboParser(_LineFramed):
     """``login<delim>secret`` lines (``email:password``, ``user;hash``, ``user|pass``).
 
     Each line is split at its FIRST delimiter only: secrets contain delimiters, logins
@@ -602,12 +618,6 @@ class ComboParser:
     @property
     def columns(self) -> tuple[str, ...]:
         return COMBO_COLUMNS
-
-    def feed(self, data: bytes) -> list[Item]:
-        return self._guard.check(self._records(self._framer.push(data)))
-
-    def close(self) -> list[Item]:
-        return self._guard.check(self._records(self._framer.finish()))
 
     def _records(self, segments: list[tuple[int, bytes] | BadRecord]) -> list[Item]:
         out: list[Item] = []
@@ -786,7 +796,7 @@ class _JsonRecords:
         return cols
 
 
-class NdjsonParser(_JsonRecords):
+class NdjsonParser(_JsonRecords, _LineFramed):
     """One JSON value per line (NDJSON / JSON Lines). A bad line is a BadRecord."""
 
     format: Final = "ndjson"
@@ -795,12 +805,6 @@ class NdjsonParser(_JsonRecords):
         super().__init__()
         self._framer = _LineFramer(line_bytes_max, first_line)
         self._guard = _LeadGuard("NDJSON")
-
-    def feed(self, data: bytes) -> list[Item]:
-        return self._guard.check(self._records(self._framer.push(data)))
-
-    def close(self) -> list[Item]:
-        return self._guard.check(self._records(self._framer.finish()))
 
     def _records(self, segments: list[tuple[int, bytes] | BadRecord]) -> list[Item]:
         out: list[Item] = []
