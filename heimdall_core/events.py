@@ -159,7 +159,7 @@ def encode_body(kind: str, version: int, payload: Payload) -> bytes:
 
 
 def check_kind(kind: str, version: int) -> None:
-    if (kind, version) in _good_kinds and type(version) is int:
+    if type(kind) is str and type(version) is int and (kind, version) in _good_kinds:
         return
     if type(kind) is not str or len(kind) > KIND_CHARS_MAX or not KIND_RE.match(kind):
         raise EncodingError(

@@ -135,6 +135,10 @@ def _fold(local: str, domain: str, opts: NormalizeOptions) -> str:
         # "a.+news" would leave "a.", no longer a dot-string: keep the tag then.
         if _DOT_STRING.fullmatch(untagged):
             local = untagged
+    if not local.isascii():
+        # Removing a dot can join a base letter to a combining mark ("s.\u0301"):
+        # compose again so the folded form is NFC, as an unfolded one is.
+        local = unicodedata.normalize("NFC", local)
     return local
 
 
