@@ -21,7 +21,7 @@ Prints ONE JSON object:
 password) as the default PII policy writes them: email and username sealed + blind
 index, ip/domain/sha256 clear, password dropped.
 
-Usage: bench/project.py [--records N] [--merge-sample N] [--queries N]
+Usage: bench/project.py [--records N] [--merge-sample N] [--queries N] [--parts sqlite,age,...]
 Needs root for PostgreSQL + AGE from the chroot root (scripts/install-postgres-age); the
 database is started with start-db in the bench's data directory and stopped at the end.
 """
@@ -60,6 +60,7 @@ from heimdall_core.log.feed import LogOptions  # noqa: E402
 from heimdall_core.log.store import LogStore, init_site  # noqa: E402
 
 WORK = REPO / ".bench" / "project"
+PARTS = frozenset({"sqlite", "age", "floor", "merge", "query"})
 RECORDS_PER_EVENT = 1_000
 EVENTS_PER_APPEND = 100
 DUMP = hashlib.sha256(b"bench dump").digest()[:16]
@@ -339,34 +340,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = WORK / "data"
     make_log(data_dir, args.records)
     settings = config.load(None, {"HMD_DATA_DIR": str(data_dir)})
+    parts = set(args.parts.split(","))
+    unknown = parts - PARTS
+    if unknown:
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from {sorted(PARTS)}")
+    needs_pg = bool(parts & {"age", "floor", "merge"})
     was_running = db_status(data_dir).running
-    info = start_db(data_dir)
+    info = start_db(data_dir) if needs_pg else None
+    out: dict[str, Any] = {"records": args.records}
+    lat: dict[str, list[float]] = {}
     try:
         gc.collect()
-        sqlite_rate, sqlite_wall, _ = await project(settings, "sqlite")
-        await drop_graph(info.dsn, settings.graph.age_graph)
-        age_rate, age_wall, age_apply = await project(settings, "age")
-        floor_rate, copy_only = await copy_floor(settings, info.dsn)
-        merge_rate = await cypher_merge(info.dsn, args.records, args.merge_sample)
-        lat = {b: await query_latencies(settings, b, args.records, args.queries) for b in ("sqlite", "age")}
+        if "sqlite" in parts:
+            sqlite_rate, sqlite_wall, _ = await project(settings, "sqlite")
+            out.update(sqlite_records_per_s=round(sqlite_rate), replay_s=round(sqlite_wall, 2))
+        if info is not None and "age" in parts:
+            await drop_graph(info.dsn, settings.graph.age_graph)
+            age_rate, age_wall, age_apply = await project(settings, "age")
+            out.update(age_records_per_s=round(age_rate), age_apply_records_per_s=round(age_apply),
+                       replay_age_s=round(age_wall, 2))
+        if info is not None and "floor" in parts:
+            floor_rate, copy_only = await copy_floor(settings, info.dsn)
+            out.update(copy_floor_records_per_s=round(floor_rate), copy_only_records_per_s=round(copy_only))
+        if info is not None and "merge" in parts:
+            merge_rate = await cypher_merge(info.dsn, args.records, args.merge_sample)
+            out["age_cypher_merge_records_per_s"] = round(merge_rate, 1)
+        if "query" in parts:
+            for backend in [b for b in ("sqlite", "age") if b in parts]:
+                lat[backend] = await query_latencies(settings, backend, args.records, args.queries)
     finally:
-        if not was_running:
+        if info is not None and not was_running:
             stop_db(data_dir)
-    out: dict[str, Any] = {
-        "records": args.records,
-        "sqlite_records_per_s": round(sqlite_rate),
-        "age_records_per_s": round(age_rate),
-        "age_apply_records_per_s": round(age_apply),
-        "age_cypher_merge_records_per_s": round(merge_rate, 1),
-        "copy_floor_records_per_s": round(floor_rate),
-        "copy_only_records_per_s": round(copy_only),
-        "ratio_age_to_cypher_merge": round(age_rate / merge_rate, 1),
-        "ratio_age_to_copy_floor": round(age_rate / floor_rate, 3),
-        "replay_s": round(sqlite_wall, 2),
-        "replay_age_s": round(age_wall, 2),
-        "query_ms_p50": round(max(statistics.median(v) for v in lat.values()), 2),
-        "query_ms_p99": round(max(percentile(v, 0.99) for v in lat.values()), 2),
-    }
+    if "age_records_per_s" in out and "age_cypher_merge_records_per_s" in out:
+        merge_rate = out["age_cypher_merge_records_per_s"]
+        out["ratio_age_to_cypher_merge"] = round(out["age_records_per_s"] / merge_rate, 1)
+    if "age_records_per_s" in out and "copy_floor_records_per_s" in out:
+        out["ratio_age_to_copy_floor"] = round(out["age_records_per_s"] / out["copy_floor_records_per_s"], 3)
+    if lat:
+        out["query_ms_p50"] = round(max(statistics.median(v) for v in lat.values()), 2)
+        out["query_ms_p99"] = round(max(percentile(v, 0.99) for v in lat.values()), 2)
     for backend, values in lat.items():
         out[f"query_ms_p50_{backend}"] = round(statistics.median(values), 2)
         out[f"query_ms_p99_{backend}"] = round(percentile(values, 0.99), 2)
@@ -380,6 +392,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--merge-sample", type=int, default=300)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--parts", default=",".join(sorted(PARTS)),
+                        help="comma-separated subset of: " + ", ".join(sorted(PARTS)) +
+                        " (query measures the back ends also listed)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), sort_keys=True))
     return 0
