@@ -6,10 +6,14 @@ Schema, shaped for bulk projection (docs/graph-model.md, "SQLite back end"):
   content id as a UNIQUE column. Edges reference surrogates, so the indexes they live
   in grow at their end (new values get new, larger numbers) instead of at random
   places; the only random-order insert left per new value is its content id.
-* ``sighting`` holds a record's (value, field) pairs packed in one blob; ``seen``
-  (value, sighting, field) WITHOUT ROWID is the index that answers "where was this value
-  seen". Entity edges are not stored: a sighting names its entity (its primary value),
-  and entity -> value is read as the values of the sightings that name it.
+* ``sighting`` holds a record's (value id, field) pairs packed in one blob, content ids
+  and not surrogates, so co-occurrence is counted and ranked (ties by id) from the
+  sightings alone. "Where was this value seen" is the value's first (sighting, field),
+  kept in its own row (``s1``, ``f1``), plus the rows of ``seen`` (value, sighting,
+  field) WITHOUT ROWID for every later one: most values are seen once, so most records
+  add no ``seen`` row at all. Entity edges are not stored: a sighting names its entity
+  (its primary value), and entity -> value is read as the values of the sightings that
+  name it.
 * Property cells are msgpack maps in one column; they are merged in Python with the
   same rules as every other back end, only for vertices that already existed.
 * A batch inserts new values in content-id order (B-tree friendly); values already held
@@ -22,8 +26,9 @@ feed positions, so a crash at any point leaves the projection at a batch boundar
 from __future__ import annotations
 
 import contextlib
+import heapq
 import sqlite3
-from array import array
+import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +50,7 @@ from heimdall_core.graph.model import (
 from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_text, lift, merge
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sighting pairs hold value ids; value holds its first sighting
 PAGE_BYTES = 16_384  # fewer B-tree levels and page writes per random insert than 4 KiB
 CACHE_BYTES_DEFAULT = 512 << 20
 BUSY_TIMEOUT_MS = 10_000
@@ -71,7 +76,7 @@ CREATE TABLE IF NOT EXISTS field (
     UNIQUE (di, col, kind));
 CREATE TABLE IF NOT EXISTS value (
     vi INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind TEXT NOT NULL, v TEXT, bi BLOB,
-    props BLOB NOT NULL, n INTEGER NOT NULL);
+    props BLOB NOT NULL, n INTEGER NOT NULL, s1 INTEGER, f1 INTEGER);
 CREATE TABLE IF NOT EXISTS subject (id BLOB PRIMARY KEY, props BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sighting (
     si INTEGER PRIMARY KEY, di INTEGER NOT NULL, part INTEGER NOT NULL, pos INTEGER NOT NULL,
@@ -93,14 +98,27 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
-def _pack_pairs(pairs: Iterable[int]) -> bytes:
-    return array("q", pairs).tobytes()
+_PAIR = struct.Struct("<16sI")
+"""A sighting's (value id, field number) pair as stored in its ``vals`` blob."""
+FIELD_NUMBER_MAX = (1 << 32) - 1
 
 
-def _unpack_pairs(blob: bytes) -> list[tuple[int, int]]:
-    numbers = array("q")
-    numbers.frombytes(blob)
-    return list(zip(numbers[0::2], numbers[1::2], strict=True))
+def _field_bytes(fi: int) -> bytes:
+    if not 0 < fi <= FIELD_NUMBER_MAX:
+        raise GraphError(f"field number {fi} does not fit a sighting's pair (max {FIELD_NUMBER_MAX})")
+    return fi.to_bytes(4, "little")
+
+
+def _pack_pairs(pairs: Iterable[tuple[bytes, int]]) -> bytes:
+    return b"".join(vid + _field_bytes(fi) for vid, fi in pairs)
+
+
+def _unpack_pairs(blob: bytes) -> list[tuple[bytes, int]]:
+    return list(_PAIR.iter_unpack(blob))
+
+
+def _vids_of(blob: bytes) -> set[bytes]:
+    return {vid for vid, _ in _PAIR.iter_unpack(blob)}
 
 
 def _chunks(items: Sequence[Any], size: int = SQL_VARIABLES_MAX) -> Iterator[Sequence[Any]]:
@@ -111,6 +129,11 @@ def _chunks(items: Sequence[Any], size: int = SQL_VARIABLES_MAX) -> Iterator[Seq
 def _marks(count: int) -> str:
     return ",".join("?" * count)
 
+
+_SIGHTINGS_OF = (
+    "SELECT s1 FROM value WHERE id = ?1 AND s1 IS NOT NULL "
+    "UNION SELECT e.si FROM value v JOIN seen e ON e.vi = v.vi WHERE v.id = ?1")
+"""The sightings of the value with id ?1 (each once): its first, kept in its row, and the rest."""
 
 _PROP_NAMES = ("first_seen_ms", "last_seen_ms", "attrs", "seals", "enriched_by", "enriched_ms",
                "shredded_ms", *DUMP_PROPS)
@@ -417,10 +440,8 @@ class SqliteStore:
             "JOIN sighting s ON s.di = d.di ORDER BY d.id, s.part, s.pos")
         try:
             while rows := await cursor.fetchmany(STATE_ROWS_PER_FETCH):
-                decoded = [(row, _unpack_pairs(row[5])) for row in rows]
-                vids = await self._vids(vi for _, pairs in decoded for vi, _ in pairs)
-                for (dump, part, pos, seen_ms, sealed, _), pairs in decoded:
-                    values = [(vids[vi], fields[fi][1]) for vi, fi in pairs]
+                for dump, part, pos, seen_ms, sealed, vals in rows:
+                    values = [(vid, fields[fi][1]) for vid, fi in _unpack_pairs(vals)]
                     yield StateEntry("sighting", (bytes(dump), part, pos, seen_ms,
                                                   [] if sealed is None else _unpackb(sealed), values))
         finally:
@@ -430,39 +451,40 @@ class SqliteStore:
                               ) -> AsyncIterator[StateEntry]:
         current: bytes | None = None
         group: set[int] = set()
-        async for vid, fi in self._rows(
-                "SELECT v.id, s.fi FROM value v JOIN seen s ON s.vi = v.vi ORDER BY v.id"):
+        # A value's first field is in its own row (f1), later ones in seen.
+        async for vid, first, fi in self._rows(
+                "SELECT v.id, v.f1, s.fi FROM value v LEFT JOIN seen s ON s.vi = v.vi ORDER BY v.id"):
             vid = bytes(vid)
             if vid != current and current is not None:
                 for key in sorted(fields[f] for f in group):
                     yield StateEntry("in_field", (current, *key))
                 group = set()
             current = vid
-            group.add(fi)
+            group.update(f for f in (first, fi) if f is not None)
         if current is not None:
             for key in sorted(fields[f] for f in group):
                 yield StateEntry("in_field", (current, *key))
 
     async def _state_includes(self) -> AsyncIterator[StateEntry]:
         current: bytes | None = None
-        members: set[int] = set()
+        members: set[bytes] = set()
         # CROSS JOIN keeps value (in id order) outside: no sort of every sighting in memory.
         async for primary, vals in self._rows(
                 "SELECT v.id, s.vals FROM value v CROSS JOIN sighting s ON s.entity = v.vi ORDER BY v.id"):
             primary = bytes(primary)
             if primary != current and current is not None:
-                for row in await self._includes_rows(current, members):
+                for row in self._includes_rows(current, members):
                     yield row
                 members = set()
             current = primary
-            members.update(vi for vi, _ in _unpack_pairs(vals))
+            members.update(_vids_of(vals))
         if current is not None:
-            for row in await self._includes_rows(current, members):
+            for row in self._includes_rows(current, members):
                 yield row
 
-    async def _includes_rows(self, primary: bytes, members: set[int]) -> list[StateEntry]:
-        vids = await self._vids(members)
-        return [StateEntry("includes", (primary, vid)) for vid in sorted(vids.values())]
+    @staticmethod
+    def _includes_rows(primary: bytes, members: set[bytes]) -> list[StateEntry]:
+        return [StateEntry("includes", (primary, vid)) for vid in sorted(members)]
 
     # --- queries -------------------------------------------------------------------------
 
@@ -501,9 +523,10 @@ class SqliteStore:
         try:
             await self._refresh_for_reading()
             rows = await self._db.execute_fetchall(
-                "SELECT d.id, d.props, count(DISTINCT s.si), min(s.seen_ms), max(s.seen_ms) "
-                "FROM value v JOIN seen e ON e.vi = v.vi JOIN sighting s ON s.si = e.si "
-                "JOIN dump d ON d.di = s.di WHERE v.id = ? GROUP BY s.di", (vid,))
+                f"WITH hits (si) AS ({_SIGHTINGS_OF}) "  # noqa: S608 - a fixed fragment
+                "SELECT d.id, d.props, count(*), min(s.seen_ms), max(s.seen_ms) "
+                "FROM hits h JOIN sighting s ON s.si = h.si JOIN dump d ON d.di = s.di GROUP BY s.di",
+                (vid,))
         except sqlite3.Error as exc:
             raise _translate(exc, "reading where a value was seen") from exc
         out = []
@@ -522,35 +545,22 @@ class SqliteStore:
             raise _translate(exc, "reading co-occurring values") from exc
 
     async def _co_values(self, vid: bytes, limit: int, sightings_max: int) -> CoValues:
-        own = await self._scalar("SELECT vi FROM value WHERE id = ?", (vid,))
-        if own is None:
-            return CoValues((), 0, True)
         sids = [si for (si,) in await self._db.execute_fetchall(
-            "SELECT DISTINCT si FROM seen WHERE vi = ? ORDER BY si DESC LIMIT ?", (own, sightings_max + 1))]
+            f"{_SIGHTINGS_OF} ORDER BY 1 DESC LIMIT ?2", (vid, sightings_max + 1))]
         complete = len(sids) <= sightings_max
         sids = sids[:sightings_max]
-        counts: dict[int, int] = {}
+        counts: dict[bytes, int] = {}
         for chunk in _chunks(sids):
             for (vals,) in await self._db.execute_fetchall(
                     f"SELECT vals FROM sighting WHERE si IN ({_marks(len(chunk))})", chunk):  # noqa: S608
-                for vi in {vi for vi, _ in _unpack_pairs(vals)}:
-                    if vi != own:
-                        counts[vi] = counts.get(vi, 0) + 1
-        ranked = await self._rank(counts, limit)
+                for other in _vids_of(vals):
+                    counts[other] = counts.get(other, 0) + 1
+        counts.pop(vid, None)
+        # Pairs hold content ids, so ties are broken without reading the tied values.
+        ranked = heapq.nsmallest(limit, counts.items(), key=lambda item: (-item[1], item[0]))
         infos = await self.values([other for other, _ in ranked])
         items = tuple(CoValue(infos[other], n) for other, n in ranked)
         return CoValues(items, len(sids), complete)
-
-    async def _rank(self, counts: dict[int, int], limit: int) -> list[tuple[bytes, int]]:
-        """The top ``limit`` by count, ties by value id (ids fetched only near the cut)."""
-        if not counts:
-            return []
-        by_count = sorted(counts.values(), reverse=True)
-        cut = by_count[min(limit, len(by_count)) - 1]
-        near = [vi for vi, n in counts.items() if n >= cut]
-        vids = await self._vids(near)
-        ranked = sorted(((vids[vi], counts[vi]) for vi in near), key=lambda item: (-item[1], item[0]))
-        return ranked[:limit]
 
     async def counts(self) -> GraphCounts:
         try:
@@ -573,6 +583,12 @@ class _Batch:
         self.dump_ids = dict(store._dump_ids)
         self.field_ids = dict(store._field_ids)
         self.vi: dict[bytes, int] = {}
+        self.known: list[tuple[bytes, int]] = []  # (value id, vi) held, from the caches
+        self.fresh: list[bytes] = []  # value ids not in the caches, in id order
+        self.renumbered: dict[int, int] = {}  # a fresh value's number -> its held one
+        self.first: dict[bytes, tuple[int, int] | None] = {}  # fresh value -> (si, fi) first seen
+        self.seen: list[tuple[bytes, int, int]] = []  # every other (value, si, fi) edge
+        self.sighting_rows: list[tuple[Any, ...]] = []
         self.hot: dict[bytes, int] = {}  # values found already held: likely to come again
         self.inserted: list[tuple[bytes, int]] = []  # (value id, vi) new in this batch
 
@@ -598,6 +614,9 @@ class _Batch:
         await self._feeds()
         await self._dumps()
         await self._fields()
+        if delta.values or delta.sightings:
+            self._classify()
+            self._pair_sightings()
         if delta.values:
             await self._values()
         if delta.sightings:
@@ -656,48 +675,74 @@ class _Batch:
 
     # --- values --------------------------------------------------------------------------
 
-    async def _values(self) -> None:
-        """New values are inserted in content-id order, numbered in that same order, so the
-        table's rowid B-tree is appended to and the id index sees ascending keys (numbered
-        in arrival order instead, the rows landed at random places in the table's tail:
-        measured 2.3x slower). Values already held are found in the store's caches, or else
-        from the insert's conflicts."""
-        values, pack = self.delta.values, self.store._cells.pack
+    def _classify(self) -> None:
+        """Number the values: those held already from the store's caches, the rest (*fresh*)
+        in content-id order, so the table's rowid B-tree is appended to and the id index
+        sees ascending keys (numbered in arrival order instead, the rows landed at random
+        places in the table's tail: measured 2.3x slower). A fresh value that turns out to
+        be held already is found from the insert's conflicts and renumbered."""
         hot, young = self.store._hot, self.store._young
-        vi: dict[bytes, int] = {}
-        known: list[tuple[bytes, int]] = []  # (value id, vi) held, from the caches
+        vi = self.vi
         fresh: list[bytes] = []
-        for vid in values:
+        known = self.known
+        for vid in self.delta.values:
             held = hot.get(vid) or young.get(vid)
-            if held is not None:
+            if held is None:
+                fresh.append(vid)
+            else:
                 vi[vid] = held
                 known.append((vid, held))
-            else:
-                fresh.append(vid)
         fresh.sort()
-        first = self.next["value"]
-        rows: list[tuple[int, bytes, str, str | None, bytes | None, bytes, int]] = []
-        for number, vid in enumerate(fresh, first):
+        first = self._take("value", len(fresh))
+        vi.update(zip(fresh, range(first, first + len(fresh)), strict=True))
+        self.fresh = fresh
+
+    def _pair_sightings(self) -> None:
+        """Number the sightings and pack their pairs; split the (value, sighting, field)
+        edges into each fresh value's first (stored in its own row) and the rest (``seen``)."""
+        sightings = self.delta.sightings
+        si = self._take("sighting", len(sightings))
+        dump_ids, vi, field_ids = self.dump_ids, self.vi, self.field_ids
+        fields = {fk: (fi, _field_bytes(fi)) for fk in self.delta.fields
+                  for fi in (field_ids[(dump_ids[fk[0]], fk[1], fk[2])],)}
+        first: dict[bytes, tuple[int, int] | None] = dict.fromkeys(self.fresh)
+        seen: list[tuple[bytes, int, int]] = []
+        rows: list[tuple[Any, ...]] = []
+        add_seen, add_row, take_first = seen.append, rows.append, first.get
+        for (dump, part, pos), s in sightings.items():
+            parts: list[bytes] = []
+            for vid, fk in s.values:
+                f, packed = fields[fk]
+                parts += (vid, packed)
+                if take_first(vid, 0) is None:  # a fresh value met for the first time
+                    first[vid] = (si, f)
+                else:
+                    add_seen((vid, si, f))
+            sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
+            entity = None if s.entity is None else vi[s.entity]
+            add_row((si, dump_ids[dump], part, pos, s.seen_ms, entity, b"".join(parts), sealed))
+            si += 1
+        self.first, self.seen, self.sighting_rows = first, seen, rows
+
+    async def _values(self) -> None:
+        values, pack, vi, first = self.delta.values, self.store._cells.pack, self.vi, self.first
+        rows: list[tuple[Any, ...]] = []
+        add = rows.append
+        none = (None, None)
+        for vid in self.fresh:
             v = values[vid]
-            vi[vid] = number
-            rows.append((number, vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props),
-                         v.sightings))
-        number = self.next["value"] = first + len(rows)
+            add((vi[vid], vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props), v.sightings,
+                 *(first[vid] or none)))
         db = self.db
         before = db.total_changes
-        await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                             "ON CONFLICT (id) DO NOTHING", rows)
+        await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n, s1, f1) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", rows)
         conflicted: list[bytes] = []
         if db.total_changes - before != len(rows):
-            landed = {n for (n,) in await db.execute_fetchall(
-                "SELECT vi FROM value WHERE vi >= ? AND vi < ?", (first, number))}
-            conflicted = [row[1] for row in rows if row[0] not in landed]
-            self.inserted = [(row[1], row[0]) for row in rows if row[0] in landed]
-        else:
-            self.inserted = [(row[1], row[0]) for row in rows]
-        self.vi = vi
+            conflicted = await self._conflicted(rows)
+        self.inserted = [(vid, vi[vid]) for vid in self.fresh]
         updates = []
-        for chunk in _chunks(known):
+        for chunk in _chunks(self.known):
             found = await db.execute_fetchall(
                 f"SELECT vi, props FROM value WHERE vi IN ({_marks(len(chunk))})",  # noqa: S608
                 [number for _, number in chunk])
@@ -706,10 +751,26 @@ class _Batch:
         for chunk in _chunks(conflicted):
             for vid, number, props in await db.execute_fetchall(
                     f"SELECT id, vi, props FROM value WHERE id IN ({_marks(len(chunk))})", chunk):  # noqa: S608
-                vi[bytes(vid)] = number
-                updates.append(self._merged(bytes(vid), number, props))
+                vid = bytes(vid)
+                self.renumbered[vi[vid]] = number
+                vi[vid] = number
+                updates.append(self._merged(vid, number, props))
         if updates:
             await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
+
+    async def _conflicted(self, rows: list[tuple[Any, ...]]) -> list[bytes]:
+        """Fresh values that were held already (met again after leaving the caches): their
+        first edge goes to ``seen`` like every later one, and they are merged as held."""
+        first, last = rows[0][0], rows[-1][0]
+        landed = {n for (n,) in await self.db.execute_fetchall(
+            "SELECT vi FROM value WHERE vi >= ? AND vi <= ?", (first, last))}
+        conflicted = [row[1] for row in rows if row[0] not in landed]
+        for vid in conflicted:
+            edge = self.first.pop(vid)
+            if edge is not None:
+                self.seen.append((vid, *edge))
+        self.fresh = [row[1] for row in rows if row[0] in landed]
+        return conflicted
 
     def _merged(self, vid: bytes, number: int, held: bytes) -> tuple[bytes, int, int]:
         """The UPDATE row of a value held already (and remember it as one that comes again)."""
@@ -721,57 +782,51 @@ class _Batch:
     # --- sightings -----------------------------------------------------------------------
 
     async def _sightings(self) -> None:
-        sightings = self.delta.sightings
-        first = self._take("sighting", len(sightings))
-        dump_ids, vi = self.dump_ids, self.vi
-        fi_of = {fk: self.field_ids[(dump_ids[fk[0]], fk[1], fk[2])] for fk in self.delta.fields}
-        rows: list[tuple[Any, ...]] = []
-        seen: list[tuple[int, int, int]] = []
-        add_seen, add_row = seen.append, rows.append
-        for si, ((dump, part, pos), s) in enumerate(sightings.items(), first):
-            pairs: list[int] = []
-            for vid, fk in s.values:
-                v, f = vi[vid], fi_of[fk]
-                pairs += (v, f)
-                add_seen((v, si, f))
-            sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
-            entity = None if s.entity is None else vi[s.entity]
-            add_row((si, dump_ids[dump], part, pos, s.seen_ms, entity, array("q", pairs).tobytes(), sealed))
+        rows, vi, renumbered = self.sighting_rows, self.vi, self.renumbered
+        if renumbered:  # entities that were numbered as fresh values, held after all
+            rows = [(*row[:5], renumbered.get(row[5], row[5]), *row[6:]) for row in rows]
         before = self.db.total_changes
         await self.db.executemany(
             "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (di, part, pos) DO NOTHING", rows)
+        remap: dict[int, int] = {}
         if self.db.total_changes - before != len(rows):
-            seen = await self._merge_sightings(rows, seen)
-        await self.db.executemany("INSERT OR IGNORE INTO seen (vi, si, fi) VALUES (?, ?, ?)", seen)
+            remap = await self._merge_sightings(rows)
+        seen = [(vi[vid], remap.get(si, si), fi) for vid, si, fi in self.seen]
+        if seen:
+            # An edge may be a held value's first, kept in its row: never stored twice.
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO seen (vi, si, fi) SELECT ?1, ?2, ?3 WHERE NOT EXISTS "
+                "(SELECT 1 FROM value WHERE vi = ?1 AND s1 = ?2 AND f1 = ?3)", seen)
 
-    async def _merge_sightings(self, rows: list[tuple[Any, ...]], seen: list[tuple[int, int, int]]
-                               ) -> list[tuple[int, int, int]]:
-        """Slow path: some sightings were already held (a record position seen twice)."""
-        held_rows: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+    async def _merge_sightings(self, rows: list[tuple[Any, ...]]) -> dict[int, int]:
+        """Slow path: some sightings were already held (a record position seen twice).
+        Returns the held number of each sighting that was numbered anew."""
+        remap: dict[int, int] = {}
+        decrements: list[tuple[int]] = []
         for row in rows:
             found = await self.db.execute_fetchall(
                 "SELECT si, entity, vals, sealed FROM sighting WHERE di = ? AND part = ? AND pos = ?",
                 row[1:4])
-            held = next(iter(found))
+            held = tuple(next(iter(found)))
             if held[0] != row[0]:
-                held_rows[row[1:4]] = (row, held)
-        remap: dict[int, int] = {}
-        decrements: list[tuple[int]] = []
-        for row, held in held_rows.values():
-            remap[row[0]] = held[0]
-            await self._merge_sighting(row, held, decrements)
+                remap[row[0]] = held[0]
+                await self._merge_sighting(row, held, decrements)
         if decrements:
             await self.db.executemany("UPDATE value SET n = n - 1 WHERE vi = ?", decrements)
-        return [(v, remap.get(si, si), f) for v, si, f in seen]
+        moved = [(remap[edge[0]], self.vi[vid]) for vid, edge in self.first.items()
+                 if edge is not None and edge[0] in remap]
+        if moved:  # fresh values first seen in a held sighting
+            await self.db.executemany("UPDATE value SET s1 = ? WHERE vi = ?", moved)
+        return remap
 
     async def _merge_sighting(self, row: tuple[Any, ...], held: tuple[Any, ...],
                               decrements: list[tuple[int]]) -> None:
         si, entity, vals, sealed = held
         old_pairs = _unpack_pairs(vals)
-        old_vis = {vi for vi, _ in old_pairs}
+        old_vids = {vid for vid, _ in old_pairs}
         new_pairs = _unpack_pairs(row[6])
-        decrements.extend((vi,) for vi in {vi for vi, _ in new_pairs} if vi in old_vis)
+        decrements.extend((self.vi[vid],) for vid in {vid for vid, _ in new_pairs} if vid in old_vids)
         pairs = old_pairs + [p for p in new_pairs if p not in old_pairs]
         merged_sealed = sealed
         if row[7] is not None:
@@ -780,7 +835,7 @@ class _Batch:
         entity = await self._least_entity(entity, row[5])
         await self.db.execute(
             "UPDATE sighting SET seen_ms = min(seen_ms, ?), entity = ?, vals = ?, sealed = ? WHERE si = ?",
-            (row[4], entity, _pack_pairs(x for pair in pairs for x in pair), merged_sealed, si))
+            (row[4], entity, _pack_pairs(pairs), merged_sealed, si))
 
     async def _least_entity(self, a: int | None, b: int | None) -> int | None:
         """The entity whose value id is least (the model's rule for a sighting seen twice)."""
