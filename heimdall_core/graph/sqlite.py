@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import operator
 import sqlite3
 import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -45,6 +46,7 @@ from heimdall_core.graph.model import (
     DumpSeen,
     GraphCounts,
     StateEntry,
+    ValueDelta,
     ValueInfo,
 )
 from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_text, lift, merge
@@ -129,6 +131,8 @@ def _chunks(items: Sequence[Any], size: int = SQL_VARIABLES_MAX) -> Iterator[Seq
 def _marks(count: int) -> str:
     return ",".join("?" * count)
 
+
+_NUMBER = operator.itemgetter(0)
 
 _SIGHTINGS_OF = (
     "SELECT s1 FROM value WHERE id = ?1 AND s1 IS NOT NULL "
@@ -589,15 +593,16 @@ class _Batch:
         self.first: dict[bytes, tuple[int, int] | None] = {}  # fresh value -> (si, fi) first seen
         self.seen: list[tuple[bytes, int, int]] = []  # every other (value, si, fi) edge
         self.sighting_rows: list[tuple[Any, ...]] = []
+        self.arrived: list[tuple[bytes, ValueDelta]] = []  # the fresh values, in arrival order
         self.hot: dict[bytes, int] = {}  # values found already held: likely to come again
-        self.inserted: list[tuple[bytes, int]] = []  # (value id, vi) new in this batch
+        self.inserted: Iterable[tuple[bytes, int]] = ()  # (value id, vi) new in this batch
 
     def committed(self) -> None:
         store = self.store
         if len(store._hot) + len(self.hot) > HOT_VALUES_MAX:
             store._hot = {}
         store._hot.update(self.hot)
-        if len(store._young) + len(self.inserted) > YOUNG_VALUES_MAX:
+        if len(store._young) + len(self.fresh) > YOUNG_VALUES_MAX:
             store._young = {}  # a generation is dropped whole: cheaper than an LRU per entry
         store._young.update(self.inserted)
         self.store._next = self.next
@@ -680,22 +685,25 @@ class _Batch:
         in content-id order, so the table's rowid B-tree is appended to and the id index
         sees ascending keys (numbered in arrival order instead, the rows landed at random
         places in the table's tail: measured 2.3x slower). A fresh value that turns out to
-        be held already is found from the insert's conflicts and renumbered."""
+        be held already is found from the insert's conflicts and renumbered.
+
+        Everything else walks the values in arrival order, which is the order they lie in
+        memory: walking them in id order instead measured twice as slow."""
         hot, young = self.store._hot, self.store._young
         vi = self.vi
-        fresh: list[bytes] = []
-        known = self.known
-        for vid in self.delta.values:
+        arrived, known = self.arrived, self.known
+        for vid, v in self.delta.values.items():
             held = hot.get(vid) or young.get(vid)
             if held is None:
-                fresh.append(vid)
+                arrived.append((vid, v))
             else:
                 vi[vid] = held
                 known.append((vid, held))
-        fresh.sort()
+        fresh = sorted([vid for vid, _ in arrived])
         first = self._take("value", len(fresh))
         vi.update(zip(fresh, range(first, first + len(fresh)), strict=True))
         self.fresh = fresh
+        self.inserted = zip(fresh, range(first, first + len(fresh)), strict=True)
 
     def _pair_sightings(self) -> None:
         """Number the sightings and pack their pairs; split the (value, sighting, field)
@@ -725,14 +733,14 @@ class _Batch:
         self.first, self.seen, self.sighting_rows = first, seen, rows
 
     async def _values(self) -> None:
-        values, pack, vi, first = self.delta.values, self.store._cells.pack, self.vi, self.first
+        pack, vi, first = self.store._cells.pack, self.vi, self.first
         rows: list[tuple[Any, ...]] = []
         add = rows.append
         none = (None, None)
-        for vid in self.fresh:
-            v = values[vid]
+        for vid, v in self.arrived:
             add((vi[vid], vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props), v.sightings,
                  *(first[vid] or none)))
+        rows.sort(key=_NUMBER)
         db = self.db
         before = db.total_changes
         await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n, s1, f1) "
@@ -740,7 +748,7 @@ class _Batch:
         conflicted: list[bytes] = []
         if db.total_changes - before != len(rows):
             conflicted = await self._conflicted(rows)
-        self.inserted = [(vid, vi[vid]) for vid in self.fresh]
+            self.inserted = [(vid, vi[vid]) for vid in self.fresh]
         updates = []
         for chunk in _chunks(self.known):
             found = await db.execute_fetchall(
