@@ -25,6 +25,7 @@ feed positions, so a crash at any point leaves the projection at a batch boundar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import operator
@@ -62,6 +63,9 @@ dirties much the same index pages every time, and each checkpoint copies them on
 SQL_VARIABLES_MAX = 500  # per IN (...) list: far under SQLite's limit
 STATE_ROWS_PER_FETCH = 5_000
 HOT_VALUES_MAX = 1 << 19
+VALUE_ROWS_PER_STATEMENT = 16_384
+"""Fresh values per INSERT: small enough that SQLite starts writing early in a batch, big
+enough that each slice is still one ascending run through the id index."""
 YOUNG_VALUES_MAX = 1 << 20
 """Value ids remembered as held, ~60 and ~120 MiB at most: values met again (domains,
 popular addresses: *hot*) and values inserted lately (*young*, most of which are never
@@ -588,21 +592,19 @@ class _Batch:
         self.field_ids = dict(store._field_ids)
         self.vi: dict[bytes, int] = {}
         self.known: list[tuple[bytes, int]] = []  # (value id, vi) held, from the caches
-        self.fresh: list[bytes] = []  # value ids not in the caches, in id order
-        self.renumbered: dict[int, int] = {}  # a fresh value's number -> its held one
         self.first: dict[bytes, tuple[int, int] | None] = {}  # fresh value -> (si, fi) first seen
         self.seen: list[tuple[bytes, int, int]] = []  # every other (value, si, fi) edge
         self.sighting_rows: list[tuple[Any, ...]] = []
         self.arrived: list[tuple[bytes, ValueDelta]] = []  # the fresh values, in arrival order
         self.hot: dict[bytes, int] = {}  # values found already held: likely to come again
-        self.inserted: Iterable[tuple[bytes, int]] = ()  # (value id, vi) new in this batch
+        self.inserted: list[tuple[bytes, int]] = []  # (value id, vi) new in this batch
 
     def committed(self) -> None:
         store = self.store
         if len(store._hot) + len(self.hot) > HOT_VALUES_MAX:
             store._hot = {}
         store._hot.update(self.hot)
-        if len(store._young) + len(self.fresh) > YOUNG_VALUES_MAX:
+        if len(store._young) + len(self.inserted) > YOUNG_VALUES_MAX:
             store._young = {}  # a generation is dropped whole: cheaper than an LRU per entry
         store._young.update(self.inserted)
         self.store._next = self.next
@@ -681,17 +683,12 @@ class _Batch:
     # --- values --------------------------------------------------------------------------
 
     def _classify(self) -> None:
-        """Number the values: those held already from the store's caches, the rest (*fresh*)
-        in content-id order, so the table's rowid B-tree is appended to and the id index
-        sees ascending keys (numbered in arrival order instead, the rows landed at random
-        places in the table's tail: measured 2.3x slower). A fresh value that turns out to
-        be held already is found from the insert's conflicts and renumbered.
-
-        Everything else walks the values in arrival order, which is the order they lie in
-        memory: walking them in id order instead measured twice as slow."""
+        """Split the values into those held already (from the store's caches) and the rest
+        (*fresh*, in arrival order: the order they lie in memory, which measured twice as
+        fast to walk as id order). A fresh value that turns out to be held already is found
+        from the insert's conflicts."""
         hot, young = self.store._hot, self.store._young
-        vi = self.vi
-        arrived, known = self.arrived, self.known
+        vi, arrived, known = self.vi, self.arrived, self.known
         for vid, v in self.delta.values.items():
             held = hot.get(vid) or young.get(vid)
             if held is None:
@@ -699,21 +696,17 @@ class _Batch:
             else:
                 vi[vid] = held
                 known.append((vid, held))
-        fresh = sorted([vid for vid, _ in arrived])
-        first = self._take("value", len(fresh))
-        vi.update(zip(fresh, range(first, first + len(fresh)), strict=True))
-        self.fresh = fresh
-        self.inserted = zip(fresh, range(first, first + len(fresh)), strict=True)
 
     def _pair_sightings(self) -> None:
         """Number the sightings and pack their pairs; split the (value, sighting, field)
-        edges into each fresh value's first (stored in its own row) and the rest (``seen``)."""
+        edges into each fresh value's first (stored in its own row) and the rest (``seen``).
+        Entities stay value ids here: the insert looks their numbers up."""
         sightings = self.delta.sightings
         si = self._take("sighting", len(sightings))
-        dump_ids, vi, field_ids = self.dump_ids, self.vi, self.field_ids
+        dump_ids, field_ids = self.dump_ids, self.field_ids
         fields = {fk: (fi, _field_bytes(fi)) for fk in self.delta.fields
                   for fi in (field_ids[(dump_ids[fk[0]], fk[1], fk[2])],)}
-        first: dict[bytes, tuple[int, int] | None] = dict.fromkeys(self.fresh)
+        first: dict[bytes, tuple[int, int] | None] = dict.fromkeys([vid for vid, _ in self.arrived])
         seen: list[tuple[bytes, int, int]] = []
         rows: list[tuple[Any, ...]] = []
         add_seen, add_row, take_first = seen.append, rows.append, first.get
@@ -727,29 +720,18 @@ class _Batch:
                 else:
                     add_seen((vid, si, f))
             sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
-            entity = None if s.entity is None else vi[s.entity]
-            add_row((si, dump_ids[dump], part, pos, s.seen_ms, entity, b"".join(parts), sealed))
+            add_row((si, dump_ids[dump], part, pos, s.seen_ms, s.entity, b"".join(parts), sealed))
             si += 1
         self.first, self.seen, self.sighting_rows = first, seen, rows
 
     async def _values(self) -> None:
-        pack, vi, first = self.store._cells.pack, self.vi, self.first
-        rows: list[tuple[Any, ...]] = []
-        add = rows.append
-        none = (None, None)
-        for vid, v in self.arrived:
-            add((vi[vid], vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props), v.sightings,
-                 *(first[vid] or none)))
-        rows.sort(key=_NUMBER)
         db = self.db
         before = db.total_changes
-        await db.executemany("INSERT INTO value (vi, id, kind, v, bi, props, n, s1, f1) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", rows)
+        rows = await self._insert_fresh()
         conflicted: list[bytes] = []
         if db.total_changes - before != len(rows):
             conflicted = await self._conflicted(rows)
-            self.inserted = [(vid, vi[vid]) for vid in self.fresh]
-        updates = []
+        vi, updates = self.vi, []
         for chunk in _chunks(self.known):
             found = await db.execute_fetchall(
                 f"SELECT vi, props FROM value WHERE vi IN ({_marks(len(chunk))})",  # noqa: S608
@@ -760,24 +742,50 @@ class _Batch:
             for vid, number, props in await db.execute_fetchall(
                     f"SELECT id, vi, props FROM value WHERE id IN ({_marks(len(chunk))})", chunk):  # noqa: S608
                 vid = bytes(vid)
-                self.renumbered[vi[vid]] = number
                 vi[vid] = number
                 updates.append(self._merged(vid, number, props))
         if updates:
             await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
 
+    async def _insert_fresh(self) -> list[tuple[Any, ...]]:
+        """Insert the fresh values a slice at a time, each slice numbered in id order, so the
+        table's rowid B-tree is appended to and the id index sees ascending keys (numbered
+        in arrival order instead, rows landed at random places in the table's tail: measured
+        2.3x slower). A slice is written by SQLite's thread while Python builds the next."""
+        pack, vi, first, arrived = self.store._cells.pack, self.vi, self.first, self.arrived
+        number = self.next["value"]
+        none = (None, None)
+        out: list[tuple[Any, ...]] = []
+        writes = []
+        for start in range(0, len(arrived), VALUE_ROWS_PER_STATEMENT):
+            part = arrived[start:start + VALUE_ROWS_PER_STATEMENT]
+            ids = sorted([vid for vid, _ in part])
+            vi.update(zip(ids, range(number, number + len(ids)), strict=True))
+            self.inserted.extend(zip(ids, range(number, number + len(ids)), strict=True))
+            number += len(ids)
+            rows = [(vi[vid], vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props), v.sightings)
+                    + (first[vid] or none) for vid, v in part]
+            rows.sort(key=_NUMBER)
+            out += rows
+            writes.append(asyncio.ensure_future(self.db.executemany(
+                "INSERT INTO value (vi, id, kind, v, bi, props, n, s1, f1) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", rows)))
+            await asyncio.sleep(0)  # hand the statement to SQLite's thread now
+        self.next["value"] = number
+        await _all(writes)
+        return out
+
     async def _conflicted(self, rows: list[tuple[Any, ...]]) -> list[bytes]:
         """Fresh values that were held already (met again after leaving the caches): their
         first edge goes to ``seen`` like every later one, and they are merged as held."""
-        first, last = rows[0][0], rows[-1][0]
         landed = {n for (n,) in await self.db.execute_fetchall(
-            "SELECT vi FROM value WHERE vi >= ? AND vi <= ?", (first, last))}
+            "SELECT vi FROM value WHERE vi >= ? AND vi <= ?", (rows[0][0], self.next["value"] - 1))}
         conflicted = [row[1] for row in rows if row[0] not in landed]
         for vid in conflicted:
             edge = self.first.pop(vid)
             if edge is not None:
                 self.seen.append((vid, *edge))
-        self.fresh = [row[1] for row in rows if row[0] in landed]
+        self.inserted = [(row[1], row[0]) for row in rows if row[0] in landed]
         return conflicted
 
     def _merged(self, vid: bytes, number: int, held: bytes) -> tuple[bytes, int, int]:
@@ -790,22 +798,21 @@ class _Batch:
     # --- sightings -----------------------------------------------------------------------
 
     async def _sightings(self) -> None:
-        rows, vi, renumbered = self.sighting_rows, self.vi, self.renumbered
-        if renumbered:  # entities that were numbered as fresh values, held after all
-            rows = [(*row[:5], renumbered.get(row[5], row[5]), *row[6:]) for row in rows]
+        rows = self.sighting_rows
         before = self.db.total_changes
         await self.db.executemany(
             "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (di, part, pos) DO NOTHING", rows)
-        remap: dict[int, int] = {}
+            "VALUES (?1, ?2, ?3, ?4, ?5, (SELECT vi FROM value WHERE id = ?6), ?7, ?8) "
+            "ON CONFLICT (di, part, pos) DO NOTHING", rows)
+        seen = self.seen
         if self.db.total_changes - before != len(rows):
             remap = await self._merge_sightings(rows)
-        seen = [(vi[vid], remap.get(si, si), fi) for vid, si, fi in self.seen]
+            seen = [(vid, remap.get(si, si), fi) for vid, si, fi in seen]
         if seen:
             # An edge may be a held value's first, kept in its row: never stored twice.
             await self.db.executemany(
-                "INSERT OR IGNORE INTO seen (vi, si, fi) SELECT ?1, ?2, ?3 WHERE NOT EXISTS "
-                "(SELECT 1 FROM value WHERE vi = ?1 AND s1 = ?2 AND f1 = ?3)", seen)
+                "INSERT OR IGNORE INTO seen (vi, si, fi) SELECT vi, ?2, ?3 FROM value "
+                "WHERE id = ?1 AND NOT (s1 IS ?2 AND f1 IS ?3)", seen)
 
     async def _merge_sightings(self, rows: list[tuple[Any, ...]]) -> dict[int, int]:
         """Slow path: some sightings were already held (a record position seen twice).
@@ -840,7 +847,7 @@ class _Batch:
         if row[7] is not None:
             merged_sealed = row[7] if sealed is None else _packb(
                 merge(Rule.UNION, _unpackb(sealed), _unpackb(row[7])))
-        entity = await self._least_entity(entity, row[5])
+        entity = await self._least_entity(entity, None if row[5] is None else self.vi[row[5]])
         await self.db.execute(
             "UPDATE sighting SET seen_ms = min(seen_ms, ?), entity = ?, vals = ?, sealed = ? WHERE si = ?",
             (row[4], entity, _pack_pairs(pairs), merged_sealed, si))
@@ -868,6 +875,14 @@ class _Batch:
                 model.SUBJECT, cells.unpack(model.SUBJECT, old), props)
             rows.append((subject, cells.pack(model.SUBJECT, merged)))
         await self.db.executemany("INSERT OR REPLACE INTO subject (id, props) VALUES (?, ?)", rows)
+
+
+async def _all(writes: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every statement handed to SQLite's thread, then raise the first failure
+    (none may still run when the caller rolls back)."""
+    for outcome in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _translate(exc: sqlite3.Error, doing: str) -> Exception:
