@@ -63,6 +63,7 @@ dirties much the same index pages every time, and each checkpoint copies them on
 SQL_VARIABLES_MAX = 500  # per IN (...) list: far under SQLite's limit
 STATE_ROWS_PER_FETCH = 5_000
 HOT_VALUES_MAX = 1 << 19
+ORDERS_REMEMBERED_MAX = 65_536  # order keys in storage form, one per event: a few MiB
 VALUE_ROWS_PER_STATEMENT = 16_384
 """Fresh values per INSERT: small enough that SQLite starts writing early in a batch, big
 enough that each slice is still one ascending run through the id index."""
@@ -165,10 +166,12 @@ class _Cells:
         self.feeds: dict[int, bytes] = {}
         self._rule_of: dict[tuple[str, str], Rule] = {}
         self._plans: dict[str, dict[str, tuple[int | str, Rule | None]]] = {}
+        self._orders: dict[bytes, list[int]] = {}  # order key -> its storage form
 
     def load(self, rows: Iterable[Any]) -> None:
         self.feeds = {int(no): bytes(feed) for no, feed in rows}
         self.numbers = {feed: no for no, feed in self.feeds.items()}
+        self._orders = {}  # numbers may have changed (a failed batch had numbered new feeds)
 
     def _rule(self, vtype: str, name: str) -> Rule:
         rule = self._rule_of.get((vtype, name))
@@ -193,8 +196,7 @@ class _Cells:
             if rule is None:
                 out[key] = cell
             elif rule is Rule.LWW:
-                physical, logical, feed, seq = ORDER.unpack(cell[0])
-                out[key] = [[physical, logical, self.numbers[feed], seq], cell[1]]
+                out[key] = [self._order(cell[0]), cell[1]]
             elif rule is Rule.PRIORITY:
                 out[key] = [cell[0], self._order(cell[1]), cell[2]]
             else:
@@ -217,8 +219,14 @@ class _Cells:
         return out
 
     def _order(self, order: bytes) -> list[int]:
-        physical, logical, feed, seq = ORDER.unpack(order)
-        return [physical, logical, self.numbers[feed], seq]
+        """Every cell an event contributes holds the same order key: convert it once."""
+        parts = self._orders.get(order)
+        if parts is None:
+            if len(self._orders) >= ORDERS_REMEMBERED_MAX:
+                self._orders = {}
+            physical, logical, feed, seq = ORDER.unpack(order)
+            parts = self._orders[order] = [physical, logical, self.numbers[feed], seq]
+        return parts
 
     def _order_bytes(self, parts: list[int]) -> bytes:
         physical, logical, number, seq = parts
