@@ -6,10 +6,21 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from graph_contract import Feeds, fold, person_record, reference, standard_events, state_hash
+from graph_contract import (
+    Feeds,
+    all_value_ids,
+    chunks,
+    clear_field,
+    fold,
+    person_record,
+    reference,
+    standard_events,
+    state_hash,
+)
 
 from heimdall_core import kinds
 from heimdall_core.errors import DatabaseUnavailable
+from heimdall_core.events import Event
 from heimdall_core.graph import model
 from heimdall_core.graph import sqlite as sqlite_module
 from heimdall_core.graph.rules import RuleSet
@@ -90,5 +101,53 @@ async def test_sighting_counts_stay_exact_when_records_repeat(tmp_path: Path) ->
             assert held is not None and expected is not None
             assert held.sightings == expected.sightings
         assert (await store.counts()).sightings == 2
+    finally:
+        await store.close()
+
+
+async def _assert_same_as_reference(store: SqliteStore, events: list[Event]) -> None:
+    ref = await reference(events)
+    assert await state_hash(store) == await state_hash(ref)
+    for vid in all_value_ids(events):
+        assert await store.value(vid) == await ref.value(vid)
+        assert await store.value_dumps(vid) == await ref.value_dumps(vid)
+        assert await store.co_values(vid, limit=5) == await ref.co_values(vid, limit=5)
+
+
+async def test_values_met_again_after_leaving_the_caches(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values forgotten by the id caches are found from the insert's conflicts: their first
+    sighting (kept in their row) and later ones (seen) must stay exact, in small slices too."""
+    monkeypatch.setattr(sqlite_module, "HOT_VALUES_MAX", 0)
+    monkeypatch.setattr(sqlite_module, "YOUNG_VALUES_MAX", 0)
+    monkeypatch.setattr(sqlite_module, "VALUE_ROWS_PER_STATEMENT", 3)
+    events = standard_events()
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        for batch in chunks(events, iter(lambda: 2, None)):
+            await store.apply(fold(batch))
+        await store.apply(fold(events))  # everything again: held values, held sightings
+        await _assert_same_as_reference(store, events)
+    finally:
+        await store.close()
+
+
+async def test_a_held_record_gains_a_new_value(tmp_path: Path) -> None:
+    """A record position ingested again with a value never seen before: the new value's
+    first sighting is the held one, not the number its second copy was given."""
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    dump = b"\x09" * 16
+    before = [clear_field("ip", "ip", "10.9.0.1"), clear_field("site", "domain", "a.example")]
+    after = [clear_field("ip", "ip", "10.9.0.1"), clear_field("digest", "hash", "ab" * 32, algo="sha256")]
+    events = [feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": [[1, fields]]})
+              for fields in (before, after)]
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        for event in events:
+            await store.apply(fold([event]))
+        await _assert_same_as_reference(store, events)
+        new = model.clear_value_vid("hash", "ab" * 32)
+        assert [d.sightings for d in await store.value_dumps(new)] == [1]
     finally:
         await store.close()
