@@ -16,8 +16,11 @@ Schema, shaped for bulk projection (docs/graph-model.md, "SQLite back end"):
   name it.
 * Property cells are msgpack maps in one column; they are merged in Python with the
   same rules as every other back end, only for vertices that already existed.
-* A batch inserts new values in content-id order (B-tree friendly); values already held
-  are known from a cache of values met twice, or from the insert's conflicts.
+* A batch inserts new values in slices, each in content-id order (B-tree friendly), and
+  hands each slice to SQLite's thread while Python builds the next; values already held
+  are known from a cache of values met twice, or from the insert's conflicts. Numbers of
+  entities and of ``seen`` edges are looked up by SQLite, not in Python: the GIL, not
+  SQLite, is what a projection waits for.
 
 One transaction per delta (``BEGIN IMMEDIATE`` ... ``COMMIT``) holds the effects and the
 feed positions, so a crash at any point leaves the projection at a batch boundary.
