@@ -178,6 +178,8 @@ class Folder:
         delta = self.delta
         delta.dumps.setdefault(dump, {})  # the dump vertex exists once anything names it
         values, sightings, ranks = delta.values, delta.sightings, _PERSON_RANK
+        clear_ids = self._clear_ids
+        attrs_lww = self._attrs_rule is Rule.LWW
         field_keys: dict[str, FieldKey] = {}  # column -> field key, for this event
         touched: set[bytes] = set()  # values this event already gave its base cells to
         record_no = self._record_no
@@ -200,7 +202,10 @@ class Folder:
                         raise PayloadError(f"{where(event)}: field {column!r}: 'v' must be a string")
                     if not clear:
                         continue  # an empty cell carries nothing and would join unrelated records
-                    vid = self._clear_vid(kind, clear)
+                    ids = clear_ids.get(kind)  # inlined _clear_vid: the hottest lookup
+                    vid = None if ids is None else ids.get(clear)
+                    if vid is None:
+                        vid = self._clear_vid(kind, clear)
                     held = values.get(vid)
                     if held is None:
                         held = values[vid] = ValueDelta(kind, clear, None, dict(base))
@@ -210,7 +215,10 @@ class Folder:
                         touched.add(vid)
                     attrs = field.get("a")
                     if attrs is not None:
-                        self._attrs(event, held, attrs, order)
+                        if attrs_lww and type(attrs) is dict and "attrs" not in held.props:
+                            held.props["attrs"] = [order, attrs]  # the common case of _attrs
+                        else:
+                            self._attrs(event, held, attrs, order)
                 else:
                     found = self._protected(event, field, column, kind, sealed)
                     if found is None:
@@ -280,7 +288,7 @@ class Folder:
                    sealed: list[SealedField]) -> bytes | None:
         """A personal field: its value id by blind index (None: sealed only, not joinable)."""
         subject, ct, blind = field.get("sub"), field.get("ct"), field.get("bi")
-        if subject is not None:
+        if subject is not None and (type(subject) is not bytes or len(subject) != SUBJECT_ID_BYTES):
             _check_bin(subject, SUBJECT_ID_BYTES, "sub", event)
         if ct is not None and (type(ct) is not bytes or subject is None):
             raise PayloadError(f"{where(event)}: field {column!r}: 'ct' must be binary, with 'sub'")
@@ -288,7 +296,8 @@ class Folder:
             if ct is not None and subject is not None:
                 sealed.append((column, kind, subject, ct))
             return None  # sealed only, or shredded before it was ingested
-        _check_bin(blind, BLIND_INDEX_BYTES, "bi", event)
+        if type(blind) is not bytes or len(blind) != BLIND_INDEX_BYTES:
+            _check_bin(blind, BLIND_INDEX_BYTES, "bi", event)
         return model.blind_value_vid(kind, blind)
 
     def _attrs(self, event: Event, held: ValueDelta, attrs: object, order: bytes) -> None:
@@ -299,6 +308,8 @@ class Folder:
         old = held.props.get("attrs")
         if old is None:
             held.props["attrs"] = cell
+        elif rule is Rule.LWW and old[0] is not order:
+            held.props["attrs"] = merge(rule, old, cell)  # another event: never the same cell
         elif not same(old, cell):  # a value met again in one event: usually the same attrs
             held.props["attrs"] = merge(rule, old, cell)
 
