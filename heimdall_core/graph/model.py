@@ -39,7 +39,7 @@ import msgpack
 ID_BYTES = 16
 """Vertex and edge ids: 128 bits, collision-free at any realistic volume."""
 
-VALUE_PREFIXES_MAX = 1_024  # (kind, form) pairs remembered; kinds are a short list
+VALUE_PREFIXES_MAX = 1_024  # kinds remembered per form; kinds are a short list
 
 DUMP_ID_BYTES = 16
 BLIND_INDEX_BYTES = 16
@@ -97,27 +97,34 @@ def field_vid(dump: bytes, column: str, kind: str) -> bytes:
     return content_id(FIELD, dump, column, kind)
 
 
-_VALUE_PREFIXES: dict[tuple[str, str], bytes] = {}
+_VALUE_PREFIXES: dict[str, dict[str, bytes]] = {CLEAR: {}, BLIND: {}}  # form -> kind -> prefix
 
 
 def _value_prefix(kind: str, form: str) -> bytes:
     """msgpack of ["value", kind, form, ...] up to the last element (4-element fixarray)."""
-    prefix = _VALUE_PREFIXES.get((kind, form))
+    known = _VALUE_PREFIXES[form]
+    prefix = known.get(kind)
     if prefix is None:
         prefix = b"\x94" + _packb(VALUE) + _packb(kind) + _packb(form)
-        if len(_VALUE_PREFIXES) < VALUE_PREFIXES_MAX:
-            _VALUE_PREFIXES[(kind, form)] = prefix
+        if len(known) < VALUE_PREFIXES_MAX:
+            known[kind] = prefix
     return prefix
+
+
+_CLEAR_PREFIXES = _VALUE_PREFIXES[CLEAR]
+_BLIND_PREFIXES = _VALUE_PREFIXES[BLIND]
 
 
 def clear_value_vid(kind: str, value: str) -> bytes:
     """= content_id(VALUE, kind, CLEAR, value), without building the list (hot path)."""
-    return _blake2b(_value_prefix(kind, CLEAR) + _packb(value), digest_size=ID_BYTES).digest()
+    prefix = _CLEAR_PREFIXES.get(kind) or _value_prefix(kind, CLEAR)
+    return _blake2b(prefix + _packb(value), digest_size=ID_BYTES).digest()
 
 
 def blind_value_vid(kind: str, blind_index: bytes) -> bytes:
     """= content_id(VALUE, kind, BLIND, blind_index)."""
-    return _blake2b(_value_prefix(kind, BLIND) + _packb(blind_index), digest_size=ID_BYTES).digest()
+    prefix = _BLIND_PREFIXES.get(kind) or _value_prefix(kind, BLIND)
+    return _blake2b(prefix + _packb(blind_index), digest_size=ID_BYTES).digest()
 
 
 def sighting_vid(dump: bytes, part: int, position: int) -> bytes:
