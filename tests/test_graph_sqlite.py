@@ -19,7 +19,7 @@ from graph_contract import (
 )
 
 from heimdall_core import kinds
-from heimdall_core.errors import DatabaseUnavailable
+from heimdall_core.errors import DatabaseUnavailable, GraphError
 from heimdall_core.events import Event
 from heimdall_core.graph import model
 from heimdall_core.graph import sqlite as sqlite_module
@@ -149,5 +149,24 @@ async def test_a_held_record_gains_a_new_value(tmp_path: Path) -> None:
         await _assert_same_as_reference(store, events)
         new = model.clear_value_vid("hash", "ab" * 32)
         assert [d.sightings for d in await store.value_dumps(new)] == [1]
+    finally:
+        await store.close()
+
+
+async def test_a_file_of_another_schema_version_is_rebuilt_by_replay(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite"
+    events = standard_events()
+    store = await opened(path)
+    await store.apply(fold(events))
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
+    store = await opened(path)  # opens, so that replay can rebuild it
+    try:
+        with pytest.raises(GraphError, match=r"schema version 1.*heimdall replay"):
+            await store.positions()
+        await store.reset()
+        await store.apply(fold(events))
+        assert await state_hash(store) == await state_hash(await reference(events))
     finally:
         await store.close()

@@ -254,6 +254,7 @@ class SqliteStore:
         self._young: dict[bytes, int] = {}  # committed value id -> vi, for values inserted lately
         self._cells = _Cells(rules)
         self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
+        self._outdated: GraphError | None = None  # the file has another schema version
 
     @property
     def backend(self) -> str:
@@ -266,8 +267,10 @@ class SqliteStore:
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure()
-            await self._check_meta()
-            await self._load_ids()
+            self._outdated = await self._outdated_schema()
+            if self._outdated is None:
+                await self._check_meta()
+                await self._load_ids()
         except sqlite3.Error as exc:
             await self.close()
             raise _translate(exc, f"cannot open the graph database {self.path}") from exc
@@ -296,14 +299,28 @@ class SqliteStore:
         if not held >= _SCHEMA_OBJECTS:
             await conn.executescript(_SCHEMA)
 
+    async def _outdated_schema(self) -> GraphError | None:
+        """What every use but :meth:`reset` raises when the file has another schema version
+        (a projection is disposable: ``replay`` rebuilds it in the current one)."""
+        assert self._conn is not None
+        rows = await self._conn.execute_fetchall("SELECT value FROM meta WHERE name = 'schema_version'")
+        version = next((str(value) for (value,) in rows), None)
+        if version is None or int(version) == SCHEMA_VERSION:
+            return None
+        return GraphError(f"{self.path} has graph schema version {version}; this build uses "
+                          f"{SCHEMA_VERSION}: run 'heimdall replay' to rebuild it")
+
+    async def _rebuild_schema(self) -> None:
+        assert self._conn is not None
+        for table in (*_TABLES, "meta"):
+            await self._conn.execute(f"DROP TABLE IF EXISTS {table}")  # fixed names
+        await self._conn.executescript(_SCHEMA)
+        self._outdated = None
+
     async def _check_meta(self) -> None:
         conn = self._db
         rows: dict[str, str] = {name: value for name, value in
                                 await conn.execute_fetchall("SELECT name, value FROM meta")}
-        version = rows.get("schema_version")
-        if version is not None and int(version) != SCHEMA_VERSION:
-            raise GraphError(f"{self.path} has graph schema version {version}; this build uses "
-                             f"{SCHEMA_VERSION}: run 'heimdall replay' to rebuild it")
         fingerprint = self.rules.fingerprint()
         held = rows.get("rules")
         if held is not None and held != fingerprint and not await self._is_empty():
@@ -352,6 +369,8 @@ class SqliteStore:
     def _db(self) -> aiosqlite.Connection:
         if self._conn is None:
             raise GraphError("the graph store is not open")
+        if self._outdated is not None:
+            raise self._outdated
         return self._conn
 
     async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -360,6 +379,8 @@ class SqliteStore:
 
     async def reset(self) -> None:
         try:
+            if self._outdated is not None:
+                await self._rebuild_schema()
             await self._db.execute("BEGIN IMMEDIATE")
             for table in _TABLES:
                 await self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
