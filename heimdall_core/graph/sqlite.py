@@ -19,8 +19,8 @@ Schema, shaped for bulk projection (docs/graph-model.md, "SQLite back end"):
 * A batch inserts new values in slices, each in content-id order (B-tree friendly), and
   hands each slice to SQLite's thread while Python builds the next; values already held
   are known from a cache of values met twice, or from the insert's conflicts. Numbers of
-  entities and of ``seen`` edges are looked up by SQLite, not in Python: the GIL, not
-  SQLite, is what a projection waits for.
+  entities and of ``seen`` edges are looked up by SQLite, not in Python: Python's thread
+  is the busier one (measured ~40 against ~25 us per record at 300k records).
 
 One transaction per delta (``BEGIN IMMEDIATE`` ... ``COMMIT``) holds the effects and the
 feed positions, so a crash at any point leaves the projection at a batch boundary.
