@@ -34,7 +34,7 @@ from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_pars
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
 from heimdall_core.pii.policy import Action, PiiPolicy
-from heimdall_core.pii.protect import Protector
+from heimdall_core.pii.protect import BatchSealer, Protector
 
 log = logging.getLogger("heimdall.ingest")
 
@@ -44,14 +44,32 @@ SNIFF_BYTES = 64 * 1024
 SAMPLE_RECORDS = 200
 QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
+MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~600 bytes each: ~10 MiB)
+ATTR_DICTS_MAX = 4_096  # distinct attribute sets shared between clear fields
+
+
+
+
+class _ClearMemo(dict[str, dict[str, Any]]):
+    """Raw value -> the clear field it becomes, for one column: dumps repeat domains,
+    IPs and hashes, and a hit skips canonicalizing and building the field. The field
+    dicts are shared between records, which is safe because they are only packed.
+    A column whose values rarely repeat stops being remembered (see ``_memo_full``)."""
+
+    __slots__ = ("hits",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits = 0
 
 
 # One planned column: (index in the record, column name, mapped kind, its canonicalizer,
-# the policy's action for a value of that kind).
-_Step = tuple[int, str, str, Callable[[str], Result], Action]
+# the policy's action for a value of that kind, its memo of clear fields or None).
+_Step = tuple[int, str, str, Callable[[str], Result], Action, "_ClearMemo | None"]
 
-# A record held for the writer: (position, clear fields built here, fields for the protector).
-_Held = tuple[int, list[dict[str, Any]], list[tuple[str, str, str]]]
+# A record held for the writer, as its event lists it: [position, fields]. Its sealed
+# fields get their ciphertexts when the batch is sealed (see ``BatchSealer``).
+_Held = list[Any]
 
 # Appends event bodies to one of this site's feeds; returns once they are durable.
 Appender = Callable[[Sequence[bytes]], None]
@@ -158,9 +176,11 @@ class DumpIngestor:
         self.mapping: dict[str, str] | None = None
         self.columns: tuple[str, ...] = ()
         self._plans: dict[tuple[str, ...], list[_Step]] = {}
+        self._attr_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self._canonicalizers: dict[str, Callable[[str], Result]] = {}
         self._actions: dict[tuple[str, str], Action] = {}
         self._batch: list[_Held] = []
+        self._sealer: BatchSealer = protector.batch(options.source)
         self._appender: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
         self._bodies: list[bytes] = []
@@ -267,7 +287,9 @@ class DumpIngestor:
             canon = self._canonicalizers.get(kind)
             if canon is None:
                 canon = self._canonicalizers[kind] = canonicalizer_for(kind, normalize)
-            plan.append((index, public_column(column, index), kind, canon, self._action(column, kind)))
+            action = self._action(column, kind)
+            memo = _ClearMemo() if action is Action.CLEAR else None
+            plan.append((index, public_column(column, index), kind, canon, action, memo))
         return plan
 
     @property
@@ -302,8 +324,10 @@ class DumpIngestor:
         skip = self._skip_through
         actions = self._actions
         batch = self._batch
+        protect = self._sealer.fields
         batch_max = self.options.records_per_event * EVENTS_PER_APPEND
         clear_action = Action.CLEAR
+        attr_dicts = self._attr_dicts
         drop_action = Action.DROP
         canonical_type = Canonical
         bad_type = BadRecord
@@ -325,12 +349,18 @@ class DumpIngestor:
                 width = len(values)
                 clear: list[dict[str, Any]] = []
                 sealed: list[tuple[str, str, str]] = []
-                for index, column, kind, canon, kind_action in plan:
+                for index, column, kind, canon, kind_action, memo in plan:
                     if index >= width:
                         continue
                     raw = values[index]
                     if not raw:
                         continue
+                    if memo is not None:
+                        field = memo.get(raw)
+                        if field is not None:
+                            memo.hits += 1
+                            clear.append(field)
+                            continue
                     result = canon(raw)
                     if type(result) is not canonical_type:
                         rejected += 1
@@ -345,11 +375,19 @@ class DumpIngestor:
                             action = self._action(column, final_kind)
                     if action is clear_action:
                         # Built here, keys in canonical order: a (attrs), col, kind, v.
-                        if result.attrs:
-                            clear.append({"a": dict(result.attrs), "col": column, "kind": final_kind,
-                                          "v": result.value})
+                        attrs = result.attrs
+                        if attrs:
+                            shared = attr_dicts.get(attrs)
+                            if shared is None:
+                                shared = self._attr_dict(attrs)
+                            field = {"a": shared, "col": column, "kind": final_kind, "v": result.value}
                         else:
-                            clear.append({"col": column, "kind": final_kind, "v": result.value})
+                            field = {"col": column, "kind": final_kind, "v": result.value}
+                        clear.append(field)
+                        if memo is not None and final_kind == kind:
+                            memo[raw] = field
+                            if len(memo) >= MEMO_VALUES_MAX:
+                                self._memo_full(memo)
                     elif action is not drop_action:
                         sealed.append((column, final_kind, result.value))
                 if not clear and not sealed:
@@ -359,14 +397,41 @@ class DumpIngestor:
                 records += 1
                 if item.position <= skip:
                     continue  # written before an interruption; resuming after it
-                batch.append((item.position, clear, sealed))
+                if sealed:
+                    fields = protect(sealed)  # protector fields first, then the clear ones
+                    fields += clear
+                    batch.append([item.position, fields])
+                else:
+                    batch.append([item.position, clear])
                 if len(batch) >= batch_max:
                     self._flush_records()
                     batch = self._batch
+                    protect = self._sealer.fields
         finally:
             self._count(records, quarantined, rejected)
         if self._on_progress is not None:
             self._on_progress(self.progress)
+
+    def _attr_dict(self, attrs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+        """The attributes of a clear field as a dict shared by every field with the same
+        ones (an IP's version, a hash's algorithm): one dict fewer per field."""
+        if len(self._attr_dicts) >= ATTR_DICTS_MAX:
+            self._attr_dicts.clear()
+        shared = self._attr_dicts[attrs] = dict(attrs)
+        return shared
+
+    def _memo_full(self, memo: _ClearMemo) -> None:
+        """A full memo starts over if at least as many values were found in it as were
+        put in (values repeat); otherwise its column is no longer remembered."""
+        keep = memo.hits >= len(memo)
+        memo.clear()
+        memo.hits = 0
+        if keep:
+            return
+        for plan in self._plans.values():
+            for position, step in enumerate(plan):
+                if step[5] is memo:
+                    plan[position] = (*step[:5], None)
 
     def _count(self, records: int, quarantined: int, rejected: int) -> None:
         result, progress = self.result, self.progress
@@ -413,16 +478,12 @@ class DumpIngestor:
             raise
 
     def _bodies_of(self, batch: list[_Held]) -> list[bytes]:
-        protected = self._protector.protect_batch(self.options.source,
-                                                  [sealed for _, _, sealed in batch])
+        sealer, self._sealer = self._sealer, self._protector.batch(self.options.source)
+        sealer.seal()  # one key-store transaction, durable before the events are built
         per_event = self.options.records_per_event
         bodies: list[bytes] = []
         for start in range(0, len(batch), per_event):
-            records = []
-            for (position, clear, _), record in zip(batch[start:start + per_event],
-                                                    protected[start:start + per_event], strict=True):
-                records.append([position, [*record.fields, *clear]])  # protector fields: sorted keys
-            payload = {"dump": self.dump, "part": self.part, "records": records}
+            payload = {"dump": self.dump, "part": self.part, "records": batch[start:start + per_event]}
             bodies.append(encode_records_body(payload))
             self.result.events += 1
         return bodies

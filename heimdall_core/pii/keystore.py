@@ -37,6 +37,7 @@ from heimdall_core.pii.envelope import (
     FORMAT_V1,
     KEY_BYTES,
     NONCE_BYTES,
+    WRAPPED_DEK_BYTES,
     dek_ad,
     unwrap_dek,
     wrap_dek,
@@ -405,9 +406,8 @@ class KeyStore:
                 rows = self._insert_then_read(subjects, version, wrapped)
             else:
                 rows = self._read_rows_in_tx(subjects)
-                self._insert(
-                    [(s, version, w) for s, w in zip(subjects, wrapped, strict=True) if s not in rows]
-                )
+                missing = [(s, w) for s, w in zip(subjects, wrapped, strict=True) if s not in rows]
+                self._insert([s for s, _ in missing], version, [w for _, w in missing])
         self._mostly_new = len(rows) * 2 < count
         # Unwrapped after the commit: the lock is held no longer than the I/O needs.
         result = DataKeys(zip(subjects, deks, strict=True))
@@ -426,19 +426,21 @@ class KeyStore:
             out.append(_FORMAT + nonce + encrypt(nonce, dek, ad_head + s))
         return out
 
-    def _insert(self, rows: list[tuple[bytes, int, bytes]]) -> None:
-        # OR IGNORE: under the lock nothing can conflict, but a duplicate must
-        # never replace a key that fields may already be sealed under.
-        self._conn.executemany(
-            "INSERT OR IGNORE INTO subject_key (subject, kek_version, wrapped) VALUES (?, ?, ?)", rows
-        )
+    def _insert(self, subjects: Sequence[bytes], version: int, wrapped: Sequence[bytes]) -> None:
+        """Insert the rows in the order given, in one statement (see ``_INSERT_SQL``)."""
+        if not subjects:
+            return
+        if any(len(w) != WRAPPED_DEK_BYTES for w in wrapped):
+            raise KeyMaterialError(f"a wrapped data key must be {WRAPPED_DEK_BYTES} bytes")
+        packed = b"".join(itertools.chain.from_iterable(zip(subjects, wrapped, strict=True)))
+        self._conn.execute(_INSERT_SQL, {"rows": packed, "count": len(subjects), "version": version})
 
     def _insert_then_read(
         self, subjects: Sequence[bytes], version: int, wrapped: Sequence[bytes]
     ) -> dict[bytes, tuple[int | None, bytes | None]]:
         """Insert every subject's fresh DEK; the rows that existed before (not ours)."""
         before = self._conn.total_changes
-        self._insert(list(zip(subjects, itertools.repeat(version), wrapped)))
+        self._insert(subjects, version, wrapped)
         if self._conn.total_changes - before == len(subjects):
             return {}
         ours = dict(zip(subjects, wrapped, strict=True))
@@ -528,6 +530,20 @@ def _check_subject(subject: bytes) -> None:
 _FORMAT = bytes((FORMAT_V1,))
 
 _SELECT_SQL: dict[int, str] = {}
+
+_ROW_BYTES = SUBJECT_ID_BYTES + WRAPPED_DEK_BYTES
+
+# New rows, inserted by one statement from one blob of (subject | wrapped DEK) pairs
+# rather than by executemany: binding a row from Python cost as much as inserting it,
+# and a single statement runs without the GIL. OR IGNORE: under the write lock nothing
+# can conflict, but a duplicate must never replace a key that fields may be sealed under.
+_INSERT_SQL = f"""
+INSERT OR IGNORE INTO subject_key (subject, kek_version, wrapped)
+WITH RECURSIVE row(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM row WHERE n + 1 < :count)
+SELECT substr(:rows, n * {_ROW_BYTES} + 1, {SUBJECT_ID_BYTES}), :version,
+       substr(:rows, n * {_ROW_BYTES} + {SUBJECT_ID_BYTES + 1}, {WRAPPED_DEK_BYTES})
+FROM row
+"""  # noqa: S608 - only constants are interpolated; the values are bound by SQLite
 
 
 def _select_sql(count: int) -> str:

@@ -124,69 +124,17 @@ class Protector:
         return self.protect_batch(source, [fields])[0]
 
     def protect_batch(self, source: str, records: Sequence[Sequence[FieldIn]]) -> list[ProtectedRecord]:
-        """Protect a batch: one data-key fetch for all its subjects.
-
-        The ingest hot path (a few fields per record, tens of thousands of records per
-        second): two passes over the batch in this one function, names bound to locals,
-        since a Python call or attribute lookup per field is a measurable share."""
+        """Protect a batch: one data-key fetch for all its subjects."""
         if len(records) > RECORDS_PER_BATCH_MAX:
             raise PiiError(f"batch of {len(records)} records exceeds {RECORDS_PER_BATCH_MAX}")
-        codes = self._codes_for(source)
-        plans = self._plans(source, codes, records)
-        subjects = list({subject for _, subject, _ in plans if subject is not None})
-        deks = self._source.data_keys(subjects) if subjects else {}
-        missing = [s for s in subjects if s not in deks]
-        if missing:
-            raise PiiError(f"key store returned no data key for subject {missing[0].hex()}")
-        encrypts = {s: AESGCM(k).encrypt for s, k in deks.items() if k is not None}
-        sealed_total = sum(sealed for _, _, sealed in plans)
-        nonces = self._random_bytes(NONCE_BYTES * sealed_total) if sealed_total else b""
-        fingerprint = self._keys.blind.digest
-        out: list[ProtectedRecord] = []
-        append = out.append
-        offset = 0
-        for fields, (flags, subject, _) in zip(records, plans, strict=True):
-            if subject is None:
-                encrypt = None
-                ad_head = b""
-            else:
-                encrypt = encrypts.get(subject)
-                ad_head = _FORMAT + subject
-            protected: list[ProtectedField] = []
-            for (column, kind, value), code in zip(fields, flags, strict=True):
-                if not code:
-                    continue  # drop
-                # An empty value carries nothing personal, and sealing or indexing it would
-                # tie together every record that lacks the value.
-                if code == _KEEP or not value:
-                    protected.append({"col": column, "kind": kind, "v": value})
-                    continue
-                # Keys are inserted in sorted order (bi, col, ct, kind, sub): canonical
-                # msgpack needs sorted maps, and building them sorted spares the encoder a sort.
-                field: ProtectedField = {}
-                if code & _INDEX:
-                    # Inlined blind_index(): same message, same truncation (tested equal).
-                    field["bi"] = fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
-                field["col"] = column
-                if code & _SEAL:
-                    assert subject is not None
-                    if encrypt is not None:  # None: the subject is shredded, the value not kept
-                        plaintext = value.encode()
-                        if len(plaintext) > FIELD_PLAINTEXT_BYTES_MAX:
-                            raise PiiError(
-                                f"column {column!r}: a {kind} value of {len(plaintext)} bytes "
-                                f"exceeds {FIELD_PLAINTEXT_BYTES_MAX}"
-                            )
-                        nonce = nonces[offset : offset + NONCE_BYTES]
-                        offset += NONCE_BYTES
-                        field["ct"] = _FORMAT + nonce + encrypt(nonce, plaintext, ad_head + kind.encode())
-                    field["kind"] = kind
-                    field["sub"] = subject
-                else:
-                    field["kind"] = kind
-                protected.append(field)
-            append(ProtectedRecord(subject, tuple(protected)))
-        return out
+        batch = self.batch(source)
+        protected = [batch.fields(fields) for fields in records]
+        batch.seal()
+        return [ProtectedRecord(_subject_of(fields), tuple(fields)) for fields in protected]
+
+    def batch(self, source: str) -> BatchSealer:
+        """A batch of records of ``source`` to protect (see :class:`BatchSealer`)."""
+        return BatchSealer(self, source)
 
     def _codes_for(self, source: str) -> dict[tuple[str, str], int]:
         codes = self._codes.get(source)
@@ -201,46 +149,135 @@ class Protector:
         codes[(column, kind)] = code
         return code
 
-    def _plans(
-        self, source: str, codes: dict[tuple[str, str], int], records: Sequence[Sequence[FieldIn]]
-    ) -> list[tuple[list[int], bytes | None, int]]:
-        """Per record: flags per field, its subject, and how many fields get sealed."""
-        subject_digest = self._keys.subject.digest
+
+# A field waiting for its ciphertext: (its dict, subject, plaintext, kind).
+_Pending = tuple[ProtectedField, bytes, bytes, str]
+
+
+class BatchSealer:
+    """Protects a batch of records in two steps, so the ingest hot path needs no
+    intermediate copies: :meth:`fields` returns each record's protected fields at once,
+    complete but for their ciphertexts, and :meth:`seal` fetches the batch's data keys in
+    one key-store call and fills every ciphertext in, in place.
+
+    The fields of a record must not be packed before :meth:`seal` returns. Equal to
+    :meth:`Protector.protect_batch` field for field (which is built on it).
+    """
+
+    __slots__ = ("_codes", "_fingerprint", "_pending", "_protector", "_records", "_source",
+                 "_subject_digest", "_subjects")
+
+    def __init__(self, protector: Protector, source: str) -> None:
+        self._protector = protector
+        self._source = source
+        self._codes = protector._codes_for(source)
+        self._fingerprint = protector._keys.blind.digest
+        self._subject_digest = protector._keys.subject.digest
+        self._pending: list[_Pending] = []
+        self._subjects: dict[bytes, None] = {}  # insertion-ordered set
+        self._records = 0
+
+    def __repr__(self) -> str:
+        return f"BatchSealer({self._records} records, {len(self._pending)} fields to seal)"
+
+    def fields(self, record: Sequence[FieldIn]) -> list[ProtectedField]:
+        """The protected fields of one record, in its order (see the module doc).
+
+        A sealed field holds a placeholder ``ct`` until :meth:`seal`; its keys are
+        inserted in sorted order (bi, col, ct, kind, sub), since canonical msgpack needs
+        sorted maps and building them sorted spares the encoder a sort. One pass over
+        the record with names bound to locals: this runs for every ingested record.
+        """
+        if len(record) > FIELDS_PER_RECORD_MAX:
+            raise PiiError(f"record of {len(record)} fields exceeds {FIELDS_PER_RECORD_MAX}")
+        self._records += 1
+        if self._records > RECORDS_PER_BATCH_MAX:
+            raise PiiError(f"batch of {self._records} records exceeds {RECORDS_PER_BATCH_MAX}")
+        codes = self._codes
         rank_of = _SUBJECT_RANK.get
-        plans: list[tuple[list[int], bytes | None, int]] = []
-        append = plans.append
-        for fields in records:
-            if len(fields) > FIELDS_PER_RECORD_MAX:
-                raise PiiError(f"record of {len(fields)} fields exceeds {FIELDS_PER_RECORD_MAX}")
-            flags = []
-            sealed = 0
-            best_rank = _NO_RANK
-            best: FieldIn | None = None
-            fallback: FieldIn | None = None
-            for field in fields:
-                column, kind, value = field
-                code = codes.get((column, kind))
-                if code is None:
-                    code = self._code(source, codes, column, kind)
-                flags.append(code)
-                if not value:
-                    continue
-                if code & _SEAL:
-                    sealed += 1
-                    if fallback is None:
-                        fallback = field
+        out: list[ProtectedField] = []
+        sealed: list[tuple[ProtectedField, str, str]] = []
+        best_rank = _NO_RANK
+        best: FieldIn | None = None
+        first_sealed: FieldIn | None = None
+        for field in record:
+            column, kind, value = field
+            code = codes.get((column, kind))
+            if code is None:
+                code = self._protector._code(self._source, codes, column, kind)
+            if value:
+                # The subject rule looks at every present field, whatever its action.
                 rank = rank_of(kind, _NO_RANK)
                 if rank < best_rank:
                     best_rank, best = rank, field
-            if sealed == 0:
-                append((flags, None, 0))
+            if not code:
+                continue  # drop
+            # An empty value carries nothing personal, and sealing or indexing it would
+            # tie together every record that lacks the value.
+            if code == _KEEP or not value:
+                out.append({"col": column, "kind": kind, "v": value})
                 continue
-            chosen = best if best is not None else fallback
-            assert chosen is not None
+            protected: ProtectedField = {}
+            if code & _INDEX:
+                # Inlined blind_index(): same message, same truncation (tested equal).
+                protected["bi"] = self._fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
+            protected["col"] = column
+            if code & _SEAL:
+                if first_sealed is None:
+                    first_sealed = field
+                protected["ct"] = b""  # placeholder: keeps the key order; see seal()
+                sealed.append((protected, kind, value))
+            protected["kind"] = kind
+            out.append(protected)
+        if first_sealed is not None:
+            chosen = best if best is not None else first_sealed
             # Inlined subject_id(): same message, same truncation (tested equal).
-            digest = subject_digest(SUBJECT_LABEL + f"{chosen[1]}\x00{chosen[2]}".encode())
-            append((flags, digest[:SUBJECT_ID_BYTES], sealed))
-        return plans
+            subject = self._subject_digest(
+                SUBJECT_LABEL + f"{chosen[1]}\x00{chosen[2]}".encode())[:SUBJECT_ID_BYTES]
+            self._subjects[subject] = None
+            pending = self._pending
+            for protected, kind, value in sealed:
+                protected["sub"] = subject
+                plaintext = value.encode()
+                if len(plaintext) > FIELD_PLAINTEXT_BYTES_MAX:
+                    raise PiiError(f"column {protected['col']!r}: a {kind} value of {len(plaintext)} "
+                                   f"bytes exceeds {FIELD_PLAINTEXT_BYTES_MAX}")
+                pending.append((protected, subject, plaintext, kind))
+        return out
+
+    def seal(self) -> None:
+        """Fetch the data keys of the batch's subjects (one key-store call, durable
+        before this returns) and seal every pending field under its subject's key. A
+        field of a shredded subject loses its ``ct``: its value is never stored."""
+        pending, self._pending = self._pending, []
+        subjects, self._subjects = list(self._subjects), {}
+        self._records = 0
+        if not subjects:
+            return
+        deks = self._protector._source.data_keys(subjects)
+        missing = [s for s in subjects if s not in deks]
+        if missing:
+            raise PiiError(f"key store returned no data key for subject {missing[0].hex()}")
+        encrypts = {s: AESGCM(k).encrypt for s, k in deks.items() if k is not None}
+        nonces = self._protector._random_bytes(NONCE_BYTES * len(pending))
+        offset = 0
+        for protected, subject, plaintext, kind in pending:
+            encrypt = encrypts.get(subject)
+            if encrypt is None:
+                del protected["ct"]  # shredded: the value is not kept
+                continue
+            nonce = nonces[offset : offset + NONCE_BYTES]
+            offset += NONCE_BYTES
+            protected["ct"] = _FORMAT + nonce + encrypt(nonce, plaintext, _FORMAT + subject + kind.encode())
+
+
+def _subject_of(fields: Sequence[ProtectedField]) -> bytes | None:
+    """The record's subject: every sealed field carries it; None if nothing was sealed."""
+    for field in fields:
+        subject = field.get("sub")
+        if isinstance(subject, bytes):
+            return subject
+    return None
 
 
 def _typed(field: Mapping[str, object], key: str, kind: type) -> object:
