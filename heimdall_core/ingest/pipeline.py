@@ -50,10 +50,9 @@ ATTR_DICTS_MAX = 4_096  # distinct attribute sets shared between clear fields
 
 
 
-class _ClearMemo(dict[str, dict[str, Any]]):
-    """Raw value -> the clear field it becomes, for one column: dumps repeat domains,
-    IPs and hashes, and a hit skips canonicalizing and building the field. The field
-    dicts are shared between records, which is safe because they are only packed.
+class _ClearMemo(dict[str, bytes]):
+    """Raw value -> the clear field it becomes, packed, for one column: dumps repeat
+    domains, IPs and hashes, and a hit skips canonicalizing and packing the field.
     A column whose values rarely repeat stops being remembered (see ``_memo_full``)."""
 
     __slots__ = ("hits",)
@@ -67,9 +66,6 @@ class _ClearMemo(dict[str, dict[str, Any]]):
 # the policy's action for a value of that kind, its memo of clear fields or None).
 _Step = tuple[int, str, str, Callable[[str], Result], Action, "_ClearMemo | None"]
 
-# A record held for the writer, as its event lists it: [position, fields]. Its sealed
-# fields get their ciphertexts when the batch is sealed (see ``BatchSealer``).
-_Held = list[Any]
 
 # Appends event bodies to one of this site's feeds; returns once they are durable.
 Appender = Callable[[Sequence[bytes]], None]
@@ -179,8 +175,13 @@ class DumpIngestor:
         self._attr_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self._canonicalizers: dict[str, Callable[[str], Result]] = {}
         self._actions: dict[tuple[str, str], Action] = {}
-        self._batch: list[_Held] = []
+        # The held records, packed: every record's pieces in order (its header, then its
+        # fields; sealed ones get their bytes when the batch is sealed), and where each
+        # record starts in them.
+        self._pieces: list[bytes] = []
+        self._starts: list[int] = []
         self._sealer: BatchSealer = protector.batch(options.source)
+        self._records_head = records_body_head(dump, part)
         self._appender: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
         self._bodies: list[bytes] = []
@@ -323,8 +324,10 @@ class DumpIngestor:
         # (written back in ``finally``), since attribute lookups cost per record.
         skip = self._skip_through
         actions = self._actions
-        batch = self._batch
-        protect = self._sealer.fields
+        pieces = self._pieces
+        starts = self._starts
+        protect = self._sealer.pack_into
+        packb = msgpack.packb
         batch_max = self.options.records_per_event * EVENTS_PER_APPEND
         clear_action = Action.CLEAR
         attr_dicts = self._attr_dicts
@@ -347,7 +350,7 @@ class DumpIngestor:
                     plan = self._plan_for(item.columns)
                 values = item.values
                 width = len(values)
-                clear: list[dict[str, Any]] = []
+                clear: list[bytes] = []
                 sealed: list[tuple[str, str, str]] = []
                 for index, column, kind, canon, kind_action, memo in plan:
                     if index >= width:
@@ -380,9 +383,10 @@ class DumpIngestor:
                             shared = attr_dicts.get(attrs)
                             if shared is None:
                                 shared = self._attr_dict(attrs)
-                            field = {"a": shared, "col": column, "kind": final_kind, "v": result.value}
+                            field = packb({"a": shared, "col": column, "kind": final_kind,
+                                           "v": result.value})
                         else:
-                            field = {"col": column, "kind": final_kind, "v": result.value}
+                            field = packb({"col": column, "kind": final_kind, "v": result.value})
                         clear.append(field)
                         if memo is not None and final_kind == kind:
                             memo[raw] = field
@@ -397,16 +401,18 @@ class DumpIngestor:
                 records += 1
                 if item.position <= skip:
                     continue  # written before an interruption; resuming after it
-                if sealed:
-                    fields = protect(sealed)  # protector fields first, then the clear ones
-                    fields += clear
-                    batch.append([item.position, fields])
-                else:
-                    batch.append([item.position, clear])
-                if len(batch) >= batch_max:
+                # [position, [protector fields..., clear fields...]], packed piece by piece.
+                start = len(pieces)
+                starts.append(start)
+                pieces.append(b"")  # the header, once the number of fields is known
+                count = protect(pieces, sealed) if sealed else 0
+                pieces += clear
+                pieces[start] = _RECORD_HEAD + packb(item.position) + _array_header(count + len(clear))
+                if len(starts) >= batch_max:
                     self._flush_records()
-                    batch = self._batch
-                    protect = self._sealer.fields
+                    pieces = self._pieces
+                    starts = self._starts
+                    protect = self._sealer.pack_into
         finally:
             self._count(records, quarantined, rejected)
         if self._on_progress is not None:
@@ -451,9 +457,8 @@ class DumpIngestor:
         Only the append runs in that thread: it spends its time in C and in fsync, which
         release the GIL, while protecting in it too was measured to cost more CPU in GIL
         hand-offs than it saved in waiting."""
-        if self._batch:
-            batch, self._batch = self._batch, []
-            bodies = self._bodies_of(batch)
+        if self._starts:
+            bodies = self._bodies_of()
             self._wait_appended()  # the keys above are durable already
             if self._appender is None:
                 self._appender = ThreadPoolExecutor(1, thread_name_prefix="ingest-append")
@@ -477,30 +482,60 @@ class DumpIngestor:
                 self._appender = None
             raise
 
-    def _bodies_of(self, batch: list[_Held]) -> list[bytes]:
+    def _bodies_of(self) -> list[bytes]:
+        """Seal the held records (one key-store transaction, durable before this returns)
+        and cut them into records.ingested bodies of ``records_per_event`` records."""
+        pieces, starts = self._pieces, self._starts
+        self._pieces, self._starts = [], []
         sealer, self._sealer = self._sealer, self._protector.batch(self.options.source)
-        sealer.seal()  # one key-store transaction, durable before the events are built
+        sealer.seal()
         per_event = self.options.records_per_event
+        starts.append(len(pieces))
         bodies: list[bytes] = []
-        for start in range(0, len(batch), per_event):
-            payload = {"dump": self.dump, "part": self.part, "records": batch[start:start + per_event]}
-            bodies.append(encode_records_body(payload))
+        for first in range(0, len(starts) - 1, per_event):
+            last = min(first + per_event, len(starts) - 1)
+            bodies.append(records_body(self._records_head, last - first,
+                                       pieces[starts[first]:starts[last]]))
             self.result.events += 1
         return bodies
 
 
+_RECORD_HEAD = b"\x92"  # msgpack fixarray of 2: [position, fields]
+_FIXARRAY_MAX = 15
+_ARRAY16_MAX = 0xFFFF
 
 
-def encode_records_body(payload: Mapping[str, Any]) -> CanonicalBody:
-    """records.ingested bodies, built in canonical form by construction (keys inserted in
-    sorted order, only str/bytes/int values), so they are packed directly rather than
-    walked. The log skips its own re-check for ``CanonicalBody``; so that a construction
-    bug can never be signed, the first body of each process and every
-    ``SELF_CHECK_EVERY``-th after it are compared with the general canonical encoder."""
+def _array_header(count: int) -> bytes:
+    """The canonical msgpack header of an array of ``count`` items."""
+    if count <= _FIXARRAY_MAX:
+        return bytes((0x90 | count,))
+    if count <= _ARRAY16_MAX:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def records_body_head(dump: bytes, part: int) -> bytes:
+    """The bytes of a records.ingested body of this dump part before its records array:
+    the body of an empty one without its empty array (the last key, ``records``, sorts
+    last, so the array ends the body)."""
+    empty: bytes = encode_body(*kinds.RECORDS_INGESTED, {"dump": dump, "part": part, "records": []})
+    assert empty.endswith(_array_header(0))
+    return empty[:-1]
+
+
+def records_body(head: bytes, count: int, records: Sequence[bytes]) -> CanonicalBody:
+    """A records.ingested body from its head and its ``count`` records, already packed
+    piece by piece in canonical form. The log skips its own re-check for
+    ``CanonicalBody``; so that a construction bug can never be signed, the first body of
+    each process and every ``SELF_CHECK_EVERY``-th after it are decoded and compared
+    with the general canonical encoder's output."""
     global _PACKED
-    body: bytes = msgpack.packb([*kinds.RECORDS_INGESTED, payload], use_bin_type=True)
-    if _PACKED % SELF_CHECK_EVERY == 0 and encode_body(*kinds.RECORDS_INGESTED, payload) != body:
-        raise AssertionError("records.ingested payload is not in canonical form")
+    body = b"".join((head, _array_header(count), *records))
+    if _PACKED % SELF_CHECK_EVERY == 0:
+        kind, version, payload = msgpack.unpackb(body, raw=False)
+        if (kind, version) != kinds.RECORDS_INGESTED or len(payload["records"]) != count \
+                or encode_body(kind, version, payload) != body:
+            raise AssertionError("records.ingested body is not in canonical form")
     _PACKED += 1
     return CanonicalBody(body)
 

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+import msgpack
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from heimdall_core.errors import PiiError, ShreddedError
@@ -124,13 +125,24 @@ class Protector:
         return self.protect_batch(source, [fields])[0]
 
     def protect_batch(self, source: str, records: Sequence[Sequence[FieldIn]]) -> list[ProtectedRecord]:
-        """Protect a batch: one data-key fetch for all its subjects."""
+        """Protect a batch: one data-key fetch for all its subjects.
+
+        The fields are those :meth:`BatchSealer.pack_into` packs (the ingest path),
+        unpacked: one implementation of the policy, whichever form a caller needs."""
         if len(records) > RECORDS_PER_BATCH_MAX:
             raise PiiError(f"batch of {len(records)} records exceeds {RECORDS_PER_BATCH_MAX}")
         batch = self.batch(source)
-        protected = [batch.fields(fields) for fields in records]
+        packed: list[list[bytes]] = []
+        for fields in records:
+            out: list[bytes] = []
+            batch.pack_into(out, fields)
+            packed.append(out)
         batch.seal()
-        return [ProtectedRecord(_subject_of(fields), tuple(fields)) for fields in protected]
+        protected = []
+        for out in packed:
+            unpacked = tuple(msgpack.unpackb(field, raw=False) for field in out)
+            protected.append(ProtectedRecord(_subject_of(unpacked), unpacked))
+        return protected
 
     def batch(self, source: str) -> BatchSealer:
         """A batch of records of ``source`` to protect (see :class:`BatchSealer`)."""
@@ -150,22 +162,56 @@ class Protector:
         return code
 
 
-# A field waiting for its ciphertext: (its dict, subject, plaintext, kind).
-_Pending = tuple[ProtectedField, bytes, bytes, str]
+# The constant bytes of a sealed field's canonical msgpack map around its three
+# variable parts (bi, ct, sub): see ``_sealed_layout``.
+_Layout = tuple[bytes, bytes, bytes, bytes, bytes]
+
+# A packed field waiting for its ciphertext: (the list it is in, its index there, its
+# layout, blind index or b"", plaintext, subject, the field's associated data).
+_Pending = tuple[list[bytes], int, _Layout, bytes, bytes, bytes, bytes]
+
+_BIN16 = b"\xc4\x10"  # msgpack bin 8 header of a 16-byte value: a blind index, a subject id
+assert len(msgpack.packb(bytes(BLIND_INDEX_BYTES))) == len(msgpack.packb(bytes(SUBJECT_ID_BYTES)))
+assert msgpack.packb(bytes(SUBJECT_ID_BYTES), use_bin_type=True)[:2] == _BIN16
+LAYOUTS_CACHED_MAX = 4_096
+"""Most (column, kind, indexed) layouts remembered per batch."""
+
+
+_FIXMAP_ENTRIES_MAX = 15
+
+
+def _map_header(entries: int) -> bytes:
+    """msgpack fixmap header: a protected field has at most 5 entries."""
+    assert 0 < entries <= _FIXMAP_ENTRIES_MAX
+    return bytes((0x80 | entries,))
+
+
+def _sealed_layout(column: str, kind: str, indexed: bool) -> _Layout:
+    """Canonical msgpack of ``{bi?, col, ct, kind, sub}`` cut around bi, ct and sub:
+    (head, middle, tail) with ct, and (head, middle) of the same map without ct (a
+    shredded subject's field). The keys are in sorted order; tested equal to packing the
+    field as a dict."""
+    entries = 4 + indexed
+    bi_key = msgpack.packb("bi") + _BIN16 if indexed else b""
+    col = msgpack.packb("col") + msgpack.packb(column)
+    tail = msgpack.packb("kind") + msgpack.packb(kind) + msgpack.packb("sub") + _BIN16
+    return (_map_header(entries) + bi_key, col + msgpack.packb("ct"), tail,
+            _map_header(entries - 1) + bi_key, col)
 
 
 class BatchSealer:
-    """Protects a batch of records in two steps, so the ingest hot path needs no
-    intermediate copies: :meth:`fields` returns each record's protected fields at once,
-    complete but for their ciphertexts, and :meth:`seal` fetches the batch's data keys in
-    one key-store call and fills every ciphertext in, in place.
+    """Protects a batch of records straight into canonical msgpack, in two steps:
+    :meth:`pack_into` appends each record's protected fields, packed, as the record
+    arrives (a field still to be sealed is a placeholder), and :meth:`seal` fetches the
+    batch's data keys in one key-store call and puts every sealed field in place.
 
-    The fields of a record must not be packed before :meth:`seal` returns. Equal to
-    :meth:`Protector.protect_batch` field for field (which is built on it).
+    No dict is built per field and nothing is packed twice: at ingest rates a field's
+    dict and the encoder's walk over it cost more than its crypto. The packed fields are
+    those of :meth:`Protector.protect_batch`, which is built on this.
     """
 
-    __slots__ = ("_codes", "_fingerprint", "_pending", "_protector", "_records", "_source",
-                 "_subject_digest", "_subjects")
+    __slots__ = ("_codes", "_fingerprint", "_layouts", "_pending", "_protector", "_records",
+                 "_source", "_subject_digest", "_subjects")
 
     def __init__(self, protector: Protector, source: str) -> None:
         self._protector = protector
@@ -173,6 +219,7 @@ class BatchSealer:
         self._codes = protector._codes_for(source)
         self._fingerprint = protector._keys.blind.digest
         self._subject_digest = protector._keys.subject.digest
+        self._layouts: dict[tuple[str, str, bool], _Layout] = {}
         self._pending: list[_Pending] = []
         self._subjects: dict[bytes, None] = {}  # insertion-ordered set
         self._records = 0
@@ -180,13 +227,12 @@ class BatchSealer:
     def __repr__(self) -> str:
         return f"BatchSealer({self._records} records, {len(self._pending)} fields to seal)"
 
-    def fields(self, record: Sequence[FieldIn]) -> list[ProtectedField]:
-        """The protected fields of one record, in its order (see the module doc).
+    def pack_into(self, out: list[bytes], record: Sequence[FieldIn]) -> int:
+        """Append the record's protected fields, each packed, to ``out``; their count.
 
-        A sealed field holds a placeholder ``ct`` until :meth:`seal`; its keys are
-        inserted in sorted order (bi, col, ct, kind, sub), since canonical msgpack needs
-        sorted maps and building them sorted spares the encoder a sort. One pass over
-        the record with names bound to locals: this runs for every ingested record.
+        A field to seal is an empty placeholder in ``out`` until :meth:`seal`, so ``out``
+        must not be used before then. One pass over the record with names bound to
+        locals: this runs for every ingested record.
         """
         if len(record) > FIELDS_PER_RECORD_MAX:
             raise PiiError(f"record of {len(record)} fields exceeds {FIELDS_PER_RECORD_MAX}")
@@ -195,11 +241,12 @@ class BatchSealer:
             raise PiiError(f"batch of {self._records} records exceeds {RECORDS_PER_BATCH_MAX}")
         codes = self._codes
         rank_of = _SUBJECT_RANK.get
-        out: list[ProtectedField] = []
-        sealed: list[tuple[ProtectedField, str, str]] = []
+        packb = msgpack.packb
+        first = len(out)
+        # Fields to seal once the subject is known: (index in out, field, blind index).
+        sealed: list[tuple[int, FieldIn, bytes]] = []
         best_rank = _NO_RANK
         best: FieldIn | None = None
-        first_sealed: FieldIn | None = None
         for field in record:
             column, kind, value = field
             code = codes.get((column, kind))
@@ -215,40 +262,48 @@ class BatchSealer:
             # An empty value carries nothing personal, and sealing or indexing it would
             # tie together every record that lacks the value.
             if code == _KEEP or not value:
-                out.append({"col": column, "kind": kind, "v": value})
+                out.append(packb({"col": column, "kind": kind, "v": value}))
                 continue
-            protected: ProtectedField = {}
+            bi = b""
             if code & _INDEX:
                 # Inlined blind_index(): same message, same truncation (tested equal).
-                protected["bi"] = self._fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
-            protected["col"] = column
+                bi = self._fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
             if code & _SEAL:
-                if first_sealed is None:
-                    first_sealed = field
-                protected["ct"] = b""  # placeholder: keeps the key order; see seal()
-                sealed.append((protected, kind, value))
-            protected["kind"] = kind
-            out.append(protected)
-        if first_sealed is not None:
-            chosen = best if best is not None else first_sealed
-            # Inlined subject_id(): same message, same truncation (tested equal).
-            subject = self._subject_digest(
-                SUBJECT_LABEL + f"{chosen[1]}\x00{chosen[2]}".encode())[:SUBJECT_ID_BYTES]
-            self._subjects[subject] = None
-            pending = self._pending
-            for protected, kind, value in sealed:
-                protected["sub"] = subject
-                plaintext = value.encode()
-                if len(plaintext) > FIELD_PLAINTEXT_BYTES_MAX:
-                    raise PiiError(f"column {protected['col']!r}: a {kind} value of {len(plaintext)} "
-                                   f"bytes exceeds {FIELD_PLAINTEXT_BYTES_MAX}")
-                pending.append((protected, subject, plaintext, kind))
-        return out
+                sealed.append((len(out), field, bi))
+                out.append(b"")  # placeholder, see seal()
+            else:
+                # Keys in sorted order: canonical msgpack needs sorted maps.
+                out.append(packb({"bi": bi, "col": column, "kind": kind}))
+        if sealed:
+            self._add_sealed(out, sealed, best if best is not None else sealed[0][1])
+        return len(out) - first
+
+    def _add_sealed(self, out: list[bytes], sealed: list[tuple[int, FieldIn, bytes]],
+                    chosen: FieldIn) -> None:
+        # Inlined subject_id(): same message, same truncation (tested equal).
+        subject = self._subject_digest(
+            SUBJECT_LABEL + f"{chosen[1]}\x00{chosen[2]}".encode())[:SUBJECT_ID_BYTES]
+        self._subjects[subject] = None
+        layouts = self._layouts
+        pending = self._pending
+        ad_head = _FORMAT + subject
+        for index, (column, kind, value), bi in sealed:
+            plaintext = value.encode()
+            if len(plaintext) > FIELD_PLAINTEXT_BYTES_MAX:
+                raise PiiError(f"column {column!r}: a {kind} value of {len(plaintext)} "
+                               f"bytes exceeds {FIELD_PLAINTEXT_BYTES_MAX}")
+            key = (column, kind, bool(bi))
+            layout = layouts.get(key)
+            if layout is None:
+                if len(layouts) >= LAYOUTS_CACHED_MAX:
+                    layouts.clear()
+                layout = layouts[key] = _sealed_layout(column, kind, bool(bi))
+            pending.append((out, index, layout, bi, plaintext, subject, ad_head + kind.encode()))
 
     def seal(self) -> None:
         """Fetch the data keys of the batch's subjects (one key-store call, durable
-        before this returns) and seal every pending field under its subject's key. A
-        field of a shredded subject loses its ``ct``: its value is never stored."""
+        before this returns) and put every sealed field in place. A field of a shredded
+        subject has no ``ct``: its value is never stored."""
         pending, self._pending = self._pending, []
         subjects, self._subjects = list(self._subjects), {}
         self._records = 0
@@ -260,15 +315,18 @@ class BatchSealer:
             raise PiiError(f"key store returned no data key for subject {missing[0].hex()}")
         encrypts = {s: AESGCM(k).encrypt for s, k in deks.items() if k is not None}
         nonces = self._protector._random_bytes(NONCE_BYTES * len(pending))
+        packb = msgpack.packb
+        join = b"".join
         offset = 0
-        for protected, subject, plaintext, kind in pending:
+        for out, index, layout, bi, plaintext, subject, ad in pending:
             encrypt = encrypts.get(subject)
-            if encrypt is None:
-                del protected["ct"]  # shredded: the value is not kept
+            if encrypt is None:  # shredded: the value is not kept
+                out[index] = join((layout[3], bi, layout[4], layout[2], subject))
                 continue
             nonce = nonces[offset : offset + NONCE_BYTES]
             offset += NONCE_BYTES
-            protected["ct"] = _FORMAT + nonce + encrypt(nonce, plaintext, _FORMAT + subject + kind.encode())
+            ct = packb(_FORMAT + nonce + encrypt(nonce, plaintext, ad))
+            out[index] = join((layout[0], bi, layout[1], ct, layout[2], subject))
 
 
 def _subject_of(fields: Sequence[ProtectedField]) -> bytes | None:
