@@ -39,12 +39,14 @@ from heimdall_core.pii.protect import BatchSealer, Protector
 log = logging.getLogger("heimdall.ingest")
 
 RECORDS_PER_EVENT = 256
-EVENTS_PER_APPEND = 32  # 8192 records per key-store transaction and log append: fewer fsyncs
+EVENTS_PER_APPEND = 64  # 16384 records per key-store transaction and log append: each transaction
+# rewrites the key store's index pages it touches, so a bigger one costs less per new subject
+# (measured at 1M subjects: ~6 us at 8192, ~4 us at 16384); 32768 would pass 250 MB of RSS.
 SNIFF_BYTES = 64 * 1024
 SAMPLE_RECORDS = 200
 QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
-MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~600 bytes each: ~10 MiB)
+MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~250 bytes each: ~4 MiB)
 ATTR_DICTS_MAX = 4_096  # distinct attribute sets shared between clear fields
 
 
