@@ -35,6 +35,7 @@ from heimdall_core.pii.envelope import (
     FIELD_PLAINTEXT_BYTES_MAX,
     FORMAT_V1,
     NONCE_BYTES,
+    OVERHEAD_BYTES,
     RandomBytes,
     open_field,
 )
@@ -167,8 +168,19 @@ class Protector:
 _Layout = tuple[bytes, bytes, bytes, bytes, bytes]
 
 # A packed field waiting for its ciphertext: (the list it is in, its index there, its
-# layout, blind index or b"", plaintext, subject, the field's associated data).
-_Pending = tuple[list[bytes], int, _Layout, bytes, bytes, bytes, bytes]
+# layout, blind index or b"", msgpack bin header of the sealed value, plaintext, subject,
+# the field's associated data).
+_Pending = tuple[list[bytes], int, _Layout, bytes, bytes, bytes, bytes, bytes]
+
+_BIN8_SIZES = 256
+_BIN8_HEADERS = [b"\xc4" + bytes((size,)) for size in range(_BIN8_SIZES)]
+
+
+def _bin_header(size: int) -> bytes:
+    """The canonical msgpack header of a bin value of ``size`` bytes (size < 2**32)."""
+    if size < _BIN8_SIZES:
+        return _BIN8_HEADERS[size]
+    return b"\xc5" + size.to_bytes(2, "big") if size <= 0xFFFF else b"\xc6" + size.to_bytes(4, "big")
 
 _BIN16 = b"\xc4\x10"  # msgpack bin 8 header of a 16-byte value: a blind index, a subject id
 assert len(msgpack.packb(bytes(BLIND_INDEX_BYTES))) == len(msgpack.packb(bytes(SUBJECT_ID_BYTES)))
@@ -219,7 +231,7 @@ class BatchSealer:
         self._codes = protector._codes_for(source)
         self._fingerprint = protector._keys.blind.digest
         self._subject_digest = protector._keys.subject.digest
-        self._layouts: dict[tuple[str, str, bool], _Layout] = {}
+        self._layouts: dict[tuple[str, str], _Layout] = {}
         self._pending: list[_Pending] = []
         self._subjects: dict[bytes, None] = {}  # insertion-ordered set
         self._records = 0
@@ -243,13 +255,14 @@ class BatchSealer:
         rank_of = _SUBJECT_RANK.get
         packb = msgpack.packb
         first = len(out)
-        # Fields to seal once the subject is known: (index in out, field, blind index).
-        sealed: list[tuple[int, FieldIn, bytes]] = []
+        # Fields to seal once the subject is known: (index in out, field, blind index, key).
+        sealed: list[tuple[int, FieldIn, bytes, tuple[str, str]]] = []
         best_rank = _NO_RANK
         best: FieldIn | None = None
         for field in record:
             column, kind, value = field
-            code = codes.get((column, kind))
+            key = (column, kind)
+            code = codes.get(key)
             if code is None:
                 code = self._protector._code(self._source, codes, column, kind)
             if value:
@@ -269,17 +282,14 @@ class BatchSealer:
                 # Inlined blind_index(): same message, same truncation (tested equal).
                 bi = self._fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
             if code & _SEAL:
-                sealed.append((len(out), field, bi))
+                sealed.append((len(out), field, bi, key))
                 out.append(b"")  # placeholder, see seal()
             else:
                 # Keys in sorted order: canonical msgpack needs sorted maps.
                 out.append(packb({"bi": bi, "col": column, "kind": kind}))
-        if sealed:
-            self._add_sealed(out, sealed, best if best is not None else sealed[0][1])
-        return len(out) - first
-
-    def _add_sealed(self, out: list[bytes], sealed: list[tuple[int, FieldIn, bytes]],
-                    chosen: FieldIn) -> None:
+        if not sealed:
+            return len(out) - first
+        chosen = best if best is not None else sealed[0][1]
         # Inlined subject_id(): same message, same truncation (tested equal).
         subject = self._subject_digest(
             SUBJECT_LABEL + f"{chosen[1]}\x00{chosen[2]}".encode())[:SUBJECT_ID_BYTES]
@@ -287,18 +297,22 @@ class BatchSealer:
         layouts = self._layouts
         pending = self._pending
         ad_head = _FORMAT + subject
-        for index, (column, kind, value), bi in sealed:
+        for index, (column, kind, value), bi, key in sealed:
             plaintext = value.encode()
-            if len(plaintext) > FIELD_PLAINTEXT_BYTES_MAX:
-                raise PiiError(f"column {column!r}: a {kind} value of {len(plaintext)} "
+            size = len(plaintext)
+            if size > FIELD_PLAINTEXT_BYTES_MAX:
+                raise PiiError(f"column {column!r}: a {kind} value of {size} "
                                f"bytes exceeds {FIELD_PLAINTEXT_BYTES_MAX}")
-            key = (column, kind, bool(bi))
-            layout = layouts.get(key)
+            size += OVERHEAD_BYTES  # the length of the sealed value, known before sealing
+            layout = layouts.get(key)  # a column's flags are fixed within a batch's source
             if layout is None:
                 if len(layouts) >= LAYOUTS_CACHED_MAX:
                     layouts.clear()
                 layout = layouts[key] = _sealed_layout(column, kind, bool(bi))
-            pending.append((out, index, layout, bi, plaintext, subject, ad_head + kind.encode()))
+            header = _BIN8_HEADERS[size] if size < _BIN8_SIZES else _bin_header(size)
+            pending.append((out, index, layout, bi, header, plaintext, subject,
+                            ad_head + kind.encode()))
+        return len(out) - first
 
     def seal(self) -> None:
         """Fetch the data keys of the batch's subjects (one key-store call, durable
@@ -315,18 +329,18 @@ class BatchSealer:
             raise PiiError(f"key store returned no data key for subject {missing[0].hex()}")
         encrypts = {s: AESGCM(k).encrypt for s, k in deks.items() if k is not None}
         nonces = self._protector._random_bytes(NONCE_BYTES * len(pending))
-        packb = msgpack.packb
         join = b"".join
         offset = 0
-        for out, index, layout, bi, plaintext, subject, ad in pending:
+        for out, index, layout, bi, header, plaintext, subject, ad in pending:
             encrypt = encrypts.get(subject)
             if encrypt is None:  # shredded: the value is not kept
                 out[index] = join((layout[3], bi, layout[4], layout[2], subject))
                 continue
             nonce = nonces[offset : offset + NONCE_BYTES]
             offset += NONCE_BYTES
-            ct = packb(_FORMAT + nonce + encrypt(nonce, plaintext, ad))
-            out[index] = join((layout[0], bi, layout[1], ct, layout[2], subject))
+            # ct = version | nonce | ciphertext and tag (see envelope.seal), as msgpack bin.
+            out[index] = join((layout[0], bi, layout[1], header, _FORMAT, nonce,
+                               encrypt(nonce, plaintext, ad), layout[2], subject))
 
 
 def _subject_of(fields: Sequence[ProtectedField]) -> bytes | None:
