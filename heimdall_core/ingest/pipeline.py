@@ -409,7 +409,9 @@ class DumpIngestor:
                 pieces.append(b"")  # the header, once the number of fields is known
                 count = protect(pieces, sealed) if sealed else 0
                 pieces += clear
-                pieces[start] = _RECORD_HEAD + packb(item.position) + _array_header(count + len(clear))
+                count += len(clear)
+                pieces[start] = _RECORD_HEAD + packb(item.position) + (
+                    _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
                 if len(starts) >= batch_max:
                     self._flush_records()
                     pieces = self._pieces
@@ -507,10 +509,13 @@ _FIXARRAY_MAX = 15
 _ARRAY16_MAX = 0xFFFF
 
 
+_FIXARRAY_HEADERS = [bytes((0x90 | count,)) for count in range(_FIXARRAY_MAX + 1)]
+
+
 def _array_header(count: int) -> bytes:
     """The canonical msgpack header of an array of ``count`` items."""
     if count <= _FIXARRAY_MAX:
-        return bytes((0x90 | count,))
+        return _FIXARRAY_HEADERS[count]
     if count <= _ARRAY16_MAX:
         return b"\xdc" + count.to_bytes(2, "big")
     return b"\xdd" + count.to_bytes(4, "big")
