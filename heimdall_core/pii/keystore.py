@@ -213,7 +213,8 @@ class KeyStore:
         if len(unique) > SUBJECTS_PER_BATCH_MAX:
             raise PiiError(f"{len(unique)} subjects exceed {SUBJECTS_PER_BATCH_MAX} per batch")
         # Checked in C (map) rather than by a call per subject: a batch has thousands.
-        if not set(map(type, unique)) <= {bytes} or not set(map(len, unique)) <= {SUBJECT_ID_BYTES}:
+        if not all(map(isinstance, unique, itertools.repeat(bytes))) or not set(
+                map(len, unique)) <= {SUBJECT_ID_BYTES}:
             raise PiiError(f"a subject id is {SUBJECT_ID_BYTES} bytes")
         return self._get_or_create(unique) if unique else DataKeys()
 

@@ -3,7 +3,8 @@
 The ingest pipeline hands over records as sequences of ``(column, kind,
 canonical_value)``; :class:`Protector` decides each record's subject, seals,
 fingerprints, keeps or drops every field per the policy, and returns small dicts
-ready for a msgpack event payload. The shape of a protected field (docs/pii.md)::
+ready for a msgpack event payload (or, for ingest, :class:`BatchSealer` packs them
+directly). The shape of a protected field (docs/pii.md)::
 
     {"col": str, "kind": str, "v": str}                       clear
     {"col": str, "kind": str, "sub": 16 B, "ct": bytes}       encrypt
@@ -174,22 +175,25 @@ _Pending = tuple[list[bytes], int, _Layout, bytes, bytes, bytes, bytes, bytes]
 
 _BIN8_SIZES = 256
 _BIN8_HEADERS = [b"\xc4" + bytes((size,)) for size in range(_BIN8_SIZES)]
+_BIN16_MAX = 0xFFFF
+
+# msgpack header of a 16-byte bin: a blind index and a subject id are packed with it.
+_BIN_OF_16 = _BIN8_HEADERS[16]
+assert BLIND_INDEX_BYTES == SUBJECT_ID_BYTES == 16
+
+_FIXMAP_ENTRIES_MAX = 15
+
+LAYOUTS_CACHED_MAX = 4_096
+"""Most (column, kind) layouts a batch remembers."""
 
 
 def _bin_header(size: int) -> bytes:
     """The canonical msgpack header of a bin value of ``size`` bytes (size < 2**32)."""
     if size < _BIN8_SIZES:
         return _BIN8_HEADERS[size]
-    return b"\xc5" + size.to_bytes(2, "big") if size <= 0xFFFF else b"\xc6" + size.to_bytes(4, "big")
-
-_BIN16 = b"\xc4\x10"  # msgpack bin 8 header of a 16-byte value: a blind index, a subject id
-assert len(msgpack.packb(bytes(BLIND_INDEX_BYTES))) == len(msgpack.packb(bytes(SUBJECT_ID_BYTES)))
-assert msgpack.packb(bytes(SUBJECT_ID_BYTES), use_bin_type=True)[:2] == _BIN16
-LAYOUTS_CACHED_MAX = 4_096
-"""Most (column, kind, indexed) layouts remembered per batch."""
-
-
-_FIXMAP_ENTRIES_MAX = 15
+    if size <= _BIN16_MAX:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
 
 
 def _map_header(entries: int) -> bytes:
@@ -204,9 +208,9 @@ def _sealed_layout(column: str, kind: str, indexed: bool) -> _Layout:
     shredded subject's field). The keys are in sorted order; tested equal to packing the
     field as a dict."""
     entries = 4 + indexed
-    bi_key = msgpack.packb("bi") + _BIN16 if indexed else b""
+    bi_key = msgpack.packb("bi") + _BIN_OF_16 if indexed else b""
     col = msgpack.packb("col") + msgpack.packb(column)
-    tail = msgpack.packb("kind") + msgpack.packb(kind) + msgpack.packb("sub") + _BIN16
+    tail = msgpack.packb("kind") + msgpack.packb(kind) + msgpack.packb("sub") + _BIN_OF_16
     return (_map_header(entries) + bi_key, col + msgpack.packb("ct"), tail,
             _map_header(entries - 1) + bi_key, col)
 
