@@ -186,7 +186,6 @@ class DumpIngestor:
         self._records_head = records_body_head(dump, part)
         self._appender: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
-        self._bodies: list[bytes] = []
 
     # ---------------------------------------------------------------- pushing bytes
     @property
