@@ -50,8 +50,6 @@ MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~250 bytes each:
 ATTR_DICTS_MAX = 4_096  # distinct attribute sets shared between clear fields
 
 
-
-
 class _ClearMemo(dict[str, bytes]):
     """Raw value -> the clear field it becomes, packed, for one column: dumps repeat
     domains, IPs and hashes, and a hit skips canonicalizing and packing the field.
@@ -327,7 +325,7 @@ class DumpIngestor:
         actions = self._actions
         pieces = self._pieces
         starts = self._starts
-        protect = self._sealer.pack_into
+        pack_protected = self._sealer.pack_into
         packb = msgpack.packb
         batch_max = self.options.records_per_event * EVENTS_PER_APPEND
         clear_action = Action.CLEAR
@@ -406,7 +404,7 @@ class DumpIngestor:
                 start = len(pieces)
                 starts.append(start)
                 pieces.append(b"")  # the header, once the number of fields is known
-                count = protect(pieces, sealed) if sealed else 0
+                count = pack_protected(pieces, sealed) if sealed else 0
                 pieces += clear
                 count += len(clear)
                 pieces[start] = _RECORD_HEAD + packb(item.position) + (
@@ -415,7 +413,7 @@ class DumpIngestor:
                     self._flush_records()
                     pieces = self._pieces
                     starts = self._starts
-                    protect = self._sealer.pack_into
+                    pack_protected = self._sealer.pack_into
         finally:
             self._count(records, quarantined, rejected)
         if self._on_progress is not None:
@@ -451,7 +449,7 @@ class DumpIngestor:
         result.rejected_fields += rejected
 
     def _flush_records(self, force: bool = False) -> None:
-        """Protect the held records in one batch (one key-store transaction, fsync'd
+        """Seal the held records in one batch (one key-store transaction, fsync'd
         before the events that use its keys), build their events and hand them to the
         appender thread, which appends them in one signed batch. At most one batch is
         in flight: while its log append waits for the disk, this thread goes on with the
@@ -505,10 +503,8 @@ class DumpIngestor:
 
 _RECORD_HEAD = b"\x92"  # msgpack fixarray of 2: [position, fields]
 _FIXARRAY_MAX = 15
-_ARRAY16_MAX = 0xFFFF
-
-
 _FIXARRAY_HEADERS = [bytes((0x90 | count,)) for count in range(_FIXARRAY_MAX + 1)]
+_ARRAY16_MAX = 0xFFFF
 
 
 def _array_header(count: int) -> bytes:
