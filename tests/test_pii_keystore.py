@@ -145,6 +145,32 @@ def test_subject_ids_are_checked(store: KeyStore) -> None:
         store.data_keys([b"short"])
 
 
+def test_a_batch_is_inserted_whole_in_arrival_order(store_dir: Path) -> None:
+    """The one-statement insert stores every row, each subject with its own wrapped key,
+    in the order the subjects came (the rows' seq, which a rotation steps through)."""
+    subs = [bytes([i % 251]) * 8 + i.to_bytes(8, "big") for i in range(5000)]
+    with KeyStore.open(store_dir, create=True) as ks:
+        keys = ks.data_keys(subs)
+        assert len(set(keys.values())) == 5000
+    conn = sqlite3.connect(store_dir / "keys.db")
+    try:
+        rows = conn.execute(
+            "SELECT subject, kek_version, length(wrapped) FROM subject_key ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert [r[0] for r in rows] == subs
+    assert {(r[1], r[2]) for r in rows} == {(1, 61)}
+    with KeyStore.open(store_dir) as ks:
+        assert ks.data_keys(subs[::-1]) == keys
+
+
+def test_subject_ids_of_another_type_are_refused(store: KeyStore) -> None:
+    with pytest.raises(PiiError, match="16 bytes"):
+        store.data_keys([subjects(1)[0], "a" * 16])  # type: ignore[list-item]
+    with pytest.raises(PiiError, match="16 bytes"):
+        store.data_keys([memoryview(bytes(16))])  # type: ignore[list-item]
+
+
 def test_reprs_show_no_keys(store: KeyStore) -> None:
     keys = store.data_keys(subjects(3))
     text = repr(keys) + str(keys) + repr(store)

@@ -1,0 +1,209 @@
+"""Records packed piece by piece (pipeline + BatchSealer) equal the canonical encoder's."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from heimdall_core import kinds
+from heimdall_core.events import encode_body
+from heimdall_core.ingest import pipeline
+from heimdall_core.ingest.pipeline import DumpIngestor, IngestOptions, Quarantine, records_body
+from heimdall_core.pii.blind_index import IndexKeys, blind_index, subject_id
+from heimdall_core.pii.envelope import field_ad
+from heimdall_core.pii.policy import PiiPolicy
+from heimdall_core.pii.protect import FieldIn, Protector
+
+KEYS = IndexKeys(blind_index_key=b"b" * 32, subject_key=b"s" * 32)
+
+
+class DerivedKeys:
+    """Deterministic DEKs (derived from the subject); some subjects shredded."""
+
+    def __init__(self, shredded: frozenset[bytes] = frozenset()) -> None:
+        self.shredded = shredded
+
+    def data_keys(self, subjects: Sequence[bytes]) -> Mapping[bytes, bytes | None]:
+        return {s: None if s in self.shredded else hashlib.sha256(s).digest() for s in subjects}
+
+
+class Nonces:
+    def __init__(self) -> None:
+        self.rng = random.Random(5)
+
+    def __call__(self, count: int) -> bytes:
+        return self.rng.randbytes(count)
+
+
+def reference_fields(records: Sequence[Sequence[FieldIn]], shredded: frozenset[bytes]) -> list[list[Any]]:
+    """The protected fields as docs/pii.md describes them, built naively as dicts with
+    the same nonce stream (sealed fields in record order)."""
+    policy = PiiPolicy.default()
+    nonces = Nonces()
+    wanted = sum(1 for r in records for c, k, v in r if v and policy.action("s", c, k).encrypts)
+    stream = nonces(12 * wanted)
+    offset = 0
+    out = []
+    for record in records:
+        present = [f for f in record if f[2]]
+        ranked = [f for f in present if f[1] in ("email", "username", "phone", "name")]
+        ranked.sort(key=lambda f: ("email", "username", "phone", "name").index(f[1]))
+        sealed = [f for f in present if policy.action("s", f[0], f[1]).encrypts]
+        subject = None
+        if sealed:
+            chosen = ranked[0] if ranked else sealed[0]
+            subject = subject_id(KEYS, chosen[1], chosen[2])
+        fields: list[Any] = []
+        for column, kind, value in record:
+            action = policy.action("s", column, kind)
+            if action.value == "drop":
+                continue
+            if action.value == "clear" or not value:
+                fields.append({"col": column, "kind": kind, "v": value})
+                continue
+            field: dict[str, Any] = {}
+            if action.indexes:
+                field["bi"] = blind_index(KEYS, kind, value)
+            field["col"] = column
+            if action.encrypts:
+                assert subject is not None
+                if subject not in shredded:
+                    nonce = stream[offset:offset + 12]
+                    offset += 12
+                    dek = hashlib.sha256(subject).digest()
+                    field["ct"] = b"\x01" + nonce + AESGCM(dek).encrypt(
+                        nonce, value.encode(), field_ad(kind, subject))
+                field["kind"] = kind
+                field["sub"] = subject
+            else:
+                field["kind"] = kind
+            fields.append(field)
+        out.append(fields)
+    return out
+
+
+RECORDS: list[list[FieldIn]] = [
+    [("mail", "email", "alice@example.com"), ("login", "username", "alice"), ("pw", "password", "x")],
+    [("login", "username", "bob"), ("mail", "email", "")],
+    [("notes", "other", "n" * 300), ("ph", "password_hash", "$1$abc$" + "a" * 22)],  # ct > 255 bytes
+    [("ip", "ip", "192.0.2.1"), ("ph", "password_hash", "$1$abc$" + "b" * 22)],  # no subject
+    [("n", "name", "Ünïcødé Name"), ("mail", "email", "carol@example.com")],
+    [],
+]
+
+
+@pytest.mark.parametrize("shred", [False, True])
+def test_packed_fields_equal_the_reference_dicts_packed(shred: bool) -> None:
+    shredded = frozenset({subject_id(KEYS, "email", "alice@example.com")} if shred else ())
+    protector = Protector(PiiPolicy.default(), KEYS, DerivedKeys(shredded), random_bytes=Nonces())
+    batch = protector.batch("s")
+    packed: list[list[bytes]] = []
+    for record in RECORDS:
+        out = [b"head"]  # pack_into appends after whatever is there
+        assert batch.pack_into(out, record) == len(out) - 1
+        packed.append(out)
+    batch.seal()
+    expected = reference_fields(RECORDS, shredded)
+    assert [[msgpack.packb(f) for f in fields] for fields in expected] == [out[1:] for out in packed]
+    if shred:
+        assert "ct" not in msgpack.unpackb(packed[0][1]) and "sub" in msgpack.unpackb(packed[0][1])
+
+
+def test_protect_batch_gives_the_reference_dicts() -> None:
+    protector = Protector(PiiPolicy.default(), KEYS, DerivedKeys(), random_bytes=Nonces())
+    protected = protector.protect_batch("s", RECORDS)
+    assert [list(r.fields) for r in protected] == reference_fields(RECORDS, frozenset())
+    assert protected[0].subject == subject_id(KEYS, "email", "alice@example.com")
+    assert protected[3].subject is None
+
+
+def payload_of(body: bytes) -> dict[str, Any]:
+    kind, version, payload = msgpack.unpackb(body, raw=False)
+    assert (kind, version) == kinds.RECORDS_INGESTED
+    assert encode_body(kind, version, payload) == body  # canonical, byte for byte
+    return dict(payload)
+
+
+def test_records_body_checks_what_it_builds() -> None:
+    head = pipeline.records_body_head(b"d" * 16, 3)
+    record = msgpack.packb([7, [{"col": "c", "kind": "other", "v": "x"}]])
+    body = records_body(head, 1, [record])
+    assert payload_of(body) == {"dump": b"d" * 16, "part": 3, "records": [[7, [
+        {"col": "c", "kind": "other", "v": "x"}]]]}
+    many = [record] * 70_000  # array 32 header
+    assert len(payload_of(records_body(head, len(many), many))["records"]) == 70_000
+
+
+def test_a_body_that_is_not_canonical_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "_PACKED", 0)  # the next body is checked
+    head = pipeline.records_body_head(b"d" * 16, 0)
+    unsorted = msgpack.packb([7, [{"v": "x", "col": "c", "kind": "other"}]])
+    with pytest.raises(AssertionError, match="canonical"):
+        records_body(head, 1, [unsorted])
+
+
+def ingest(tmp_path: Path, text: str, per_event: int = 4) -> list[dict[str, Any]]:
+    bodies: list[bytes] = []
+    policy = PiiPolicy.default()
+    ingestor = DumpIngestor(
+        dump=b"d" * 16, part=0, options=IngestOptions(source="t", records_per_event=per_event),
+        protector=Protector(policy, KEYS, DerivedKeys(), random_bytes=Nonces()), policy=policy,
+        append=bodies.extend, quarantine=Quarantine(tmp_path / "q.jsonl", "00", "t"))
+    ingestor.feed(text.encode())
+    ingestor.finish()
+    return [payload_of(body) for body in bodies]
+
+
+def test_wide_records_and_every_field_shape(tmp_path: Path) -> None:
+    columns = [f"c{i}" for i in range(20)]
+    header = "email,user,ip,domain,hash,pw," + ",".join(columns)
+    rows = [f"u{i}@example.com,user{i},192.0.2.{i},host{i % 3}.example.org,{'ab' * 32},pw{i},"
+            + ",".join(f"v{i}-{j}" for j in range(20)) for i in range(9)]
+    payloads = ingest(tmp_path, "\n".join([header, *rows]) + "\n")
+    records = [r for p in payloads for r in p["records"]]
+    assert [position for position, _ in records] == list(range(2, 11))
+    for _, fields in records:
+        assert len(fields) >= 2 + 20 + 3  # over 16: an array 16 header
+        assert [f["kind"] for f in fields[:2]] == ["email", "username"]
+        # The protector's fields first, the clear ones after them.
+        assert [f["col"] for f in fields[-3:]] == ["ip", "domain", "hash"]
+        assert all("ct" in f and "v" not in f for f in fields[:-3])
+
+
+def test_memo_of_repeated_values_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [f"192.0.2.{i % 3},host{i % 2}.example.org,{i:064x}" for i in range(60)]
+    text = "\n".join(["ip,domain,sha256", *rows]) + "\n"
+    monkeypatch.setattr(pipeline, "MEMO_VALUES_MAX", 8)  # the unique hash column fills it
+    remembered = ingest(tmp_path, text)
+    monkeypatch.setattr(pipeline.DumpIngestor, "_make_plan", _plan_without_memo)
+    assert ingest(tmp_path, text) == remembered
+
+
+_REAL_MAKE_PLAN = pipeline.DumpIngestor._make_plan
+
+
+def _plan_without_memo(self: DumpIngestor, columns: Sequence[str], mapping: Mapping[str, str]) -> Any:
+    return [(*step[:5], None) for step in _REAL_MAKE_PLAN(self, columns, mapping)]
+
+
+def test_a_column_whose_values_do_not_repeat_is_no_longer_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "MEMO_VALUES_MAX", 8)
+    rows = [f"host{i % 2}.example.org,{i:064x}" for i in range(40)]
+    policy = PiiPolicy.default()
+    ingestor = DumpIngestor(
+        dump=b"d" * 16, part=0, options=IngestOptions(source="t"),
+        protector=Protector(policy, KEYS, DerivedKeys()), policy=policy, append=lambda _: None,
+        quarantine=Quarantine(tmp_path / "q.jsonl", "00", "t"))
+    ingestor.feed(("\n".join(["domain,sha256", *rows]) + "\n").encode())
+    ingestor.finish()
+    (plan,) = ingestor._plans.values()
+    memos = {step[1]: step[5] for step in plan}
+    assert memos["domain"] is not None and memos["sha256"] is None
