@@ -38,11 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import operator
 import re
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,7 +89,9 @@ CONNECT_TIMEOUT_S = 10.0
 POOL_CONNECTIONS_MAX = 2  # one writer plus one reader; a store is used from one task at a time
 STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
-YIELD_ROWS = 4_096  # rows built between turns of the event loop while a COPY is in flight
+COPY_CHUNK_ROWS = 16_384
+"""Rows per COPY statement: the server inserts one chunk while Python builds the next (a
+COPY costs ~0.2 ms of statement overhead; a chunk ~30-100 ms of inserting)."""
 ENTRY_BITS = 48  # graphid = label id << 48 | entry id
 ADVISORY_NAMESPACE = "heimdall.graph:"
 
@@ -564,25 +567,34 @@ class AgeStore:
 
 
 class _Ordered:
-    """A connection whose COPYs run in the background, in order, while the batch builds
-    the next rows (PostgreSQL works on one core while Python works on the other); any
-    other statement first waits for the COPYs before it. Measured: ~1.4x per batch."""
+    """A connection whose COPYs and result-less statements run in the background, in
+    order, while the batch builds the next rows (PostgreSQL works on one core while Python
+    works on the other); a statement whose result the batch needs first waits for them.
+    Measured: ~1.4x per batch for COPYs alone; queueing the UPDATEs too keeps the server
+    busy while Python builds rows instead of the two taking turns."""
 
     def __init__(self, conn: Conn, schema: str) -> None:
         self.conn = conn
         self.schema = schema
         self._inflight: asyncio.Task[None] | None = None
 
-    def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    def _chain(self, work: Callable[[], Awaitable[object]]) -> None:
         previous = self._inflight
 
         async def send() -> None:
             if previous is not None:
-                await previous
-            await self.conn.copy_records_to_table(table, schema_name=self.schema, columns=list(columns),
-                                                  records=rows)
+                await previous  # a failure before this statement fails it too: settle sees it
+            await work()
 
         self._inflight = asyncio.create_task(send())
+
+    def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        self._chain(functools.partial(self.conn.copy_records_to_table, table, schema_name=self.schema,
+                                      columns=list(columns), records=rows))
+
+    def queue(self, sql: str, *args: Any) -> None:
+        """A statement whose result nothing reads: sent after everything before it."""
+        self._chain(functools.partial(self.conn.execute, sql, *args))
 
     async def settle(self) -> None:
         """Wait for the COPYs sent so far; their failure is raised here."""
@@ -615,15 +627,13 @@ class _Ordered:
         return await self.conn.execute(sql, *args)
 
 
-async def _breathe(count: int) -> None:
-    """Every YIELD_ROWS rows built, let the COPY in flight send on."""
-    if count % YIELD_ROWS == 0:
-        await asyncio.sleep(0)
-
-
-
 class _Batch:
-    """The statements of one delta, run inside the store's transaction."""
+    """The statements of one delta, run inside the store's transaction.
+
+    Lookups first (which dumps, fields, values and record positions exist), then one
+    reservation of graphids for every new vertex, then every row streamed by COPY in
+    chunks while the next chunk is built, and the few updates of vertices that existed
+    queued behind them: the server has work queued while Python builds rows."""
 
     def __init__(self, store: AgeStore, delta: Delta) -> None:
         self.store = store
@@ -633,6 +643,7 @@ class _Batch:
         self.labels = store._labels
         self.dump_gids = dict(store._dump_gids)
         self.field_gids = dict(store._field_gids)
+        self.new_dumps: set[bytes] = set()  # dumps first written by this batch: no sightings held
         self.vgid: dict[bytes, int] = {}  # value id -> gid, for every value of the delta
         self.egid: dict[bytes, int] = {}  # primary value id -> its entity's gid
         self.in_field: set[tuple[int, int]] = set()
@@ -645,34 +656,54 @@ class _Batch:
         self.store._dump_gids = self.dump_gids
         self.store._field_gids = self.field_gids
 
-    async def reserve(self, conn: _Ordered, label: str, count: int) -> list[int]:
-        if count == 0:
-            return []
-        first = int(await conn.fetchval(f"SELECT {self.q}.hm_reserve($1::regclass, $2)",
-                                        f'{self.q}."{label}_id_seq"', count))
-        base = self.labels[label] << ENTRY_BITS
-        return list(range(base | first, (base | first) + count))
+    async def reserve(self, conn: _Ordered, counts: Mapping[str, int]) -> dict[str, range]:
+        """Graphids for ``count`` new vertices of each label, all labels in one round trip."""
+        out = {label: range(0) for label in counts}
+        wanted = [(label, count) for label, count in counts.items() if count]
+        if not wanted:
+            return out
+        calls = ", ".join(f"{self.q}.hm_reserve(${2 * n + 1}::regclass, ${2 * n + 2})"
+                          for n in range(len(wanted)))
+        args: list[Any] = []
+        for label, count in wanted:
+            args += [f'{self.q}."{label}_id_seq"', count]
+        row = await conn.fetchrow(f"SELECT {calls}", *args)
+        assert row is not None
+        for (label, count), first in zip(wanted, row, strict=True):
+            start = (self.labels[label] << ENTRY_BITS) | int(first)
+            out[label] = range(start, start + count)
+        return out
 
     async def copy_rows(self, conn: _Ordered, table: str, columns: Sequence[str],
-                        rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            conn.copy(table, columns, rows)
+                        rows: Iterable[tuple[Any, ...]]) -> None:
+        """COPY in chunks of COPY_CHUNK_ROWS, each sent while the next is built (``rows`` may
+        be a generator: building is then interleaved with sending)."""
+        rows = iter(rows)
+        while chunk := list(itertools.islice(rows, COPY_CHUNK_ROWS)):
+            conn.copy(table, columns, chunk)
             await asyncio.sleep(0)  # the COPY starts sending before the next rows are built
 
     async def run(self, conn: _Ordered) -> None:
         delta = self.delta
         await self._dumps(conn)
         await self._fields(conn)
-        if delta.values:
-            await self._values(conn)
-        if delta.sightings:
-            await self._sightings(conn)
+        held_values = await self._held_values(conn)
+        held_sightings = await self._held_sightings(conn)
+        new_values = [vid for vid in sorted(delta.values) if vid not in held_values]
+        primaries = {s.entity for s in delta.sightings.values() if s.entity is not None}
+        needs_entity = sorted(vid for vid in primaries
+                              if vid not in held_values or held_values[vid][1] is None)
+        new_sightings = [key for key in delta.sightings if key not in held_sightings]
+        gids = await self.reserve(conn, {"value": len(new_values), "entity": len(needs_entity),
+                                         "sighting": len(new_sightings)})
+        await self._values(conn, new_values, gids["value"], needs_entity, gids["entity"], held_values)
+        await self._sightings(conn, new_sightings, gids["sighting"], held_sightings)
         await self._pairs(conn)
         if delta.subjects:
             await self._subjects(conn)
         if delta.positions:
             feeds, seqs = zip(*delta.positions.items(), strict=True)
-            await conn.execute(
+            conn.queue(
                 f"INSERT INTO {self.q}.hm_position SELECT * FROM unnest($1::bytea[], $2::bigint[]) "
                 "ON CONFLICT (feed) DO UPDATE SET next_seq = EXCLUDED.next_seq", list(feeds), list(seqs))
 
@@ -687,7 +718,8 @@ class _Batch:
         held = {bytes(i): (gid, _unpackb(cells)) for i, gid, cells in await conn.fetch(
             f"SELECT id, gid, cells FROM {q}.hm_dump WHERE id = ANY($1::bytea[])", sorted(wanted))}
         new = sorted(wanted - set(held))
-        gids = await self.reserve(conn, "dump", len(new))
+        self.new_dumps.update(new)
+        gids = (await self.reserve(conn, {"dump": len(new)}))["dump"]
         fresh = []
         for dump, gid in zip(new, gids, strict=True):
             cells = self.delta.dumps.get(dump, {})
@@ -703,11 +735,11 @@ class _Batch:
             if merged != cells:
                 changed.append((dump, gid, merged))
         if changed:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {q}.hm_dump d SET cells = u.cells "
                 "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
                 "WHERE d.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
-            await self._set_props(conn, "dump", [(gid, self._dump_props(dump, merged))
+            self._set_props(conn, "dump", [(gid, self._dump_props(dump, merged))
                                                  for dump, gid, merged in changed])
 
     def _dump_props(self, dump: bytes, cells: Mapping[str, Any]) -> str:
@@ -716,10 +748,10 @@ class _Batch:
                       for prop, value in self.rules.visible_props(model.DUMP, cells).items()})
         return _json(props)
 
-    async def _set_props(self, conn: _Ordered, label: str, rows: list[tuple[int, str]]) -> None:
+    def _set_props(self, conn: _Ordered, label: str, rows: list[tuple[int, str]]) -> None:
         """New properties (agtype text) of existing vertices."""
         if rows:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {self.q}.{label} t SET properties = u.p "
                 "FROM unnest($1::graphid[], $2::agtype[]) u(gid, p) WHERE t.id = u.gid",
                 [gid for gid, _ in rows], [props for _, props in rows])
@@ -736,7 +768,7 @@ class _Batch:
             [k[0] for k in new], [k[1] for k in new], [k[2] for k in new])}
         self.field_gids.update(held)
         new = [key for key in new if key not in held]
-        gids = await self.reserve(conn, "field", len(new))
+        gids = (await self.reserve(conn, {"field": len(new)}))["field"]
         rows = [(gid, dump, col, kind) for (dump, col, kind), gid in zip(new, gids, strict=True)]
         self.field_gids.update(((dump, col, kind), gid) for gid, dump, col, kind in rows)
         await self.copy_rows(conn, "hm_field", ("gid", "dump", "col", "kind"), rows)
@@ -747,39 +779,38 @@ class _Batch:
 
     # --- values --------------------------------------------------------------------------
 
-    async def _values(self, conn: _Ordered) -> None:
-        q = self.q
+    async def _held_values(self, conn: _Ordered) -> dict[bytes, tuple[int, Any, bytes]]:
+        """The delta's values this graph holds: value id -> (gid, entity gid, cells)."""
+        if not self.delta.values:
+            return {}
+        return {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
+            f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])",
+            sorted(self.delta.values))}  # content-id order: the index is walked page by page
+
+    async def _values(self, conn: _Ordered, new: list[bytes], gids: range, needs_entity: list[bytes],
+                      egids: range, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         values = self.delta.values
-        vids = sorted(values)  # content-id order: the B-tree of hm_value fills page by page
-        held = {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
-            f"SELECT id, gid, egid, cells FROM {q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
-        primaries = {s.entity for s in self.delta.sightings.values() if s.entity is not None}
-        new = [vid for vid in vids if vid not in held]
-        needs_entity = sorted(vid for vid in primaries if vid not in held or held[vid][1] is None)
-        gids = await self.reserve(conn, "value", len(new))
-        egids = await self.reserve(conn, "entity", len(needs_entity))
         self.vgid = dict(zip(new, gids, strict=True))
         self.vgid.update((vid, h[0]) for vid, h in held.items())
         self.egid = dict(zip(needs_entity, egids, strict=True))
         self.egid.update((vid, int(h[1])) for vid, h in held.items() if h[1] is not None)
         self.created.update(gids)
         self.created.update(egids)
-        egid = self.egid.get
+        egid, packb = self.egid.get, _packb
+        fresh = [values[vid] for vid in new]
         # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
-        rows = [(vid, gid, v.kind, v.value, v.blind_index, _packb(v.props), v.sightings, egid(vid))
-                for vid, gid, v in ((vid, gid, values[vid]) for vid, gid in zip(new, gids, strict=True))]
-        await self.copy_rows(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), rows)
-        lines = []
-        for count, (vid, gid) in enumerate(zip(new, gids, strict=True)):
-            await _breathe(count)
-            lines.append((gid, self._value_props(values[vid], values[vid].props)))
-        await self.copy_rows(conn, "value", ("id", "properties"), lines)
+        await self.copy_rows(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"),
+                             ((vid, gid, v.kind, v.value, v.blind_index, packb(v.props), v.sightings,
+                               egid(vid)) for vid, gid, v in zip(new, gids, fresh, strict=True)))
+        props = self._new_value_props
+        await self.copy_rows(conn, "value", ("id", "properties"),
+                             ((gid, props(v)) for gid, v in zip(gids, fresh, strict=True)))
         await self.copy_rows(conn, "entity", ("id", "properties"),
-                             [(egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
-                              for vid, egid in zip(needs_entity, egids, strict=True)])
-        await self._merge_values(conn, held)
+                             ((egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
+                              for vid, egid in zip(needs_entity, egids, strict=True)))
+        self._merge_values(conn, held)
 
-    async def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
+    def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         """Existing values: merge cells with the rules, count new sightings, link new entities."""
         values = self.delta.values
         ids, cells_out, counts, egids, props = [], [], [], [], []
@@ -799,12 +830,23 @@ class _Batch:
             if before != after:
                 props.append((gid, after))
         if ids:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {self.q}.hm_value t "
                 "SET cells = u.cells, n = t.n + u.n, egid = coalesce(t.egid, u.egid) "
                 "FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::graphid[]) u(id, cells, n, egid) "
                 "WHERE t.id = u.id", ids, cells_out, counts, egids)
-        await self._set_props(conn, "value", props)
+        self._set_props(conn, "value", props)
+
+    def _new_value_props(self, v: ValueDelta) -> str:
+        """_value_props of a value this batch creates, without building a dict when it has
+        nothing but its identity (most values)."""
+        cells = v.props
+        if "attrs" in cells or "enriched_by" in cells:
+            return self._value_props(v, cells)
+        if v.value is not None:
+            return f'{{"kind":{_json(v.kind)},"value":{_json(v.value)}}}'
+        assert v.blind_index is not None
+        return f'{{"kind":{_json(v.kind)},"bi":"{v.blind_index.hex()}"}}'
 
     def _value_props(self, v: ValueDelta, cells: Mapping[str, Any]) -> str:
         """What cypher() sees of a value (agtype text): identity, derived attributes,
@@ -831,61 +873,81 @@ class _Batch:
 
     # --- sightings -----------------------------------------------------------------------
 
-    async def _sightings(self, conn: _Ordered) -> None:
-        q = self.q
-        sightings = self.delta.sightings
-        keys = list(sightings)
-        gids = await self.reserve(conn, "sighting", len(keys))
-        dump_gids, vgid = self.dump_gids, self.vgid
-        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-        for count, ((dump, part, pos), gid) in enumerate(zip(keys, gids, strict=True)):
-            await _breathe(count)
-            s = sightings[(dump, part, pos)]
-            for column, item in zip(cols, (gid, dump_gids[dump], part, pos, s.seen_ms,
-                                           None if s.entity is None else vgid[s.entity],
-                                           _sealed_cell(s)), strict=True):
-                column.append(item)
-        inserted = {int(row[0]) for row in await conn.fetch(
-            f"INSERT INTO {q}.hm_sighting (gid, dump, part, pos, seen_ms, entity, sealed) "
-            "SELECT * FROM unnest($1::graphid[], $2::graphid[], $3::int[], $4::bigint[], "
-            "$5::bigint[], $6::graphid[], $7::bytea[]) ON CONFLICT (dump, part, pos) DO NOTHING "
-            "RETURNING gid", *cols)}
-        new = [(key, gid) for key, gid in zip(keys, gids, strict=True) if gid in inserted]
-        await self._new_sightings(conn, new)
-        if len(new) != len(keys):
-            for key, gid in zip(keys, gids, strict=True):
-                if gid not in inserted:
-                    await self._merge_sighting(conn, key, sightings[key])
-        await self._retire_entities(conn)
+    async def _held_sightings(self, conn: _Ordered) -> set[model.SightingKey]:
+        """The delta's record positions this graph holds already (almost always none).
 
-    async def _new_sightings(self, conn: _Ordered, new: list[tuple[model.SightingKey, int]]) -> None:
-        sightings, vgid, egid = self.delta.sightings, self.vgid, self.egid
-        field_gids, in_field, includes = self.field_gids, self.in_field, self.includes
-        vertices: list[tuple[int, str]] = []
-        in_dump: list[tuple[int, int]] = []
-        has_value: list[tuple[int, int, str]] = []
-        for count, ((dump, part, pos), sid) in enumerate(new):
-            await _breathe(count)
-            s = sightings[(dump, part, pos)]
-            vertices.append((sid, f'{{"part": {part}, "position": {pos}, "seen_ms": {s.seen_ms}}}'))
-            in_dump.append((sid, self.dump_gids[dump]))
-            columns: dict[int, list[str]] = {}
-            entity = None if s.entity is None else egid[s.entity]
+        Per (dump, part) of a dump that existed before this batch: the held positions
+        between the batch's least and greatest, one index range scan each (a fresh ingest
+        finds nothing); a dump this batch creates holds no sightings yet."""
+        spans: dict[tuple[bytes, int], list[int]] = {}
+        new_dumps = self.new_dumps
+        for dump, part, pos in self.delta.sightings:
+            if dump in new_dumps:
+                continue
+            span = spans.get((dump, part))
+            if span is None:
+                spans[(dump, part)] = [pos, pos]
+            elif pos < span[0]:
+                span[0] = pos
+            elif pos > span[1]:
+                span[1] = pos
+        if not spans:
+            return set()
+        keys = list(spans)
+        dump_of = {self.dump_gids[dump]: dump for dump, _ in keys}
+        rows = await conn.fetch(
+            "SELECT s.dump, s.part, s.pos FROM unnest($1::graphid[], $2::int[], $3::bigint[], $4::bigint[]) "
+            f"u(dump, part, lo, hi) JOIN {self.q}.hm_sighting s ON s.dump = u.dump AND s.part = u.part "
+            "AND s.pos BETWEEN u.lo AND u.hi",
+            [self.dump_gids[dump] for dump, _ in keys], [part for _, part in keys],
+            [spans[key][0] for key in keys], [spans[key][1] for key in keys])
+        sightings = self.delta.sightings
+        held = ((dump_of[int(dump)], int(part), int(pos)) for dump, part, pos in rows)
+        return {key for key in held if key in sightings}
+
+    async def _sightings(self, conn: _Ordered, new: list[model.SightingKey], gids: range,
+                         held: set[model.SightingKey]) -> None:
+        sightings, dump_gids, vgid = self.delta.sightings, self.dump_gids, self.vgid
+        pairs = list(zip(new, gids, strict=True))
+        await self.copy_rows(
+            conn, "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed"),
+            ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
+              _sealed_cell(s))
+             for (dump, part, pos), sid in pairs for s in (sightings[(dump, part, pos)],)))
+        await self.copy_rows(
+            conn, "sighting", ("id", "properties"),
+            ((sid, f'{{"part": {key[1]}, "position": {key[2]}, "seen_ms": {sightings[key].seen_ms}}}')
+             for key, sid in pairs))
+        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"),
+                             ((sid, dump_gids[key[0]]) for key, sid in pairs))
+        await self.copy_rows(conn, "has_value", ("start_id", "end_id", "properties"),
+                             self._has_value_rows(pairs))
+        for key in held:
+            await self._merge_sighting(conn, key, sightings[key])
+        self._retire_entities(conn)
+
+    def _has_value_rows(self, pairs: list[tuple[model.SightingKey, int]]) -> Iterator[tuple[int, int, str]]:
+        """has_value edges of new sightings (a value held in several columns of one record is
+        one edge listing them); collects the in_field and includes pairs on the way."""
+        sightings, vgid, egid, field_gids = self.delta.sightings, self.vgid, self.egid, self.field_gids
+        in_field, includes = self.in_field.add, self.includes.add
+        for key, sid in pairs:
+            s = sightings[key]
+            columns: dict[int, tuple[str, ...]] = {}
             for vid, field in s.values:
                 gid = vgid[vid]
                 column = field[1]
                 held = columns.get(gid)
                 if held is None:
-                    columns[gid] = [column]
-                    if entity is not None:
-                        includes.add((entity, gid))
+                    columns[gid] = (column,)
                 elif column not in held:
-                    held.append(column)
-                in_field.add((gid, field_gids[field]))
-            has_value.extend((sid, gid, _columns_json(tuple(cs))) for gid, cs in columns.items())
-        await self.copy_rows(conn, "sighting", ("id", "properties"), vertices)
-        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"), in_dump)
-        await self.copy_rows(conn, "has_value", ("start_id", "end_id", "properties"), has_value)
+                    columns[gid] = (*held, column)
+                in_field((gid, field_gids[field]))
+            entity = None if s.entity is None else egid[s.entity]
+            for gid, cs in columns.items():
+                if entity is not None:
+                    includes((entity, gid))
+                yield sid, gid, _columns_json(cs)
 
     async def _merge_sighting(self, conn: _Ordered, key: model.SightingKey, s: SightingDelta) -> None:
         """Slow path: a record position seen before (a re-ingest under the same dump id, or a
@@ -910,12 +972,12 @@ class _Batch:
             merged_sealed = new_sealed if sealed is None else _packb(
                 merge(Rule.UNION, _unpackb(sealed), _unpackb(new_sealed)))
         first = min(seen_ms, s.seen_ms)
-        await conn.execute(f"UPDATE {q}.hm_sighting SET seen_ms = $2, entity = $3, sealed = $4 "
+        conn.queue(f"UPDATE {q}.hm_sighting SET seen_ms = $2, entity = $3, sealed = $4 "
                            "WHERE gid = $1",
                            sid, first, final_entity, merged_sealed)
         if first != seen_ms:
             props = _json({"part": part, "position": pos, "seen_ms": first})
-            await self._set_props(conn, "sighting", [(sid, props)])
+            self._set_props(conn, "sighting", [(sid, props)])
         await self._merge_sighting_values(conn, sid, dump, s, edges, final_entity)
 
     async def _merge_sighting_values(self, conn: _Ordered, sid: int, dump: bytes, s: SightingDelta,
@@ -931,14 +993,14 @@ class _Batch:
         # were counted when it was first applied.
         again = sorted(gid for gid in counted if gid in edges)
         if again:
-            await conn.execute(f"UPDATE {q}.hm_value SET n = n - 1 WHERE gid = ANY($1::graphid[])",
+            conn.queue(f"UPDATE {q}.hm_value SET n = n - 1 WHERE gid = ANY($1::graphid[])",
                                again)
         added = [(gid, sorted(cs)) for gid, cs in columns.items() if gid not in edges]
         changed = [(gid, sorted(cs)) for gid, cs in columns.items() if gid in edges and cs != set(edges[gid])]
         await self.copy_rows(conn, "has_value", ("start_id", "end_id", "properties"),
                              [(sid, gid, _json({"columns": cs})) for gid, cs in added])
         for gid, cs in changed:
-            await conn.execute(f"UPDATE {q}.has_value SET properties = $3 "
+            conn.queue(f"UPDATE {q}.has_value SET properties = $3 "
                                "WHERE start_id = $1 AND end_id = $2", sid, gid, _json({"columns": cs}))
         if entity_vgid is not None:
             # Every primary value has its entity by now (this batch linked the new ones).
@@ -953,12 +1015,12 @@ class _Batch:
             f"SELECT gid, id FROM {self.q}.hm_value WHERE gid = ANY($1::graphid[])", [a, b])}
         return a if vids[a] <= vids[b] else b
 
-    async def _retire_entities(self, conn: _Ordered) -> None:
+    def _retire_entities(self, conn: _Ordered) -> None:
         """An entity that stopped being some sighting's entity keeps only the includes edges
         that other sightings of it still support (runs before this batch's pairs go in)."""
         q = self.q
         for primary in sorted(self.retired_entities):
-            await conn.execute(
+            conn.queue(
                 f"DELETE FROM {q}.includes e USING {q}.hm_value p WHERE p.gid = $1 AND e.start_id = p.egid "
                 f"AND NOT EXISTS (SELECT 1 FROM {q}.has_value h JOIN {q}.hm_sighting s ON s.gid = h.start_id "
                 "WHERE h.end_id = e.end_id AND s.entity = $1)", primary)
@@ -976,7 +1038,7 @@ class _Batch:
             maybe = sorted(pair for pair in pairs if pair[0] not in created)
             if maybe:
                 starts, ends = zip(*maybe, strict=True)
-                await conn.execute(
+                conn.queue(
                     f"INSERT INTO {self.q}.{label} (start_id, end_id) SELECT * FROM "
                     "unnest($1::graphid[], $2::graphid[]) ON CONFLICT DO NOTHING",
                     list(starts), list(ends))
@@ -989,7 +1051,7 @@ class _Batch:
         held = {bytes(i): (int(gid), _unpackb(cells)) for i, gid, cells in await conn.fetch(
             f"SELECT id, gid, cells FROM {q}.hm_subject WHERE id = ANY($1::bytea[])", sorted(subjects))}
         new = sorted(set(subjects) - set(held))
-        gids = await self.reserve(conn, "subject", len(new))
+        gids = (await self.reserve(conn, {"subject": len(new)}))["subject"]
         rows = [(sub, gid, _packb(subjects[sub])) for sub, gid in zip(new, gids, strict=True)]
         await self.copy_rows(conn, "hm_subject", ("id", "gid", "cells"), rows)
         await self.copy_rows(conn, "subject", ("id", "properties"),
@@ -1000,11 +1062,11 @@ class _Batch:
             if merged != cells:
                 changed.append((sub, gid, merged))
         if changed:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {q}.hm_subject t SET cells = u.cells "
                 "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
                 "WHERE t.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
-            await self._set_props(conn, "subject", [(gid, self._subject_props(sub, merged))
+            self._set_props(conn, "subject", [(gid, self._subject_props(sub, merged))
                                                     for sub, gid, merged in changed])
 
     def _subject_props(self, subject: bytes, cells: Mapping[str, Any]) -> str:
