@@ -109,9 +109,13 @@ SESSION_SETTINGS = {
     # The projection is rebuilt from the log and its positions commit with its effects:
     # losing the last commits in a server crash only makes the projector redo them.
     "synchronous_commit": "off",
-    # GIN pending-list cleanup accumulates in work_mem: more of it, fewer and larger
-    # merges into the index (measured ~1.3x on the value label's COPY).
+    # Sorts and hashes of a batch's lookups stay in memory.
     "work_mem": "64MB",
+    # Every query of this store is a handful of index lookups: parallel workers cost ~8 ms
+    # to start, and JIT compiles plans that look expensive only because statistics lag a
+    # bulk load (measured: a single-sighting value's query 10 ms with workers, 0.2 without).
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
 }
 
 T = TypeVar("T")
@@ -508,10 +512,15 @@ class AgeStore:
     async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
         q = self._q
         async with self._conn("reading where a value was seen") as conn:
+            # Sightings by index lookups whatever the statistics say (OFFSET 0 keeps the
+            # planner from turning them into a scan of every sighting: right after a bulk
+            # load, before ANALYZE, it guessed thousands of rows per value and did).
             rows = await conn.fetch(
-                f"SELECT d.id, d.cells, count(*), min(s.seen_ms), max(s.seen_ms) FROM {q}.hm_value v "
-                f"JOIN {q}.has_value e ON e.end_id = v.gid JOIN {q}.hm_sighting s ON s.gid = e.start_id "
-                f"JOIN {q}.hm_dump d ON d.gid = s.dump WHERE v.id = $1 GROUP BY d.id, d.cells", vid)
+                f"SELECT d.id, d.cells, c.n, c.first, c.last FROM (SELECT s.dump, count(*) AS n, "
+                f"min(s.seen_ms) AS first, max(s.seen_ms) AS last FROM {q}.hm_value v "
+                f"JOIN {q}.has_value e ON e.end_id = v.gid CROSS JOIN LATERAL (SELECT dump, seen_ms "
+                f"FROM {q}.hm_sighting WHERE gid = e.start_id OFFSET 0) s WHERE v.id = $1 GROUP BY s.dump) c "
+                f"JOIN {q}.hm_dump d ON d.gid = c.dump", vid)
         out = []
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)
@@ -532,10 +541,14 @@ class AgeStore:
                 own, sightings_max + 1)]
             complete = len(sids) <= sightings_max
             sids = sids[:sightings_max]
+            # Count per co-value from the edge index alone, then one id lookup per co-value
+            # (OFFSET 0: never a hash join over every value, as the planner chose before
+            # ANALYZE had seen a bulk load: 127 ms instead of 1).
             ranked = await conn.fetch(
-                f"SELECT v.id, count(*) AS n FROM {q}.has_value e JOIN {q}.hm_value v ON v.gid = e.end_id "
-                "WHERE e.start_id = ANY($1::graphid[]) AND e.end_id <> $2 "
-                "GROUP BY v.id ORDER BY n DESC, v.id LIMIT $3", sids, own, limit)
+                f"SELECT v.id, c.n FROM (SELECT end_id, count(*) AS n FROM {q}.has_value "
+                "WHERE start_id = ANY($1::graphid[]) AND end_id <> $2 GROUP BY end_id) c "
+                f"CROSS JOIN LATERAL (SELECT id FROM {q}.hm_value WHERE gid = c.end_id OFFSET 0) v "
+                "ORDER BY c.n DESC, v.id LIMIT $3", sids, own, limit)
             infos = await self._infos(conn, await conn.fetch(
                 f"SELECT id, kind, v, bi, cells, n FROM {q}.hm_value WHERE id = ANY($1::bytea[])",
                 [row[0] for row in ranked]))
