@@ -727,9 +727,10 @@ class _Batch:
         delta = self.delta
         await self._dumps(conn)
         await self._fields(conn)
-        held_values = await self._held_values(conn)
+        vids = sorted(delta.values)  # content-id order: hm_value's B-tree fills page by page
+        held_values = await self._held_values(conn, vids)
         held_sightings = await self._held_sightings(conn)
-        new_values = [vid for vid in sorted(delta.values) if vid not in held_values]
+        new_values = [vid for vid in vids if vid not in held_values] if held_values else vids
         primaries = {s.entity for s in delta.sightings.values() if s.entity is not None}
         needs_entity = sorted(vid for vid in primaries
                               if vid not in held_values or held_values[vid][1] is None)
@@ -819,13 +820,13 @@ class _Batch:
 
     # --- values --------------------------------------------------------------------------
 
-    async def _held_values(self, conn: _Ordered) -> dict[bytes, tuple[int, Any, bytes]]:
-        """The delta's values this graph holds: value id -> (gid, entity gid, cells)."""
-        if not self.delta.values:
+    async def _held_values(self, conn: _Ordered, vids: list[bytes]) -> dict[bytes, tuple[int, Any, bytes]]:
+        """Those of ``vids`` (the delta's values, sorted: the index is walked page by page)
+        this graph holds: value id -> (gid, entity gid, cells)."""
+        if not vids:
             return {}
         return {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
-            f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])",
-            sorted(self.delta.values))}  # content-id order: the index is walked page by page
+            f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
 
     async def _values(self, conn: _Ordered, new: list[bytes], gids: range, needs_entity: list[bytes],
                       egids: range, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
@@ -865,9 +866,10 @@ class _Batch:
             cells_out.append(_packb(merged))
             counts.append(count)
             egids.append(new_egid)
-            before, after = self._value_props(v, old), self._value_props(v, merged)
-            if before != after:
-                props.append((gid, after))
+            if _shown_cells_changed(old, merged):
+                before, after = self._value_props(v, old), self._value_props(v, merged)
+                if before != after:
+                    props.append((gid, after))
         if ids:
             conn.queue(
                 f"UPDATE {self.q}.hm_value t "
@@ -880,12 +882,17 @@ class _Batch:
         """_value_props of a value this batch creates, without building a dict when it has
         nothing but its identity (most values)."""
         cells = v.props
-        if "attrs" in cells or "enriched_by" in cells:
+        if "enriched_by" in cells:
             return self._value_props(v, cells)
         if v.value is not None:
-            return f'{_kind_head(v.kind)}"value":{orjson.dumps(v.value).decode()}}}'
-        assert v.blind_index is not None
-        return f'{_kind_head(v.kind)}"bi":"{v.blind_index.hex()}"}}'
+            head = f'{_kind_head(v.kind)}"value":{orjson.dumps(v.value).decode()}'
+        else:
+            assert v.blind_index is not None
+            head = f'{_kind_head(v.kind)}"bi":"{v.blind_index.hex()}"'
+        attrs = cells.get("attrs")
+        if attrs is None:
+            return head + "}"
+        return f'{head},"attrs":{orjson.dumps(visible(self.attrs_rule, attrs)).decode()}}}'
 
     def _value_props(self, v: ValueDelta, cells: Mapping[str, Any]) -> str:
         """What cypher() sees of a value (agtype text): identity, derived attributes,
@@ -1132,6 +1139,13 @@ def _kind_head(kind: str) -> str:
 def _columns_json(columns: tuple[str, ...]) -> str:
     """has_value properties for COPY; a dump has few distinct column sets."""
     return _json({"columns": sorted(set(columns))})
+
+
+def _shown_cells_changed(old: Mapping[str, Any], merged: Mapping[str, Any]) -> bool:
+    """Whether a merge touched a cell that a value vertex's properties show (attrs, facts):
+    most merges only move first/last seen, which stay in hm_value."""
+    return any(old.get(prop) != cell for prop, cell in merged.items()
+               if prop == "attrs" or prop.startswith(FACT_PREFIX))
 
 
 def _split_pairs(pairs: Sequence[int]) -> list[tuple[int, int]]:
