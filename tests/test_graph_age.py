@@ -237,6 +237,8 @@ async def test_same_record_position_twice_merges(age: Opened) -> None:
     ref = await reference(first + second)
     for vid in sorted(fold(first + second).values):
         assert await store.value(vid) == await ref.value(vid)
+        # co-occurring values read each sighting's own list of values: unioned too
+        assert await store.co_values(vid) == await ref.co_values(vid)
 
 
 async def test_migrations_recorded_once(age: Opened, pg_dsn: str) -> None:
