@@ -117,8 +117,9 @@ CREATE INDEX field_props ON @graph@.field USING gin (properties);
 CREATE INDEX subject_props ON @graph@.subject USING gin (properties);
 
 -- Edges, both directions. has_value (end_id, start_id) also serves "where was this value
--- seen" and "the newest sightings of this value" in SQL, (start_id, end_id) "what else is in
--- these records", both from the index alone; the unique pairs make in_field and includes
+-- seen" and "the newest sightings of this value" in SQL, from the index alone; (start_id,
+-- end_id) serves cypher() going from a record to its values (the SQL query path reads
+-- hm_sighting.vals instead); the unique pairs make in_field and includes
 -- idempotent (INSERT ... ON CONFLICT DO NOTHING). Not indexed, because no query of
 -- Heimdall follows them and each index costs every record a write (value -> entities
 -- measured ~6 us of a record's ~60 us of server time): value -> entities (includes by

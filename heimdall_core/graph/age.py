@@ -94,8 +94,9 @@ COLUMN_SETS_CACHED = 4_096
 KINDS_CACHED = 256
 PAIR_SHIFT = 64  # a pair edge (start, end) as one int: graphids are 64 bits
 COPY_CHUNK_ROWS = 16_384
-"""Rows per COPY statement: the server inserts one chunk while Python builds the next (a
-COPY costs ~0.2 ms of statement overhead; a chunk ~30-100 ms of inserting)."""
+"""Rows per COPY statement: the server inserts one chunk while Python builds the next.
+Large enough that a COPY's own setup and two round trips are small next to its rows;
+a batch of 50,000 records is ~80 of them."""
 EDGE_RECORDS_PER_COPY = 4_096  # records whose has_value edges go in one COPY
 BUILD_SLICE_ITEMS = 1_024
 """Items built between turns of the event loop. A COPY needs two round trips before and
@@ -553,10 +554,10 @@ class AgeStore:
         values() reads of each. The first column is how many sightings were read; a value
         not held reads none and gives one row of NULLs.
 
-        ``vals`` (the ids end to end: a ``bytea[]`` cost the write path ~15%, its array
-        encoding and decoding) saves a lookup per co-occurring value: through the edges, a value seen in
+        ``vals`` saves a lookup per co-occurring value: through the edges, a value seen in
         200 records read ~1,000 random index pages (its sightings' edges, then each
         co-value's id for the tie-break by id), 6-24 ms with a cold cache at 1M records.
+        It is the ids end to end in one bytea: a ``bytea[]`` cost the write path ~15%.
         Every step is an index lookup whatever the statistics say (``= ANY(ARRAY(...))``
         rather than a join the planner could turn into a hash join over a whole table, as
         it did right after a bulk load, before ANALYZE: 127 ms instead of 1)."""
@@ -655,10 +656,6 @@ class _Ordered:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         await self.settle()
         return await self.conn.fetchval(sql, *args)
-
-    async def execute(self, sql: str, *args: Any) -> str:
-        await self.settle()
-        return await self.conn.execute(sql, *args)
 
 
 class _Batch:
