@@ -77,6 +77,11 @@ CREATE TABLE @graph@.hm_sighting (
     seen_ms bigint NOT NULL,
     entity ag_catalog.graphid,                  -- the primary value's vertex (not the entity's)
     sealed bytea,                               -- msgpack union cell of encrypt-only fields
+    -- The record's values: their distinct content ids (16 bytes each) end to end, so
+    -- co-occurring values are counted from the sightings alone, without an edge and an id
+    -- lookup per co-occurring value. One bytea, not bytea[]: the array's encoding and
+    -- decoding cost the write path ~15%.
+    vals bytea NOT NULL,
     -- "where was this value seen" reads dump and time of each sighting from the index alone
     PRIMARY KEY (gid) INCLUDE (dump, seen_ms),
     UNIQUE (dump, part, pos)
@@ -96,29 +101,34 @@ CREATE UNIQUE INDEX sighting_id ON @graph@.sighting (id);
 CREATE UNIQUE INDEX entity_id ON @graph@.entity (id);
 CREATE UNIQUE INDEX subject_id ON @graph@.subject (id);
 
--- Cypher map patterns, e.g. MATCH (v:value {kind: 'ip', value: '192.0.2.7'}), are served
--- only by a GIN index on properties; WHERE v.value = '...' by an index on the expression
--- cypher() generates for property access. A hash index, not a btree: equality is all an
--- indicator lookup needs, and the btree's agtype comparisons measured ~3x the insert cost.
-CREATE INDEX value_props ON @graph@.value USING gin (properties);
+-- WHERE v.value = '...' is served by an index on the expression cypher() generates for
+-- property access. Hash, not btree: equality is all an indicator lookup needs, and the
+-- btree's agtype comparisons measured ~3x the insert cost. A hash index leaves out rows
+-- without the key (personal values have "bi" instead), so only clear values pay for it.
+-- No GIN index on value properties, and none on "bi": Heimdall's queries go through the
+-- hm_ tables, and GIN was the largest single write cost of a record (~4 us per value row,
+-- 2.5x the label table alone). A map pattern MATCH (v:value {value: '...'}) or a lookup
+-- by blind index still answers, by a scan. docs/postgres-age.md has the numbers.
 CREATE INDEX value_value ON @graph@.value USING hash
     (ag_catalog.agtype_access_operator(VARIADIC ARRAY[properties, '"value"'::ag_catalog.agtype]));
+-- The small labels keep GIN for map patterns: a few rows per dump.
 CREATE INDEX dump_props ON @graph@.dump USING gin (properties);
 CREATE INDEX field_props ON @graph@.field USING gin (properties);
 CREATE INDEX subject_props ON @graph@.subject USING gin (properties);
 
 -- Edges, both directions. has_value (end_id, start_id) also serves "where was this value
--- seen" and "the newest sightings of this value" in SQL, (start_id, end_id) "what else is in
--- these records", both from the index alone; the unique pairs make in_field and includes
--- idempotent (INSERT ... ON CONFLICT DO NOTHING). field -> values (in_field by end_id) is
--- not indexed: listing every value of a column is a scan anyway, and the index costs every
--- new value a write.
+-- seen" and "the newest sightings of this value" in SQL, from the index alone; (start_id,
+-- end_id) serves cypher() going from a record to its values (the SQL query path reads
+-- hm_sighting.vals instead); the unique pairs make in_field and includes
+-- idempotent (INSERT ... ON CONFLICT DO NOTHING). Not indexed, because no query of
+-- Heimdall follows them and each index costs every record a write (value -> entities
+-- measured ~6 us of a record's ~60 us of server time): value -> entities (includes by
+-- end_id), field -> values (in_field by end_id), dump -> sightings (in_dump by end_id).
+-- Cypher still follows them, by a scan of the edge label.
 CREATE INDEX has_value_end ON @graph@.has_value (end_id, start_id);
 CREATE INDEX has_value_start ON @graph@.has_value (start_id, end_id);
 CREATE INDEX in_dump_start ON @graph@.in_dump (start_id);
-CREATE INDEX in_dump_end ON @graph@.in_dump (end_id);
 CREATE UNIQUE INDEX in_field_pair ON @graph@.in_field (start_id, end_id);
 CREATE UNIQUE INDEX includes_pair ON @graph@.includes (start_id, end_id);
-CREATE INDEX includes_end ON @graph@.includes (end_id);
 CREATE UNIQUE INDEX field_of_pair ON @graph@.field_of (start_id, end_id);
 CREATE INDEX field_of_end ON @graph@.field_of (end_id);

@@ -13,12 +13,14 @@ Writing (one transaction per delta, feed positions included):
 * Vertex graphids are allocated here, in ranges reserved from the label's sequence under
   a transaction-level advisory lock, so edges can be written in the same pass as their
   vertices, without a round trip per row.
-* Bulk rows go in by binary ``COPY`` (agtype has a binary form: a version byte and the
-  text), in the background while the next rows are built; ``INSERT ... SELECT FROM
-  unnest(...) ON CONFLICT`` only where a row may already exist (sightings, and in_field
-  and includes pairs whose start vertex is not new). Measured: binary COPY into a label
-  table ~1.1M rows/s before secondary indexes, ~150k with the value label's GIN and
-  hash indexes; Cypher ``MERGE`` of one record per call ~80-90 records/s.
+* Lookups first (which values and record positions exist), then one reservation, then
+  every row by binary ``COPY`` (agtype has a binary form: a version byte and the text) in
+  chunks, each sent while the next is built; UPDATEs and the ``INSERT ... ON CONFLICT``
+  of pair edges whose start vertex is not new are queued behind them, so the server has
+  work while Python builds rows. Measured: binary COPY into a label table ~1.1M rows/s
+  before secondary indexes, ~150k with a GIN index on properties (hence none on value:
+  no query uses it), ~450-530k with the hash index on ``value``; Cypher ``MERGE`` of one
+  record per call ~70-90 records/s.
 * Merge rules are applied by the same pure :class:`RuleSet` as every other back end,
   to the cells of the vertices a delta touches that already existed (read in the same
   transaction, under the lock): order-independent and idempotent by construction, and
@@ -36,16 +38,17 @@ AGE label tables must keep AGE's own columns (``id``, ``properties``; edges also
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
+import itertools
 import logging
-import operator
 import re
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -88,7 +91,17 @@ CONNECT_TIMEOUT_S = 10.0
 POOL_CONNECTIONS_MAX = 2  # one writer plus one reader; a store is used from one task at a time
 STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
-YIELD_ROWS = 4_096  # rows built between turns of the event loop while a COPY is in flight
+KINDS_CACHED = 256
+PAIR_SHIFT = 64  # a pair edge (start, end) as one int: graphids are 64 bits
+COPY_CHUNK_ROWS = 16_384
+"""Rows per COPY statement: the server inserts one chunk while Python builds the next.
+Large enough that a COPY's own setup and two round trips are small next to its rows;
+a batch of 50,000 records is ~80 of them."""
+EDGE_RECORDS_PER_COPY = 4_096  # records whose has_value edges go in one COPY
+BUILD_SLICE_ITEMS = 1_024
+"""Items built between turns of the event loop. A COPY needs two round trips before and
+after its data; each waits for a turn, so a loop that yielded once per COPY chunk left the
+server idle about half the time (measured: batch time = Python time + server time)."""
 ENTRY_BITS = 48  # graphid = label id << 48 | entry id
 ADVISORY_NAMESPACE = "heimdall.graph:"
 
@@ -103,12 +116,17 @@ SESSION_SETTINGS = {
     # The projection is rebuilt from the log and its positions commit with its effects:
     # losing the last commits in a server crash only makes the projector redo them.
     "synchronous_commit": "off",
-    # GIN pending-list cleanup accumulates in work_mem: more of it, fewer and larger
-    # merges into the index (measured ~1.3x on the value label's COPY).
+    # Sorts and hashes of a batch's lookups stay in memory.
     "work_mem": "64MB",
+    # Every query of this store is a handful of index lookups: parallel workers cost ~8 ms
+    # to start, and JIT compiles plans that look expensive only because statistics lag a
+    # bulk load (measured: co-values of a value seen once took 10 ms with one worker; a
+    # whole query takes under 1 ms at the median without).
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
 }
 
-_start = operator.itemgetter(0)
+T = TypeVar("T")
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -502,10 +520,15 @@ class AgeStore:
     async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
         q = self._q
         async with self._conn("reading where a value was seen") as conn:
+            # Sightings by index lookups whatever the statistics say (OFFSET 0 keeps the
+            # planner from turning them into a scan of every sighting: right after a bulk
+            # load, before ANALYZE, it guessed thousands of rows per value and did).
             rows = await conn.fetch(
-                f"SELECT d.id, d.cells, count(*), min(s.seen_ms), max(s.seen_ms) FROM {q}.hm_value v "
-                f"JOIN {q}.has_value e ON e.end_id = v.gid JOIN {q}.hm_sighting s ON s.gid = e.start_id "
-                f"JOIN {q}.hm_dump d ON d.gid = s.dump WHERE v.id = $1 GROUP BY d.id, d.cells", vid)
+                f"SELECT d.id, d.cells, c.n, c.first, c.last FROM (SELECT s.dump, count(*) AS n, "
+                f"min(s.seen_ms) AS first, max(s.seen_ms) AS last FROM {q}.hm_value v "
+                f"JOIN {q}.has_value e ON e.end_id = v.gid CROSS JOIN LATERAL (SELECT dump, seen_ms "
+                f"FROM {q}.hm_sighting WHERE gid = e.start_id OFFSET 0) s WHERE v.id = $1 GROUP BY s.dump) c "
+                f"JOIN {q}.hm_dump d ON d.gid = c.dump", vid)
         out = []
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)
@@ -516,25 +539,41 @@ class AgeStore:
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:
-        q = self._q
         async with self._conn("reading co-occurring values") as conn:
-            own = await conn.fetchval(f"SELECT gid FROM {q}.hm_value WHERE id = $1", vid)
-            if own is None:
-                return CoValues((), 0, True)
-            sids = [row[0] for row in await conn.fetch(
-                f"SELECT start_id FROM {q}.has_value WHERE end_id = $1 ORDER BY start_id DESC LIMIT $2",
-                own, sightings_max + 1)]
-            complete = len(sids) <= sightings_max
-            sids = sids[:sightings_max]
-            ranked = await conn.fetch(
-                f"SELECT v.id, count(*) AS n FROM {q}.has_value e JOIN {q}.hm_value v ON v.gid = e.end_id "
-                "WHERE e.start_id = ANY($1::graphid[]) AND e.end_id <> $2 "
-                "GROUP BY v.id ORDER BY n DESC, v.id LIMIT $3", sids, own, limit)
-            infos = await self._infos(conn, await conn.fetch(
-                f"SELECT id, kind, v, bi, cells, n FROM {q}.hm_value WHERE id = ANY($1::bytea[])",
-                [row[0] for row in ranked]))
-        items = tuple(CoValue(infos[bytes(other)], int(n)) for other, n in ranked)
-        return CoValues(items, len(sids), complete)
+            rows = await conn.fetch(self._co_values_sql, vid, sightings_max, limit)
+            scanned = int(rows[0][0])
+            ranked = [row for row in rows if row[1] is not None]
+            infos = await self._infos(conn, [row[2:] for row in ranked])
+        items = tuple(CoValue(infos[bytes(row[2])], int(row[1])) for row in ranked)
+        return CoValues(items, min(scanned, sightings_max), scanned <= sightings_max)
+
+    @functools.cached_property
+    def _co_values_sql(self) -> str:
+        """One statement (one round trip, where it took four): the value's newest
+        ``$2 + 1`` sightings; the values of the first ``$2``, counted from each sighting's
+        ``vals`` (its values' content ids); the top ``$3`` by count then id, with what
+        values() reads of each. The first column is how many sightings were read; a value
+        not held reads none and gives one row of NULLs.
+
+        ``vals`` saves a lookup per co-occurring value: through the edges, a value seen in
+        200 records read ~1,000 random index pages (its sightings' edges, then each
+        co-value's id for the tie-break by id), 6-24 ms with a cold cache at 1M records.
+        It is the ids end to end in one bytea: a ``bytea[]`` cost the write path ~15%.
+        Every step is an index lookup whatever the statistics say (``= ANY(ARRAY(...))``
+        rather than a join the planner could turn into a hash join over a whole table, as
+        it did right after a bulk load, before ANALYZE: 127 ms instead of 1)."""
+        q = self._q
+        return (
+            f"WITH own AS MATERIALIZED (SELECT gid FROM {q}.hm_value WHERE id = $1), "
+            f"sids AS MATERIALIZED (SELECT ARRAY(SELECT start_id FROM {q}.has_value "
+            "WHERE end_id = (SELECT gid FROM own) ORDER BY start_id DESC LIMIT $2 + 1) AS a), "
+            f"ranked AS (SELECT v AS id, count(*) AS n FROM {q}.hm_sighting s CROSS JOIN LATERAL "
+            f"(SELECT substring(s.vals FROM i FOR {model.ID_BYTES}) FROM generate_series(1, length(s.vals), "
+            f"{model.ID_BYTES}) i) u(v) WHERE s.gid = ANY((SELECT a[1:$2] FROM sids)::graphid[]) AND v <> $1 "
+            "GROUP BY v ORDER BY n DESC, v LIMIT $3) "
+            "SELECT cardinality((SELECT a FROM sids)), r.n, v.id, v.kind, v.v, v.bi, v.cells, v.n "
+            f"FROM (SELECT) one LEFT JOIN (ranked r JOIN {q}.hm_value v ON v.id = r.id) ON true "
+            "ORDER BY r.n DESC, v.id")
 
     async def counts(self) -> GraphCounts:
         q = self._q
@@ -564,25 +603,34 @@ class AgeStore:
 
 
 class _Ordered:
-    """A connection whose COPYs run in the background, in order, while the batch builds
-    the next rows (PostgreSQL works on one core while Python works on the other); any
-    other statement first waits for the COPYs before it. Measured: ~1.4x per batch."""
+    """A connection whose COPYs and result-less statements run in the background, in
+    order, while the batch builds the next rows (PostgreSQL works on one core while Python
+    works on the other); a statement whose result the batch needs first waits for them.
+    Measured: ~1.4x per batch for COPYs alone; queueing the UPDATEs too keeps the server
+    busy while Python builds rows instead of the two taking turns."""
 
     def __init__(self, conn: Conn, schema: str) -> None:
         self.conn = conn
         self.schema = schema
         self._inflight: asyncio.Task[None] | None = None
 
-    def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    def _chain(self, work: Callable[[], Awaitable[object]]) -> None:
         previous = self._inflight
 
         async def send() -> None:
             if previous is not None:
-                await previous
-            await self.conn.copy_records_to_table(table, schema_name=self.schema, columns=list(columns),
-                                                  records=rows)
+                await previous  # a failure before this statement fails it too: settle sees it
+            await work()
 
         self._inflight = asyncio.create_task(send())
+
+    def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        self._chain(functools.partial(self.conn.copy_records_to_table, table, schema_name=self.schema,
+                                      columns=list(columns), records=rows))
+
+    def queue(self, sql: str, *args: Any) -> None:
+        """A statement whose result nothing reads: sent after everything before it."""
+        self._chain(functools.partial(self.conn.execute, sql, *args))
 
     async def settle(self) -> None:
         """Wait for the COPYs sent so far; their failure is raised here."""
@@ -610,20 +658,14 @@ class _Ordered:
         await self.settle()
         return await self.conn.fetchval(sql, *args)
 
-    async def execute(self, sql: str, *args: Any) -> str:
-        await self.settle()
-        return await self.conn.execute(sql, *args)
-
-
-async def _breathe(count: int) -> None:
-    """Every YIELD_ROWS rows built, let the COPY in flight send on."""
-    if count % YIELD_ROWS == 0:
-        await asyncio.sleep(0)
-
-
 
 class _Batch:
-    """The statements of one delta, run inside the store's transaction."""
+    """The statements of one delta, run inside the store's transaction.
+
+    Lookups first (which dumps, fields, values and record positions exist), then one
+    reservation of graphids for every new vertex, then every row streamed by COPY in
+    chunks while the next chunk is built, and the few updates of vertices that existed
+    queued behind them: the server has work queued while Python builds rows."""
 
     def __init__(self, store: AgeStore, delta: Delta) -> None:
         self.store = store
@@ -633,11 +675,14 @@ class _Batch:
         self.labels = store._labels
         self.dump_gids = dict(store._dump_gids)
         self.field_gids = dict(store._field_gids)
+        self.new_dumps: set[bytes] = set()  # dumps first written by this batch: no sightings held
         self.vgid: dict[bytes, int] = {}  # value id -> gid, for every value of the delta
         self.egid: dict[bytes, int] = {}  # primary value id -> its entity's gid
-        self.in_field: set[tuple[int, int]] = set()
-        self.includes: set[tuple[int, int]] = set()
-        self.created: set[int] = set()  # value and entity gids first written by this batch
+        # Pair edges as start << PAIR_SHIFT | end: a set of ints hashes, sorts and splits
+        # (bisect by start) in C, where tuples took a third of the batch's Python time.
+        self.in_field: set[int] = set()
+        self.includes: set[int] = set()
+        self.created = {"value": range(0), "entity": range(0)}  # gids first written by this batch
         self.attrs_rule = store.rules.rule(model.VALUE, "attrs")
         self.retired_entities: set[int] = set()  # primary value gids that lost a sighting
 
@@ -645,34 +690,73 @@ class _Batch:
         self.store._dump_gids = self.dump_gids
         self.store._field_gids = self.field_gids
 
-    async def reserve(self, conn: _Ordered, label: str, count: int) -> list[int]:
-        if count == 0:
-            return []
-        first = int(await conn.fetchval(f"SELECT {self.q}.hm_reserve($1::regclass, $2)",
-                                        f'{self.q}."{label}_id_seq"', count))
-        base = self.labels[label] << ENTRY_BITS
-        return list(range(base | first, (base | first) + count))
+    async def reserve(self, conn: _Ordered, counts: Mapping[str, int]) -> dict[str, range]:
+        """Graphids for ``count`` new vertices of each label, all labels in one round trip."""
+        out = {label: range(0) for label in counts}
+        wanted = [(label, count) for label, count in counts.items() if count]
+        if not wanted:
+            return out
+        calls = ", ".join(f"{self.q}.hm_reserve(${2 * n + 1}::regclass, ${2 * n + 2})"
+                          for n in range(len(wanted)))
+        args: list[Any] = []
+        for label, count in wanted:
+            args += [f'{self.q}."{label}_id_seq"', count]
+        row = await conn.fetchrow(f"SELECT {calls}", *args)
+        assert row is not None
+        for (label, count), first in zip(wanted, row, strict=True):
+            start = (self.labels[label] << ENTRY_BITS) | int(first)
+            out[label] = range(start, start + count)
+        return out
+
+    async def copy_built(self, conn: _Ordered, table: str, columns: Sequence[str], items: Sequence[T],
+                         build: Callable[[Sequence[T]], list[tuple[Any, ...]]],
+                         items_per_copy: int = COPY_CHUNK_ROWS) -> None:
+        """COPY the rows ``build`` makes of ``items``, ``items_per_copy`` items per statement:
+        the server inserts one chunk while the next is built."""
+        for start in range(0, len(items), items_per_copy):
+            stop = min(len(items), start + items_per_copy)
+            rows: list[tuple[Any, ...]] = []
+            for part in range(start, stop, BUILD_SLICE_ITEMS):
+                rows += build(items[part:min(stop, part + BUILD_SLICE_ITEMS)])
+                await asyncio.sleep(0)
+            conn.copy(table, columns, rows)
 
     async def copy_rows(self, conn: _Ordered, table: str, columns: Sequence[str],
-                        rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            conn.copy(table, columns, rows)
-            await asyncio.sleep(0)  # the COPY starts sending before the next rows are built
+                        rows: Iterable[tuple[Any, ...]]) -> None:
+        """copy_built for rows from an iterable (a generator builds them as they are taken)."""
+        source = iter(rows)
+        chunk: list[tuple[Any, ...]] = []
+        while part := list(itertools.islice(source, BUILD_SLICE_ITEMS)):
+            chunk += part
+            if len(chunk) >= COPY_CHUNK_ROWS:
+                conn.copy(table, columns, chunk)
+                chunk = []
+            await asyncio.sleep(0)
+        if chunk:
+            conn.copy(table, columns, chunk)
 
     async def run(self, conn: _Ordered) -> None:
         delta = self.delta
         await self._dumps(conn)
         await self._fields(conn)
-        if delta.values:
-            await self._values(conn)
-        if delta.sightings:
-            await self._sightings(conn)
+        vids = sorted(delta.values)  # content-id order: hm_value's B-tree fills page by page
+        held_values = await self._held_values(conn, vids)
+        held_sightings = await self._held_sightings(conn)
+        new_values = [vid for vid in vids if vid not in held_values] if held_values else vids
+        primaries = {s.entity for s in delta.sightings.values() if s.entity is not None}
+        needs_entity = sorted(vid for vid in primaries
+                              if vid not in held_values or held_values[vid][1] is None)
+        new_sightings = [key for key in delta.sightings if key not in held_sightings]
+        gids = await self.reserve(conn, {"value": len(new_values), "entity": len(needs_entity),
+                                         "sighting": len(new_sightings)})
+        await self._values(conn, new_values, gids["value"], needs_entity, gids["entity"], held_values)
+        await self._sightings(conn, new_sightings, gids["sighting"], held_sightings)
         await self._pairs(conn)
         if delta.subjects:
             await self._subjects(conn)
         if delta.positions:
             feeds, seqs = zip(*delta.positions.items(), strict=True)
-            await conn.execute(
+            conn.queue(
                 f"INSERT INTO {self.q}.hm_position SELECT * FROM unnest($1::bytea[], $2::bigint[]) "
                 "ON CONFLICT (feed) DO UPDATE SET next_seq = EXCLUDED.next_seq", list(feeds), list(seqs))
 
@@ -687,7 +771,8 @@ class _Batch:
         held = {bytes(i): (gid, _unpackb(cells)) for i, gid, cells in await conn.fetch(
             f"SELECT id, gid, cells FROM {q}.hm_dump WHERE id = ANY($1::bytea[])", sorted(wanted))}
         new = sorted(wanted - set(held))
-        gids = await self.reserve(conn, "dump", len(new))
+        self.new_dumps.update(new)
+        gids = (await self.reserve(conn, {"dump": len(new)}))["dump"]
         fresh = []
         for dump, gid in zip(new, gids, strict=True):
             cells = self.delta.dumps.get(dump, {})
@@ -703,11 +788,11 @@ class _Batch:
             if merged != cells:
                 changed.append((dump, gid, merged))
         if changed:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {q}.hm_dump d SET cells = u.cells "
                 "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
                 "WHERE d.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
-            await self._set_props(conn, "dump", [(gid, self._dump_props(dump, merged))
+            self._set_props(conn, "dump", [(gid, self._dump_props(dump, merged))
                                                  for dump, gid, merged in changed])
 
     def _dump_props(self, dump: bytes, cells: Mapping[str, Any]) -> str:
@@ -716,10 +801,10 @@ class _Batch:
                       for prop, value in self.rules.visible_props(model.DUMP, cells).items()})
         return _json(props)
 
-    async def _set_props(self, conn: _Ordered, label: str, rows: list[tuple[int, str]]) -> None:
+    def _set_props(self, conn: _Ordered, label: str, rows: list[tuple[int, str]]) -> None:
         """New properties (agtype text) of existing vertices."""
         if rows:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {self.q}.{label} t SET properties = u.p "
                 "FROM unnest($1::graphid[], $2::agtype[]) u(gid, p) WHERE t.id = u.gid",
                 [gid for gid, _ in rows], [props for _, props in rows])
@@ -736,7 +821,7 @@ class _Batch:
             [k[0] for k in new], [k[1] for k in new], [k[2] for k in new])}
         self.field_gids.update(held)
         new = [key for key in new if key not in held]
-        gids = await self.reserve(conn, "field", len(new))
+        gids = (await self.reserve(conn, {"field": len(new)}))["field"]
         rows = [(gid, dump, col, kind) for (dump, col, kind), gid in zip(new, gids, strict=True)]
         self.field_gids.update(((dump, col, kind), gid) for gid, dump, col, kind in rows)
         await self.copy_rows(conn, "hm_field", ("gid", "dump", "col", "kind"), rows)
@@ -747,39 +832,37 @@ class _Batch:
 
     # --- values --------------------------------------------------------------------------
 
-    async def _values(self, conn: _Ordered) -> None:
-        q = self.q
+    async def _held_values(self, conn: _Ordered, vids: list[bytes]) -> dict[bytes, tuple[int, Any, bytes]]:
+        """Those of ``vids`` (the delta's values, sorted: the index is walked page by page)
+        this graph holds: value id -> (gid, entity gid, cells)."""
+        if not vids:
+            return {}
+        return {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
+            f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
+
+    async def _values(self, conn: _Ordered, new: list[bytes], gids: range, needs_entity: list[bytes],
+                      egids: range, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         values = self.delta.values
-        vids = sorted(values)  # content-id order: the B-tree of hm_value fills page by page
-        held = {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
-            f"SELECT id, gid, egid, cells FROM {q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
-        primaries = {s.entity for s in self.delta.sightings.values() if s.entity is not None}
-        new = [vid for vid in vids if vid not in held]
-        needs_entity = sorted(vid for vid in primaries if vid not in held or held[vid][1] is None)
-        gids = await self.reserve(conn, "value", len(new))
-        egids = await self.reserve(conn, "entity", len(needs_entity))
         self.vgid = dict(zip(new, gids, strict=True))
         self.vgid.update((vid, h[0]) for vid, h in held.items())
         self.egid = dict(zip(needs_entity, egids, strict=True))
         self.egid.update((vid, int(h[1])) for vid, h in held.items() if h[1] is not None)
-        self.created.update(gids)
-        self.created.update(egids)
-        egid = self.egid.get
+        self.created = {"value": gids, "entity": egids}
+        egid, packb = self.egid.get, _packb
+        fresh = list(zip(new, gids, [values[vid] for vid in new], strict=True))
         # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
-        rows = [(vid, gid, v.kind, v.value, v.blind_index, _packb(v.props), v.sightings, egid(vid))
-                for vid, gid, v in ((vid, gid, values[vid]) for vid, gid in zip(new, gids, strict=True))]
-        await self.copy_rows(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), rows)
-        lines = []
-        for count, (vid, gid) in enumerate(zip(new, gids, strict=True)):
-            await _breathe(count)
-            lines.append((gid, self._value_props(values[vid], values[vid].props)))
-        await self.copy_rows(conn, "value", ("id", "properties"), lines)
+        await self.copy_built(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
+                              lambda chunk: [(vid, gid, v.kind, v.value, v.blind_index, packb(v.props),
+                                              v.sightings, egid(vid)) for vid, gid, v in chunk])
+        props = self._new_value_props
+        await self.copy_built(conn, "value", ("id", "properties"), fresh,
+                              lambda chunk: [(gid, props(v)) for _, gid, v in chunk])
         await self.copy_rows(conn, "entity", ("id", "properties"),
-                             [(egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
-                              for vid, egid in zip(needs_entity, egids, strict=True)])
-        await self._merge_values(conn, held)
+                             ((egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
+                              for vid, egid in zip(needs_entity, egids, strict=True)))
+        self._merge_values(conn, held)
 
-    async def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
+    def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         """Existing values: merge cells with the rules, count new sightings, link new entities."""
         values = self.delta.values
         ids, cells_out, counts, egids, props = [], [], [], [], []
@@ -795,16 +878,33 @@ class _Batch:
             cells_out.append(_packb(merged))
             counts.append(count)
             egids.append(new_egid)
-            before, after = self._value_props(v, old), self._value_props(v, merged)
-            if before != after:
-                props.append((gid, after))
+            if _shown_cells_changed(old, merged):
+                before, after = self._value_props(v, old), self._value_props(v, merged)
+                if before != after:
+                    props.append((gid, after))
         if ids:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {self.q}.hm_value t "
                 "SET cells = u.cells, n = t.n + u.n, egid = coalesce(t.egid, u.egid) "
                 "FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::graphid[]) u(id, cells, n, egid) "
                 "WHERE t.id = u.id", ids, cells_out, counts, egids)
-        await self._set_props(conn, "value", props)
+        self._set_props(conn, "value", props)
+
+    def _new_value_props(self, v: ValueDelta) -> str:
+        """_value_props of a value this batch creates, without building a dict when it has
+        nothing but its identity (most values)."""
+        cells = v.props
+        if "enriched_by" in cells:
+            return self._value_props(v, cells)
+        if v.value is not None:
+            head = f'{_kind_head(v.kind)}"value":{orjson.dumps(v.value).decode()}'
+        else:
+            assert v.blind_index is not None
+            head = f'{_kind_head(v.kind)}"bi":"{v.blind_index.hex()}"'
+        attrs = cells.get("attrs")
+        if attrs is None:
+            return head + "}"
+        return f'{head},"attrs":{orjson.dumps(visible(self.attrs_rule, attrs)).decode()}}}'
 
     def _value_props(self, v: ValueDelta, cells: Mapping[str, Any]) -> str:
         """What cypher() sees of a value (agtype text): identity, derived attributes,
@@ -831,61 +931,87 @@ class _Batch:
 
     # --- sightings -----------------------------------------------------------------------
 
-    async def _sightings(self, conn: _Ordered) -> None:
-        q = self.q
-        sightings = self.delta.sightings
-        keys = list(sightings)
-        gids = await self.reserve(conn, "sighting", len(keys))
-        dump_gids, vgid = self.dump_gids, self.vgid
-        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-        for count, ((dump, part, pos), gid) in enumerate(zip(keys, gids, strict=True)):
-            await _breathe(count)
-            s = sightings[(dump, part, pos)]
-            for column, item in zip(cols, (gid, dump_gids[dump], part, pos, s.seen_ms,
-                                           None if s.entity is None else vgid[s.entity],
-                                           _sealed_cell(s)), strict=True):
-                column.append(item)
-        inserted = {int(row[0]) for row in await conn.fetch(
-            f"INSERT INTO {q}.hm_sighting (gid, dump, part, pos, seen_ms, entity, sealed) "
-            "SELECT * FROM unnest($1::graphid[], $2::graphid[], $3::int[], $4::bigint[], "
-            "$5::bigint[], $6::graphid[], $7::bytea[]) ON CONFLICT (dump, part, pos) DO NOTHING "
-            "RETURNING gid", *cols)}
-        new = [(key, gid) for key, gid in zip(keys, gids, strict=True) if gid in inserted]
-        await self._new_sightings(conn, new)
-        if len(new) != len(keys):
-            for key, gid in zip(keys, gids, strict=True):
-                if gid not in inserted:
-                    await self._merge_sighting(conn, key, sightings[key])
-        await self._retire_entities(conn)
+    async def _held_sightings(self, conn: _Ordered) -> set[model.SightingKey]:
+        """The delta's record positions this graph holds already (almost always none).
 
-    async def _new_sightings(self, conn: _Ordered, new: list[tuple[model.SightingKey, int]]) -> None:
-        sightings, vgid, egid = self.delta.sightings, self.vgid, self.egid
-        field_gids, in_field, includes = self.field_gids, self.in_field, self.includes
-        vertices: list[tuple[int, str]] = []
-        in_dump: list[tuple[int, int]] = []
-        has_value: list[tuple[int, int, str]] = []
-        for count, ((dump, part, pos), sid) in enumerate(new):
-            await _breathe(count)
-            s = sightings[(dump, part, pos)]
-            vertices.append((sid, f'{{"part": {part}, "position": {pos}, "seen_ms": {s.seen_ms}}}'))
-            in_dump.append((sid, self.dump_gids[dump]))
-            columns: dict[int, list[str]] = {}
-            entity = None if s.entity is None else egid[s.entity]
+        Per (dump, part) of a dump that existed before this batch: the held positions
+        between the batch's least and greatest, one index range scan each (a fresh ingest
+        finds nothing); a dump this batch creates holds no sightings yet."""
+        spans: dict[tuple[bytes, int], list[int]] = {}
+        new_dumps = self.new_dumps
+        for dump, part, pos in self.delta.sightings:
+            if dump in new_dumps:
+                continue
+            span = spans.get((dump, part))
+            if span is None:
+                spans[(dump, part)] = [pos, pos]
+            elif pos < span[0]:
+                span[0] = pos
+            elif pos > span[1]:
+                span[1] = pos
+        if not spans:
+            return set()
+        keys = list(spans)
+        dump_of = {self.dump_gids[dump]: dump for dump, _ in keys}
+        rows = await conn.fetch(
+            "SELECT s.dump, s.part, s.pos FROM unnest($1::graphid[], $2::int[], $3::bigint[], $4::bigint[]) "
+            f"u(dump, part, lo, hi) JOIN {self.q}.hm_sighting s ON s.dump = u.dump AND s.part = u.part "
+            "AND s.pos BETWEEN u.lo AND u.hi",
+            [self.dump_gids[dump] for dump, _ in keys], [part for _, part in keys],
+            [spans[key][0] for key in keys], [spans[key][1] for key in keys])
+        sightings = self.delta.sightings
+        held = ((dump_of[int(dump)], int(part), int(pos)) for dump, part, pos in rows)
+        return {key for key in held if key in sightings}
+
+    async def _sightings(self, conn: _Ordered, new: list[model.SightingKey], gids: range,
+                         held: set[model.SightingKey]) -> None:
+        sightings, dump_gids, vgid = self.delta.sightings, self.dump_gids, self.vgid
+        pairs = list(zip(new, gids, strict=True))
+        await self.copy_rows(
+            conn, "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
+            ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
+              _sealed_cell(s), b"".join(dict.fromkeys(vid for vid, _ in s.values)))
+             for (dump, part, pos), sid in pairs for s in (sightings[(dump, part, pos)],)))
+        await self.copy_rows(
+            conn, "sighting", ("id", "properties"),
+            ((sid, f'{{"part": {key[1]}, "position": {key[2]}, "seen_ms": {sightings[key].seen_ms}}}')
+             for key, sid in pairs))
+        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"),
+                             ((sid, dump_gids[key[0]]) for key, sid in pairs))
+        await self.copy_built(conn, "has_value", ("start_id", "end_id", "properties"), pairs,
+                              self._has_value_rows, EDGE_RECORDS_PER_COPY)
+        for key in held:
+            await self._merge_sighting(conn, key, sightings[key])
+        self._retire_entities(conn)
+
+    def _has_value_rows(self, pairs: Sequence[tuple[model.SightingKey, int]]) -> list[tuple[int, int, str]]:
+        """has_value edges of new sightings (a value held in several columns of one record is
+        one edge listing them); collects the in_field and includes pairs on the way."""
+        sightings, vgid, egid, field_gids = self.delta.sightings, self.vgid, self.egid, self.field_gids
+        in_field, includes = self.in_field.add, self.includes.add
+        rows: list[tuple[int, int, str]] = []
+        row = rows.append
+        for key, sid in pairs:
+            s = sightings[key]
+            columns: dict[int, tuple[str, ...]] = {}
             for vid, field in s.values:
                 gid = vgid[vid]
                 column = field[1]
                 held = columns.get(gid)
                 if held is None:
-                    columns[gid] = [column]
-                    if entity is not None:
-                        includes.add((entity, gid))
+                    columns[gid] = (column,)
                 elif column not in held:
-                    held.append(column)
-                in_field.add((gid, field_gids[field]))
-            has_value.extend((sid, gid, _columns_json(tuple(cs))) for gid, cs in columns.items())
-        await self.copy_rows(conn, "sighting", ("id", "properties"), vertices)
-        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"), in_dump)
-        await self.copy_rows(conn, "has_value", ("start_id", "end_id", "properties"), has_value)
+                    columns[gid] = (*held, column)
+                in_field(gid << PAIR_SHIFT | field_gids[field])
+            if s.entity is None:
+                for gid, cs in columns.items():
+                    row((sid, gid, _columns_json(cs)))
+            else:
+                entity = egid[s.entity] << PAIR_SHIFT
+                for gid, cs in columns.items():
+                    includes(entity | gid)
+                    row((sid, gid, _columns_json(cs)))
+        return rows
 
     async def _merge_sighting(self, conn: _Ordered, key: model.SightingKey, s: SightingDelta) -> None:
         """Slow path: a record position seen before (a re-ingest under the same dump id, or a
@@ -893,11 +1019,15 @@ class _Batch:
         q = self.q
         dump, part, pos = key
         row = await conn.fetchrow(
-            f"SELECT gid, seen_ms, entity, sealed FROM {q}.hm_sighting "
+            f"SELECT gid, seen_ms, entity, sealed, vals FROM {q}.hm_sighting "
             "WHERE dump = $1 AND part = $2 AND pos = $3",
             self.dump_gids[dump], part, pos)
         assert row is not None
         sid, seen_ms, entity, sealed = int(row[0]), int(row[1]), row[2], row[3]
+        held_vals = bytes(row[4])
+        vals = b"".join(dict.fromkeys([*(held_vals[i:i + model.ID_BYTES]
+                                         for i in range(0, len(held_vals), model.ID_BYTES)),
+                                       *(vid for vid, _ in s.values)]))
         edges = {int(end): orjson.loads(props)["columns"] for end, props in await conn.fetch(
             f"SELECT end_id, properties FROM {q}.has_value WHERE start_id = $1", sid)}
         new_entity = None if s.entity is None else self.vgid[s.entity]
@@ -910,12 +1040,11 @@ class _Batch:
             merged_sealed = new_sealed if sealed is None else _packb(
                 merge(Rule.UNION, _unpackb(sealed), _unpackb(new_sealed)))
         first = min(seen_ms, s.seen_ms)
-        await conn.execute(f"UPDATE {q}.hm_sighting SET seen_ms = $2, entity = $3, sealed = $4 "
-                           "WHERE gid = $1",
-                           sid, first, final_entity, merged_sealed)
+        conn.queue(f"UPDATE {q}.hm_sighting SET seen_ms = $2, entity = $3, sealed = $4, vals = $5 "
+                   "WHERE gid = $1", sid, first, final_entity, merged_sealed, vals)
         if first != seen_ms:
             props = _json({"part": part, "position": pos, "seen_ms": first})
-            await self._set_props(conn, "sighting", [(sid, props)])
+            self._set_props(conn, "sighting", [(sid, props)])
         await self._merge_sighting_values(conn, sid, dump, s, edges, final_entity)
 
     async def _merge_sighting_values(self, conn: _Ordered, sid: int, dump: bytes, s: SightingDelta,
@@ -926,24 +1055,24 @@ class _Batch:
         for vid, field in s.values:
             gid = self.vgid[vid]
             columns.setdefault(gid, set()).add(field[1])
-            self.in_field.add((gid, self.field_gids[field]))
+            self.in_field.add(gid << PAIR_SHIFT | self.field_gids[field])
         # ValueDelta.sightings counted this sighting for each of its values; those it already held
         # were counted when it was first applied.
         again = sorted(gid for gid in counted if gid in edges)
         if again:
-            await conn.execute(f"UPDATE {q}.hm_value SET n = n - 1 WHERE gid = ANY($1::graphid[])",
+            conn.queue(f"UPDATE {q}.hm_value SET n = n - 1 WHERE gid = ANY($1::graphid[])",
                                again)
         added = [(gid, sorted(cs)) for gid, cs in columns.items() if gid not in edges]
         changed = [(gid, sorted(cs)) for gid, cs in columns.items() if gid in edges and cs != set(edges[gid])]
         await self.copy_rows(conn, "has_value", ("start_id", "end_id", "properties"),
                              [(sid, gid, _json({"columns": cs})) for gid, cs in added])
         for gid, cs in changed:
-            await conn.execute(f"UPDATE {q}.has_value SET properties = $3 "
+            conn.queue(f"UPDATE {q}.has_value SET properties = $3 "
                                "WHERE start_id = $1 AND end_id = $2", sid, gid, _json({"columns": cs}))
         if entity_vgid is not None:
             # Every primary value has its entity by now (this batch linked the new ones).
             egid = await conn.fetchval(f"SELECT egid FROM {q}.hm_value WHERE gid = $1", entity_vgid)
-            self.includes.update((int(egid), gid) for gid in columns)
+            self.includes.update(int(egid) << PAIR_SHIFT | gid for gid in columns)
 
     async def _least_entity(self, conn: _Ordered, a: int | None, b: int | None) -> int | None:
         """The entity whose value id is least (the model's rule for a sighting seen twice)."""
@@ -953,30 +1082,32 @@ class _Batch:
             f"SELECT gid, id FROM {self.q}.hm_value WHERE gid = ANY($1::graphid[])", [a, b])}
         return a if vids[a] <= vids[b] else b
 
-    async def _retire_entities(self, conn: _Ordered) -> None:
+    def _retire_entities(self, conn: _Ordered) -> None:
         """An entity that stopped being some sighting's entity keeps only the includes edges
         that other sightings of it still support (runs before this batch's pairs go in)."""
         q = self.q
         for primary in sorted(self.retired_entities):
-            await conn.execute(
+            conn.queue(
                 f"DELETE FROM {q}.includes e USING {q}.hm_value p WHERE p.gid = $1 AND e.start_id = p.egid "
                 f"AND NOT EXISTS (SELECT 1 FROM {q}.has_value h JOIN {q}.hm_sighting s ON s.gid = h.start_id "
                 "WHERE h.end_id = e.end_id AND s.entity = $1)", primary)
 
     async def _pairs(self, conn: _Ordered) -> None:
         """value -> field and entity -> value edges, one per pair. A pair whose start vertex
-        this batch created is new: COPY (measured ~2x faster), sorted so the pair index
-        fills at its end (measured 1.4x); the others may exist already: INSERT ... ON
+        this batch created is new: COPY (measured ~2x faster), in start order so the pair
+        index fills at its end (measured 1.4x); the others may exist already: INSERT ... ON
         CONFLICT DO NOTHING on the unique pair index."""
-        created = self.created
-        for label, pairs in (("in_field", self.in_field), ("includes", self.includes)):
-            fresh = [pair for pair in pairs if pair[0] in created]
-            fresh.sort(key=_start)  # by start vertex only: 2x cheaper than comparing tuples
-            await self.copy_rows(conn, label, ("start_id", "end_id"), fresh)
-            maybe = sorted(pair for pair in pairs if pair[0] not in created)
+        for label, start_label, pairs in (("in_field", "value", self.in_field),
+                                          ("includes", "entity", self.includes)):
+            ordered = sorted(pairs)
+            created = self.created[start_label]  # a range of gids, so its pairs are one slice
+            lo = bisect.bisect_left(ordered, created.start << PAIR_SHIFT)
+            hi = bisect.bisect_left(ordered, created.stop << PAIR_SHIFT)
+            await self.copy_built(conn, label, ("start_id", "end_id"), ordered[lo:hi], _split_pairs)
+            maybe = _split_pairs(ordered[:lo] + ordered[hi:])
             if maybe:
                 starts, ends = zip(*maybe, strict=True)
-                await conn.execute(
+                conn.queue(
                     f"INSERT INTO {self.q}.{label} (start_id, end_id) SELECT * FROM "
                     "unnest($1::graphid[], $2::graphid[]) ON CONFLICT DO NOTHING",
                     list(starts), list(ends))
@@ -989,7 +1120,7 @@ class _Batch:
         held = {bytes(i): (int(gid), _unpackb(cells)) for i, gid, cells in await conn.fetch(
             f"SELECT id, gid, cells FROM {q}.hm_subject WHERE id = ANY($1::bytea[])", sorted(subjects))}
         new = sorted(set(subjects) - set(held))
-        gids = await self.reserve(conn, "subject", len(new))
+        gids = (await self.reserve(conn, {"subject": len(new)}))["subject"]
         rows = [(sub, gid, _packb(subjects[sub])) for sub, gid in zip(new, gids, strict=True)]
         await self.copy_rows(conn, "hm_subject", ("id", "gid", "cells"), rows)
         await self.copy_rows(conn, "subject", ("id", "properties"),
@@ -1000,11 +1131,11 @@ class _Batch:
             if merged != cells:
                 changed.append((sub, gid, merged))
         if changed:
-            await conn.execute(
+            conn.queue(
                 f"UPDATE {q}.hm_subject t SET cells = u.cells "
                 "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
                 "WHERE t.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
-            await self._set_props(conn, "subject", [(gid, self._subject_props(sub, merged))
+            self._set_props(conn, "subject", [(gid, self._subject_props(sub, merged))
                                                     for sub, gid, merged in changed])
 
     def _subject_props(self, subject: bytes, cells: Mapping[str, Any]) -> str:
@@ -1013,10 +1144,28 @@ class _Batch:
         return _json(props)
 
 
+@functools.lru_cache(maxsize=KINDS_CACHED)
+def _kind_head(kind: str) -> str:
+    """The start of a value vertex's properties: '{"kind":"ip",'."""
+    return f'{{"kind":{_json(kind)},'
+
+
 @functools.lru_cache(maxsize=COLUMN_SETS_CACHED)
 def _columns_json(columns: tuple[str, ...]) -> str:
     """has_value properties for COPY; a dump has few distinct column sets."""
     return _json({"columns": sorted(set(columns))})
+
+
+def _shown_cells_changed(old: Mapping[str, Any], merged: Mapping[str, Any]) -> bool:
+    """Whether a merge touched a cell that a value vertex's properties show (attrs, facts):
+    most merges only move first/last seen, which stay in hm_value."""
+    return any(old.get(prop) != cell for prop, cell in merged.items()
+               if prop == "attrs" or prop.startswith(FACT_PREFIX))
+
+
+def _split_pairs(pairs: Sequence[int]) -> list[tuple[int, int]]:
+    """Packed pairs back to (start, end) rows, in C."""
+    return list(map(divmod, pairs, itertools.repeat(1 << PAIR_SHIFT)))
 
 
 def _sealed_cell(s: SightingDelta) -> bytes | None:
