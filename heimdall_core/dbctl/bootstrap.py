@@ -64,6 +64,12 @@ def age_extension_sql() -> str:
     return "CREATE EXTENSION IF NOT EXISTS age;\n"
 
 
+# Sized for a projector replaying millions of records (~5 kB of WAL each): with the
+# default max_wal_size (1 GB) a 1M-record replay forces several extra checkpoints, and
+# the default 128 MB of shared buffers cannot hold the value indexes queries read.
+TUNING: tuple[tuple[str, str], ...] = (("shared_buffers", "256MB"), ("max_wal_size", "4GB"))
+
+
 def heimdall_conf(port: int, socket_dir: str) -> str:
     """Server settings start-db owns, included last from postgresql.conf.
 
@@ -85,6 +91,7 @@ def heimdall_conf(port: int, socket_dir: str) -> str:
         "log_rotation_age = '1d'\n"
         "log_rotation_size = 0\n"
         "log_truncate_on_rotation = on\n"
+        + "".join(f"{name} = '{value}'\n" for name, value in TUNING)
     )
 
 

@@ -88,6 +88,7 @@ def run_argv(client: str, name: str, layout: Layout, port: int) -> list[str]:
         "--volume", f"{layout.pgdata.absolute()}:{CONTAINER_PGDATA}",
         image(),
         "postgres", "-c", "shared_preload_libraries=age",
+        *(arg for name, value in bootstrap.TUNING for arg in ("-c", f"{name}={value}")),
     ]
 
 

@@ -758,7 +758,8 @@ class _Batch:
             feeds, seqs = zip(*delta.positions.items(), strict=True)
             conn.queue(
                 f"INSERT INTO {self.q}.hm_position SELECT * FROM unnest($1::bytea[], $2::bigint[]) "
-                "ON CONFLICT (feed) DO UPDATE SET next_seq = EXCLUDED.next_seq", list(feeds), list(seqs))
+                "ON CONFLICT (feed) DO UPDATE SET next_seq = "
+                f"greatest({self.q}.hm_position.next_seq, EXCLUDED.next_seq)", list(feeds), list(seqs))
 
     # --- dumps and fields ----------------------------------------------------------------
 
