@@ -789,12 +789,7 @@ class _Batch:
             if merged != cells:
                 changed.append((dump, gid, merged))
         if changed:
-            conn.queue(
-                f"UPDATE {q}.hm_dump d SET cells = u.cells "
-                "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
-                "WHERE d.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
-            self._set_props(conn, "dump", [(gid, self._dump_props(dump, merged))
-                                                 for dump, gid, merged in changed])
+            self._update_cells(conn, "dump", changed, self._dump_props)
 
     def _dump_props(self, dump: bytes, cells: Mapping[str, Any]) -> str:
         props = {"id": dump.hex()}
@@ -1132,12 +1127,16 @@ class _Batch:
             if merged != cells:
                 changed.append((sub, gid, merged))
         if changed:
-            conn.queue(
-                f"UPDATE {q}.hm_subject t SET cells = u.cells "
-                "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
-                "WHERE t.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
-            self._set_props(conn, "subject", [(gid, self._subject_props(sub, merged))
-                                                    for sub, gid, merged in changed])
+            self._update_cells(conn, "subject", changed, self._subject_props)
+
+    def _update_cells(self, conn: _Ordered, table: str, changed: list[tuple[bytes, int, dict[str, Any]]],
+                      props: Callable[[bytes, Mapping[str, Any]], str]) -> None:
+        """Store merged cells of held dumps or subjects, and their label rows' properties."""
+        conn.queue(
+            f"UPDATE {self.q}.hm_{table} t SET cells = u.cells "
+            "FROM unnest($1::bytea[], $2::bytea[]) u(id, cells) "
+            "WHERE t.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
+        self._set_props(conn, table, [(gid, props(key, merged)) for key, gid, merged in changed])
 
     def _subject_props(self, subject: bytes, cells: Mapping[str, Any]) -> str:
         props: dict[str, Any] = {"id": subject.hex()}
