@@ -503,17 +503,10 @@ class DumpIngestor:
 
 _RECORD_HEAD = b"\x92"  # msgpack fixarray of 2: [position, fields]
 _FIXARRAY_MAX = 15
+# Table lookup on the per-record path (no call); msgpack's own packer for the rest.
 _FIXARRAY_HEADERS = [bytes((0x90 | count,)) for count in range(_FIXARRAY_MAX + 1)]
-_ARRAY16_MAX = 0xFFFF
-
-
-def _array_header(count: int) -> bytes:
-    """The canonical msgpack header of an array of ``count`` items."""
-    if count <= _FIXARRAY_MAX:
-        return _FIXARRAY_HEADERS[count]
-    if count <= _ARRAY16_MAX:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
+_array_header = msgpack.Packer().pack_array_header
+"""The canonical msgpack header of an array of ``count`` items."""
 
 
 def records_body_head(dump: bytes, part: int) -> bytes:

@@ -181,7 +181,7 @@ _BIN16_MAX = 0xFFFF
 _BIN_OF_16 = _BIN8_HEADERS[16]
 assert BLIND_INDEX_BYTES == SUBJECT_ID_BYTES == 16
 
-_FIXMAP_ENTRIES_MAX = 15
+_pack_map_header = msgpack.Packer().pack_map_header
 
 LAYOUTS_CACHED_MAX = 4_096
 """Most (column, kind) layouts a batch remembers."""
@@ -196,12 +196,6 @@ def _bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
-def _map_header(entries: int) -> bytes:
-    """msgpack fixmap header: a protected field has at most 5 entries."""
-    assert 0 < entries <= _FIXMAP_ENTRIES_MAX
-    return bytes((0x80 | entries,))
-
-
 def _sealed_layout(column: str, kind: str, indexed: bool) -> _Layout:
     """Canonical msgpack of ``{bi?, col, ct, kind, sub}`` cut around bi, ct and sub:
     (head, middle, tail) with ct, and (head, middle) of the same map without ct (a
@@ -211,8 +205,8 @@ def _sealed_layout(column: str, kind: str, indexed: bool) -> _Layout:
     bi_key = msgpack.packb("bi") + _BIN_OF_16 if indexed else b""
     col = msgpack.packb("col") + msgpack.packb(column)
     tail = msgpack.packb("kind") + msgpack.packb(kind) + msgpack.packb("sub") + _BIN_OF_16
-    return (_map_header(entries) + bi_key, col + msgpack.packb("ct"), tail,
-            _map_header(entries - 1) + bi_key, col)
+    return (_pack_map_header(entries) + bi_key, col + msgpack.packb("ct"), tail,
+            _pack_map_header(entries - 1) + bi_key, col)
 
 
 class BatchSealer:
