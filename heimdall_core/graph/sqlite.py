@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import operator
 import sqlite3
 import struct
@@ -40,6 +41,7 @@ from typing import Any
 
 import aiosqlite
 import msgpack
+import orjson
 
 from heimdall_core.errors import DatabaseUnavailable, GraphError
 from heimdall_core.graph import model
@@ -250,8 +252,8 @@ class SqliteStore:
         self._next: dict[str, int] = {}
         self._dump_ids: dict[bytes, int] = {}  # committed dump id -> di
         self._field_ids: dict[tuple[int, str, str], int] = {}  # committed (di, col, kind) -> fi
-        self._hot: dict[bytes, int] = {}  # committed value id -> vi, for values seen again
-        self._young: dict[bytes, int] = {}  # committed value id -> vi, for values inserted lately
+        self._hot: set[bytes] = set()  # committed value ids, of values seen again
+        self._young: set[bytes] = set()  # committed value ids, of values inserted lately
         self._cells = _Cells(rules)
         self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
         self._outdated: GraphError | None = None  # the file has another schema version
@@ -349,7 +351,7 @@ class SqliteStore:
     async def _load_ids(self) -> None:
         conn = self._db
         self._ids_version = self._feeds_version = await self._data_version()
-        self._hot, self._young = {}, {}
+        self._hot, self._young = set(), set()
         self._next = {
             table: int(await self._scalar(f"SELECT coalesce(max({key}), 0) + 1 FROM {table}"))  # noqa: S608
             for table, key in (("dump", "di"), ("field", "fi"), ("value", "vi"), ("sighting", "si"))
@@ -622,22 +624,23 @@ class _Batch:
         self.next = dict(store._next)
         self.dump_ids = dict(store._dump_ids)
         self.field_ids = dict(store._field_ids)
-        self.vi: dict[bytes, int] = {}
-        self.known: list[tuple[bytes, int]] = []  # (value id, vi) held, from the caches
+        self.known: list[bytes] = []  # values held, from the caches
         self.first: dict[bytes, tuple[int, int] | None] = {}  # fresh value -> (si, fi) first seen
         self.seen: list[tuple[bytes, int, int]] = []  # every other (value, si, fi) edge
-        self.sighting_rows: list[tuple[Any, ...]] = []
-        self.arrived: list[tuple[bytes, ValueDelta]] = []  # the fresh values, in arrival order
-        self.hot: dict[bytes, int] = {}  # values found already held: likely to come again
-        self.inserted: list[tuple[bytes, int]] = []  # (value id, vi) new in this batch
+        self.sighting_rows: list[tuple[Any, ...]] = []  # see _INSERT_SIGHTINGS
+        self.sighting_blobs = _Blobs()
+        self.arrived: list[bytes] = []  # the fresh values, in arrival order
+        self.arrived_values: list[ValueDelta] = []  # and what the delta says of each
+        self.hot: set[bytes] = set()  # values found already held: likely to come again
+        self.inserted: Iterable[bytes] = ()  # values new in this batch
 
     def committed(self) -> None:
         store = self.store
         if len(store._hot) + len(self.hot) > HOT_VALUES_MAX:
-            store._hot = {}
+            store._hot = set()
         store._hot.update(self.hot)
-        if len(store._young) + len(self.inserted) > YOUNG_VALUES_MAX:
-            store._young = {}  # a generation is dropped whole: cheaper than an LRU per entry
+        if len(store._young) + len(self.arrived) > YOUNG_VALUES_MAX:
+            store._young = set()  # a generation is dropped whole: cheaper than an LRU per entry
         store._young.update(self.inserted)
         self.store._next = self.next
         self.store._dump_ids = self.dump_ids
@@ -720,14 +723,13 @@ class _Batch:
         fast to walk as id order). A fresh value that turns out to be held already is found
         from the insert's conflicts."""
         hot, young = self.store._hot, self.store._young
-        vi, arrived, known = self.vi, self.arrived, self.known
+        arrived, arrived_values, known = self.arrived, self.arrived_values, self.known
         for vid, v in self.delta.values.items():
-            held = hot.get(vid) or young.get(vid)
-            if held is None:
-                arrived.append((vid, v))
+            if vid in hot or vid in young:
+                known.append(vid)
             else:
-                vi[vid] = held
-                known.append((vid, held))
+                arrived.append(vid)
+                arrived_values.append(v)
 
     def _pair_sightings(self) -> None:
         """Number the sightings and pack their pairs; split the (value, sighting, field)
@@ -738,10 +740,11 @@ class _Batch:
         dump_ids, field_ids = self.dump_ids, self.field_ids
         fields = {fk: (fi, _field_bytes(fi)) for fk in self.delta.fields
                   for fi in (field_ids[(dump_ids[fk[0]], fk[1], fk[2])],)}
-        first: dict[bytes, tuple[int, int] | None] = dict.fromkeys([vid for vid, _ in self.arrived])
+        first: dict[bytes, tuple[int, int] | None] = dict.fromkeys(self.arrived)
         seen: list[tuple[bytes, int, int]] = []
         rows: list[tuple[Any, ...]] = []
-        add_seen, add_row, take_first = seen.append, rows.append, first.get
+        blobs = _Blobs()
+        add_seen, add_row, take_first, add_blob = seen.append, rows.append, first.get, blobs.add
         for (dump, part, pos), s in sightings.items():
             parts: list[bytes] = []
             for vid, fk in s.values:
@@ -751,106 +754,96 @@ class _Batch:
                     first[vid] = (si, f)
                 else:
                     add_seen((vid, si, f))
+            vals = b"".join(parts)
             sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
-            add_row((si, dump_ids[dump], part, pos, s.seen_ms, s.entity, b"".join(parts), sealed))
+            add_row((si, dump_ids[dump], part, pos, s.seen_ms, add_blob(s.entity), add_blob(vals), len(vals),
+                     add_blob(sealed), 0 if sealed is None else len(sealed)))
             si += 1
-        self.first, self.seen, self.sighting_rows = first, seen, rows
+        self.first, self.seen, self.sighting_rows, self.sighting_blobs = first, seen, rows, blobs
 
     async def _values(self) -> None:
         db = self.db
-        before = db.total_changes
-        rows = await self._insert_fresh()
-        conflicted: list[bytes] = []
-        if db.total_changes - before != len(rows):
-            conflicted = await self._conflicted(rows)
-        vi, updates = self.vi, []
-        for chunk in _chunks(self.known):
-            found = await db.execute_fetchall(
-                f"SELECT vi, props FROM value WHERE vi IN ({_marks(len(chunk))})",  # noqa: S608
-                [number for _, number in chunk])
-            props_of: dict[int, bytes] = {number: props for number, props in found}
-            updates += [self._merged(vid, number, props_of[number]) for vid, number in chunk]
-        for chunk in _chunks(conflicted):
-            for vid, number, props in await db.execute_fetchall(
-                    f"SELECT id, vi, props FROM value WHERE id IN ({_marks(len(chunk))})", chunk):  # noqa: S608
-                vid = bytes(vid)
-                vi[vid] = number
-                updates.append(self._merged(vid, number, props))
+        conflicted = await self._insert_fresh()
+        updates = []
+        for chunk in _chunks(self.known + conflicted):
+            for vid, props in await db.execute_fetchall(
+                    f"SELECT id, props FROM value WHERE id IN ({_marks(len(chunk))})", chunk):  # noqa: S608
+                updates.append(self._merged(bytes(vid), props))
         if updates:
-            await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE vi = ?", updates)
+            await db.executemany("UPDATE value SET props = ?, n = n + ? WHERE id = ?", updates)
 
-    async def _insert_fresh(self) -> list[tuple[Any, ...]]:
-        """Insert the fresh values a slice at a time, each slice numbered in id order, so the
-        table's rowid B-tree is appended to and the id index sees ascending keys (numbered
-        in arrival order instead, rows landed at random places in the table's tail: measured
-        2.3x slower). A slice is written by SQLite's thread while Python builds the next."""
-        pack, vi, first, arrived = self.store._cells.pack, self.vi, self.first, self.arrived
-        number = self.next["value"]
-        none = (None, None)
-        out: list[tuple[Any, ...]] = []
+    async def _insert_fresh(self) -> list[bytes]:
+        """Insert the fresh values a slice at a time; returns those that were held already.
+
+        SQLite numbers each slice in id order (ORDER BY in the statement), so the table's
+        rowid B-tree is appended to and the id index sees ascending keys (numbered in
+        arrival order instead, rows landed at random places in the table's tail: measured
+        2.3x slower). Python walks the values in arrival order, the order they lie in
+        memory. A slice is written by SQLite's thread while Python builds the next."""
+        db, pack, first = self.db, self.store._cells.pack, self.first
+        arrived, arrived_values = self.arrived, self.arrived_values
+        before, top = db.total_changes, self.next["value"] - 1
         writes = []
         for start in range(0, len(arrived), VALUE_ROWS_PER_STATEMENT):
-            part = arrived[start:start + VALUE_ROWS_PER_STATEMENT]
-            ids = sorted([vid for vid, _ in part])
-            vi.update(zip(ids, range(number, number + len(ids)), strict=True))
-            self.inserted.extend(zip(ids, range(number, number + len(ids)), strict=True))
-            number += len(ids)
-            rows = [(vi[vid], vid, v.kind, v.value, v.blind_index, pack(model.VALUE, v.props), v.sightings)
-                    + (first[vid] or none) for vid, v in part]
-            rows.sort(key=_NUMBER)
-            out += rows
-            writes.append(asyncio.ensure_future(self.db.executemany(
-                "INSERT INTO value (vi, id, kind, v, bi, props, n, s1, f1) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", rows)))
+            vids = arrived[start:start + VALUE_ROWS_PER_STATEMENT]
+            values = arrived_values[start:start + VALUE_ROWS_PER_STATEMENT]
+            props = [pack(model.VALUE, v.props) for v in values]
+            blinds = [v.blind_index or b"" for v in values]
+            rows = list(zip(map(_IDENTITY, values), *_spans(blinds), *_spans(props),
+                            map(first.__getitem__, vids)))
+            params = (orjson.dumps(rows), b"".join(vids), b"".join(blinds), b"".join(props))
+            writes.append(asyncio.ensure_future(db.execute(_INSERT_VALUES, params)))
             await asyncio.sleep(0)  # hand the statement to SQLite's thread now
-        self.next["value"] = number
         await _all(writes)
-        return out
+        landed = db.total_changes - before
+        self.next["value"] += landed  # rowids of the landed rows: the ones after the old last
+        if landed == len(arrived):
+            self.inserted = arrived
+            return []
+        return await self._conflicted(top)
 
-    async def _conflicted(self, rows: list[tuple[Any, ...]]) -> list[bytes]:
+    async def _conflicted(self, top: int) -> list[bytes]:
         """Fresh values that were held already (met again after leaving the caches): their
         first edge goes to ``seen`` like every later one, and they are merged as held."""
-        landed = {n for (n,) in await self.db.execute_fetchall(
-            "SELECT vi FROM value WHERE vi >= ? AND vi <= ?", (rows[0][0], self.next["value"] - 1))}
-        conflicted = [row[1] for row in rows if row[0] not in landed]
+        landed = {bytes(vid) for (vid,) in await self.db.execute_fetchall(
+            "SELECT id FROM value WHERE vi > ?", (top,))}
+        conflicted = [vid for vid in self.arrived if vid not in landed]
         for vid in conflicted:
             edge = self.first.pop(vid)
             if edge is not None:
                 self.seen.append((vid, *edge))
-        self.inserted = [(row[1], row[0]) for row in rows if row[0] in landed]
+        self.inserted = landed
         return conflicted
 
-    def _merged(self, vid: bytes, number: int, held: bytes) -> tuple[bytes, int, int]:
+    def _merged(self, vid: bytes, held: bytes) -> tuple[bytes, int, bytes]:
         """The UPDATE row of a value held already (and remember it as one that comes again)."""
-        self.hot[vid] = number
+        self.hot.add(vid)
         cells, delta = self.store._cells, self.delta.values[vid]
         merged = self.rules.merge_props(model.VALUE, cells.unpack(model.VALUE, held), delta.props)
-        return cells.pack(model.VALUE, merged), delta.sightings, number
+        return cells.pack(model.VALUE, merged), delta.sightings, vid
 
     # --- sightings -----------------------------------------------------------------------
 
     async def _sightings(self) -> None:
-        rows = self.sighting_rows
+        blob = self.sighting_blobs.joined()
         before = self.db.total_changes
-        await self.db.executemany(
-            "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, (SELECT vi FROM value WHERE id = ?6), ?7, ?8) "
-            "ON CONFLICT (di, part, pos) DO NOTHING", rows)
+        await self.db.execute(_INSERT_SIGHTINGS, (orjson.dumps(self.sighting_rows), blob))
         seen = self.seen
-        if self.db.total_changes - before != len(rows):
+        if self.db.total_changes - before != len(self.sighting_rows):
+            rows = [(si, di, part, pos, ms, _sliced(blob, entity, model.ID_BYTES), _sliced(blob, at, size),
+                     _sliced(blob, sealed_at, sealed_size))
+                    for si, di, part, pos, ms, entity, at, size, sealed_at, sealed_size in self.sighting_rows]
             remap = await self._merge_sightings(rows)
             seen = [(vid, remap.get(si, si), fi) for vid, si, fi in seen]
         if seen:
-            # An edge may be a held value's first, kept in its row: never stored twice.
-            await self.db.executemany(
-                "INSERT OR IGNORE INTO seen (vi, si, fi) SELECT vi, ?2, ?3 FROM value "
-                "WHERE id = ?1 AND NOT (s1 IS ?2 AND f1 IS ?3)", seen)
+            await self.db.execute(_INSERT_SEEN, (orjson.dumps([edge[1:] for edge in seen]),
+                                                 b"".join([edge[0] for edge in seen])))
 
     async def _merge_sightings(self, rows: list[tuple[Any, ...]]) -> dict[int, int]:
         """Slow path: some sightings were already held (a record position seen twice).
         Returns the held number of each sighting that was numbered anew."""
         remap: dict[int, int] = {}
-        decrements: list[tuple[int]] = []
+        decrements: list[tuple[bytes]] = []
         for row in rows:
             found = await self.db.execute_fetchall(
                 "SELECT si, entity, vals, sealed FROM sighting WHERE di = ? AND part = ? AND pos = ?",
@@ -860,26 +853,27 @@ class _Batch:
                 remap[row[0]] = held[0]
                 await self._merge_sighting(row, held, decrements)
         if decrements:
-            await self.db.executemany("UPDATE value SET n = n - 1 WHERE vi = ?", decrements)
-        moved = [(remap[edge[0]], self.vi[vid]) for vid, edge in self.first.items()
+            await self.db.executemany("UPDATE value SET n = n - 1 WHERE id = ?", decrements)
+        moved = [(remap[edge[0]], vid) for vid, edge in self.first.items()
                  if edge is not None and edge[0] in remap]
         if moved:  # fresh values first seen in a held sighting
-            await self.db.executemany("UPDATE value SET s1 = ? WHERE vi = ?", moved)
+            await self.db.executemany("UPDATE value SET s1 = ? WHERE id = ?", moved)
         return remap
 
     async def _merge_sighting(self, row: tuple[Any, ...], held: tuple[Any, ...],
-                              decrements: list[tuple[int]]) -> None:
+                              decrements: list[tuple[bytes]]) -> None:
         si, entity, vals, sealed = held
         old_pairs = _unpack_pairs(vals)
         old_vids = {vid for vid, _ in old_pairs}
         new_pairs = _unpack_pairs(row[6])
-        decrements.extend((self.vi[vid],) for vid in {vid for vid, _ in new_pairs} if vid in old_vids)
+        decrements.extend((vid,) for vid in {vid for vid, _ in new_pairs} if vid in old_vids)
         pairs = old_pairs + [p for p in new_pairs if p not in old_pairs]
         merged_sealed = sealed
         if row[7] is not None:
             merged_sealed = row[7] if sealed is None else _packb(
                 merge(Rule.UNION, _unpackb(sealed), _unpackb(row[7])))
-        entity = await self._least_entity(entity, None if row[5] is None else self.vi[row[5]])
+        entity = await self._least_entity(entity, None if row[5] is None else await self.store._scalar(
+            "SELECT vi FROM value WHERE id = ?", (row[5],)))
         await self.db.execute(
             "UPDATE sighting SET seen_ms = min(seen_ms, ?), entity = ?, vals = ?, sealed = ? WHERE si = ?",
             (row[4], entity, _pack_pairs(pairs), merged_sealed, si))
@@ -907,6 +901,61 @@ class _Batch:
                 model.SUBJECT, cells.unpack(model.SUBJECT, old), props)
             rows.append((subject, cells.pack(model.SUBJECT, merged)))
         await self.db.executemany("INSERT OR REPLACE INTO subject (id, props) VALUES (?, ?)", rows)
+
+
+class _Blobs:
+    """The blob parameter of one INSERT ... SELECT over ``json_each``: SQLite walks the
+    whole batch in one step, without Python's GIL (executemany takes it back for every
+    row, and the fold thread then starves the database thread). Blobs cannot travel in
+    JSON text, so they are concatenated here and each row holds where its bytes start
+    (1-based) and how many: SQL takes them out with substr()."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.at = 1
+
+    def add(self, data: bytes | None) -> int | None:
+        """Where ``data`` starts (None for NULL)."""
+        if data is None:
+            return None
+        at = self.at
+        self.parts.append(data)
+        self.at = at + len(data)
+        return at
+
+    def joined(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _spans(blobs: list[bytes]) -> tuple[Iterator[int], Iterator[int]]:
+    """Where each of ``blobs`` starts (1-based) and its size, once they are joined."""
+    sizes = list(map(len, blobs))
+    return itertools.accumulate(sizes, initial=1), iter(sizes)
+
+
+def _sliced(blob: bytes, at: int | None, size: int) -> bytes | None:
+    """What substr() takes out of a blob parameter (the slow paths read rows back)."""
+    return None if at is None else blob[at - 1:at - 1 + size]
+
+
+_IDENTITY = operator.attrgetter("kind", "value", "sightings")
+_INSERT_VALUES = (  # ORDER BY: rows arrive in memory order, are numbered (rowid) in id order
+    "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) "
+    "SELECT substr(?2, j.key * 16 + 1, 16), r ->> '$[0][0]', r ->> '$[0][1]', "
+    "nullif(substr(?3, r ->> 1, r ->> 2), x''), substr(?4, r ->> 3, r ->> 4), r ->> '$[0][2]', "
+    "r ->> '$[5][0]', r ->> '$[5][1]' "
+    "FROM (SELECT key, value AS r FROM json_each(?1)) j ORDER BY 1 ON CONFLICT (id) DO NOTHING")
+_INSERT_SIGHTINGS = (
+    "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
+    "SELECT r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, "
+    "(SELECT vi FROM value WHERE id = substr(?2, r ->> 5, 16)), coalesce(substr(?2, r ->> 6, r ->> 7), x''), "
+    "substr(?2, r ->> 8, r ->> 9) FROM (SELECT value AS r FROM json_each(?1)) WHERE true "
+    "ON CONFLICT (di, part, pos) DO NOTHING")
+_INSERT_SEEN = (  # an edge may be a held value's first, kept in its row: never stored twice
+    "INSERT OR IGNORE INTO seen (vi, si, fi) "
+    "SELECT v.vi, r ->> 0, r ->> 1 FROM (SELECT key, value AS r FROM json_each(?1)) j "
+    "CROSS JOIN value v ON v.id = substr(?2, j.key * 16 + 1, 16) "
+    "WHERE NOT (v.s1 IS r ->> 0 AND v.f1 IS r ->> 1)")
 
 
 async def _all(writes: Sequence[asyncio.Future[Any]]) -> None:
