@@ -55,6 +55,9 @@ _NO_RANK = len(PERSON_KINDS)
 
 _BASE_PROPS = ("first_seen_ms", "last_seen_ms")
 
+_Column = tuple[FieldKey, str, dict[str, bytes], int]
+"""A column of one event: (field key, kind, clear value -> id for that kind, person rank)."""
+
 
 class PayloadError(GraphError):
     """A known event kind whose payload does not have the documented shape."""
@@ -72,7 +75,6 @@ class Folder:
         self.delta = Delta()
         self._events: list[Event] = []
         self._clear_ids: dict[str, dict[str, bytes]] = {}  # kind -> clear value -> id
-        self._cached = 0
         self._record_no = 0
         self._base_rules = {prop: rules.rule(model.VALUE, prop) for prop in _BASE_PROPS}
         self._attrs_rule = rules.rule(model.VALUE, "attrs")
@@ -114,8 +116,8 @@ class Folder:
     def take(self) -> Delta:
         """The accumulated delta; the folder starts a new one."""
         delta, self.delta, self._events = self.delta, Delta(), []
-        if self._cached > VID_CACHE_ENTRIES_MAX:
-            self._clear_ids, self._cached = {}, 0
+        if sum(map(len, self._clear_ids.values())) > VID_CACHE_ENTRIES_MAX:
+            self._clear_ids = {}
         return delta
 
     def _rebuild(self) -> None:
@@ -177,12 +179,13 @@ class Folder:
         base = self._base_cells(ms, order)
         delta = self.delta
         delta.dumps.setdefault(dump, {})  # the dump vertex exists once anything names it
-        values, sightings, ranks = delta.values, delta.sightings, _PERSON_RANK
-        clear_ids = self._clear_ids
+        values, sightings = delta.values, delta.sightings
         attrs_lww = self._attrs_rule is Rule.LWW
-        field_keys: dict[str, FieldKey] = {}  # column -> field key, for this event
-        touched: set[bytes] = set()  # values this event already gave its base cells to
+        columns: dict[str, _Column] = {}  # for this event
         record_no = self._record_no
+        # A value last counted by an earlier record than this event's first has not had
+        # this event's base cells yet (within one event they are the same every time).
+        event_first = record_no + 1
         for record in records:
             record_no += 1
             position, fields = record
@@ -193,26 +196,24 @@ class Folder:
             entity, best = None, _NO_RANK + 1
             for field in fields:
                 column, kind = field["col"], field["kind"]
-                fk = field_keys.get(column)
-                if fk is None or fk[2] != kind:
-                    fk = self._field_key(event, dump, column, kind, field_keys)
+                plan = columns.get(column)
+                if plan is None or plan[1] != kind:
+                    plan = self._column(event, dump, column, kind, columns)
+                fk, _, ids, rank = plan
                 clear = field.get("v")
                 if clear is not None:
                     if type(clear) is not str:
                         raise PayloadError(f"{where(event)}: field {column!r}: 'v' must be a string")
                     if not clear:
                         continue  # an empty cell carries nothing and would join unrelated records
-                    ids = clear_ids.get(kind)  # inlined _clear_vid: the hottest lookup
-                    vid = None if ids is None else ids.get(clear)
+                    vid = ids.get(clear)
                     if vid is None:
-                        vid = self._clear_vid(kind, clear)
+                        vid = ids[clear] = model.clear_value_vid(kind, clear)
                     held = values.get(vid)
                     if held is None:
-                        held = values[vid] = ValueDelta(kind, clear, None, dict(base))
-                        touched.add(vid)
-                    elif vid not in touched:
+                        held = values[vid] = ValueDelta(kind, clear, None, base.copy())
+                    elif held.last_record < event_first:
                         self._merge_base(held, base)
-                        touched.add(vid)
                     attrs = field.get("a")
                     if attrs is not None:
                         if attrs_lww and type(attrs) is dict and "attrs" not in held.props:
@@ -220,27 +221,28 @@ class Folder:
                         else:
                             self._attrs(event, held, attrs, order)
                 else:
-                    found = self._protected(event, field, column, kind, sealed)
-                    if found is None:
-                        continue
-                    vid = found
+                    subject, ct, blind = field.get("sub"), field.get("ct"), field.get("bi")
+                    if type(blind) is bytes and len(blind) == BLIND_INDEX_BYTES and type(subject) is bytes \
+                            and len(subject) == SUBJECT_ID_BYTES and type(ct) is bytes:
+                        vid = model.blind_value_vid(kind, blind)  # the common case of _protected
+                    else:
+                        found = self._protected(event, field, column, kind, sealed)
+                        if found is None:
+                            continue
+                        vid = found
                     held = values.get(vid)
                     if held is None:
-                        held = values[vid] = ValueDelta(kind, None, field["bi"], dict(base))
-                        touched.add(vid)
-                    elif vid not in touched:
+                        held = values[vid] = ValueDelta(kind, None, blind, base.copy())
+                    elif held.last_record < event_first:
                         self._merge_base(held, base)
-                        touched.add(vid)
-                    ct = field.get("ct")
                     if ct is not None:
-                        seal = [[field["sub"], ct]]
+                        seal = [[subject, ct]]
                         seals = held.props.get("seals")
                         held.props["seals"] = seal if seals is None else merge_seals(seals, seal)
                 pairs.append((vid, fk))
                 if held.last_record != record_no:
                     held.last_record = record_no
                     held.sightings += 1
-                rank = ranks.get(kind, _NO_RANK)
                 if rank < best:
                     best, entity = rank, vid
             key = (dump, part, position)
@@ -263,26 +265,20 @@ class Folder:
             old = props.get(prop)
             props[prop] = cell if old is None else merge(self._base_rules[prop], old, cell)
 
-    def _field_key(self, event: Event, dump: bytes, column: object, kind: object,
-                   cache: dict[str, FieldKey]) -> FieldKey:
+    def _column(self, event: Event, dump: bytes, column: object, kind: object,
+                cache: dict[str, _Column]) -> _Column:
+        """What every field of one column of one event shares (validated once)."""
         if type(column) is not str or type(kind) is not str or len(kind) > KIND_CHARS_MAX \
                 or len(column) > COLUMN_CHARS_MAX:
             raise PayloadError(f"{where(event)}: a field needs 'col' and 'kind' strings "
                                f"(at most {COLUMN_CHARS_MAX} and {KIND_CHARS_MAX} characters)")
         fk = (dump, column, kind)
-        cache[column] = fk
         self.delta.fields.add(fk)
-        return fk
-
-    def _clear_vid(self, kind: str, clear: str) -> bytes:
-        cache = self._clear_ids.get(kind)
-        if cache is None:
-            cache = self._clear_ids[kind] = {}
-        vid = cache.get(clear)
-        if vid is None:
-            vid = cache[clear] = model.clear_value_vid(kind, clear)
-            self._cached += 1
-        return vid
+        ids = self._clear_ids.get(kind)
+        if ids is None:
+            ids = self._clear_ids[kind] = {}
+        plan = cache[column] = (fk, kind, ids, _PERSON_RANK.get(kind, _NO_RANK))
+        return plan
 
     def _protected(self, event: Event, field: Mapping[str, Any], column: str, kind: str,
                    sealed: list[SealedField]) -> bytes | None:
