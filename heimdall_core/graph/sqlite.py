@@ -195,13 +195,14 @@ class _Cells:
     def pack(self, vtype: str, props: dict[str, Any]) -> bytes:
         """Hot: once per new or changed vertex."""
         plans = self._plans.get(vtype) or {}
+        orders = self._orders
         out: dict[int | str, Any] = {}
         for name, cell in props.items():
             key, rule = plans.get(name) or self._plan(vtype, name)
             if rule is None:
                 out[key] = cell
             elif rule is Rule.LWW:
-                out[key] = [self._order(cell[0]), cell[1]]
+                out[key] = [orders.get(cell[0]) or self._order(cell[0]), cell[1]]
             elif rule is Rule.PRIORITY:
                 out[key] = [cell[0], self._order(cell[1]), cell[2]]
             else:
@@ -627,8 +628,12 @@ class _Batch:
         self.known: list[bytes] = []  # values held, from the caches
         self.first: dict[bytes, tuple[int, int] | None] = {}  # fresh value -> (si, fi) first seen
         self.seen: list[tuple[bytes, int, int]] = []  # every other (value, si, fi) edge
-        self.sighting_rows: list[tuple[Any, ...]] = []  # see _INSERT_SIGHTINGS
-        self.sighting_blobs = _Blobs()
+        # Sightings as _INSERT_SIGHTINGS takes them: (si, di, part, pos, seen_ms) and, apart,
+        # the bytes of each one's entity, pairs and sealed fields (b"" for none).
+        self.sighting_rows: list[tuple[int, int, int, int, int]] = []
+        self.entities: list[bytes] = []
+        self.vals: list[bytes] = []
+        self.sealed: list[bytes] = []
         self.arrived: list[bytes] = []  # the fresh values, in arrival order
         self.arrived_values: list[ValueDelta] = []  # and what the delta says of each
         self.hot: set[bytes] = set()  # values found already held: likely to come again
@@ -742,9 +747,9 @@ class _Batch:
                   for fi in (field_ids[(dump_ids[fk[0]], fk[1], fk[2])],)}
         first: dict[bytes, tuple[int, int] | None] = dict.fromkeys(self.arrived)
         seen: list[tuple[bytes, int, int]] = []
-        rows: list[tuple[Any, ...]] = []
-        blobs = _Blobs()
-        add_seen, add_row, take_first, add_blob = seen.append, rows.append, first.get, blobs.add
+        rows = self.sighting_rows
+        add_seen, add_row, take_first = seen.append, rows.append, first.get
+        add_entity, add_vals, add_sealed = self.entities.append, self.vals.append, self.sealed.append
         for (dump, part, pos), s in sightings.items():
             parts: list[bytes] = []
             for vid, fk in s.values:
@@ -754,12 +759,12 @@ class _Batch:
                     first[vid] = (si, f)
                 else:
                     add_seen((vid, si, f))
-            vals = b"".join(parts)
-            sealed = _packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else None
-            add_row((si, dump_ids[dump], part, pos, s.seen_ms, add_blob(s.entity), add_blob(vals), len(vals),
-                     add_blob(sealed), 0 if sealed is None else len(sealed)))
+            add_vals(b"".join(parts))
+            add_entity(s.entity or b"")
+            add_sealed(_packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else b"")
+            add_row((si, dump_ids[dump], part, pos, s.seen_ms))
             si += 1
-        self.first, self.seen, self.sighting_rows, self.sighting_blobs = first, seen, rows, blobs
+        self.first, self.seen = first, seen
 
     async def _values(self) -> None:
         db = self.db
@@ -790,7 +795,7 @@ class _Batch:
             props = [pack(model.VALUE, v.props) for v in values]
             blinds = [v.blind_index or b"" for v in values]
             rows = list(zip(map(_IDENTITY, values), *_spans(blinds), *_spans(props),
-                            map(first.__getitem__, vids)))
+                            map(first.__getitem__, vids), strict=True))
             params = (orjson.dumps(rows), b"".join(vids), b"".join(blinds), b"".join(props))
             writes.append(asyncio.ensure_future(db.execute(_INSERT_VALUES, params)))
             await asyncio.sleep(0)  # hand the statement to SQLite's thread now
@@ -825,15 +830,16 @@ class _Batch:
     # --- sightings -----------------------------------------------------------------------
 
     async def _sightings(self) -> None:
-        blob = self.sighting_blobs.joined()
+        columns = (self.entities, self.vals, self.sealed)
+        rows = list(zip(self.sighting_rows, *_spans(self.entities), *_spans(self.vals), *_spans(self.sealed),
+                        strict=True))
         before = self.db.total_changes
-        await self.db.execute(_INSERT_SIGHTINGS, (orjson.dumps(self.sighting_rows), blob))
+        await self.db.execute(_INSERT_SIGHTINGS, (orjson.dumps(rows), *map(b"".join, columns)))
         seen = self.seen
-        if self.db.total_changes - before != len(self.sighting_rows):
-            rows = [(si, di, part, pos, ms, _sliced(blob, entity, model.ID_BYTES), _sliced(blob, at, size),
-                     _sliced(blob, sealed_at, sealed_size))
-                    for si, di, part, pos, ms, entity, at, size, sealed_at, sealed_size in self.sighting_rows]
-            remap = await self._merge_sightings(rows)
+        if self.db.total_changes - before != len(rows):
+            remap = await self._merge_sightings([
+                (*row, entity or None, vals, sealed or None)
+                for row, entity, vals, sealed in zip(self.sighting_rows, *columns, strict=True)])
             seen = [(vid, remap.get(si, si), fi) for vid, si, fi in seen]
         if seen:
             await self.db.execute(_INSERT_SEEN, (orjson.dumps([edge[1:] for edge in seen]),
@@ -903,39 +909,13 @@ class _Batch:
         await self.db.executemany("INSERT OR REPLACE INTO subject (id, props) VALUES (?, ?)", rows)
 
 
-class _Blobs:
-    """The blob parameter of one INSERT ... SELECT over ``json_each``: SQLite walks the
-    whole batch in one step, without Python's GIL (executemany takes it back for every
-    row, and the fold thread then starves the database thread). Blobs cannot travel in
-    JSON text, so they are concatenated here and each row holds where its bytes start
-    (1-based) and how many: SQL takes them out with substr()."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.at = 1
-
-    def add(self, data: bytes | None) -> int | None:
-        """Where ``data`` starts (None for NULL)."""
-        if data is None:
-            return None
-        at = self.at
-        self.parts.append(data)
-        self.at = at + len(data)
-        return at
-
-    def joined(self) -> bytes:
-        return b"".join(self.parts)
-
-
-def _spans(blobs: list[bytes]) -> tuple[Iterator[int], Iterator[int]]:
-    """Where each of ``blobs`` starts (1-based) and its size, once they are joined."""
+def _spans(blobs: list[bytes]) -> tuple[list[int], list[int]]:
+    """Where each of ``blobs`` starts (1-based, as substr() counts) once they are joined,
+    and its size."""
     sizes = list(map(len, blobs))
-    return itertools.accumulate(sizes, initial=1), iter(sizes)
-
-
-def _sliced(blob: bytes, at: int | None, size: int) -> bytes | None:
-    """What substr() takes out of a blob parameter (the slow paths read rows back)."""
-    return None if at is None else blob[at - 1:at - 1 + size]
+    starts = list(itertools.accumulate(sizes, initial=1))
+    starts.pop()
+    return starts, sizes
 
 
 _IDENTITY = operator.attrgetter("kind", "value", "sightings")
@@ -945,12 +925,12 @@ _INSERT_VALUES = (  # ORDER BY: rows arrive in memory order, are numbered (rowid
     "nullif(substr(?3, r ->> 1, r ->> 2), x''), substr(?4, r ->> 3, r ->> 4), r ->> '$[0][2]', "
     "r ->> '$[5][0]', r ->> '$[5][1]' "
     "FROM (SELECT key, value AS r FROM json_each(?1)) j ORDER BY 1 ON CONFLICT (id) DO NOTHING")
-_INSERT_SIGHTINGS = (
+_INSERT_SIGHTINGS = (  # a zero-length blob parameter reads as NULL: coalesce
     "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
-    "SELECT r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, "
-    "(SELECT vi FROM value WHERE id = substr(?2, r ->> 5, 16)), coalesce(substr(?2, r ->> 6, r ->> 7), x''), "
-    "substr(?2, r ->> 8, r ->> 9) FROM (SELECT value AS r FROM json_each(?1)) WHERE true "
-    "ON CONFLICT (di, part, pos) DO NOTHING")
+    "SELECT r ->> '$[0][0]', r ->> '$[0][1]', r ->> '$[0][2]', r ->> '$[0][3]', r ->> '$[0][4]', "
+    "(SELECT vi FROM value WHERE id = substr(?2, r ->> 1, r ->> 2)), "
+    "coalesce(substr(?3, r ->> 3, r ->> 4), x''), nullif(substr(?4, r ->> 5, r ->> 6), x'') "
+    "FROM (SELECT value AS r FROM json_each(?1)) WHERE true ON CONFLICT (di, part, pos) DO NOTHING")
 _INSERT_SEEN = (  # an edge may be a held value's first, kept in its row: never stored twice
     "INSERT OR IGNORE INTO seen (vi, si, fi) "
     "SELECT v.vi, r ->> 0, r ->> 1 FROM (SELECT key, value AS r FROM json_each(?1)) j "
