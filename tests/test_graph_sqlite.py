@@ -170,3 +170,26 @@ async def test_a_file_of_another_schema_version_is_rebuilt_by_replay(tmp_path: P
         assert await state_hash(store) == await state_hash(await reference(events))
     finally:
         await store.close()
+
+
+async def test_text_with_nul_and_records_without_values(tmp_path: Path) -> None:
+    """Rows travel to SQLite as JSON text with their blobs beside it: a NUL inside a kind or
+    a clear value (JSON text cannot bring it through SQLite's JSON functions), a record with
+    no fields and a record whose only field is sealed must all land exactly."""
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    dump = b"\x0a" * 16
+    sealed_only = {"col": "email", "kind": "email", "ct": b"\x01" * 40, "sub": b"\x02" * 16}
+    records = [[1, [clear_field("note", "text", "a\x00b"), clear_field("ip", "ip", "10.9.0.2")]],
+               [2, []],
+               [3, [sealed_only]],
+               [4, [clear_field("odd", "k\x00ind", "value"), clear_field("ip", "ip", "10.9.0.2")]]]
+    events = [feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": records})]
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        await store.apply(fold(events))
+        await _assert_same_as_reference(store, events)
+        held = await store.value(model.clear_value_vid("text", "a\x00b"))
+        assert held is not None and held.value == "a\x00b"
+    finally:
+        await store.close()

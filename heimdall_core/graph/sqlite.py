@@ -142,7 +142,6 @@ def _marks(count: int) -> str:
     return ",".join("?" * count)
 
 
-_NUMBER = operator.itemgetter(0)
 
 _SIGHTINGS_OF = (
     "SELECT s1 FROM value WHERE id = ?1 AND s1 IS NOT NULL "
@@ -796,8 +795,14 @@ class _Batch:
             blinds = [v.blind_index or b"" for v in values]
             rows = list(zip(map(_IDENTITY, values), *_spans(blinds), *_spans(props),
                             map(first.__getitem__, vids), strict=True))
-            params = (orjson.dumps(rows), b"".join(vids), b"".join(blinds), b"".join(props))
-            writes.append(asyncio.ensure_future(db.execute(_INSERT_VALUES, params)))
+            doc = orjson.dumps(rows)
+            if _JSON_NUL in doc:
+                write = db.executemany(_INSERT_VALUE, sorted(
+                    (vid, v.kind, v.value, v.blind_index, packed, v.sightings, *(first[vid] or (None, None)))
+                    for vid, v, packed in zip(vids, values, props, strict=True)))
+            else:
+                write = db.execute(_INSERT_VALUES, (doc, b"".join(vids), b"".join(blinds), b"".join(props)))
+            writes.append(asyncio.ensure_future(write))
             await asyncio.sleep(0)  # hand the statement to SQLite's thread now
         await _all(writes)
         landed = db.total_changes - before
@@ -919,6 +924,12 @@ def _spans(blobs: list[bytes]) -> tuple[list[int], list[int]]:
 
 
 _IDENTITY = operator.attrgetter("kind", "value", "sightings")
+_JSON_NUL = b"\\u0000"
+"""JSON carries NUL in a string, but SQLite's JSON functions cut the text there: a slice
+holding one (in a kind or a clear value) goes row by row (_INSERT_VALUE), in id order."""
+_INSERT_VALUE = (
+    "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING")
 _INSERT_VALUES = (  # ORDER BY: rows arrive in memory order, are numbered (rowid) in id order
     "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) "
     "SELECT substr(?2, j.key * 16 + 1, 16), r ->> '$[0][0]', r ->> '$[0][1]', "
