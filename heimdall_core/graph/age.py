@@ -44,6 +44,7 @@ import functools
 import itertools
 import logging
 import re
+import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ GRAPH_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,62}\Z")
 """AGE needs 3+ characters; PostgreSQL identifiers end at 63 bytes. No quoting games."""
 
 COLUMN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
-SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
+SQL_DIR_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "sql"
+SQL_DIR_INSTALLED = Path(sys.prefix) / "share" / "heimdall" / "sql"  # where a wheel puts sql/
 MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
 
 CONNECT_TIMEOUT_S = 10.0
@@ -211,8 +213,18 @@ class Migration:
     sql: str
 
 
-def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+def schema_dir() -> Path:
+    """``sql/`` of a checkout (or editable install), else the one a wheel installed."""
+    for directory in (SQL_DIR_CHECKOUT, SQL_DIR_INSTALLED):
+        if directory.is_dir():
+            return directory
+    raise GraphError(f"the graph schema (sql/*.sql) is missing from this installation: looked in "
+                     f"{SQL_DIR_CHECKOUT} and {SQL_DIR_INSTALLED}")
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
     """The numbered migrations of ``sql/``, in order."""
+    directory = schema_dir() if directory is None else directory
     if not directory.is_dir():
         raise GraphError(f"the graph schema directory {directory} is missing from this installation")
     found = []
