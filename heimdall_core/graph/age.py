@@ -43,9 +43,10 @@ import contextlib
 import functools
 import itertools
 import logging
+import operator
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -93,6 +94,7 @@ STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
 KINDS_CACHED = 256
 PAIR_SHIFT = 64  # a pair edge (start, end) as one int: graphids are 64 bits
+PAIR_END_MASK = (1 << PAIR_SHIFT) - 1
 COPY_CHUNK_ROWS = 16_384
 """Rows per COPY statement: the server inserts one chunk while Python builds the next.
 Large enough that a COPY's own setup and two round trips are small next to its rows;
@@ -102,11 +104,15 @@ BUILD_SLICE_ITEMS = 1_024
 """Items built between turns of the event loop. A COPY needs two round trips before and
 after its data; each waits for a turn, so a loop that yielded once per COPY chunk left the
 server idle about half the time (measured: batch time = Python time + server time)."""
+BACKLOG_ROWS_LOW = 2 * COPY_CHUNK_ROWS
+"""Rows queued to the server below which a batch builds its server-heavy rows next: about
+a tenth of a second of inserts, more than Python takes to build the next chunk."""
 ENTRY_BITS = 48  # graphid = label id << 48 | entry id
 ADVISORY_NAMESPACE = "heimdall.graph:"
 
 VERTEX_LABELS = ("dump", "field", "value", "sighting", "entity", "subject")
 EDGE_LABELS = ("in_dump", "has_value", "in_field", "includes", "field_of")
+EDGE_IDS_RESERVED = ("in_dump", "has_value", "in_field", "includes")  # edges a batch COPYs in bulk
 HM_TABLES = ("hm_position", "hm_dump", "hm_field", "hm_value", "hm_subject", "hm_sighting")
 
 SESSION_SETTINGS = {
@@ -127,6 +133,9 @@ SESSION_SETTINGS = {
 }
 
 T = TypeVar("T")
+HasValueRow = tuple[int, int, str, int]  # start, end, properties, edge id
+Chunk = tuple[str, Sequence[str], list[tuple[Any, ...]]]
+"""One COPY statement: table, columns, rows."""
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -613,6 +622,7 @@ class _Ordered:
         self.conn = conn
         self.schema = schema
         self._inflight: asyncio.Task[None] | None = None
+        self.backlog_rows = 0  # rows of the COPYs queued and not yet done
 
     def _chain(self, work: Callable[[], Awaitable[object]]) -> None:
         previous = self._inflight
@@ -625,8 +635,15 @@ class _Ordered:
         self._inflight = asyncio.create_task(send())
 
     def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        self._chain(functools.partial(self.conn.copy_records_to_table, table, schema_name=self.schema,
-                                      columns=list(columns), records=rows))
+        self.backlog_rows += len(rows)
+        self._chain(functools.partial(self._copy, table, columns, rows))
+
+    async def _copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        try:
+            await self.conn.copy_records_to_table(table, schema_name=self.schema, columns=list(columns),
+                                                  records=rows)
+        finally:
+            self.backlog_rows -= len(rows)
 
     def queue(self, sql: str, *args: Any) -> None:
         """A statement whose result nothing reads: sent after everything before it."""
@@ -685,6 +702,7 @@ class _Batch:
         self.created = {"value": range(0), "entity": range(0)}  # gids first written by this batch
         self.attrs_rule = store.rules.rule(model.VALUE, "attrs")
         self.retired_entities: set[int] = set()  # primary value gids that lost a sighting
+        self.edge_ids: dict[str, Iterator[int]] = {}  # label -> the ids reserved for its new edges
 
     def committed(self) -> None:
         self.store._dump_gids = self.dump_gids
@@ -713,27 +731,35 @@ class _Batch:
                          items_per_copy: int = COPY_CHUNK_ROWS) -> None:
         """COPY the rows ``build`` makes of ``items``, ``items_per_copy`` items per statement:
         the server inserts one chunk while the next is built."""
-        for start in range(0, len(items), items_per_copy):
-            stop = min(len(items), start + items_per_copy)
-            rows: list[tuple[Any, ...]] = []
-            for part in range(start, stop, BUILD_SLICE_ITEMS):
-                rows += build(items[part:min(stop, part + BUILD_SLICE_ITEMS)])
-                await asyncio.sleep(0)
-            conn.copy(table, columns, rows)
+        async for chunk in _built(table, columns, items, build, items_per_copy):
+            conn.copy(*chunk)
 
     async def copy_rows(self, conn: _Ordered, table: str, columns: Sequence[str],
                         rows: Iterable[tuple[Any, ...]]) -> None:
         """copy_built for rows from an iterable (a generator builds them as they are taken)."""
-        source = iter(rows)
-        chunk: list[tuple[Any, ...]] = []
-        while part := list(itertools.islice(source, BUILD_SLICE_ITEMS)):
-            chunk += part
-            if len(chunk) >= COPY_CHUNK_ROWS:
-                conn.copy(table, columns, chunk)
-                chunk = []
-            await asyncio.sleep(0)
-        if chunk:
-            conn.copy(table, columns, chunk)
+        async for chunk in _taken(table, columns, rows):
+            conn.copy(*chunk)
+
+    async def stream(self, conn: _Ordered, server_heavy: AsyncIterator[Chunk],
+                     python_heavy: AsyncIterator[Chunk]) -> None:
+        """Queue every chunk of two streams, choosing before each chunk which one to build.
+
+        The server inserts the queued chunks while Python builds the next, so neither
+        side should wait: when the server's backlog runs low, the next chunk comes from
+        the stream whose rows cost the server most per unit of Python work (sightings and
+        their edges), otherwise from the one that costs Python most (value rows and their
+        properties). Measured before: the value tables first and the sighting tables
+        after left the server idle for the first ~40% of a batch (Python built value rows
+        faster than it needed them) and Python idle for the last ~35% (the server still
+        inserting edges)."""
+        sources = [server_heavy, python_heavy]
+        while sources:
+            source = sources[0] if conn.backlog_rows < BACKLOG_ROWS_LOW else sources[-1]
+            chunk = await anext(source, None)
+            if chunk is None:
+                sources.remove(source)
+            else:
+                conn.copy(*chunk)
 
     async def run(self, conn: _Ordered) -> None:
         delta = self.delta
@@ -747,11 +773,31 @@ class _Batch:
         needs_entity = sorted(vid for vid in primaries
                               if vid not in held_values or held_values[vid][1] is None)
         new_sightings = [key for key in delta.sightings if key not in held_sightings]
+        # Edge ids too: a COPY that leaves them to the label's column default evaluates it per
+        # row (a catalog lookup of the label and nextval), which measured 0.4 us of the
+        # 0.8 us a has_value row costs the server before its indexes. Pair edges are counted
+        # once built, so their ranges are bounds (every value occurrence of every record);
+        # what a batch leaves unused is a gap in the label's sequence, and nothing reads them.
+        occurrences = sum(len(s.values) for s in delta.sightings.values())
         gids = await self.reserve(conn, {"value": len(new_values), "entity": len(needs_entity),
-                                         "sighting": len(new_sightings)})
-        await self._values(conn, new_values, gids["value"], needs_entity, gids["entity"], held_values)
-        await self._sightings(conn, new_sightings, gids["sighting"], held_sightings)
-        await self._pairs(conn)
+                                         "sighting": len(new_sightings), "in_dump": len(new_sightings),
+                                         "has_value": occurrences, "in_field": occurrences,
+                                         "includes": occurrences})
+        self.edge_ids = {label: itertools.count(gids[label].start) for label in EDGE_IDS_RESERVED}
+        self._assign(new_values, gids["value"], needs_entity, gids["entity"], held_values)
+        self._merge_values(conn, held_values)
+        # A position held already takes the slow path, and entities it retires lose their
+        # includes edges before this batch's pairs go in; otherwise the pairs stream with
+        # the rest.
+        pairs_now = not held_sightings
+        await self.stream(conn, self._sighting_chunks(conn, new_sightings, gids["sighting"], pairs_now),
+                          self._value_chunks(new_values, gids["value"], needs_entity, gids["entity"]))
+        if not pairs_now:
+            for key in held_sightings:
+                await self._merge_sighting(conn, key, delta.sightings[key])
+            self._retire_entities(conn)
+            async for chunk in self._pair_chunks(conn):
+                conn.copy(*chunk)
         if delta.subjects:
             await self._subjects(conn)
         if delta.positions:
@@ -836,27 +882,34 @@ class _Batch:
         return {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
             f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
 
-    async def _values(self, conn: _Ordered, new: list[bytes], gids: range, needs_entity: list[bytes],
-                      egids: range, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
-        values = self.delta.values
+    def _assign(self, new: list[bytes], gids: range, needs_entity: list[bytes], egids: range,
+                held: dict[bytes, tuple[int, Any, bytes]]) -> None:
+        """Every value's and entity's graphid: reserved for new ones, looked up for the others."""
         self.vgid = dict(zip(new, gids, strict=True))
         self.vgid.update((vid, h[0]) for vid, h in held.items())
         self.egid = dict(zip(needs_entity, egids, strict=True))
         self.egid.update((vid, int(h[1])) for vid, h in held.items() if h[1] is not None)
         self.created = {"value": gids, "entity": egids}
+
+    async def _value_chunks(self, new: list[bytes], gids: range, needs_entity: list[bytes],
+                            egids: range) -> AsyncIterator[Chunk]:
+        """Rows of the values and entities this batch creates."""
+        values = self.delta.values
         egid, packb = self.egid.get, _packb
         fresh = list(zip(new, gids, [values[vid] for vid in new], strict=True))
         # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
-        await self.copy_built(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
-                              lambda chunk: [(vid, gid, v.kind, v.value, v.blind_index, packb(v.props),
-                                              v.sightings, egid(vid)) for vid, gid, v in chunk])
+        async for chunk in _built("hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
+                                  lambda part: [(vid, gid, v.kind, v.value, v.blind_index, packb(v.props),
+                                                 v.sightings, egid(vid)) for vid, gid, v in part]):
+            yield chunk
         props = self._new_value_props
-        await self.copy_built(conn, "value", ("id", "properties"), fresh,
-                              lambda chunk: [(gid, props(v)) for _, gid, v in chunk])
-        await self.copy_rows(conn, "entity", ("id", "properties"),
-                             ((egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
-                              for vid, egid in zip(needs_entity, egids, strict=True)))
-        self._merge_values(conn, held)
+        async for chunk in _built("value", ("id", "properties"), fresh,
+                                  lambda part: [(gid, props(v)) for _, gid, v in part]):
+            yield chunk
+        async for chunk in _taken("entity", ("id", "properties"),
+                                  ((egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
+                                   for vid, egid in zip(needs_entity, egids, strict=True))):
+            yield chunk
 
     def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         """Existing values: merge cells with the rules, count new sightings, link new entities."""
@@ -959,33 +1012,41 @@ class _Batch:
         held = ((dump_of[int(dump)], int(part), int(pos)) for dump, part, pos in rows)
         return {key for key in held if key in sightings}
 
-    async def _sightings(self, conn: _Ordered, new: list[model.SightingKey], gids: range,
-                         held: set[model.SightingKey]) -> None:
+    async def _sighting_chunks(self, conn: _Ordered, new: list[model.SightingKey], gids: range,
+                               pairs: bool) -> AsyncIterator[Chunk]:
+        """Rows of the sightings this batch creates and their edges; then (``pairs``) the
+        in_field and includes pairs that building has_value collected."""
         sightings, dump_gids, vgid = self.delta.sightings, self.dump_gids, self.vgid
-        pairs = list(zip(new, gids, strict=True))
-        await self.copy_rows(
-            conn, "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
-            ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
-              _sealed_cell(s), b"".join(dict.fromkeys(vid for vid, _ in s.values)))
-             for (dump, part, pos), sid in pairs for s in (sightings[(dump, part, pos)],)))
-        await self.copy_rows(
-            conn, "sighting", ("id", "properties"),
-            ((sid, f'{{"part": {key[1]}, "position": {key[2]}, "seen_ms": {sightings[key].seen_ms}}}')
-             for key, sid in pairs))
-        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"),
-                             ((sid, dump_gids[key[0]]) for key, sid in pairs))
-        await self.copy_built(conn, "has_value", ("start_id", "end_id", "properties"), pairs,
-                              self._has_value_rows, EDGE_RECORDS_PER_COPY)
-        for key in held:
-            await self._merge_sighting(conn, key, sightings[key])
-        self._retire_entities(conn)
+        keyed = list(zip(new, gids, strict=True))
+        async for chunk in _taken(
+                "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
+                ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
+                  _sealed_cell(s), b"".join(dict.fromkeys(vid for vid, _ in s.values)))
+                 for (dump, part, pos), sid in keyed for s in (sightings[(dump, part, pos)],))):
+            yield chunk
+        async for chunk in _taken(
+                "sighting", ("id", "properties"),
+                ((sid, f'{{"part": {key[1]}, "position": {key[2]}, "seen_ms": {sightings[key].seen_ms}}}')
+                 for key, sid in keyed)):
+            yield chunk
+        async for chunk in _taken("in_dump", ("start_id", "end_id", "id"),
+                                  zip(gids, (dump_gids[key[0]] for key in new), self.edge_ids["in_dump"],
+                                      strict=False)):  # the ids: an endless count
+            yield chunk
+        async for chunk in _built("has_value", ("start_id", "end_id", "properties", "id"), keyed,
+                                  self._has_value_rows, EDGE_RECORDS_PER_COPY):
+            yield chunk
+        if pairs:
+            async for chunk in self._pair_chunks(conn):
+                yield chunk
 
-    def _has_value_rows(self, pairs: Sequence[tuple[model.SightingKey, int]]) -> list[tuple[int, int, str]]:
+    def _has_value_rows(self, pairs: Sequence[tuple[model.SightingKey, int]]) -> list[HasValueRow]:
         """has_value edges of new sightings (a value held in several columns of one record is
         one edge listing them); collects the in_field and includes pairs on the way."""
         sightings, vgid, egid, field_gids = self.delta.sightings, self.vgid, self.egid, self.field_gids
         in_field, includes = self.in_field.add, self.includes.add
-        rows: list[tuple[int, int, str]] = []
+        edge_id = functools.partial(next, self.edge_ids["has_value"])
+        rows: list[HasValueRow] = []
         row = rows.append
         for key, sid in pairs:
             s = sightings[key]
@@ -1001,12 +1062,12 @@ class _Batch:
                 in_field(gid << PAIR_SHIFT | field_gids[field])
             if s.entity is None:
                 for gid, cs in columns.items():
-                    row((sid, gid, _columns_json(cs)))
+                    row((sid, gid, _columns_json(cs), edge_id()))
             else:
                 entity = egid[s.entity] << PAIR_SHIFT
                 for gid, cs in columns.items():
                     includes(entity | gid)
-                    row((sid, gid, _columns_json(cs)))
+                    row((sid, gid, _columns_json(cs), edge_id()))
         return rows
 
     async def _merge_sighting(self, conn: _Ordered, key: model.SightingKey, s: SightingDelta) -> None:
@@ -1088,18 +1149,17 @@ class _Batch:
                 f"AND NOT EXISTS (SELECT 1 FROM {q}.has_value h JOIN {q}.hm_sighting s ON s.gid = h.start_id "
                 "WHERE h.end_id = e.end_id AND s.entity = $1)", primary)
 
-    async def _pairs(self, conn: _Ordered) -> None:
+    async def _pair_chunks(self, conn: _Ordered) -> AsyncIterator[Chunk]:
         """value -> field and entity -> value edges, one per pair. A pair whose start vertex
         this batch created is new: COPY (measured ~2x faster), in start order so the pair
         index fills at its end (measured 1.4x); the others may exist already: INSERT ... ON
-        CONFLICT DO NOTHING on the unique pair index."""
+        CONFLICT DO NOTHING on the unique pair index (queued at once)."""
         for label, start_label, pairs in (("in_field", "value", self.in_field),
                                           ("includes", "entity", self.includes)):
             ordered = sorted(pairs)
             created = self.created[start_label]  # a range of gids, so its pairs are one slice
             lo = bisect.bisect_left(ordered, created.start << PAIR_SHIFT)
             hi = bisect.bisect_left(ordered, created.stop << PAIR_SHIFT)
-            await self.copy_built(conn, label, ("start_id", "end_id"), ordered[lo:hi], _split_pairs)
             maybe = _split_pairs(ordered[:lo] + ordered[hi:])
             if maybe:
                 starts, ends = zip(*maybe, strict=True)
@@ -1107,6 +1167,10 @@ class _Batch:
                     f"INSERT INTO {self.q}.{label} (start_id, end_id) SELECT * FROM "
                     "unnest($1::graphid[], $2::graphid[]) ON CONFLICT DO NOTHING",
                     list(starts), list(ends))
+            ids = self.edge_ids[label]
+            async for chunk in _built(label, ("start_id", "end_id", "id"), ordered[lo:hi],
+                                      lambda part: _pair_rows(part, ids)):  # noqa: B023 (used at once)
+                yield chunk
 
     # --- subjects ------------------------------------------------------------------------
 
@@ -1144,6 +1208,34 @@ class _Batch:
         return _json(props)
 
 
+async def _built(table: str, columns: Sequence[str], items: Sequence[T],
+                 build: Callable[[Sequence[T]], list[tuple[Any, ...]]],
+                 items_per_copy: int = COPY_CHUNK_ROWS) -> AsyncIterator[Chunk]:
+    """The rows ``build`` makes of ``items``, ``items_per_copy`` items per chunk, built
+    ``BUILD_SLICE_ITEMS`` at a time between turns of the event loop."""
+    for start in range(0, len(items), items_per_copy):
+        stop = min(len(items), start + items_per_copy)
+        rows: list[tuple[Any, ...]] = []
+        for part in range(start, stop, BUILD_SLICE_ITEMS):
+            rows += build(items[part:min(stop, part + BUILD_SLICE_ITEMS)])
+            await asyncio.sleep(0)
+        yield table, columns, rows
+
+
+async def _taken(table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> AsyncIterator[Chunk]:
+    """_built for rows from an iterable (a generator builds them as they are taken)."""
+    source = iter(rows)
+    chunk: list[tuple[Any, ...]] = []
+    while part := list(itertools.islice(source, BUILD_SLICE_ITEMS)):
+        chunk += part
+        if len(chunk) >= COPY_CHUNK_ROWS:
+            yield table, columns, chunk
+            chunk = []
+        await asyncio.sleep(0)
+    if chunk:
+        yield table, columns, chunk
+
+
 @functools.lru_cache(maxsize=KINDS_CACHED)
 def _kind_head(kind: str) -> str:
     """The start of a value vertex's properties: '{"kind":"ip",'."""
@@ -1166,6 +1258,13 @@ def _shown_cells_changed(old: Mapping[str, Any], merged: Mapping[str, Any]) -> b
 def _split_pairs(pairs: Sequence[int]) -> list[tuple[int, int]]:
     """Packed pairs back to (start, end) rows, in C."""
     return list(map(divmod, pairs, itertools.repeat(1 << PAIR_SHIFT)))
+
+
+def _pair_rows(pairs: Sequence[int], ids: Iterator[int]) -> list[tuple[int, int, int]]:
+    """Packed pairs as (start, end, edge id) rows, in C (``ids`` last: zip takes from it
+    only while pairs remain)."""
+    return list(zip(map(operator.rshift, pairs, itertools.repeat(PAIR_SHIFT)),
+                    map(operator.and_, pairs, itertools.repeat(PAIR_END_MASK)), ids, strict=False))
 
 
 def _sealed_cell(s: SightingDelta) -> bytes | None:
