@@ -1021,7 +1021,7 @@ class _Batch:
         async for chunk in _taken(
                 "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
                 ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
-                  _sealed_cell(s), b"".join(dict.fromkeys(vid for vid, _ in s.values)))
+                  _sealed_cell(s), b"".join(dict.fromkeys(map(_first, s.values))))
                  for (dump, part, pos), sid in keyed for s in (sightings[(dump, part, pos)],))):
             yield chunk
         async for chunk in _taken(
@@ -1260,6 +1260,7 @@ def _split_pairs(pairs: Sequence[int]) -> list[tuple[int, int]]:
     return list(map(divmod, pairs, itertools.repeat(1 << PAIR_SHIFT)))
 
 
+_first = operator.itemgetter(0)
 def _pair_rows(pairs: Sequence[int], ids: Iterator[int]) -> list[tuple[int, int, int]]:
     """Packed pairs as (start, end, edge id) rows, in C (``ids`` last: zip takes from it
     only while pairs remain)."""
