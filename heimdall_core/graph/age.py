@@ -104,9 +104,6 @@ BUILD_SLICE_ITEMS = 1_024
 """Items built between turns of the event loop. A COPY needs two round trips before and
 after its data; each waits for a turn, so a loop that yielded once per COPY chunk left the
 server idle about half the time (measured: batch time = Python time + server time)."""
-BACKLOG_ROWS_LOW = 2 * COPY_CHUNK_ROWS
-"""Rows queued to the server below which a batch builds its server-heavy rows next: about
-a tenth of a second of inserts, more than Python takes to build the next chunk."""
 ENTRY_BITS = 48  # graphid = label id << 48 | entry id
 ADVISORY_NAMESPACE = "heimdall.graph:"
 
@@ -622,7 +619,6 @@ class _Ordered:
         self.conn = conn
         self.schema = schema
         self._inflight: asyncio.Task[None] | None = None
-        self.backlog_rows = 0  # rows of the COPYs queued and not yet done
 
     def _chain(self, work: Callable[[], Awaitable[object]]) -> None:
         previous = self._inflight
@@ -635,15 +631,8 @@ class _Ordered:
         self._inflight = asyncio.create_task(send())
 
     def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        self.backlog_rows += len(rows)
-        self._chain(functools.partial(self._copy, table, columns, rows))
-
-    async def _copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        try:
-            await self.conn.copy_records_to_table(table, schema_name=self.schema, columns=list(columns),
-                                                  records=rows)
-        finally:
-            self.backlog_rows -= len(rows)
+        self._chain(functools.partial(self.conn.copy_records_to_table, table, schema_name=self.schema,
+                                      columns=list(columns), records=rows))
 
     def queue(self, sql: str, *args: Any) -> None:
         """A statement whose result nothing reads: sent after everything before it."""
@@ -740,27 +729,6 @@ class _Batch:
         async for chunk in _taken(table, columns, rows):
             conn.copy(*chunk)
 
-    async def stream(self, conn: _Ordered, server_heavy: AsyncIterator[Chunk],
-                     python_heavy: AsyncIterator[Chunk]) -> None:
-        """Queue every chunk of two streams, choosing before each chunk which one to build.
-
-        The server inserts the queued chunks while Python builds the next, so neither
-        side should wait: when the server's backlog runs low, the next chunk comes from
-        the stream whose rows cost the server most per unit of Python work (sightings and
-        their edges), otherwise from the one that costs Python most (value rows and their
-        properties). Measured before: the value tables first and the sighting tables
-        after left the server idle for the first ~40% of a batch (Python built value rows
-        faster than it needed them) and Python idle for the last ~35% (the server still
-        inserting edges)."""
-        sources = [server_heavy, python_heavy]
-        while sources:
-            source = sources[0] if conn.backlog_rows < BACKLOG_ROWS_LOW else sources[-1]
-            chunk = await anext(source, None)
-            if chunk is None:
-                sources.remove(source)
-            else:
-                conn.copy(*chunk)
-
     async def run(self, conn: _Ordered) -> None:
         delta = self.delta
         await self._dumps(conn)
@@ -790,8 +758,16 @@ class _Batch:
         # includes edges before this batch's pairs go in; otherwise the pairs stream with
         # the rest.
         pairs_now = not held_sightings
-        await self.stream(conn, self._sighting_chunks(conn, new_sightings, gids["sighting"], pairs_now),
-                          self._value_chunks(new_values, gids["value"], needs_entity, gids["entity"]))
+        # Sightings and their edges first, values last: the server's share of a sighting's
+        # rows is large next to Python's (has_value: ~15 us of server time per record), of a
+        # value's small (its properties and cells are built in Python), so the server gets
+        # the heavy rows early and has little left to do when Python has built the last
+        # chunk. Measured the other way round: Python idle for the last ~20% of a batch,
+        # waiting for the edges it had queued last.
+        async for chunk in self._sighting_chunks(conn, new_sightings, gids["sighting"], pairs_now):
+            conn.copy(*chunk)
+        async for chunk in self._value_chunks(new_values, gids["value"], needs_entity, gids["entity"]):
+            conn.copy(*chunk)
         if not pairs_now:
             for key in held_sightings:
                 await self._merge_sighting(conn, key, delta.sightings[key])
