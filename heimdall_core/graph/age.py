@@ -13,14 +13,15 @@ Writing (one transaction per delta, feed positions included):
 * Vertex graphids are allocated here, in ranges reserved from the label's sequence under
   a transaction-level advisory lock, so edges can be written in the same pass as their
   vertices, without a round trip per row.
-* Lookups first (which values and record positions exist), then one reservation, then
-  every row by binary ``COPY`` (agtype has a binary form: a version byte and the text) in
-  chunks, each sent while the next is built; UPDATEs and the ``INSERT ... ON CONFLICT``
-  of pair edges whose start vertex is not new are queued behind them, so the server has
-  work while Python builds rows. Measured: binary COPY into a label table ~1.1M rows/s
-  before secondary indexes, ~150k with a GIN index on properties (hence none on value:
-  no query uses it), ~450-530k with the hash index on ``value``; Cypher ``MERGE`` of one
-  record per call ~70-90 records/s.
+* Lookups first (which values and record positions exist), then one reservation (vertex
+  graphids and bulk edge ids), then every row by binary ``COPY`` (agtype has a binary
+  form: a version byte and the text) in chunks, each sent while the next is built,
+  sightings and their edges before values (the rows that cost the server most go
+  first); UPDATEs and the ``INSERT ... ON CONFLICT`` of pair edges whose start vertex is
+  not new are queued with them, so the server has work while Python builds rows.
+  Measured: binary COPY into a label table ~1.1M rows/s before secondary indexes, ~150k
+  with a GIN index on properties (hence none on value: no query uses it), ~450-530k with
+  the hash index on ``value``; Cypher ``MERGE`` of one record per call ~70-90 records/s.
 * Merge rules are applied by the same pure :class:`RuleSet` as every other back end,
   to the cells of the vertices a delta touches that already existed (read in the same
   transaction, under the lock): order-independent and idempotent by construction, and
