@@ -254,6 +254,26 @@ async def test_edge_ids_reserved_are_unique_and_cypher_creates_after_them(age: O
     for batch in chunks(events, iter(lambda: 3, None)):
         await store.apply(fold(batch))
     await store.apply(fold(events))  # every position again: the slow path adds no edge twice
+    # A record position seen again with a new primary value: its new entity includes the
+    # values the sighting held before, more pairs than the delta has value occurrences.
+    feeds = Feeds()
+    main = feeds.feed("main")
+    dump = fake_bytes("dump:ids")
+
+    def ingest(records: list[list[Any]]) -> Event:
+        return feeds.event(main, kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": records})
+
+    def primary(person: int) -> bytes | None:
+        return fold([ingest([[5, person_record(person, "other.test")]])]).sightings[(dump, 0, 5)].entity
+
+    first = primary(1)
+    assert first is not None
+    # the least entity wins: a person whose primary value id sorts first makes the new one stay
+    again = next(p for p in range(2, 200) if (primary(p) or b"\xff") < first)
+    for records in ([[5, person_record(1, "other.test")], [6, person_record(200)]],
+                    [[5, person_record(again, "other.test")]],
+                    [[7, person_record(201)], [8, person_record(202)]]):
+        await store.apply(fold([ingest(records)]))
     graph = store.graph
     conn = await connect_age(pg_dsn)
     try:

@@ -695,7 +695,8 @@ class _Batch:
         self.created = {"value": range(0), "entity": range(0)}  # gids first written by this batch
         self.attrs_rule = store.rules.rule(model.VALUE, "attrs")
         self.retired_entities: set[int] = set()  # primary value gids that lost a sighting
-        self.edge_ids: dict[str, Iterator[int]] = {}  # label -> the ids reserved for its new edges
+        self.edge_ranges: dict[str, range] = {}  # label -> the ids reserved for its new edges
+        self.edge_ids: dict[str, Iterator[int]] = {}  # label -> the next of them
 
     def committed(self) -> None:
         self.store._dump_gids = self.dump_gids
@@ -718,6 +719,13 @@ class _Batch:
             start = (self.labels[label] << ENTRY_BITS) | int(first)
             out[label] = range(start, start + count)
         return out
+
+    def _edge_ids_from(self, reserved: Mapping[str, range]) -> None:
+        """Take edge ids from these reserved ranges from now on."""
+        for label in EDGE_IDS_RESERVED:
+            if label in reserved:
+                self.edge_ranges[label] = reserved[label]
+                self.edge_ids[label] = itertools.count(reserved[label].start)
 
     async def copy_built(self, conn: _Ordered, table: str, columns: Sequence[str], items: Sequence[T],
                          build: Callable[[Sequence[T]], list[tuple[Any, ...]]],
@@ -747,15 +755,17 @@ class _Batch:
         new_sightings = [key for key in delta.sightings if key not in held_sightings]
         # Edge ids too: a COPY that leaves them to the label's column default evaluates it per
         # row (a catalog lookup of the label and nextval), which measured 0.4 us of the
-        # 0.8 us a has_value row costs the server before its indexes. Pair edges are counted
-        # once built, so their ranges are bounds (every value occurrence of every record);
-        # what a batch leaves unused is a gap in the label's sequence, and nothing reads them.
-        occurrences = sum(len(s.values) for s in delta.sightings.values())
+        # 0.8 us a has_value row costs the server before its indexes. Edges are counted only
+        # once built, so their ranges are bounds: a new sighting's value occurrences bound its
+        # has_value, in_field and includes edges (the slow path reserves its pairs again,
+        # below); what a batch leaves unused is a gap in the label's sequence, and nothing
+        # reads graphids as counts.
+        occurrences = sum(len(delta.sightings[key].values) for key in new_sightings)
         gids = await self.reserve(conn, {"value": len(new_values), "entity": len(needs_entity),
                                          "sighting": len(new_sightings), "in_dump": len(new_sightings),
                                          "has_value": occurrences, "in_field": occurrences,
                                          "includes": occurrences})
-        self.edge_ids = {label: itertools.count(gids[label].start) for label in EDGE_IDS_RESERVED}
+        self._edge_ids_from(gids)
         self._assign(new_values, gids["value"], needs_entity, gids["entity"], held_values)
         self._merge_values(conn, held_values)
         # A position held already takes the slow path, and entities it retires lose their
@@ -776,6 +786,10 @@ class _Batch:
             for key in held_sightings:
                 await self._merge_sighting(conn, key, delta.sightings[key])
             self._retire_entities(conn)
+            # A held sighting's pairs include its values from before this batch: not bounded
+            # by the delta's occurrences, so the pairs get ranges of their own.
+            self._edge_ids_from(await self.reserve(conn, {"in_field": len(self.in_field),
+                                                         "includes": len(self.includes)}))
             async for chunk in self._pair_chunks(conn):
                 conn.copy(*chunk)
         if delta.subjects:
@@ -1146,6 +1160,8 @@ class _Batch:
                     f"INSERT INTO {self.q}.{label} (start_id, end_id) SELECT * FROM "
                     "unnest($1::graphid[], $2::graphid[]) ON CONFLICT DO NOTHING",
                     list(starts), list(ends))
+            if hi - lo > len(self.edge_ranges[label]):  # the bound is by construction: never
+                raise GraphError(f"{hi - lo} new {label} edges, {len(self.edge_ranges[label])} ids reserved")
             ids = self.edge_ids[label]
             async for chunk in _built(label, ("start_id", "end_id", "id"), ordered[lo:hi],
                                       lambda part: _pair_rows(part, ids)):  # noqa: B023 (used at once)
