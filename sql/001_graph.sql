@@ -59,7 +59,11 @@ CREATE TABLE @graph@.hm_value (
     cells bytea NOT NULL,
     n bigint NOT NULL,                          -- sightings holding it
     egid ag_catalog.graphid                     -- its entity vertex, once it is a record's primary value
-);
+)
+-- Room on each page for the new version of a value seen again (cells and n change with
+-- every batch that sees it, no indexed column does): the update stays on its page (HOT)
+-- and adds no entry to either index, where a full page moved it and added two.
+WITH (fillfactor = 90);
 -- gid -> content id without touching the table (co-occurring values rank ties by id).
 CREATE UNIQUE INDEX hm_value_gid ON @graph@.hm_value (gid) INCLUDE (id);
 

@@ -13,14 +13,15 @@ Writing (one transaction per delta, feed positions included):
 * Vertex graphids are allocated here, in ranges reserved from the label's sequence under
   a transaction-level advisory lock, so edges can be written in the same pass as their
   vertices, without a round trip per row.
-* Lookups first (which values and record positions exist), then one reservation, then
-  every row by binary ``COPY`` (agtype has a binary form: a version byte and the text) in
-  chunks, each sent while the next is built; UPDATEs and the ``INSERT ... ON CONFLICT``
-  of pair edges whose start vertex is not new are queued behind them, so the server has
-  work while Python builds rows. Measured: binary COPY into a label table ~1.1M rows/s
-  before secondary indexes, ~150k with a GIN index on properties (hence none on value:
-  no query uses it), ~450-530k with the hash index on ``value``; Cypher ``MERGE`` of one
-  record per call ~70-90 records/s.
+* Lookups first (which values and record positions exist), then one reservation (vertex
+  graphids and bulk edge ids), then every row by binary ``COPY`` (agtype has a binary
+  form: a version byte and the text) in chunks, each sent while the next is built,
+  sightings and their edges before values (the rows that cost the server most go
+  first); UPDATEs and the ``INSERT ... ON CONFLICT`` of pair edges whose start vertex is
+  not new are queued with them, so the server has work while Python builds rows.
+  Measured: binary COPY into a label table ~1.1M rows/s before secondary indexes, ~150k
+  with a GIN index on properties (hence none on value: no query uses it), ~450-530k with
+  the hash index on ``value``; Cypher ``MERGE`` of one record per call ~70-90 records/s.
 * Merge rules are applied by the same pure :class:`RuleSet` as every other back end,
   to the cells of the vertices a delta touches that already existed (read in the same
   transaction, under the lock): order-independent and idempotent by construction, and
@@ -43,10 +44,11 @@ import contextlib
 import functools
 import itertools
 import logging
+import operator
 import re
 import sys
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,6 +97,7 @@ STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
 KINDS_CACHED = 256
 PAIR_SHIFT = 64  # a pair edge (start, end) as one int: graphids are 64 bits
+PAIR_END_MASK = (1 << PAIR_SHIFT) - 1
 COPY_CHUNK_ROWS = 16_384
 """Rows per COPY statement: the server inserts one chunk while Python builds the next.
 Large enough that a COPY's own setup and two round trips are small next to its rows;
@@ -109,6 +112,8 @@ ADVISORY_NAMESPACE = "heimdall.graph:"
 
 VERTEX_LABELS = ("dump", "field", "value", "sighting", "entity", "subject")
 EDGE_LABELS = ("in_dump", "has_value", "in_field", "includes", "field_of")
+SIGHTING_PROPS = b'{"part": %d, "position": %d, "seen_ms": %d}'  # a new sighting vertex's properties
+EDGE_IDS_RESERVED = ("in_dump", "has_value", "in_field", "includes")  # edges a batch COPYs in bulk
 HM_TABLES = ("hm_position", "hm_dump", "hm_field", "hm_value", "hm_subject", "hm_sighting")
 
 SESSION_SETTINGS = {
@@ -129,6 +134,9 @@ SESSION_SETTINGS = {
 }
 
 T = TypeVar("T")
+HasValueRow = tuple[int, int, bytes, int]  # start, end, properties, edge id
+Chunk = tuple[str, Sequence[str], list[tuple[Any, ...]]]
+"""One COPY statement: table, columns, rows."""
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -136,9 +144,9 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
-def _json(value: Any) -> str:
-    """agtype's text form (JSON is a subset of it)."""
-    return orjson.dumps(value).decode()
+def _json(value: Any) -> bytes:
+    """agtype's text form, UTF-8 (JSON is a subset of it): what agtype parameters take."""
+    return orjson.dumps(value)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -187,6 +195,9 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     # agtype as text in Python, but over the binary protocol: its binary form is a version
     # byte and the text (as jsonb's), and binary COPY into label tables measured ~30%
     # faster than text COPY (asyncpg has no built-in agtype codec, hence "binary fails").
+    # Parameters are the UTF-8 text (bytes), so encoding one is a concatenation in C: a
+    # batch encodes ~11 agtype values per record, and a Python encoder per value cost
+    # ~2 us of a record's Python time.
     await conn.set_type_codec("agtype", schema="ag_catalog", encoder=_agtype_encode,
                               decoder=_agtype_decode, format="binary")
     # graphid's binary form is an int8: lets graphids travel in arrays and binary COPY.
@@ -196,8 +207,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 AGTYPE_VERSION = b"\x01"
 
 
-def _agtype_encode(text: str) -> bytes:
-    return AGTYPE_VERSION + text.encode()
+_agtype_encode: Callable[[bytes], bytes] = AGTYPE_VERSION.__add__
 
 
 def _agtype_decode(data: bytes) -> str:
@@ -697,6 +707,8 @@ class _Batch:
         self.created = {"value": range(0), "entity": range(0)}  # gids first written by this batch
         self.attrs_rule = store.rules.rule(model.VALUE, "attrs")
         self.retired_entities: set[int] = set()  # primary value gids that lost a sighting
+        self.edge_ranges: dict[str, range] = {}  # label -> the ids reserved for its new edges
+        self.edge_ids: dict[str, Iterator[int]] = {}  # label -> the next of them
 
     def committed(self) -> None:
         self.store._dump_gids = self.dump_gids
@@ -720,32 +732,26 @@ class _Batch:
             out[label] = range(start, start + count)
         return out
 
+    def _edge_ids_from(self, reserved: Mapping[str, range]) -> None:
+        """Take edge ids from these reserved ranges from now on."""
+        for label in EDGE_IDS_RESERVED:
+            if label in reserved:
+                self.edge_ranges[label] = reserved[label]
+                self.edge_ids[label] = itertools.count(reserved[label].start)
+
     async def copy_built(self, conn: _Ordered, table: str, columns: Sequence[str], items: Sequence[T],
                          build: Callable[[Sequence[T]], list[tuple[Any, ...]]],
                          items_per_copy: int = COPY_CHUNK_ROWS) -> None:
         """COPY the rows ``build`` makes of ``items``, ``items_per_copy`` items per statement:
         the server inserts one chunk while the next is built."""
-        for start in range(0, len(items), items_per_copy):
-            stop = min(len(items), start + items_per_copy)
-            rows: list[tuple[Any, ...]] = []
-            for part in range(start, stop, BUILD_SLICE_ITEMS):
-                rows += build(items[part:min(stop, part + BUILD_SLICE_ITEMS)])
-                await asyncio.sleep(0)
-            conn.copy(table, columns, rows)
+        async for chunk in _built(table, columns, items, build, items_per_copy):
+            conn.copy(*chunk)
 
     async def copy_rows(self, conn: _Ordered, table: str, columns: Sequence[str],
                         rows: Iterable[tuple[Any, ...]]) -> None:
         """copy_built for rows from an iterable (a generator builds them as they are taken)."""
-        source = iter(rows)
-        chunk: list[tuple[Any, ...]] = []
-        while part := list(itertools.islice(source, BUILD_SLICE_ITEMS)):
-            chunk += part
-            if len(chunk) >= COPY_CHUNK_ROWS:
-                conn.copy(table, columns, chunk)
-                chunk = []
-            await asyncio.sleep(0)
-        if chunk:
-            conn.copy(table, columns, chunk)
+        async for chunk in _taken(table, columns, rows):
+            conn.copy(*chunk)
 
     async def run(self, conn: _Ordered) -> None:
         delta = self.delta
@@ -759,11 +765,45 @@ class _Batch:
         needs_entity = sorted(vid for vid in primaries
                               if vid not in held_values or held_values[vid][1] is None)
         new_sightings = [key for key in delta.sightings if key not in held_sightings]
+        # Edge ids too: a COPY that leaves them to the label's column default evaluates it per
+        # row (a catalog lookup of the label and nextval), which measured 0.4 us of the
+        # 0.8 us a has_value row costs the server before its indexes. Edges are counted only
+        # once built, so their ranges are bounds: a new sighting's value occurrences bound its
+        # has_value, in_field and includes edges (the slow path reserves its pairs again,
+        # below); what a batch leaves unused is a gap in the label's sequence, and nothing
+        # reads graphids as counts.
+        occurrences = sum(len(delta.sightings[key].values) for key in new_sightings)
         gids = await self.reserve(conn, {"value": len(new_values), "entity": len(needs_entity),
-                                         "sighting": len(new_sightings)})
-        await self._values(conn, new_values, gids["value"], needs_entity, gids["entity"], held_values)
-        await self._sightings(conn, new_sightings, gids["sighting"], held_sightings)
-        await self._pairs(conn)
+                                         "sighting": len(new_sightings), "in_dump": len(new_sightings),
+                                         "has_value": occurrences, "in_field": occurrences,
+                                         "includes": occurrences})
+        self._edge_ids_from(gids)
+        self._assign(new_values, gids["value"], needs_entity, gids["entity"], held_values)
+        self._merge_values(conn, held_values)
+        # A position held already takes the slow path, and entities it retires lose their
+        # includes edges before this batch's pairs go in; otherwise the pairs stream with
+        # the rest.
+        pairs_now = not held_sightings
+        # Sightings and their edges first, values last: the server's share of a sighting's
+        # rows is large next to Python's (has_value: 11-16 us of server time per record), of
+        # a value's small (its properties and cells are built in Python), so the server gets
+        # the heavy rows early and has little left to do when Python has built the last
+        # chunk. Measured the other way round: Python idle for the last 25-40% of a batch,
+        # waiting for the edges it had queued last (14-20% this way).
+        async for chunk in self._sighting_chunks(conn, new_sightings, gids["sighting"], pairs_now):
+            conn.copy(*chunk)
+        async for chunk in self._value_chunks(new_values, gids["value"], needs_entity, gids["entity"]):
+            conn.copy(*chunk)
+        if not pairs_now:
+            for key in held_sightings:
+                await self._merge_sighting(conn, key, delta.sightings[key])
+            self._retire_entities(conn)
+            # A held sighting's pairs include its values from before this batch: not bounded
+            # by the delta's occurrences, so the pairs get ranges of their own.
+            self._edge_ids_from(await self.reserve(conn, {"in_field": len(self.in_field),
+                                                         "includes": len(self.includes)}))
+            async for chunk in self._pair_chunks(conn):
+                conn.copy(*chunk)
         if delta.subjects:
             await self._subjects(conn)
         if delta.positions:
@@ -803,13 +843,13 @@ class _Batch:
         if changed:
             self._update_cells(conn, "dump", changed, self._dump_props)
 
-    def _dump_props(self, dump: bytes, cells: Mapping[str, Any]) -> str:
+    def _dump_props(self, dump: bytes, cells: Mapping[str, Any]) -> bytes:
         props = {"id": dump.hex()}
         props.update({prop: _agtype_value(value)
                       for prop, value in self.rules.visible_props(model.DUMP, cells).items()})
         return _json(props)
 
-    def _set_props(self, conn: _Ordered, label: str, rows: list[tuple[int, str]]) -> None:
+    def _set_props(self, conn: _Ordered, label: str, rows: list[tuple[int, bytes]]) -> None:
         """New properties (agtype text) of existing vertices."""
         if rows:
             conn.queue(
@@ -848,27 +888,34 @@ class _Batch:
         return {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
             f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
 
-    async def _values(self, conn: _Ordered, new: list[bytes], gids: range, needs_entity: list[bytes],
-                      egids: range, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
-        values = self.delta.values
+    def _assign(self, new: list[bytes], gids: range, needs_entity: list[bytes], egids: range,
+                held: dict[bytes, tuple[int, Any, bytes]]) -> None:
+        """Every value's and entity's graphid: reserved for new ones, looked up for the others."""
         self.vgid = dict(zip(new, gids, strict=True))
         self.vgid.update((vid, h[0]) for vid, h in held.items())
         self.egid = dict(zip(needs_entity, egids, strict=True))
         self.egid.update((vid, int(h[1])) for vid, h in held.items() if h[1] is not None)
         self.created = {"value": gids, "entity": egids}
+
+    async def _value_chunks(self, new: list[bytes], gids: range, needs_entity: list[bytes],
+                            egids: range) -> AsyncIterator[Chunk]:
+        """Rows of the values and entities this batch creates."""
+        values = self.delta.values
         egid, packb = self.egid.get, _packb
         fresh = list(zip(new, gids, [values[vid] for vid in new], strict=True))
         # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
-        await self.copy_built(conn, "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
-                              lambda chunk: [(vid, gid, v.kind, v.value, v.blind_index, packb(v.props),
-                                              v.sightings, egid(vid)) for vid, gid, v in chunk])
+        async for chunk in _built("hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
+                                  lambda part: [(vid, gid, v.kind, v.value, v.blind_index, packb(v.props),
+                                                 v.sightings, egid(vid)) for vid, gid, v in part]):
+            yield chunk
         props = self._new_value_props
-        await self.copy_built(conn, "value", ("id", "properties"), fresh,
-                              lambda chunk: [(gid, props(v)) for _, gid, v in chunk])
-        await self.copy_rows(conn, "entity", ("id", "properties"),
-                             ((egid, f'{{"id": "{model.entity_vid(vid).hex()}"}}')
-                              for vid, egid in zip(needs_entity, egids, strict=True)))
-        self._merge_values(conn, held)
+        async for chunk in _built("value", ("id", "properties"), fresh,
+                                  lambda part: [(gid, props(v)) for _, gid, v in part]):
+            yield chunk
+        async for chunk in _taken("entity", ("id", "properties"),
+                                  ((egid, b'{"id": "%s"}' % model.entity_vid(vid).hex().encode())
+                                   for vid, egid in zip(needs_entity, egids, strict=True))):
+            yield chunk
 
     def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         """Existing values: merge cells with the rules, count new sightings, link new entities."""
@@ -898,23 +945,23 @@ class _Batch:
                 "WHERE t.id = u.id", ids, cells_out, counts, egids)
         self._set_props(conn, "value", props)
 
-    def _new_value_props(self, v: ValueDelta) -> str:
+    def _new_value_props(self, v: ValueDelta) -> bytes:
         """_value_props of a value this batch creates, without building a dict when it has
         nothing but its identity (most values)."""
         cells = v.props
         if "enriched_by" in cells:
             return self._value_props(v, cells)
         if v.value is not None:
-            head = f'{_kind_head(v.kind)}"value":{orjson.dumps(v.value).decode()}'
+            head = _kind_head(v.kind) + b'"value":' + orjson.dumps(v.value)
         else:
             assert v.blind_index is not None
-            head = f'{_kind_head(v.kind)}"bi":"{v.blind_index.hex()}"'
+            head = _kind_head(v.kind) + b'"bi":"' + v.blind_index.hex().encode() + b'"'
         attrs = cells.get("attrs")
         if attrs is None:
-            return head + "}"
-        return f'{head},"attrs":{orjson.dumps(visible(self.attrs_rule, attrs)).decode()}}}'
+            return head + b"}"
+        return head + b',"attrs":' + orjson.dumps(visible(self.attrs_rule, attrs)) + b"}"
 
-    def _value_props(self, v: ValueDelta, cells: Mapping[str, Any]) -> str:
+    def _value_props(self, v: ValueDelta, cells: Mapping[str, Any]) -> bytes:
         """What cypher() sees of a value (agtype text): identity, derived attributes,
         enrichment facts.
 
@@ -971,33 +1018,40 @@ class _Batch:
         held = ((dump_of[int(dump)], int(part), int(pos)) for dump, part, pos in rows)
         return {key for key in held if key in sightings}
 
-    async def _sightings(self, conn: _Ordered, new: list[model.SightingKey], gids: range,
-                         held: set[model.SightingKey]) -> None:
+    async def _sighting_chunks(self, conn: _Ordered, new: list[model.SightingKey], gids: range,
+                               pairs: bool) -> AsyncIterator[Chunk]:
+        """Rows of the sightings this batch creates and their edges; then (``pairs``) the
+        in_field and includes pairs that building has_value collected."""
         sightings, dump_gids, vgid = self.delta.sightings, self.dump_gids, self.vgid
-        pairs = list(zip(new, gids, strict=True))
-        await self.copy_rows(
-            conn, "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
-            ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
-              _sealed_cell(s), b"".join(dict.fromkeys(vid for vid, _ in s.values)))
-             for (dump, part, pos), sid in pairs for s in (sightings[(dump, part, pos)],)))
-        await self.copy_rows(
-            conn, "sighting", ("id", "properties"),
-            ((sid, f'{{"part": {key[1]}, "position": {key[2]}, "seen_ms": {sightings[key].seen_ms}}}')
-             for key, sid in pairs))
-        await self.copy_rows(conn, "in_dump", ("start_id", "end_id"),
-                             ((sid, dump_gids[key[0]]) for key, sid in pairs))
-        await self.copy_built(conn, "has_value", ("start_id", "end_id", "properties"), pairs,
-                              self._has_value_rows, EDGE_RECORDS_PER_COPY)
-        for key in held:
-            await self._merge_sighting(conn, key, sightings[key])
-        self._retire_entities(conn)
+        keyed = list(zip(new, gids, strict=True))
+        async for chunk in _taken(
+                "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
+                ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
+                  _sealed_cell(s), b"".join(dict.fromkeys(map(_first, s.values))))
+                 for (dump, part, pos), sid in keyed for s in (sightings[(dump, part, pos)],))):
+            yield chunk
+        async for chunk in _taken(
+                "sighting", ("id", "properties"),
+                ((sid, SIGHTING_PROPS % (key[1], key[2], sightings[key].seen_ms)) for key, sid in keyed)):
+            yield chunk
+        async for chunk in _taken("in_dump", ("start_id", "end_id", "id"),
+                                  zip(gids, (dump_gids[key[0]] for key in new), self.edge_ids["in_dump"],
+                                      strict=False)):  # the ids: an endless count
+            yield chunk
+        async for chunk in _built("has_value", ("start_id", "end_id", "properties", "id"), keyed,
+                                  self._has_value_rows, EDGE_RECORDS_PER_COPY):
+            yield chunk
+        if pairs:
+            async for chunk in self._pair_chunks(conn):
+                yield chunk
 
-    def _has_value_rows(self, pairs: Sequence[tuple[model.SightingKey, int]]) -> list[tuple[int, int, str]]:
+    def _has_value_rows(self, pairs: Sequence[tuple[model.SightingKey, int]]) -> list[HasValueRow]:
         """has_value edges of new sightings (a value held in several columns of one record is
         one edge listing them); collects the in_field and includes pairs on the way."""
         sightings, vgid, egid, field_gids = self.delta.sightings, self.vgid, self.egid, self.field_gids
         in_field, includes = self.in_field.add, self.includes.add
-        rows: list[tuple[int, int, str]] = []
+        edge_id = functools.partial(next, self.edge_ids["has_value"])
+        rows: list[HasValueRow] = []
         row = rows.append
         for key, sid in pairs:
             s = sightings[key]
@@ -1013,12 +1067,12 @@ class _Batch:
                 in_field(gid << PAIR_SHIFT | field_gids[field])
             if s.entity is None:
                 for gid, cs in columns.items():
-                    row((sid, gid, _columns_json(cs)))
+                    row((sid, gid, _columns_json(cs), edge_id()))
             else:
                 entity = egid[s.entity] << PAIR_SHIFT
                 for gid, cs in columns.items():
                     includes(entity | gid)
-                    row((sid, gid, _columns_json(cs)))
+                    row((sid, gid, _columns_json(cs), edge_id()))
         return rows
 
     async def _merge_sighting(self, conn: _Ordered, key: model.SightingKey, s: SightingDelta) -> None:
@@ -1100,18 +1154,17 @@ class _Batch:
                 f"AND NOT EXISTS (SELECT 1 FROM {q}.has_value h JOIN {q}.hm_sighting s ON s.gid = h.start_id "
                 "WHERE h.end_id = e.end_id AND s.entity = $1)", primary)
 
-    async def _pairs(self, conn: _Ordered) -> None:
+    async def _pair_chunks(self, conn: _Ordered) -> AsyncIterator[Chunk]:
         """value -> field and entity -> value edges, one per pair. A pair whose start vertex
         this batch created is new: COPY (measured ~2x faster), in start order so the pair
         index fills at its end (measured 1.4x); the others may exist already: INSERT ... ON
-        CONFLICT DO NOTHING on the unique pair index."""
+        CONFLICT DO NOTHING on the unique pair index (queued at once)."""
         for label, start_label, pairs in (("in_field", "value", self.in_field),
                                           ("includes", "entity", self.includes)):
             ordered = sorted(pairs)
             created = self.created[start_label]  # a range of gids, so its pairs are one slice
             lo = bisect.bisect_left(ordered, created.start << PAIR_SHIFT)
             hi = bisect.bisect_left(ordered, created.stop << PAIR_SHIFT)
-            await self.copy_built(conn, label, ("start_id", "end_id"), ordered[lo:hi], _split_pairs)
             maybe = _split_pairs(ordered[:lo] + ordered[hi:])
             if maybe:
                 starts, ends = zip(*maybe, strict=True)
@@ -1119,6 +1172,12 @@ class _Batch:
                     f"INSERT INTO {self.q}.{label} (start_id, end_id) SELECT * FROM "
                     "unnest($1::graphid[], $2::graphid[]) ON CONFLICT DO NOTHING",
                     list(starts), list(ends))
+            if hi - lo > len(self.edge_ranges[label]):  # the bound is by construction: never
+                raise GraphError(f"{hi - lo} new {label} edges, {len(self.edge_ranges[label])} ids reserved")
+            ids = self.edge_ids[label]
+            async for chunk in _built(label, ("start_id", "end_id", "id"), ordered[lo:hi],
+                                      lambda part: _pair_rows(part, ids)):  # noqa: B023 (used at once)
+                yield chunk
 
     # --- subjects ------------------------------------------------------------------------
 
@@ -1142,7 +1201,7 @@ class _Batch:
             self._update_cells(conn, "subject", changed, self._subject_props)
 
     def _update_cells(self, conn: _Ordered, table: str, changed: list[tuple[bytes, int, dict[str, Any]]],
-                      props: Callable[[bytes, Mapping[str, Any]], str]) -> None:
+                      props: Callable[[bytes, Mapping[str, Any]], bytes]) -> None:
         """Store merged cells of held dumps or subjects, and their label rows' properties."""
         conn.queue(
             f"UPDATE {self.q}.hm_{table} t SET cells = u.cells "
@@ -1150,20 +1209,48 @@ class _Batch:
             "WHERE t.id = u.id", [c[0] for c in changed], [_packb(c[2]) for c in changed])
         self._set_props(conn, table, [(gid, props(key, merged)) for key, gid, merged in changed])
 
-    def _subject_props(self, subject: bytes, cells: Mapping[str, Any]) -> str:
+    def _subject_props(self, subject: bytes, cells: Mapping[str, Any]) -> bytes:
         props: dict[str, Any] = {"id": subject.hex()}
         props.update(self.rules.visible_props(model.SUBJECT, cells))
         return _json(props)
 
 
+async def _built(table: str, columns: Sequence[str], items: Sequence[T],
+                 build: Callable[[Sequence[T]], list[tuple[Any, ...]]],
+                 items_per_copy: int = COPY_CHUNK_ROWS) -> AsyncIterator[Chunk]:
+    """The rows ``build`` makes of ``items``, ``items_per_copy`` items per chunk, built
+    ``BUILD_SLICE_ITEMS`` at a time between turns of the event loop."""
+    for start in range(0, len(items), items_per_copy):
+        stop = min(len(items), start + items_per_copy)
+        rows: list[tuple[Any, ...]] = []
+        for part in range(start, stop, BUILD_SLICE_ITEMS):
+            rows += build(items[part:min(stop, part + BUILD_SLICE_ITEMS)])
+            await asyncio.sleep(0)
+        yield table, columns, rows
+
+
+async def _taken(table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> AsyncIterator[Chunk]:
+    """_built for rows from an iterable (a generator builds them as they are taken)."""
+    source = iter(rows)
+    chunk: list[tuple[Any, ...]] = []
+    while part := list(itertools.islice(source, BUILD_SLICE_ITEMS)):
+        chunk += part
+        if len(chunk) >= COPY_CHUNK_ROWS:
+            yield table, columns, chunk
+            chunk = []
+        await asyncio.sleep(0)
+    if chunk:
+        yield table, columns, chunk
+
+
 @functools.lru_cache(maxsize=KINDS_CACHED)
-def _kind_head(kind: str) -> str:
+def _kind_head(kind: str) -> bytes:
     """The start of a value vertex's properties: '{"kind":"ip",'."""
-    return f'{{"kind":{_json(kind)},'
+    return b'{"kind":' + _json(kind) + b","
 
 
 @functools.lru_cache(maxsize=COLUMN_SETS_CACHED)
-def _columns_json(columns: tuple[str, ...]) -> str:
+def _columns_json(columns: tuple[str, ...]) -> bytes:
     """has_value properties for COPY; a dump has few distinct column sets."""
     return _json({"columns": sorted(set(columns))})
 
@@ -1178,6 +1265,14 @@ def _shown_cells_changed(old: Mapping[str, Any], merged: Mapping[str, Any]) -> b
 def _split_pairs(pairs: Sequence[int]) -> list[tuple[int, int]]:
     """Packed pairs back to (start, end) rows, in C."""
     return list(map(divmod, pairs, itertools.repeat(1 << PAIR_SHIFT)))
+
+
+_first = operator.itemgetter(0)
+def _pair_rows(pairs: Sequence[int], ids: Iterator[int]) -> list[tuple[int, int, int]]:
+    """Packed pairs as (start, end, edge id) rows, in C (``ids`` last: zip takes from it
+    only while pairs remain)."""
+    return list(zip(map(operator.rshift, pairs, itertools.repeat(PAIR_SHIFT)),
+                    map(operator.and_, pairs, itertools.repeat(PAIR_END_MASK)), ids, strict=False))
 
 
 def _sealed_cell(s: SightingDelta) -> bytes | None:
