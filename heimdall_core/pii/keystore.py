@@ -446,20 +446,33 @@ class KeyStore:
         self._tail.update(zip(subjects, range(first, last_seq + 1), strict=True))
         self._seen = last_seq
 
-    def _locate(self, subjects: Sequence[bytes]) -> dict[bytes, int]:
-        """Inside a transaction: the seq of each of ``subjects`` that has a row."""
+    def _locate(self, subjects: Sequence[bytes], indexed: _Probed | None = None) -> dict[bytes, int]:
+        """Inside a transaction: the seq of each of ``subjects`` that has a row.
+
+        ``indexed`` is a probe of the index made in an earlier transaction; it is used if
+        no fold happened since (rows are never removed from the index)."""
         self._catch_up()
         tail = self._tail
+        if indexed is None or indexed[0] != self._floor:
+            indexed = self._probe(subjects)
         found = {s: tail[s] for s in subjects if s in tail}
-        if self._floor and len(found) < len(subjects):
-            rest = sorted(s for s in subjects if s not in found)  # sorted: neighbouring pages
-            found.update(self._conn.execute(
-                _PROBE_SQL, {"subjects": b"".join(rest), "count": len(rest)}))
+        found.update(indexed[1])
         return found
 
-    def _rows_of(self, subjects: Sequence[bytes]) -> dict[bytes, tuple[int | None, bytes | None]]:
+    def _probe(self, subjects: Sequence[bytes]) -> _Probed:
+        """Inside a transaction: the indexed rows of ``subjects``, with the
+        indexed_through they were read under."""
+        if not self._floor:
+            return (0, {})
+        tail = self._tail
+        rest = sorted(s for s in subjects if s not in tail)  # sorted: neighbouring pages
+        found = self._conn.execute(_PROBE_SQL, {"subjects": b"".join(rest), "count": len(rest)})
+        return (self._floor, dict(found))
+
+    def _rows_of(self, subjects: Sequence[bytes],
+                 indexed: _Probed | None = None) -> dict[bytes, tuple[int | None, bytes | None]]:
         """Inside a transaction: (KEK version, wrapped DEK) of each subject with a row."""
-        seqs = self._locate(subjects)
+        seqs = self._locate(subjects, indexed)
         subject_at = {q: s for s, q in seqs.items()}
         ordered = sorted(subject_at)
         rows: dict[bytes, tuple[int | None, bytes | None]] = {}
@@ -509,11 +522,17 @@ class KeyStore:
         deks = _split(os.urandom(KEY_BYTES * count), KEY_BYTES)
         version = self._kek_version
         wrapped = self._wrap_all(version, subjects, deks)
+        # The index is probed (and the tail caught up) before the write lock is taken,
+        # so that other processes wait less for it; only what changed since is read
+        # under the lock.
+        with self._tx():
+            self._catch_up()
+            indexed = self._probe(subjects)
         with self._tx(immediate=True):
             if self._current_kek_version() != version:
                 version = self._kek_version
                 wrapped = self._wrap_all(version, subjects, deks)
-            rows = self._rows_of(subjects)
+            rows = self._rows_of(subjects, indexed)
             if rows:
                 missing = [(s, w) for s, w in zip(subjects, wrapped, strict=True) if s not in rows]
                 self._append([s for s, _ in missing], version, [w for _, w in missing])
@@ -599,6 +618,10 @@ class KeyStore:
         for version in keyfiles.kek_versions(self._dir):
             if version < self._kek_version:
                 keyfiles.destroy_file(self._dir / keyfiles.kek_name(version))
+
+
+_Probed = tuple[int, dict[bytes, int]]
+"""An index probe: (the indexed_through it saw, subject -> seq of the subjects found)."""
 
 
 class _KekGone(KeyMaterialError):
