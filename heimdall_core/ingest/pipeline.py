@@ -426,7 +426,7 @@ class DumpIngestor:
         column, kind, attrs = key
         fields: dict[str, object] = {"a": dict(attrs)} if attrs else {}
         fields.update(col=column, kind=kind, v="")
-        packed = msgpack.packb(fields)
+        packed: bytes = msgpack.packb(fields)
         assert packed.endswith(_EMPTY_STR)
         if len(self._clear_heads) >= CLEAR_HEADS_MAX:
             self._clear_heads.clear()
