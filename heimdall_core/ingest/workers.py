@@ -197,7 +197,15 @@ def _worker_feeds(site: IngestSite, count: int) -> list[bytes]:
 
 def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *, sha256: str, size: int,
                          workers: int, on_progress: Callable[[Progress], None] | None,
-                         began: float, resume: DumpState | None = None) -> IngestSummary:
+                         began: float, resume: DumpState | None = None,
+                         pool: WorkerPool | None = None) -> IngestSummary:
+    """Ingest ``path`` in parts, one worker process each; ``pool``, if given, is used
+    (and left open), otherwise one is started here."""
+    if pool is None:
+        with WorkerPool(workers) as own:
+            return ingest_file_parallel(site, path, options, sha256=sha256, size=size,
+                                        workers=workers, on_progress=on_progress, began=began,
+                                        resume=resume, pool=own)
     from heimdall_core.ingest.run import _ingest_single, _summary
 
     plan = plan_parts(path, options, workers) if resume is None else _resume_plan(path, options, resume)
@@ -222,7 +230,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                     resume.progress.get(str(part), 0) if resume else 0,
                     str(site.quarantine_path(dump, part)))
             for part, ((start, end, line), feed) in enumerate(zip(plan.ranges, feeds, strict=True))]
-    results = _run_jobs(jobs, on_progress, size)
+    results = _run_jobs(pool, jobs, on_progress)
     records = sum(r[1] for r in results)
     quarantined = sum(r[2] for r in results)
     rejected = sum(r[3] for r in results)
@@ -252,18 +260,21 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState) -> Plan:
 
 def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,
                     size: int, on_progress: Callable[[Progress], None] | None,
-                    began: float) -> IngestSummary:
+                    began: float, pool: WorkerPool | None = None) -> IngestSummary:
     return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
                                 workers=incomplete.parts, on_progress=on_progress, began=began,
-                                resume=incomplete)
+                                resume=incomplete, pool=pool)
 
 
 _COUNTERS: Any = None  # in a worker process: the shared progress counters
 
 
 def _init_worker(counters: Any) -> None:
+    """At the start of each worker process: keep the counters and import what a part's
+    ingest needs, while the parent is still hashing and planning the file."""
     global _COUNTERS
     _COUNTERS = counters
+    import heimdall_core.ingest.run  # noqa: F401
 
 
 def _report(part: int, progress: Progress) -> None:
@@ -274,30 +285,63 @@ def _report(part: int, progress: Progress) -> None:
             progress.bytes_in, progress.records, progress.quarantined)
 
 
-def _run_jobs(jobs: list[PartJob], on_progress: Callable[[Progress], None] | None,
-              size: int) -> list[tuple[int, int, int, int]]:
-    # ProcessPoolExecutor (not multiprocessing.Pool): a worker that dies is reported
-    # (BrokenProcessPool) instead of silently replaced while the parent waits forever.
-    context = multiprocessing.get_context("spawn")
-    counters = context.Array("q", 3 * len(jobs), lock=False)
-    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_init_worker,
-                             initargs=(counters,)) as pool:
-        futures = [pool.submit(_run_part, job) for job in jobs]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-            if on_progress is not None:
-                values = list(counters)
-                on_progress(Progress(bytes_in=sum(values[0::3]), records=sum(values[1::3]),
-                                     quarantined=sum(values[2::3])))
-            failed = [f for f in futures if f.done() and f.exception() is not None]
-            if failed:
-                for future in pending:
-                    future.cancel()
-                exc = failed[0].exception()
-                raise IngestError(f"an ingest worker failed: {exc}; the dump stays incomplete "
-                                  "and can be resumed") from exc
-        return sorted(f.result() for f in futures)
+def _no_op() -> None:
+    """A task that makes the executor start one more process (see WorkerPool)."""
+
+
+class WorkerPool:
+    """The worker processes of one parallel ingest, started as soon as the parent knows
+    it will need them: their start (a new interpreter and its imports, ~0.3-1 s) then
+    overlaps the parent's own work before the parts are handed out.
+
+    ProcessPoolExecutor (not multiprocessing.Pool): a worker that dies is reported
+    (BrokenProcessPool) instead of silently replaced while the parent waits forever.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.size = max(1, min(workers, WORKERS_MAX))
+        context = multiprocessing.get_context("spawn")
+        self.counters = context.Array("q", 3 * self.size, lock=False)
+        self.executor = ProcessPoolExecutor(self.size, mp_context=context, initializer=_init_worker,
+                                            initargs=(self.counters,))
+        # The executor starts a process per task submitted while none is idle: one no-op
+        # each starts them all now (each runs _init_worker first).
+        for _ in range(self.size):
+            self.executor.submit(_no_op)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_jobs(pool: WorkerPool, jobs: list[PartJob],
+              on_progress: Callable[[Progress], None] | None) -> list[tuple[int, int, int, int]]:
+    if len(jobs) > pool.size:
+        raise IngestError(f"{len(jobs)} parts for {pool.size} worker processes")
+    counters = pool.counters
+    for index in range(len(counters)):
+        counters[index] = 0
+    futures = [pool.executor.submit(_run_part, job) for job in jobs]
+    pending = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+        if on_progress is not None:
+            values = list(counters)
+            on_progress(Progress(bytes_in=sum(values[0::3]), records=sum(values[1::3]),
+                                 quarantined=sum(values[2::3])))
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            for future in pending:
+                future.cancel()
+            exc = failed[0].exception()
+            raise IngestError(f"an ingest worker failed: {exc}; the dump stays incomplete "
+                              "and can be resumed") from exc
+    return sorted(f.result() for f in futures)
 
 
 def _merge_quarantine(target: Path, parts: list[Path]) -> Path | None:
