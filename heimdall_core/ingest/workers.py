@@ -10,14 +10,20 @@ dump id, so the dump stays one dump.
 Cutting at record boundaries: a newline ends a record unless it is inside a quoted
 field. In delimited text a doubled quote ("") keeps the count of quote characters
 even, so a newline is a boundary exactly when the number of quotes before it is even.
-Counting is done with ``bytes.count`` (C speed), one pass over the file.
+Counting is done with ``bytes.count`` (C speed), one pass over the file. A stray quote
+in an unquoted field (``5'10"``) is data to the CSV reader but flips the count, so a cut
+with any quote before it is checked by parsing CUT_CHECK_ROWS records from it: if they
+are not whole records, the file is ingested by one process (a warning says so).
 Compressed files and JSON arrays cannot be cut this way and are ingested by one
 process (a notice says so).
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import itertools
 import logging
 import multiprocessing
 import os
@@ -54,6 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("heimdall.ingest")
 
 HEAD_BYTES = 256 * 1024
+CUT_CHECK_ROWS = 64
+"""Records parsed from a cut that follows a quote, to check it is a record boundary."""
+CUT_CHECK_BYTES = 1 << 20
+"""Most bytes read for that check; records longer than this fail it (one process then)."""
 SCAN_CHUNK_BYTES = 8 << 20
 WORKERS_MAX = 64
 POLL_S = 0.2
@@ -107,11 +117,46 @@ def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tup
     return fmt, delimiter, columns, mapping, header
 
 
-def split_ranges(path: Path, parts: int, *, quoted: bool) -> tuple[tuple[int, int, int], ...]:
-    """Cut ``path`` into ``parts`` byte ranges at record boundaries: (start, end, first line)."""
+def split_ranges(path: Path, parts: int, *, quoted: bool, delimiter: str = ",",
+                 columns: int = 0) -> tuple[tuple[int, int, int], ...]:
+    """Cut ``path`` into ``parts`` byte ranges at record boundaries: (start, end, first line).
+
+    ``quoted``: CSV, whose quoted fields may hold newlines; a cut after a quote is then
+    checked (see the module doc) against records of ``columns`` fields, and if one fails,
+    the whole file is one range."""
+    ranges = _parity_ranges(path, parts, quoted=quoted)
+    suspect = [start for start, _end, _line, quotes_before in ranges if quotes_before]
+    if suspect and not all(_cut_is_clean(path, start, delimiter, columns) for start in suspect):
+        log.warning("%s: a quote in an unquoted field makes record boundaries uncertain; "
+                    "ingesting it with one process", path.name)
+        return ((0, path.stat().st_size, 1),)
+    return tuple((start, end, line) for start, end, line, _quotes in ranges)
+
+
+def _cut_is_clean(path: Path, start: int, delimiter: str, columns: int) -> bool:
+    """Whether the first CUT_CHECK_ROWS records from ``start`` parse as whole records of
+    ``columns`` fields, a quoted field never left open (strict CSV)."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        window = handle.read(CUT_CHECK_BYTES)
+    if len(window) == CUT_CHECK_BYTES:
+        window = window[: window.rfind(b"\n") + 1]
+    text = window.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        for row in itertools.islice(reader, CUT_CHECK_ROWS):
+            if row and len(row) != columns:
+                return False
+    except csv.Error:
+        return False
+    return True
+
+
+def _parity_ranges(path: Path, parts: int, *, quoted: bool) -> list[tuple[int, int, int, int]]:
+    """Cuts by quote parity: (start, end, first line, quotes before start)."""
     size = path.stat().st_size
     targets = [size * i // parts for i in range(1, parts)]
-    cuts: list[tuple[int, int]] = [(0, 1)]  # (offset, line number at offset)
+    cuts: list[tuple[int, int, int]] = [(0, 1, 0)]  # (offset, line number there, quotes before)
     lines = 1
     quotes = 0
     offset = 0
@@ -131,16 +176,16 @@ def split_ranges(path: Path, parts: int, *, quoted: bool) -> tuple[tuple[int, in
                 position = newline + 1
                 lines += 1
                 if quotes % 2 == 0:
-                    cuts.append((offset + position, lines))
+                    cuts.append((offset + position, lines, quotes))
                     targets.pop(0)
                     while targets and targets[0] < offset + position:
                         targets.pop(0)
             lines += chunk.count(b"\n", position)
             quotes += chunk.count(b'"', position) if quoted else 0
             offset += len(chunk)
-    ends = [start for start, _ in cuts[1:]] + [size]
-    return tuple((start, end, line) for (start, line), end in zip(cuts, ends, strict=True)
-                 if end > start)
+    ends = [start for start, _, _ in cuts[1:]] + [size]
+    return [(start, end, line, quotes) for (start, line, quotes), end in zip(cuts, ends, strict=True)
+            if end > start]
 
 
 def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
@@ -148,7 +193,8 @@ def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
     if head is None:
         return None
     fmt, delimiter, columns, mapping, header = head
-    ranges = split_ranges(path, min(workers, WORKERS_MAX), quoted=fmt == "csv")
+    ranges = split_ranges(path, min(workers, WORKERS_MAX), quoted=fmt == "csv",
+                          delimiter=delimiter or ",", columns=len(columns))
     return Plan(fmt, delimiter, columns, mapping, header, ranges)
 
 
