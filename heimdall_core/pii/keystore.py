@@ -60,9 +60,11 @@ SCHEMA_VERSION = 2
 """2: no unique index on ``subject_key.subject``; ``subject_index`` plus the tail instead.
 A schema 1 store is migrated when opened (see ``_migrate_from_1``)."""
 
-TAIL_SUBJECTS_MAX = 131_072
+TAIL_SUBJECTS_MAX = 262_144
 """Rows past the subject index before they are folded into it. Each process holds them in
-memory (~120 bytes each: ~16 MiB) and reads them once when it first looks a subject up."""
+memory (~120 bytes each: ~32 MiB) and reads them once when it first looks a subject up.
+A fold costs about the size of the index, so this halves the folds of 131,072 (measured:
+~0.3 us less per new subject at a million subjects) for 16 MiB more."""
 
 BUSY_TIMEOUT_S = 30.0
 """How long a process waits for another's write transaction before giving up."""
