@@ -517,12 +517,15 @@ class CsvParser:
         columns, expected = self._columns, self._expected
         rows: list[Item] = []
         append = rows.append
+        # The named tuple's own constructor is a Python function: calling tuple's in C
+        # skips a frame per record (the fields are all given, in order).
+        new = tuple.__new__
         prev = 0
         try:
             for row in reader:
                 n = len(row)
                 if n == expected:
-                    append(RawRecord(first + prev, columns, tuple(row)))
+                    append(new(RawRecord, (first + prev, columns, tuple(row))))
                 elif n:
                     append(BadRecord(first + prev, f"expected {expected} fields, got {n}"))
                 prev = reader.line_num

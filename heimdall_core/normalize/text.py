@@ -53,7 +53,9 @@ def canonicalize_username(raw: str) -> Result:
     text = _nfc(raw).strip()
     if not text:
         return rejected(KIND_USERNAME, "empty", "no username")
-    if _CONTROL.search(text):
+    # ASCII text is printable exactly when it has no control character (\x00-\x1f, \x7f):
+    # one C call instead of a regex search, on the ingest hot path.
+    if not text.isprintable() if text.isascii() else _CONTROL.search(text):
         return rejected(KIND_USERNAME, "control_char", "control character in a username")
     return Canonical(KIND_USERNAME, text)
 

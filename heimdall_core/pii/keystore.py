@@ -48,6 +48,7 @@ from heimdall_core.pii.envelope import (
     NONCE_BYTES,
     WRAPPED_DEK_BYTES,
     dek_ad,
+    split_bytes,
     unwrap_dek,
     wrap_dek,
 )
@@ -521,7 +522,7 @@ class KeyStore:
         meanwhile).
         """
         count = len(subjects)
-        deks = _split(os.urandom(KEY_BYTES * count), KEY_BYTES)
+        deks = split_bytes(os.urandom(KEY_BYTES * count), KEY_BYTES)
         version = self._kek_version
         wrapped = self._wrap_all(version, subjects, deks)
         # The index is probed (and the tail caught up) before the write lock is taken,
@@ -550,7 +551,7 @@ class KeyStore:
     def _wrap_all(self, version: int, subjects: Sequence[bytes], deks: Sequence[bytes]) -> list[bytes]:
         """Each DEK sealed under KEK ``version``, bound to its subject (inlined ``wrap_dek``)."""
         encrypt = self._keks[version].encrypt
-        nonces = _split(os.urandom(NONCE_BYTES * len(subjects)), NONCE_BYTES)
+        nonces = split_bytes(os.urandom(NONCE_BYTES * len(subjects)), NONCE_BYTES)
         ad_head = dek_ad(b"", version)
         return [_FORMAT + nonce + encrypt(nonce, dek, ad_head + s)
                 for nonce, s, dek in zip(nonces, subjects, deks, strict=True)]
@@ -647,10 +648,6 @@ _FORMAT = bytes((FORMAT_V1,))
 _SELECT_SQL: dict[int, str] = {}
 
 
-def _split(blob: bytes, size: int) -> list[bytes]:
-    """``blob`` cut into pieces of ``size`` bytes, sliced in C (thousands per batch)."""
-    starts = range(0, len(blob), size)
-    return list(map(blob.__getitem__, map(slice, starts, range(size, len(blob) + size, size))))
 
 _ROW_BYTES = SUBJECT_ID_BYTES + WRAPPED_DEK_BYTES
 
