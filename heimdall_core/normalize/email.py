@@ -44,6 +44,7 @@ from heimdall_core.normalize.model import (
     NormalizeOptions,
     Rejected,
     Result,
+    new_canonical,
     rejected,
 )
 from heimdall_core.normalize.refang import has_marker, maybe_defanged
@@ -97,7 +98,7 @@ def canonicalize_email(raw: str, opts: NormalizeOptions = DEFAULT) -> Result:
     if len(value) > ADDRESS_OCTETS_MAX or (not value.isascii() and _octets(value) > ADDRESS_OCTETS_MAX):
         return _ADDRESS_TOO_LONG
     display = f"{local}@{domain_display}" if domain_display else None
-    return Canonical(KIND_EMAIL, value, display, attrs)
+    return new_canonical(Canonical, (KIND_EMAIL, value, display, attrs))
 
 
 _DomainPart = tuple[str, str | None, tuple[tuple[str, str], ...]]

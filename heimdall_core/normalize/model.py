@@ -90,6 +90,11 @@ class Rejected:
 
 Result = Canonical | Rejected
 
+new_canonical = tuple.__new__
+"""``new_canonical(Canonical, (kind, value, display, attrs))`` builds a Canonical in C,
+without the named tuple's Python-level constructor (all four fields, in order): the
+canonicalizers of the kinds every dump is full of use it, once per field."""
+
 
 def rejected(kind: str, code: str, text: str) -> Rejected:
     """Build a :class:`Rejected` with a ``"code: text"`` reason."""
