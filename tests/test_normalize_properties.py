@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -113,7 +112,7 @@ STRATEGIES: dict[str, st.SearchStrategy[str]] = {
 
 def _without_input_form(result: Canonical) -> Canonical:
     attrs = tuple(item for item in result.attrs if item[0] != "mapped_from")
-    return replace(result, attrs=attrs)
+    return result._replace(attrs=attrs)
 
 
 def check_idempotent(kind: str, raw: str, opts: NormalizeOptions = DEFAULT) -> Result:

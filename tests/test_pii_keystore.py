@@ -396,3 +396,112 @@ def test_interrupted_rotation_keeps_old_keks_until_a_rotation_finishes(
         assert [p.name for p in store_dir.glob("kek-*")] == ["kek-00000003.key"]
         assert again.data_keys(subjects(35)) == keys
         assert again.data_keys(subjects(3, tag=5)) == fresh
+
+
+_SCHEMA_1_SUBJECT_KEY = """
+CREATE TABLE subject_key (
+    seq         INTEGER PRIMARY KEY,
+    subject     BLOB NOT NULL UNIQUE CHECK (length(subject) = 16),
+    kek_version INTEGER,
+    wrapped     BLOB,
+    shredded_at INTEGER,
+    CHECK ((wrapped IS NULL) = (shredded_at IS NOT NULL)),
+    CHECK ((wrapped IS NULL) = (kek_version IS NULL))
+)"""
+
+
+def _downgrade_to_schema_1(store_dir: Path) -> None:
+    """Rewrite a store in the layout of schema 1 (a unique index on the subject)."""
+    conn = sqlite3.connect(store_dir / "keys.db", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE subject_key RENAME TO subject_key_2")
+        conn.execute(_SCHEMA_1_SUBJECT_KEY)
+        conn.execute("INSERT INTO subject_key SELECT * FROM subject_key_2 ORDER BY seq")
+        conn.execute("DROP TABLE subject_key_2")
+        conn.execute("DROP TABLE subject_index")
+        conn.execute("DELETE FROM meta WHERE name = 'indexed_through'")
+        conn.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_a_schema_1_store_is_migrated_when_opened(store_dir: Path) -> None:
+    with KeyStore.open(store_dir, create=True) as ks:
+        keys = ks.data_keys(subjects(300))
+        assert ks.shred(subjects(300)[5]) is True
+    _downgrade_to_schema_1(store_dir)
+    with KeyStore.open(store_dir) as ks:
+        assert ks.data_keys(subjects(300)) == {**keys, subjects(300)[5]: None}
+        assert ks.is_shredded(subjects(300)[5])
+        fresh = ks.data_keys(subjects(10, tag=3))
+        wrapped = wrapped_of(store_dir, subjects(300)[7])
+        assert ks.shred(subjects(300)[7]) is True
+        assert files_containing(store_dir, wrapped) == []
+    conn = sqlite3.connect(store_dir / "keys.db")
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM subject_index").fetchone() == (300,)
+        order = [r[0] for r in conn.execute("SELECT subject FROM subject_key ORDER BY seq")]
+        assert order == subjects(300) + subjects(10, tag=3)
+    finally:
+        conn.close()
+    with KeyStore.open(store_dir) as ks:
+        assert ks.data_keys(subjects(10, tag=3)) == fresh
+
+
+def test_the_tail_is_folded_into_the_index_and_other_connections_follow(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows past the subject index are found through each connection's tail; a fold by
+    one connection is followed by the others, and every subject keeps its one key."""
+    import heimdall_core.pii.keystore as keystore
+
+    monkeypatch.setattr(keystore, "TAIL_SUBJECTS_MAX", 64)
+    a = KeyStore.open(store_dir, create=True)
+    b = KeyStore.open(store_dir)
+    first = a.data_keys(subjects(50))
+    assert b.data_keys(subjects(50)) == first  # found in the tail b caught up on
+    second = b.data_keys(subjects(40, tag=1))  # b's tail passes 64 rows: b folds
+    assert a.data_keys(subjects(50) + subjects(40, tag=1)) == {**first, **second}
+    third = a.data_keys(subjects(100, tag=2))  # a folds too, after following b's fold
+    assert b.data_key(subjects(100, tag=2)[99]) == third[subjects(100, tag=2)[99]]
+    assert b.shred(subjects(50)[3]) is True
+    assert a.is_shredded(subjects(50)[3])
+    a.close()
+    b.close()
+    conn = sqlite3.connect(store_dir / "keys.db")
+    try:
+        (indexed,) = conn.execute("SELECT count(*) FROM subject_index").fetchone()
+        (rows,) = conn.execute("SELECT count(DISTINCT subject) FROM subject_key").fetchone()
+        (total,) = conn.execute("SELECT count(*) FROM subject_key").fetchone()
+    finally:
+        conn.close()
+    assert rows == total == 190
+    assert indexed == 190  # the last append took the tail past the limit again
+    with KeyStore.open(store_dir) as ks:
+        everything = ks.data_keys(subjects(50) + subjects(40, tag=1) + subjects(100, tag=2))
+        assert everything == {**first, **second, **third, subjects(50)[3]: None}
+
+
+def test_a_failed_transaction_forgets_the_rows_it_appended(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tail must not keep rows of a rolled-back transaction, or a subject would be
+    taken as known while it has no key."""
+    ks = KeyStore.open(store_dir, create=True)
+    ks.data_keys(subjects(5))
+
+    def failing_fold(self: KeyStore) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(KeyStore, "_fold_if_due", failing_fold)
+    with pytest.raises(OSError):
+        ks.data_keys(subjects(5, tag=1))
+    monkeypatch.undo()
+    fresh = ks.data_keys(subjects(5, tag=1))
+    assert None not in fresh.values()
+    ks.close()
+    with KeyStore.open(store_dir) as again:
+        assert again.data_keys(subjects(5, tag=1)) == fresh

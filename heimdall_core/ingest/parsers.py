@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -51,9 +51,11 @@ JSON_SCALAR_COLUMN: Final = "value"
 """Column name for a JSON record that is not an object (a bare string, number or list)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """One parsed record: parallel tuples of column names and values (all text).
+
+    A named tuple rather than a frozen dataclass (immutable all the same): one is built
+    per record, and a named tuple is built about three times faster.
 
     ``position`` is 1-based: the line where the record starts for CSV, NDJSON and combo
     lists; the record's index in the document for JSON (a pretty-printed record spans
@@ -515,12 +517,15 @@ class CsvParser:
         columns, expected = self._columns, self._expected
         rows: list[Item] = []
         append = rows.append
+        # The named tuple's own constructor is a Python function: calling tuple's in C
+        # skips a frame per record (the fields are all given, in order).
+        new = tuple.__new__
         prev = 0
         try:
             for row in reader:
                 n = len(row)
                 if n == expected:
-                    append(RawRecord(first + prev, columns, tuple(row)))
+                    append(new(RawRecord, (first + prev, columns, tuple(row))))
                 elif n:
                     append(BadRecord(first + prev, f"expected {expected} fields, got {n}"))
                 prev = reader.line_num

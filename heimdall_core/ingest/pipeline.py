@@ -47,7 +47,7 @@ SAMPLE_RECORDS = 200
 QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
 MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~250 bytes each: ~4 MiB)
-ATTR_DICTS_MAX = 4_096  # distinct attribute sets shared between clear fields
+CLEAR_HEADS_MAX = 4_096  # packed heads of clear fields (column, kind, attributes) remembered
 
 
 class _ClearMemo(dict[str, bytes]):
@@ -172,7 +172,10 @@ class DumpIngestor:
         self.mapping: dict[str, str] | None = None
         self.columns: tuple[str, ...] = ()
         self._plans: dict[tuple[str, ...], list[_Step]] = {}
-        self._attr_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        self._clear_heads: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
+        # One packer per ingestor, reused: msgpack.packb builds a new one per call, which
+        # cost more than packing a short value (a packer is not thread-safe; neither is this).
+        self._pack = msgpack.Packer().pack
         self._canonicalizers: dict[str, Callable[[str], Result]] = {}
         self._actions: dict[tuple[str, str], Action] = {}
         # The held records, packed: every record's pieces in order (its header, then its
@@ -326,10 +329,10 @@ class DumpIngestor:
         pieces = self._pieces
         starts = self._starts
         pack_protected = self._sealer.pack_into
-        packb = msgpack.packb
+        pack = self._pack
         batch_max = self.options.records_per_event * EVENTS_PER_APPEND
         clear_action = Action.CLEAR
-        attr_dicts = self._attr_dicts
+        clear_heads = self._clear_heads
         drop_action = Action.DROP
         canonical_type = Canonical
         bad_type = BadRecord
@@ -376,16 +379,12 @@ class DumpIngestor:
                         if action is None:
                             action = self._action(column, final_kind)
                     if action is clear_action:
-                        # Built here, keys in canonical order: a (attrs), col, kind, v.
-                        attrs = result.attrs
-                        if attrs:
-                            shared = attr_dicts.get(attrs)
-                            if shared is None:
-                                shared = self._attr_dict(attrs)
-                            field = packb({"a": shared, "col": column, "kind": final_kind,
-                                           "v": result.value})
-                        else:
-                            field = packb({"col": column, "kind": final_kind, "v": result.value})
+                        # The packed field up to its value, which comes last (see _clear_head).
+                        head_key = (column, final_kind, result.attrs)
+                        head = clear_heads.get(head_key)
+                        if head is None:
+                            head = self._clear_head(head_key)
+                        field = head + pack(result.value)
                         clear.append(field)
                         if memo is not None and final_kind == kind:
                             memo[raw] = field
@@ -407,7 +406,7 @@ class DumpIngestor:
                 count = pack_protected(pieces, sealed) if sealed else 0
                 pieces += clear
                 count += len(clear)
-                pieces[start] = _RECORD_HEAD + packb(item.position) + (
+                pieces[start] = _RECORD_HEAD + pack(item.position) + (
                     _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
                 if len(starts) >= batch_max:
                     self._flush_records()
@@ -419,13 +418,20 @@ class DumpIngestor:
         if self._on_progress is not None:
             self._on_progress(self.progress)
 
-    def _attr_dict(self, attrs: tuple[tuple[str, str], ...]) -> dict[str, str]:
-        """The attributes of a clear field as a dict shared by every field with the same
-        ones (an IP's version, a hash's algorithm): one dict fewer per field."""
-        if len(self._attr_dicts) >= ATTR_DICTS_MAX:
-            self._attr_dicts.clear()
-        shared = self._attr_dicts[attrs] = dict(attrs)
-        return shared
+    def _clear_head(self, key: tuple[str, str, tuple[tuple[str, str], ...]]) -> bytes:
+        """The canonical msgpack of a clear field ``{a (attrs, if any), col, kind, v}``
+        without its value: ``v`` sorts last, so the field is this head and the packed
+        value. Remembered per (column, kind, attrs): an IP's version or a hash's algorithm
+        repeat, and packing a dict per field cost more than the rest of the field."""
+        column, kind, attrs = key
+        fields: dict[str, object] = {"a": dict(attrs)} if attrs else {}
+        fields.update(col=column, kind=kind, v="")
+        packed: bytes = msgpack.packb(fields)
+        assert packed.endswith(_EMPTY_STR)
+        if len(self._clear_heads) >= CLEAR_HEADS_MAX:
+            self._clear_heads.clear()
+        head = self._clear_heads[key] = packed[: -len(_EMPTY_STR)]
+        return head
 
     def _memo_full(self, memo: _ClearMemo) -> None:
         """A full memo starts over if at least as many values were found in it as were
@@ -502,6 +508,7 @@ class DumpIngestor:
 
 
 _RECORD_HEAD = b"\x92"  # msgpack fixarray of 2: [position, fields]
+_EMPTY_STR = msgpack.packb("")
 _FIXARRAY_MAX = 15
 # Table lookup on the per-record path (no call); msgpack's own packer for the rest.
 _FIXARRAY_HEADERS = [bytes((0x90 | count,)) for count in range(_FIXARRAY_MAX + 1)]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heimdall_core.config import Settings
 from heimdall_core.errors import IngestError
@@ -35,6 +35,9 @@ from heimdall_core.normalize import NormalizeOptions
 from heimdall_core.pii.keystore import KeyStore
 from heimdall_core.pii.policy import Action, PiiPolicy
 from heimdall_core.pii.protect import Protector
+
+if TYPE_CHECKING:
+    from heimdall_core.ingest.workers import WorkerPool
 
 HASH_CHUNK_BYTES = 4 << 20
 DUMP_ID_BYTES = 16
@@ -210,6 +213,27 @@ def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: 
     """Ingest one file (any supported format and compression)."""
     _check_file(path)
     began = time.monotonic()
+    with _worker_pool(workers) as pool:
+        return _ingest_file(site, path, options, force=force, workers=workers, restart=restart,
+                            on_progress=on_progress, began=began, pool=pool)
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[WorkerPool | None]:
+    """With more than one worker, their processes are started now, so that they start
+    while this one hashes the file; unused (a duplicate, a JSON file) they just exit."""
+    if workers <= 1:
+        yield None
+        return
+    from heimdall_core.ingest.workers import WorkerPool
+
+    with WorkerPool(workers) as pool:
+        yield pool
+
+
+def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: bool, workers: int,
+                 restart: bool, on_progress: Callable[[Progress], None] | None, began: float,
+                 pool: WorkerPool | None) -> IngestSummary:
     sha256, size = file_sha256(path)
     if size == 0:
         raise IngestError(f"{path}: the file is empty")
@@ -228,12 +252,13 @@ def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: 
         from heimdall_core.ingest.workers import ingest_file_parallel
 
         return ingest_file_parallel(site, path, options, sha256=sha256, size=size, workers=workers,
-                                    on_progress=on_progress, began=began)
+                                    on_progress=on_progress, began=began, pool=pool)
     if incomplete is not None and incomplete.parts > 1:
         from heimdall_core.ingest.workers import resume_parallel
 
         return resume_parallel(site, path, options, incomplete, size=size, on_progress=on_progress,
-                               began=began)
+                               began=began, pool=pool if pool is not None and pool.size >= incomplete.parts
+                               else None)
     with _fewer_gc_passes():
         return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began)
 

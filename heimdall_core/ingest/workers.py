@@ -10,14 +10,20 @@ dump id, so the dump stays one dump.
 Cutting at record boundaries: a newline ends a record unless it is inside a quoted
 field. In delimited text a doubled quote ("") keeps the count of quote characters
 even, so a newline is a boundary exactly when the number of quotes before it is even.
-Counting is done with ``bytes.count`` (C speed), one pass over the file.
+Counting is done with ``bytes.count`` (C speed), one pass over the file. A stray quote
+in an unquoted field (``5'10"``) is data to the CSV reader but flips the count, so a cut
+with any quote before it is checked by parsing CUT_CHECK_ROWS records from it: if they
+are not whole records, the file is ingested by one process (a warning says so).
 Compressed files and JSON arrays cannot be cut this way and are ingested by one
 process (a notice says so).
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import itertools
 import logging
 import multiprocessing
 import os
@@ -54,6 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("heimdall.ingest")
 
 HEAD_BYTES = 256 * 1024
+CUT_CHECK_ROWS = 64
+"""Records parsed from a cut that follows a quote, to check it is a record boundary."""
+CUT_CHECK_BYTES = 1 << 20
+"""Most bytes read for that check; records longer than this fail it (one process then)."""
 SCAN_CHUNK_BYTES = 8 << 20
 WORKERS_MAX = 64
 POLL_S = 0.2
@@ -107,11 +117,46 @@ def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tup
     return fmt, delimiter, columns, mapping, header
 
 
-def split_ranges(path: Path, parts: int, *, quoted: bool) -> tuple[tuple[int, int, int], ...]:
-    """Cut ``path`` into ``parts`` byte ranges at record boundaries: (start, end, first line)."""
+def split_ranges(path: Path, parts: int, *, quoted: bool, delimiter: str = ",",
+                 columns: int = 0) -> tuple[tuple[int, int, int], ...]:
+    """Cut ``path`` into ``parts`` byte ranges at record boundaries: (start, end, first line).
+
+    ``quoted``: CSV, whose quoted fields may hold newlines; a cut after a quote is then
+    checked (see the module doc) against records of ``columns`` fields, and if one fails,
+    the whole file is one range."""
+    ranges = _parity_ranges(path, parts, quoted=quoted)
+    suspect = [start for start, _end, _line, quotes_before in ranges if quotes_before]
+    if suspect and not all(_cut_is_clean(path, start, delimiter, columns) for start in suspect):
+        log.warning("%s: a quote in an unquoted field makes record boundaries uncertain; "
+                    "ingesting it with one process", path.name)
+        return ((0, path.stat().st_size, 1),)
+    return tuple((start, end, line) for start, end, line, _quotes in ranges)
+
+
+def _cut_is_clean(path: Path, start: int, delimiter: str, columns: int) -> bool:
+    """Whether the first CUT_CHECK_ROWS records from ``start`` parse as whole records of
+    ``columns`` fields, a quoted field never left open (strict CSV)."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        window = handle.read(CUT_CHECK_BYTES)
+    if len(window) == CUT_CHECK_BYTES:
+        window = window[: window.rfind(b"\n") + 1]
+    text = window.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        for row in itertools.islice(reader, CUT_CHECK_ROWS):
+            if row and len(row) != columns:
+                return False
+    except csv.Error:
+        return False
+    return True
+
+
+def _parity_ranges(path: Path, parts: int, *, quoted: bool) -> list[tuple[int, int, int, int]]:
+    """Cuts by quote parity: (start, end, first line, quotes before start)."""
     size = path.stat().st_size
     targets = [size * i // parts for i in range(1, parts)]
-    cuts: list[tuple[int, int]] = [(0, 1)]  # (offset, line number at offset)
+    cuts: list[tuple[int, int, int]] = [(0, 1, 0)]  # (offset, line number there, quotes before)
     lines = 1
     quotes = 0
     offset = 0
@@ -131,16 +176,16 @@ def split_ranges(path: Path, parts: int, *, quoted: bool) -> tuple[tuple[int, in
                 position = newline + 1
                 lines += 1
                 if quotes % 2 == 0:
-                    cuts.append((offset + position, lines))
+                    cuts.append((offset + position, lines, quotes))
                     targets.pop(0)
                     while targets and targets[0] < offset + position:
                         targets.pop(0)
             lines += chunk.count(b"\n", position)
             quotes += chunk.count(b'"', position) if quoted else 0
             offset += len(chunk)
-    ends = [start for start, _ in cuts[1:]] + [size]
-    return tuple((start, end, line) for (start, line), end in zip(cuts, ends, strict=True)
-                 if end > start)
+    ends = [start for start, _, _ in cuts[1:]] + [size]
+    return [(start, end, line, quotes) for (start, line, quotes), end in zip(cuts, ends, strict=True)
+            if end > start]
 
 
 def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
@@ -148,7 +193,8 @@ def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
     if head is None:
         return None
     fmt, delimiter, columns, mapping, header = head
-    ranges = split_ranges(path, min(workers, WORKERS_MAX), quoted=fmt == "csv")
+    ranges = split_ranges(path, min(workers, WORKERS_MAX), quoted=fmt == "csv",
+                          delimiter=delimiter or ",", columns=len(columns))
     return Plan(fmt, delimiter, columns, mapping, header, ranges)
 
 
@@ -197,7 +243,15 @@ def _worker_feeds(site: IngestSite, count: int) -> list[bytes]:
 
 def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *, sha256: str, size: int,
                          workers: int, on_progress: Callable[[Progress], None] | None,
-                         began: float, resume: DumpState | None = None) -> IngestSummary:
+                         began: float, resume: DumpState | None = None,
+                         pool: WorkerPool | None = None) -> IngestSummary:
+    """Ingest ``path`` in parts, one worker process each; ``pool``, if given, is used
+    (and left open), otherwise one is started here."""
+    if pool is None:
+        with WorkerPool(workers) as own:
+            return ingest_file_parallel(site, path, options, sha256=sha256, size=size,
+                                        workers=workers, on_progress=on_progress, began=began,
+                                        resume=resume, pool=own)
     from heimdall_core.ingest.run import _ingest_single, _summary
 
     plan = plan_parts(path, options, workers) if resume is None else _resume_plan(path, options, resume)
@@ -222,7 +276,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                     resume.progress.get(str(part), 0) if resume else 0,
                     str(site.quarantine_path(dump, part)))
             for part, ((start, end, line), feed) in enumerate(zip(plan.ranges, feeds, strict=True))]
-    results = _run_jobs(jobs, on_progress, size)
+    results = _run_jobs(pool, jobs, on_progress)
     records = sum(r[1] for r in results)
     quarantined = sum(r[2] for r in results)
     rejected = sum(r[3] for r in results)
@@ -252,18 +306,21 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState) -> Plan:
 
 def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,
                     size: int, on_progress: Callable[[Progress], None] | None,
-                    began: float) -> IngestSummary:
+                    began: float, pool: WorkerPool | None = None) -> IngestSummary:
     return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
                                 workers=incomplete.parts, on_progress=on_progress, began=began,
-                                resume=incomplete)
+                                resume=incomplete, pool=pool)
 
 
 _COUNTERS: Any = None  # in a worker process: the shared progress counters
 
 
 def _init_worker(counters: Any) -> None:
+    """At the start of each worker process: keep the counters and import what a part's
+    ingest needs, while the parent is still hashing and planning the file."""
     global _COUNTERS
     _COUNTERS = counters
+    import heimdall_core.ingest.run  # noqa: F401
 
 
 def _report(part: int, progress: Progress) -> None:
@@ -274,30 +331,63 @@ def _report(part: int, progress: Progress) -> None:
             progress.bytes_in, progress.records, progress.quarantined)
 
 
-def _run_jobs(jobs: list[PartJob], on_progress: Callable[[Progress], None] | None,
-              size: int) -> list[tuple[int, int, int, int]]:
-    # ProcessPoolExecutor (not multiprocessing.Pool): a worker that dies is reported
-    # (BrokenProcessPool) instead of silently replaced while the parent waits forever.
-    context = multiprocessing.get_context("spawn")
-    counters = context.Array("q", 3 * len(jobs), lock=False)
-    with ProcessPoolExecutor(len(jobs), mp_context=context, initializer=_init_worker,
-                             initargs=(counters,)) as pool:
-        futures = [pool.submit(_run_part, job) for job in jobs]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-            if on_progress is not None:
-                values = list(counters)
-                on_progress(Progress(bytes_in=sum(values[0::3]), records=sum(values[1::3]),
-                                     quarantined=sum(values[2::3])))
-            failed = [f for f in futures if f.done() and f.exception() is not None]
-            if failed:
-                for future in pending:
-                    future.cancel()
-                exc = failed[0].exception()
-                raise IngestError(f"an ingest worker failed: {exc}; the dump stays incomplete "
-                                  "and can be resumed") from exc
-        return sorted(f.result() for f in futures)
+def _no_op() -> None:
+    """A task that makes the executor start one more process (see WorkerPool)."""
+
+
+class WorkerPool:
+    """The worker processes of one parallel ingest, started as soon as the parent knows
+    it will need them: their start (a new interpreter and its imports, ~0.3-1 s) then
+    overlaps the parent's own work before the parts are handed out.
+
+    ProcessPoolExecutor (not multiprocessing.Pool): a worker that dies is reported
+    (BrokenProcessPool) instead of silently replaced while the parent waits forever.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.size = max(1, min(workers, WORKERS_MAX))
+        context = multiprocessing.get_context("spawn")
+        self.counters = context.Array("q", 3 * self.size, lock=False)
+        self.executor = ProcessPoolExecutor(self.size, mp_context=context, initializer=_init_worker,
+                                            initargs=(self.counters,))
+        # The executor starts a process per task submitted while none is idle: one no-op
+        # each starts them all now (each runs _init_worker first).
+        for _ in range(self.size):
+            self.executor.submit(_no_op)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_jobs(pool: WorkerPool, jobs: list[PartJob],
+              on_progress: Callable[[Progress], None] | None) -> list[tuple[int, int, int, int]]:
+    if len(jobs) > pool.size:
+        raise IngestError(f"{len(jobs)} parts for {pool.size} worker processes")
+    counters = pool.counters
+    for index in range(len(counters)):
+        counters[index] = 0
+    futures = [pool.executor.submit(_run_part, job) for job in jobs]
+    pending = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+        if on_progress is not None:
+            values = list(counters)
+            on_progress(Progress(bytes_in=sum(values[0::3]), records=sum(values[1::3]),
+                                 quarantined=sum(values[2::3])))
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            for future in pending:
+                future.cancel()
+            exc = failed[0].exception()
+            raise IngestError(f"an ingest worker failed: {exc}; the dump stays incomplete "
+                              "and can be resumed") from exc
+    return sorted(f.result() for f in futures)
 
 
 def _merge_quarantine(target: Path, parts: list[Path]) -> Path | None:

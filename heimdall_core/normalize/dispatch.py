@@ -9,6 +9,7 @@ call them directly only with values that are known to be short and plain.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from heimdall_core.normalize.domain import canonicalize_domain
@@ -63,10 +64,6 @@ _ONE_ARGUMENT: dict[str, Callable[[str], Result]] = {
 }
 
 
-def _with_options(function: Canonicalizer, opts: NormalizeOptions) -> Callable[[str], Result]:
-    return lambda raw: function(raw, opts)
-
-
 def _ignoring_options(function: Callable[[str], Result]) -> Canonicalizer:
     return lambda raw, _opts: function(raw)
 
@@ -92,7 +89,8 @@ def canonicalizer_for(kind: str, opts: NormalizeOptions = DEFAULT) -> Callable[[
     """
     if kind not in _CANONICALIZERS:
         raise UnknownKind(f"unknown indicator kind {kind!r}; known: {', '.join(sorted(KINDS))}")
-    canonicalizer = _ONE_ARGUMENT.get(kind) or _with_options(canonicalize_email, opts)
+    # A partial is called in C: no Python frame between the caller and the function.
+    canonicalizer = _ONE_ARGUMENT.get(kind) or functools.partial(canonicalize_email, opts=opts)
     chars_max = opts.value_chars_max
     too_long = rejected(kind, "too_long", f"value over {chars_max} characters")
     if kind not in REFANG_KINDS:

@@ -44,6 +44,7 @@ from heimdall_core.normalize.model import (
     NormalizeOptions,
     Rejected,
     Result,
+    new_canonical,
     rejected,
 )
 from heimdall_core.normalize.refang import has_marker, maybe_defanged
@@ -82,21 +83,47 @@ def canonicalize_email(raw: str, opts: NormalizeOptions = DEFAULT) -> Result:
     local_or_error = _local(local, opts)
     if isinstance(local_or_error, Rejected):
         return local_or_error
-    domain = canonicalize_domain(domain_text)
+    domain = _domains.get(domain_text) or _domain(domain_text)
     if isinstance(domain, Rejected):
-        return Rejected(KIND_EMAIL, f"domain.{domain.reason}")
+        return domain
+    domain_value, domain_display, attrs = domain
     local = local_or_error
     if opts.email_fold_dots_domains or opts.email_strip_plus_domains:
-        local = _fold(local, domain.value, opts)
+        local = _fold(local, domain_value, opts)
     if maybe_defanged(local) and has_marker(local):
         # A marker survived refanging (nested: "{{.}}" -> "{.}") or folding made
         # one ("{a.t}" -> "{at}"); refanging the value again would change it.
         return _MARKER
-    value = f"{local}@{domain.value}"
+    value = f"{local}@{domain_value}"
     if len(value) > ADDRESS_OCTETS_MAX or (not value.isascii() and _octets(value) > ADDRESS_OCTETS_MAX):
         return _ADDRESS_TOO_LONG
-    display = f"{local}@{domain.display}" if domain.display else None
-    return Canonical(KIND_EMAIL, value, display, (("domain", domain.value), *domain.attrs))
+    display = f"{local}@{domain_display}" if domain_display else None
+    return new_canonical(Canonical, (KIND_EMAIL, value, display, attrs))
+
+
+_DomainPart = tuple[str, str | None, tuple[tuple[str, str], ...]]
+
+DOMAINS_REMEMBERED_MAX = 1 << 16
+"""E-mail domains whose part of the result is remembered (~300 bytes each: ~20 MiB).
+A dump's addresses share a few domains: one dict lookup then replaces canonicalizing the
+domain and building the attributes per address. Reset when full."""
+
+# Raw domain text -> (canonical value, display form, the address's attributes) or why
+# it is rejected, as the e-mail's reason.
+_domains: dict[str, _DomainPart | Rejected] = {}
+
+
+def _domain(domain_text: str) -> _DomainPart | Rejected:
+    domain = canonicalize_domain(domain_text)
+    part: _DomainPart | Rejected
+    if isinstance(domain, Rejected):
+        part = Rejected(KIND_EMAIL, f"domain.{domain.reason}")
+    else:
+        part = (domain.value, domain.display, (("domain", domain.value), *domain.attrs))
+    if len(_domains) >= DOMAINS_REMEMBERED_MAX:
+        _domains.clear()
+    _domains[domain_text] = part
+    return part
 
 
 def _local(local: str, opts: NormalizeOptions) -> str | Rejected:

@@ -34,6 +34,7 @@ from heimdall_core.normalize.model import (
     KIND_PASSWORD_HASH,
     Canonical,
     Result,
+    new_canonical,
     rejected,
 )
 
@@ -81,7 +82,7 @@ def canonicalize_hash(raw: str) -> Result:
     # str.strip with a character set runs in C: empty rest means all hex.
     if not value.isascii() or value.strip(_HEX_DIGITS):
         return _NOT_HEX
-    return Canonical(KIND_HASH, value, None, attrs)
+    return new_canonical(Canonical, (KIND_HASH, value, None, attrs))
 
 
 def canonicalize_password_hash(raw: str) -> Result:

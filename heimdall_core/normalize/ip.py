@@ -48,6 +48,7 @@ from heimdall_core.normalize.model import (
     Canonical,
     Rejected,
     Result,
+    new_canonical,
     rejected,
 )
 
@@ -82,7 +83,7 @@ def canonicalize_ip(raw: str) -> Result:
     text = raw.strip()
     if _IPV4_CANONICAL.fullmatch(text):
         # Hot path: already canonical dotted decimal, no parse needed.
-        return Canonical(KIND_IP, text, None, _V4_ATTRS)
+        return new_canonical(Canonical, (KIND_IP, text, None, _V4_ATTRS))
     return _canonicalize_ip_slow(text)
 
 

@@ -14,6 +14,7 @@ values may be personal data and reasons end up in logs and metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from heimdall_core.errors import NormalizeError
 
@@ -52,9 +53,13 @@ KINDS: frozenset[str] = frozenset(
 VALUE_CHARS_MAX = 2048
 
 
-@dataclass(frozen=True, slots=True)
-class Canonical:
-    """A canonical indicator: ``kind`` + ``value`` identify it."""
+class Canonical(NamedTuple):
+    """A canonical indicator: ``kind`` + ``value`` identify it.
+
+    A named tuple rather than a frozen dataclass (immutable, compared and hashed by its
+    fields all the same): ingest builds one per field, and a frozen dataclass was built
+    three and a half times slower (~0.4 us more, several times per record).
+    """
 
     kind: str
     value: str
@@ -84,6 +89,11 @@ class Rejected:
 
 
 Result = Canonical | Rejected
+
+new_canonical = tuple.__new__
+"""``new_canonical(Canonical, (kind, value, display, attrs))`` builds a Canonical in C,
+without the named tuple's Python-level constructor (all four fields, in order): the
+canonicalizers of the kinds every dump is full of use it, once per field."""
 
 
 def rejected(kind: str, code: str, text: str) -> Rejected:

@@ -8,6 +8,7 @@ without the key learns nothing from them (see docs/pii.md for why 128 bits).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from heimdall_core.errors import KeyMaterialError
@@ -46,6 +47,11 @@ class KeyedHash:
         inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
         return cls(inner, outer)
+
+    def pads(self) -> tuple[Callable[[], hashlib._Hash], Callable[[], hashlib._Hash]]:
+        """Fresh copies of the hashed inner and outer pads, for a caller that inlines
+        :meth:`digest` in a per-record loop (the call itself costs a fifth of it)."""
+        return self._inner.copy, self._outer.copy
 
     def digest(self, msg: bytes) -> bytes:
         inner = self._inner.copy()

@@ -43,6 +43,13 @@ _DEK_LABEL = b"heimdall-dek\x00"
 RandomBytes = Callable[[int], bytes]
 
 
+def split_bytes(blob: bytes, size: int) -> list[bytes]:
+    """``blob`` cut into pieces of ``size`` bytes, sliced in C: random bytes are drawn
+    once per batch and cut into thousands of keys or nonces."""
+    starts = range(0, len(blob), size)
+    return list(map(blob.__getitem__, map(slice, starts, range(size, len(blob) + size, size))))
+
+
 def field_ad(kind: str, subject: bytes) -> bytes:
     """Associated data of a sealed field: version | subject (16) | kind (UTF-8)."""
     return bytes((FORMAT_V1,)) + subject + kind.encode()

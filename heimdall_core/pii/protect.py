@@ -113,8 +113,8 @@ class Protector:
         self._keys = index_keys
         self._source = data_keys
         self._random_bytes = random_bytes
-        # source -> (column, kind) -> flags: the policy is asked once per column.
-        self._codes: dict[str, dict[tuple[str, str], int]] = {}
+        # source -> (column, kind) -> its rule: the policy is asked once per column.
+        self._codes: dict[str, dict[tuple[str, str], _Rule]] = {}
 
     def __repr__(self) -> str:
         return f"Protector(policy={len(self._policy.kinds)} kinds, keys=<redacted>)"
@@ -150,7 +150,7 @@ class Protector:
         """A batch of records of ``source`` to protect (see :class:`BatchSealer`)."""
         return BatchSealer(self, source)
 
-    def _codes_for(self, source: str) -> dict[tuple[str, str], int]:
+    def _codes_for(self, source: str) -> dict[tuple[str, str], _Rule]:
         codes = self._codes.get(source)
         if codes is None or len(codes) >= ACTION_CACHE_ENTRIES_MAX:
             if len(self._codes) >= ACTION_CACHE_ENTRIES_MAX:
@@ -158,10 +158,18 @@ class Protector:
             codes = self._codes[source] = {}
         return codes
 
-    def _code(self, source: str, codes: dict[tuple[str, str], int], column: str, kind: str) -> int:
-        code = _FLAGS[self._policy.action(source, column, kind)]
-        codes[(column, kind)] = code
-        return code
+    def _rule(self, source: str, codes: dict[tuple[str, str], _Rule], column: str, kind: str) -> _Rule:
+        kind_utf8 = kind.encode()
+        rule = (_FLAGS[self._policy.action(source, column, kind)], _SUBJECT_RANK.get(kind, _NO_RANK),
+                kind_utf8 + b"\x00", kind_utf8)
+        codes[(column, kind)] = rule
+        return rule
+
+
+# What the policy does with the fields of one (column, kind), for the inner loop: (action
+# flags, rank as the record's subject, the kind in UTF-8 and a NUL (the head of its
+# fingerprinted messages), the kind in UTF-8).
+_Rule = tuple[int, int, bytes, bytes]
 
 
 # The constant bytes of a sealed field's canonical msgpack map around its three
@@ -220,15 +228,15 @@ class BatchSealer:
     those of :meth:`Protector.protect_batch`, which is built on this.
     """
 
-    __slots__ = ("_codes", "_fingerprint", "_layouts", "_pending", "_protector", "_records",
-                 "_source", "_subject_digest", "_subjects")
+    __slots__ = ("_bi_inner", "_bi_outer", "_codes", "_layouts", "_pending", "_protector",
+                 "_records", "_source", "_subject_inner", "_subject_outer", "_subjects")
 
     def __init__(self, protector: Protector, source: str) -> None:
         self._protector = protector
         self._source = source
         self._codes = protector._codes_for(source)
-        self._fingerprint = protector._keys.blind.digest
-        self._subject_digest = protector._keys.subject.digest
+        self._bi_inner, self._bi_outer = protector._keys.blind.pads()
+        self._subject_inner, self._subject_outer = protector._keys.subject.pads()
         self._layouts: dict[tuple[str, str], _Layout] = {}
         self._pending: list[_Pending] = []
         self._subjects: dict[bytes, None] = {}  # insertion-ordered set
@@ -242,7 +250,8 @@ class BatchSealer:
 
         A field to seal is an empty placeholder in ``out`` until :meth:`seal`, so ``out``
         must not be used before then. One pass over the record with names bound to
-        locals: this runs for every ingested record.
+        locals, the keyed hashes inlined (see ``KeyedHash.digest``): this runs for every
+        ingested record.
         """
         if len(record) > FIELDS_PER_RECORD_MAX:
             raise PiiError(f"record of {len(record)} fields exceeds {FIELDS_PER_RECORD_MAX}")
@@ -250,24 +259,22 @@ class BatchSealer:
         if self._records > RECORDS_PER_BATCH_MAX:
             raise PiiError(f"batch of {self._records} records exceeds {RECORDS_PER_BATCH_MAX}")
         codes = self._codes
-        rank_of = _SUBJECT_RANK.get
         packb = msgpack.packb
         first = len(out)
-        # Fields to seal once the subject is known: (index in out, field, blind index, key).
-        sealed: list[tuple[int, FieldIn, bytes, tuple[str, str]]] = []
+        # Fields to seal once the subject is known: (index in out, field, blind index or
+        # b"", its UTF-8 value, its kind's rule).
+        sealed: list[tuple[int, FieldIn, bytes, bytes, _Rule]] = []
         best_rank = _NO_RANK
         best: FieldIn | None = None
         for field in record:
             column, kind, value = field
-            key = (column, kind)
-            code = codes.get(key)
-            if code is None:
-                code = self._protector._code(self._source, codes, column, kind)
-            if value:
+            rule = codes.get((column, kind))
+            if rule is None:
+                rule = self._protector._rule(self._source, codes, column, kind)
+            code, rank, kind_nul, _ = rule
+            if value and rank < best_rank:
                 # The subject rule looks at every present field, whatever its action.
-                rank = rank_of(kind, _NO_RANK)
-                if rank < best_rank:
-                    best_rank, best = rank, field
+                best_rank, best = rank, field
             if not code:
                 continue  # drop
             # An empty value carries nothing personal, and sealing or indexing it would
@@ -275,42 +282,54 @@ class BatchSealer:
             if code == _KEEP or not value:
                 out.append(packb({"col": column, "kind": kind, "v": value}))
                 continue
+            plaintext = value.encode()
             bi = b""
             if code & _INDEX:
-                # Inlined blind_index(): same message, same truncation (tested equal).
-                bi = self._fingerprint(f"{kind}\x00{value}".encode())[:BLIND_INDEX_BYTES]
+                # blind_index() inlined: HMAC(key, kind NUL value)[:16] (tested equal).
+                inner = self._bi_inner()
+                inner.update(kind_nul + plaintext)
+                outer = self._bi_outer()
+                outer.update(inner.digest())
+                bi = outer.digest()[:BLIND_INDEX_BYTES]
             if code & _SEAL:
-                sealed.append((len(out), field, bi, key))
+                sealed.append((len(out), field, bi, plaintext, rule))
                 out.append(b"")  # placeholder, see seal()
             else:
                 # Keys in sorted order: canonical msgpack needs sorted maps.
                 out.append(packb({"bi": bi, "col": column, "kind": kind}))
-        if not sealed:
-            return len(out) - first
-        chosen = best if best is not None else sealed[0][1]
-        # Inlined subject_id(): same message, same truncation (tested equal).
-        subject = self._subject_digest(
-            SUBJECT_LABEL + f"{chosen[1]}\x00{chosen[2]}".encode())[:SUBJECT_ID_BYTES]
+        if sealed:
+            self._pend(out, sealed, best)
+        return len(out) - first
+
+    def _pend(self, out: list[bytes], sealed: list[tuple[int, FieldIn, bytes, bytes, _Rule]],
+              best: FieldIn | None) -> None:
+        """Queue a record's fields to seal under its subject's key (see :meth:`seal`)."""
+        _, kind, value = best if best is not None else sealed[0][1]
+        # subject_id() inlined: HMAC(key, "subject" NUL kind NUL value)[:16] (tested equal).
+        inner = self._subject_inner()
+        inner.update(SUBJECT_LABEL + f"{kind}\x00{value}".encode())
+        outer = self._subject_outer()
+        outer.update(inner.digest())
+        subject = outer.digest()[:SUBJECT_ID_BYTES]
         self._subjects[subject] = None
         layouts = self._layouts
         pending = self._pending
         ad_head = _FORMAT + subject
-        for index, (column, kind, value), bi, key in sealed:
-            plaintext = value.encode()
+        for index, (column, kind, _value), bi, plaintext, rule in sealed:
             size = len(plaintext)
             if size > FIELD_PLAINTEXT_BYTES_MAX:
                 raise PiiError(f"column {column!r}: a {kind} value of {size} "
                                f"bytes exceeds {FIELD_PLAINTEXT_BYTES_MAX}")
             size += OVERHEAD_BYTES  # the length of the sealed value, known before sealing
+            key = (column, kind)
             layout = layouts.get(key)  # a column's flags are fixed within a batch's source
             if layout is None:
                 if len(layouts) >= LAYOUTS_CACHED_MAX:
                     layouts.clear()
                 layout = layouts[key] = _sealed_layout(column, kind, bool(bi))
             header = _BIN8_HEADERS[size] if size < _BIN8_SIZES else _bin_header(size)
-            pending.append((out, index, layout, bi, header, plaintext, subject,
-                            ad_head + kind.encode()))
-        return len(out) - first
+            # The associated data (envelope.field_ad): version | subject | kind.
+            pending.append((out, index, layout, bi, header, plaintext, subject, ad_head + rule[3]))
 
     def seal(self) -> None:
         """Fetch the data keys of the batch's subjects (one key-store call, durable
