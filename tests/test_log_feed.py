@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from logutil import FAST, FakeClock, append_batches, body, make_site, segment_path
 
+from heimdall_core.clock import Hlc
 from heimdall_core.errors import EncodingError, FeedStopped, HeimdallError, IntegrityError, StaleLogError
 from heimdall_core.events import HEADER_BYTES, decode_header, encode_body
 from heimdall_core.log.feed import FeedLog, LogOptions
-from heimdall_core.log.merkle import root_from_leaf_hashes
+from heimdall_core.log.merkle import Frontier, root_from_leaf_hashes
 from heimdall_core.log.records import T_CHECKPOINT, T_FRAME
-from heimdall_core.log.segments import HEAD_SLOT_BYTES, INDEX_ENTRY
+from heimdall_core.log.segments import HEAD_SLOT_BYTES, INDEX_ENTRY, SEGMENT_HEADER_RECORD_BYTES, HeadFile
 from heimdall_core.log.store import LogStore
 from heimdall_core.log.verify import FeedState, verify_note
 
@@ -308,3 +309,43 @@ def test_a_reader_never_reads_past_the_durable_head(tmp_path: Path) -> None:
     assert _bodies_of(reader, 0, 100) == bodies
     assert [f for f, _, _ in reader.iter_batches(0, 100)] == [0]
     store.close()
+
+
+
+def test_a_feed_killed_inside_its_first_batch_stays_readable(tmp_path: Path) -> None:
+    """Killed after the first segment's header and before the first batch's head: the
+    feed has a segment but no head. Recovery must not write a head without a signed
+    checkpoint (it wrote one with an empty note, which every later open and every reader
+    in another process then refused: "signed note has no blank line")."""
+    store = make_site(tmp_path)
+    append_batches(store.writer(), [3])
+    segment = segment_path(store, index=0)
+    store.close()
+    data = segment.read_bytes()
+    segment.write_bytes(data[:SEGMENT_HEADER_RECORD_BYTES] + data[SEGMENT_HEADER_RECORD_BYTES:][:40])
+    (tmp_path / "keys" / "site.head").unlink()
+    for _ in range(2):
+        again = LogStore(tmp_path, FAST)
+        assert again.writer().state.size == 0
+        assert again.reader(again.site.feed).state.size == 0
+        again.close()
+    again = LogStore(tmp_path, FAST)
+    append_batches(again.writer(), [2])
+    assert again.reader(again.site.feed).verify().size == 2
+    again.close()
+
+
+def test_a_head_of_nothing_from_older_builds_reads_as_no_head(tmp_path: Path) -> None:
+    """Older builds wrote a head with an empty note and an empty frontier for a feed
+    killed inside its first batch; such a site must open, not stop."""
+    store = make_site(tmp_path)
+    feed = store.site.feed
+    store.close()
+    head = HeadFile(tmp_path / "keys" / "site.head", feed)
+    head.write(1, b"", Frontier(), Hlc(0, 0), fsync=False)
+    head.close()
+    assert head.read() is None
+    again = LogStore(tmp_path, FAST)
+    append_batches(again.writer(), [2])
+    assert again.reader(feed).verify().size == 2
+    again.close()

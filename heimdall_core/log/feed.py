@@ -324,9 +324,11 @@ class FeedLog:
             self._fall_behind(head, good, allow_behind)
         if good.end < scan.length:
             self._cut_tail(scan, good)
-        if self._behind is None and (head is None or good.size > head.size):
+        # A head is a signed checkpoint: a feed killed inside its first batch has none yet
+        # (good.note is None at size 0), and stays without a head until a batch commits.
+        if self._behind is None and good.note is not None and (head is None or good.size > head.size):
             self._head_generation += 1
-            self._head_file.write(self._head_generation, good.note or b"", good.frontier,
+            self._head_file.write(self._head_generation, good.note, good.frontier,
                                   good.hlc, fsync=self.options.fsync)
         self._write_last_segment_indexes(scan, good.size)
         self.state = FeedState(self.feed, good.size, good.frontier, good.hlc, good.note)

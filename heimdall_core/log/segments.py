@@ -295,6 +295,9 @@ class Head:
         return self.checkpoint.size
 
 
+_EMPTY_FRONTIER = Frontier().to_bytes()
+
+
 class HeadFile:
     """The durable signed head of a feed: two slots, the higher valid generation wins."""
 
@@ -334,6 +337,10 @@ class HeadFile:
                                  segment=str(self.path), offset=slot * HEAD_SLOT_BYTES)
         generation, physical, logical, note_len = HEAD_PAYLOAD.unpack_from(record.payload)
         note = record.payload[HEAD_PAYLOAD.size:HEAD_PAYLOAD.size + note_len]
+        if not note and record.payload[HEAD_PAYLOAD.size:] == _EMPTY_FRONTIER:
+            # Written by builds before 2026-11 when a feed was killed inside its first batch:
+            # a head of nothing, without a checkpoint. It says no more than no head.
+            return None
         try:
             frontier = Frontier.from_bytes(record.payload[HEAD_PAYLOAD.size + note_len:])
             hlc = Hlc(physical, logical)
