@@ -10,7 +10,7 @@ from heimdall_core.clock import Hlc
 from heimdall_core.errors import UnknownEventError
 from heimdall_core.events import Event
 from heimdall_core.graph import model
-from heimdall_core.graph.fold import Folder, PayloadError
+from heimdall_core.graph.fold import FOLD_STEP_RECORDS, Folder, PayloadError
 from heimdall_core.graph.rules import RuleSet
 
 DUMP = fake_bytes("dump")
@@ -154,3 +154,38 @@ def test_shredding_and_enrichment() -> None:
     value = delta.values[model.clear_value_vid("domain", "example.com")]
     assert value.props["fact.ttl"][2] == 60 and value.props["enriched_by"] == ["dns"]
     assert value.sightings == 0 and delta.positions == {feed: 2}
+
+
+def _big_event(feeds: Feeds, feed: bytes, count: int, bad_at: int | None = None) -> Event:
+    records: list[list[object]] = [[i, [clear_field("ip", "ip", f"10.0.{i // 256}.{i % 256}")]]
+                                   for i in range(count)]
+    if bad_at is not None:
+        records[bad_at] = [bad_at, [{"col": "ip", "kind": "ip", "v": 7}]]
+    return records_event(feeds, feed, records)
+
+
+def test_folding_in_steps_gives_what_one_add_gives() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    event = _big_event(feeds, feed, 3 * FOLD_STEP_RECORDS + 5)
+    whole, stepped = folder(), folder()
+    whole.add(event)
+    steps = sum(1 for _ in stepped.steps(event))
+    assert steps >= 3  # the projector's event loop turns between them
+    a, b = whole.take(), stepped.take()
+    assert (a.values, a.sightings, a.positions, a.records, a.events) == \
+        (b.values, b.sightings, b.positions, b.records, b.events)
+
+
+def test_a_bad_record_late_in_a_stepped_event_leaves_nothing_of_it() -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(records_event(feeds, feed, [[1, [clear_field("ip", "ip", "10.9.9.9")]]]))
+    bad = _big_event(feeds, feed, 3 * FOLD_STEP_RECORDS, bad_at=2 * FOLD_STEP_RECORDS + 7)
+    with pytest.raises(PayloadError):
+        for _ in f.steps(bad):
+            pass
+    delta = f.take()
+    assert set(delta.values) == {model.clear_value_vid("ip", "10.9.9.9")}
+    assert delta.positions == {feed: 1} and delta.records == 1

@@ -66,8 +66,11 @@ def age_extension_sql() -> str:
 
 # Sized for a projector replaying millions of records (~5 kB of WAL each): with the
 # default max_wal_size (1 GB) a 1M-record replay forces several extra checkpoints, and
-# the default 128 MB of shared buffers cannot hold the value indexes queries read.
-TUNING: tuple[tuple[str, str], ...] = (("shared_buffers", "256MB"), ("max_wal_size", "4GB"))
+# the default 128 MB of shared buffers cannot hold the value indexes queries read. Full
+# page images after a checkpoint are most of that WAL; lz4 compresses them for little CPU
+# (measured: a 300k-record AGE replay 7-9% faster, two runs each way).
+TUNING: tuple[tuple[str, str], ...] = (
+    ("shared_buffers", "256MB"), ("max_wal_size", "4GB"), ("wal_compression", "lz4"))
 
 
 def heimdall_conf(port: int, socket_dir: str) -> str:

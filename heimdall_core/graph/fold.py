@@ -12,7 +12,7 @@ and carries on with the others. Nothing is ever skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from heimdall_core import kinds
@@ -45,6 +45,11 @@ from heimdall_core.graph.rules import (
 VID_CACHE_ENTRIES_MAX = 262_144
 """Value ids remembered between batches (hot values: domains, popular addresses)."""
 
+FOLD_STEP_RECORDS = 128
+"""Records folded between two turns of the projector's event loop: an event of 1,000
+records takes ~15 ms to fold, and a store's statements in flight (a COPY's next chunk)
+wait for the loop; 128 records are ~2 ms."""
+_STEP_MASK = FOLD_STEP_RECORDS - 1  # FOLD_STEP_RECORDS is a power of two
 KIND_CHARS_MAX = 32
 COLUMN_CHARS_MAX = 1024
 FACTS_PER_EVENT_MAX = 256
@@ -78,7 +83,7 @@ class Folder:
         self._record_no = 0
         self._base_rules = {prop: rules.rule(model.VALUE, prop) for prop in _BASE_PROPS}
         self._attrs_rule = rules.rule(model.VALUE, "attrs")
-        self._handlers: dict[tuple[str, int], Callable[[Event, bytes], None]] = {
+        self._handlers: dict[tuple[str, int], Callable[[Event, bytes], Iterator[None] | None]] = {
             kinds.NOTE: _no_effect,
             kinds.FEED_ANNOUNCED: _no_effect,
             kinds.DUMP_STARTED: self._dump_started,
@@ -92,6 +97,13 @@ class Folder:
 
     def add(self, event: Event) -> None:
         """Fold one event; on error the delta is left as it was before this event."""
+        for _ in self.steps(event):
+            pass
+
+    def steps(self, event: Event) -> Iterator[None]:
+        """:meth:`add` in steps of at most FOLD_STEP_RECORDS records: the caller may let
+        other work run between two (the projector lets the batch in flight send its next
+        statement). Nothing but the caller may touch the folder until the steps end."""
         handler = self._handlers.get((event.kind, event.version))
         if handler is None:
             raise UnknownEventError(
@@ -100,7 +112,9 @@ class Folder:
                 "is upgraded (other feeds continue)")
         order = order_key(event.hlc.physical_ms, event.hlc.logical, event.feed, event.seq)
         try:
-            handler(event, order)
+            stepwise = handler(event, order)
+            if stepwise is not None:
+                yield from stepwise
         except PayloadError:
             self._rebuild()
             raise
@@ -167,8 +181,9 @@ class Folder:
 
     # --- records -------------------------------------------------------------------------
 
-    def _records_ingested(self, event: Event, order: bytes) -> None:
-        """The hot path (millions of fields): one loop, few calls, ids cached."""
+    def _records_ingested(self, event: Event, order: bytes) -> Iterator[None]:
+        """The hot path (millions of fields): one loop, few calls, ids cached; a step
+        ends every FOLD_STEP_RECORDS records."""
         p = event.payload
         dump = _bin(p, "dump", DUMP_ID_BYTES, event)
         part = _int(p, "part", event)
@@ -188,6 +203,8 @@ class Folder:
         event_first = record_no + 1
         for record in records:
             record_no += 1
+            if not record_no & _STEP_MASK:
+                yield
             position, fields = record
             if type(position) is not int or type(fields) is not list:
                 raise PayloadError(f"{where(event)}: a record must be [position: int, fields: array]")

@@ -185,14 +185,15 @@ class Projector:
                     continue
                 for event in self._events(feed, start, size, report):
                     try:
-                        folder.add(event)
+                        for _ in folder.steps(event):
+                            await asyncio.sleep(0)  # let the previous batch's statements go on
                     except GraphError as exc:  # unknown kind or version, malformed payload
                         self._stopped(report, event.feed, event.seq, str(exc))
                         break
                     if self._full(folder):
                         await pipeline.submit(folder.take())
                     else:
-                        await asyncio.sleep(0)  # let the previous batch's statements go on
+                        await asyncio.sleep(0)
             await pipeline.submit(folder.take())
             await pipeline.drain()
         finally:
