@@ -193,3 +193,12 @@ async def test_text_with_nul_and_records_without_values(tmp_path: Path) -> None:
         assert held is not None and held.value == "a\x00b"
     finally:
         await store.close()
+
+
+async def test_a_too_old_sqlite_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_module.sqlite3, "sqlite_version_info", (3, 37, 2))
+    monkeypatch.setattr(sqlite_module.sqlite3, "sqlite_version", "3.37.2")
+    store = SqliteStore(tmp_path / "graph.sqlite", RuleSet.default())
+    with pytest.raises(GraphError, match=r"needs SQLite 3\.38\.0 or newer .*links SQLite 3\.37\.2"):
+        await store.open()
+    assert not (tmp_path / "graph.sqlite").exists()

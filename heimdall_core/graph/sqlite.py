@@ -81,6 +81,8 @@ YOUNG_VALUES_MAX = 1 << 20
 (domains, popular addresses: *hot*) and values inserted lately (*young*, most of which are
 never met again) skip the conflicting insert and the lookups that find them."""
 FILE_NAME = "graph.sqlite"
+SQLITE_VERSION_MIN = (3, 38, 0)
+"""The bulk inserts use the ``->>`` operator (SQLite 3.38); Debian bookworm has 3.40."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -269,6 +271,10 @@ class SqliteStore:
     # --- opening -------------------------------------------------------------------------
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < SQLITE_VERSION_MIN:
+            raise GraphError(
+                f"the embedded graph needs SQLite {'.'.join(map(str, SQLITE_VERSION_MIN))} or newer "
+                f"(JSON operators); this Python links SQLite {sqlite3.sqlite_version}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
