@@ -18,6 +18,8 @@ from heimdall_core.normalize import (
     refang,
 )
 from heimdall_core.normalize.dispatch import canonicalizer_for
+from heimdall_core.normalize.email import canonicalize_plain_email
+from heimdall_core.normalize.ip import canonicalize_plain_ip
 from heimdall_core.normalize.refang import maybe_defanged
 
 
@@ -101,12 +103,10 @@ def test_the_fast_paths_give_what_canonicalize_gives(kind: str, raw: str, folds:
 
 
 def test_the_fast_paths_take_plain_values_and_leave_others() -> None:
-    from heimdall_core.normalize.email import canonicalize_plain_email
-    from heimdall_core.normalize.ip import canonicalize_plain_ip
-
     assert canonicalize_plain_email("user_1@example.com") == canonicalize("email", "user_1@example.com")
     assert canonicalize_plain_email("a@EXAMPLE.com") is None
     assert canonicalize_plain_email("a[.]b@example.com") is None
-    assert canonicalize_plain_email("a@x.com", NormalizeOptions(email_fold_dots_domains=frozenset({"x.com"}))) is None
+    folding = NormalizeOptions(email_fold_dots_domains=frozenset({"x.com"}))
+    assert canonicalize_plain_email("a@x.com", folding) is None
     assert canonicalize_plain_ip("10.0.0.1") == canonicalize("ip", "10.0.0.1")
     assert canonicalize_plain_ip("10[.]0.0.1") is None
