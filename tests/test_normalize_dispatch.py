@@ -18,6 +18,8 @@ from heimdall_core.normalize import (
     refang,
 )
 from heimdall_core.normalize.dispatch import canonicalizer_for
+from heimdall_core.normalize.email import canonicalize_plain_email
+from heimdall_core.normalize.ip import canonicalize_plain_ip
 from heimdall_core.normalize.refang import maybe_defanged
 
 
@@ -80,3 +82,31 @@ def test_canonicalizer_for_unknown_kind_raises() -> None:
 def test_the_defang_prefilter_misses_no_marker(raw: str) -> None:
     if refang(raw) != raw:
         assert maybe_defanged(raw)
+
+
+# Text near the fast paths' plain forms (see dispatch._fast_path): mostly their own
+# characters, with a few that must send a value down the general path.
+_NEAR_PLAIN = st.text(alphabet="abz09._+-@@..Z:[( \u00e9", min_size=1, max_size=40)
+_NEAR_IPV4 = st.lists(st.sampled_from(["0", "1", "25", "255", "256", "010", "x", ""]),
+                      min_size=1, max_size=5).map(".".join)
+
+
+@settings(deadline=None, max_examples=500)
+@given(kind=st.sampled_from(["email", "ip"]), raw=_NEAR_PLAIN | _NEAR_IPV4,
+       folds=st.booleans(), keep_case=st.booleans(), chars_max=st.sampled_from([8, 2048]))
+def test_the_fast_paths_give_what_canonicalize_gives(kind: str, raw: str, folds: bool,
+                                                     keep_case: bool, chars_max: int) -> None:
+    domains = frozenset({"b.a", "ab.z"}) if folds else frozenset()
+    opts = NormalizeOptions(value_chars_max=chars_max, email_keep_local_case=keep_case,
+                            email_fold_dots_domains=domains, email_strip_plus_domains=domains)
+    assert canonicalizer_for(kind, opts)(raw) == canonicalize(kind, raw, opts)
+
+
+def test_the_fast_paths_take_plain_values_and_leave_others() -> None:
+    assert canonicalize_plain_email("user_1@example.com") == canonicalize("email", "user_1@example.com")
+    assert canonicalize_plain_email("a@EXAMPLE.com") is None
+    assert canonicalize_plain_email("a[.]b@example.com") is None
+    folding = NormalizeOptions(email_fold_dots_domains=frozenset({"x.com"}))
+    assert canonicalize_plain_email("a@x.com", folding) is None
+    assert canonicalize_plain_ip("10.0.0.1") == canonicalize("ip", "10.0.0.1")
+    assert canonicalize_plain_ip("10[.]0.0.1") is None

@@ -13,9 +13,9 @@ import functools
 from collections.abc import Callable
 
 from heimdall_core.normalize.domain import canonicalize_domain
-from heimdall_core.normalize.email import canonicalize_email
+from heimdall_core.normalize.email import canonicalize_email, canonicalize_plain_email
 from heimdall_core.normalize.hashes import canonicalize_hash, canonicalize_password_hash
-from heimdall_core.normalize.ip import canonicalize_cidr, canonicalize_ip
+from heimdall_core.normalize.ip import canonicalize_cidr, canonicalize_ip, canonicalize_plain_ip
 from heimdall_core.normalize.model import (
     DEFAULT,
     KIND_CIDR,
@@ -114,7 +114,29 @@ def canonicalizer_for(kind: str, opts: NormalizeOptions = DEFAULT) -> Callable[[
             raw = refang(raw)
         return canonicalizer(raw)
 
-    return refanged
+    fast = _fast_path(kind, opts)
+    if fast is None:
+        return refanged
+
+    def plain_first(raw: str) -> Result:
+        # A value the fast path recognizes needs no refang prefilter (see _fast_path).
+        if len(raw) > chars_max:
+            return too_long
+        result = fast(raw)
+        return result if result is not None else refanged(raw)
+
+    return plain_first
+
+
+def _fast_path(kind: str, opts: NormalizeOptions) -> Callable[[str], Result | None] | None:
+    """A function giving the canonical result of a value of ``kind`` that refanging would
+    leave unchanged and that is (nearly) canonical already, and None for any other value:
+    the bulk of a dump's e-mail and IP columns, at a fraction of the cost (tested equal)."""
+    if kind == KIND_EMAIL:
+        return functools.partial(canonicalize_plain_email, opts=opts)
+    if kind == KIND_IP:
+        return canonicalize_plain_ip
+    return None
 
 
 def canonicalize(kind: str, raw: str, opts: NormalizeOptions = DEFAULT) -> Result:

@@ -87,6 +87,15 @@ def canonicalize_ip(raw: str) -> Result:
     return _canonicalize_ip_slow(text)
 
 
+def canonicalize_plain_ip(raw: str) -> Result | None:
+    """The result of ``canonicalize_ip(refang(raw))`` if ``raw`` is canonical dotted decimal
+    as given (digits and dots only: no marker to refang, nothing to trim), else None.
+    Lets the ingest path skip the refang prefilter for the common IPv4 column."""
+    if _IPV4_CANONICAL.fullmatch(raw):
+        return new_canonical(Canonical, (KIND_IP, raw, None, _V4_ATTRS))
+    return None
+
+
 @functools.lru_cache(maxsize=_IP_CACHE_ENTRIES_MAX)
 def _canonicalize_ip_slow(text: str) -> Result:
     if not text:

@@ -160,21 +160,26 @@ class Protector:
 
     def _rule(self, source: str, codes: dict[tuple[str, str], _Rule], column: str, kind: str) -> _Rule:
         kind_utf8 = kind.encode()
-        rule = (_FLAGS[self._policy.action(source, column, kind)], _SUBJECT_RANK.get(kind, _NO_RANK),
-                kind_utf8 + b"\x00", kind_utf8)
+        flags = _FLAGS[self._policy.action(source, column, kind)]
+        layout = _sealed_layout(column, kind, bool(flags & _INDEX)) if flags & _SEAL else None
+        rule = (flags, _SUBJECT_RANK.get(kind, _NO_RANK), kind_utf8 + b"\x00", kind_utf8, layout)
         codes[(column, kind)] = rule
         return rule
-
-
-# What the policy does with the fields of one (column, kind), for the inner loop: (action
-# flags, rank as the record's subject, the kind in UTF-8 and a NUL (the head of its
-# fingerprinted messages), the kind in UTF-8).
-_Rule = tuple[int, int, bytes, bytes]
 
 
 # The constant bytes of a sealed field's canonical msgpack map around its three
 # variable parts (bi, ct, sub): see ``_sealed_layout``.
 _Layout = tuple[bytes, bytes, bytes, bytes, bytes]
+
+# What the policy does with the fields of one (column, kind), for the inner loop: (action
+# flags, rank as the record's subject, the kind in UTF-8 and a NUL (the head of its
+# fingerprinted messages), the kind in UTF-8, the packed layout of its sealed fields if
+# it seals them). Built once per (column, kind), so the per-field path only looks it up.
+_Rule = tuple[int, int, bytes, bytes, "_Layout | None"]
+
+# A field of a record to seal once the record's subject is known: (its index in out, its
+# column, its blind index or b"", its value in UTF-8, its kind's rule).
+_ToSeal = tuple[int, str, bytes, bytes, _Rule]
 
 # A packed field waiting for its ciphertext: (the list it is in, its index there, its
 # layout, blind index or b"", msgpack bin header of the sealed value, plaintext, subject,
@@ -190,10 +195,6 @@ _BIN_OF_16 = _BIN8_HEADERS[16]
 assert BLIND_INDEX_BYTES == SUBJECT_ID_BYTES == 16
 
 _pack_map_header = msgpack.Packer().pack_map_header
-
-LAYOUTS_CACHED_MAX = 4_096
-"""Most (column, kind) layouts a batch remembers."""
-
 
 def _bin_header(size: int) -> bytes:
     """The canonical msgpack header of a bin value of ``size`` bytes (size < 2**32)."""
@@ -228,7 +229,7 @@ class BatchSealer:
     those of :meth:`Protector.protect_batch`, which is built on this.
     """
 
-    __slots__ = ("_bi_inner", "_bi_outer", "_codes", "_layouts", "_pending", "_protector",
+    __slots__ = ("_bi_inner", "_bi_outer", "_codes", "_pending", "_protector",
                  "_records", "_source", "_subject_inner", "_subject_outer", "_subjects")
 
     def __init__(self, protector: Protector, source: str) -> None:
@@ -237,7 +238,6 @@ class BatchSealer:
         self._codes = protector._codes_for(source)
         self._bi_inner, self._bi_outer = protector._keys.blind.pads()
         self._subject_inner, self._subject_outer = protector._keys.subject.pads()
-        self._layouts: dict[tuple[str, str], _Layout] = {}
         self._pending: list[_Pending] = []
         self._subjects: dict[bytes, None] = {}  # insertion-ordered set
         self._records = 0
@@ -261,20 +261,18 @@ class BatchSealer:
         codes = self._codes
         packb = msgpack.packb
         first = len(out)
-        # Fields to seal once the subject is known: (index in out, field, blind index or
-        # b"", its UTF-8 value, its kind's rule).
-        sealed: list[tuple[int, FieldIn, bytes, bytes, _Rule]] = []
+        sealed: list[_ToSeal] = []
         best_rank = _NO_RANK
-        best: FieldIn | None = None
-        for field in record:
-            column, kind, value = field
+        best_value = ""
+        best_kind_nul = b""
+        for column, kind, value in record:
             rule = codes.get((column, kind))
             if rule is None:
                 rule = self._protector._rule(self._source, codes, column, kind)
-            code, rank, kind_nul, _ = rule
+            code, rank, kind_nul, _, _ = rule
             if value and rank < best_rank:
                 # The subject rule looks at every present field, whatever its action.
-                best_rank, best = rank, field
+                best_rank, best_value, best_kind_nul = rank, value, kind_nul
             if not code:
                 continue  # drop
             # An empty value carries nothing personal, and sealing or indexing it would
@@ -292,41 +290,41 @@ class BatchSealer:
                 outer.update(inner.digest())
                 bi = outer.digest()[:BLIND_INDEX_BYTES]
             if code & _SEAL:
-                sealed.append((len(out), field, bi, plaintext, rule))
+                sealed.append((len(out), column, bi, plaintext, rule))
                 out.append(b"")  # placeholder, see seal()
             else:
                 # Keys in sorted order: canonical msgpack needs sorted maps.
                 out.append(packb({"bi": bi, "col": column, "kind": kind}))
         if sealed:
-            self._pend(out, sealed, best)
+            # The subject's message "subject" NUL kind NUL value (see _pend); without a
+            # subject field, the first sealed field names the subject.
+            if best_rank < _NO_RANK:
+                message = SUBJECT_LABEL + best_kind_nul + best_value.encode()
+            else:
+                message = SUBJECT_LABEL + sealed[0][4][2] + sealed[0][3]
+            self._pend(out, sealed, message)
         return len(out) - first
 
-    def _pend(self, out: list[bytes], sealed: list[tuple[int, FieldIn, bytes, bytes, _Rule]],
-              best: FieldIn | None) -> None:
-        """Queue a record's fields to seal under its subject's key (see :meth:`seal`)."""
-        _, kind, value = best if best is not None else sealed[0][1]
+    def _pend(self, out: list[bytes], sealed: list[_ToSeal], message: bytes) -> None:
+        """Queue a record's fields to seal under the key of the subject ``message`` names
+        (see :meth:`seal`)."""
         # subject_id() inlined: HMAC(key, "subject" NUL kind NUL value)[:16] (tested equal).
         inner = self._subject_inner()
-        inner.update(SUBJECT_LABEL + f"{kind}\x00{value}".encode())
+        inner.update(message)
         outer = self._subject_outer()
         outer.update(inner.digest())
         subject = outer.digest()[:SUBJECT_ID_BYTES]
         self._subjects[subject] = None
-        layouts = self._layouts
         pending = self._pending
         ad_head = _FORMAT + subject
-        for index, (column, kind, _value), bi, plaintext, rule in sealed:
+        for index, column, bi, plaintext, rule in sealed:
             size = len(plaintext)
             if size > FIELD_PLAINTEXT_BYTES_MAX:
-                raise PiiError(f"column {column!r}: a {kind} value of {size} "
+                raise PiiError(f"column {column!r}: a {rule[3].decode()} value of {size} "
                                f"bytes exceeds {FIELD_PLAINTEXT_BYTES_MAX}")
             size += OVERHEAD_BYTES  # the length of the sealed value, known before sealing
-            key = (column, kind)
-            layout = layouts.get(key)  # a column's flags are fixed within a batch's source
-            if layout is None:
-                if len(layouts) >= LAYOUTS_CACHED_MAX:
-                    layouts.clear()
-                layout = layouts[key] = _sealed_layout(column, kind, bool(bi))
+            layout = rule[4]
+            assert layout is not None  # every sealing rule has one
             header = _BIN8_HEADERS[size] if size < _BIN8_SIZES else _bin_header(size)
             # The associated data (envelope.field_ad): version | subject | kind.
             pending.append((out, index, layout, bi, header, plaintext, subject, ad_head + rule[3]))
