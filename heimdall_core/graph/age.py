@@ -900,22 +900,31 @@ class _Batch:
     async def _value_chunks(self, new: list[bytes], gids: range, needs_entity: list[bytes],
                             egids: range) -> AsyncIterator[Chunk]:
         """Rows of the values and entities this batch creates."""
-        values = self.delta.values
-        egid, packb = self.egid.get, _packb
-        fresh = list(zip(new, gids, [values[vid] for vid in new], strict=True))
+        fresh = list(zip(new, gids, map(self.delta.values.__getitem__, new), strict=True))
         # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
         async for chunk in _built("hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
-                                  lambda part: [(vid, gid, v.kind, v.value, v.blind_index, packb(v.props),
-                                                 v.sightings, egid(vid)) for vid, gid, v in part]):
+                                  self._hm_value_rows):
             yield chunk
-        props = self._new_value_props
-        async for chunk in _built("value", ("id", "properties"), fresh,
-                                  lambda part: [(gid, props(v)) for _, gid, v in part]):
+        async for chunk in _built("value", ("id", "properties"), fresh, self._value_rows):
             yield chunk
         async for chunk in _taken("entity", ("id", "properties"),
                                   ((egid, b'{"id": "%s"}' % model.entity_vid(vid).hex().encode())
                                    for vid, egid in zip(needs_entity, egids, strict=True))):
             yield chunk
+
+    def _hm_value_rows(self, part: Sequence[tuple[bytes, int, ValueDelta]]) -> list[tuple[Any, ...]]:
+        """hm_value rows of new values, column by column in C (a tuple built per value in
+        Python cost ~2 us a value). v.sightings assumes the delta's sightings are new;
+        _merge_sighting corrects it."""
+        vids, gids, vs = zip(*part, strict=True)
+        return list(zip(vids, gids, map(_kind_of, vs), map(_clear_of, vs), map(_blind_of, vs),
+                        map(_packb, map(_props_of, vs)), map(_sightings_of, vs), map(self.egid.get, vids),
+                        strict=True))
+
+    def _value_rows(self, part: Sequence[tuple[bytes, int, ValueDelta]]) -> list[tuple[Any, ...]]:
+        """value vertices of new values: (gid, properties)."""
+        _, gids, vs = zip(*part, strict=True)
+        return list(zip(gids, map(self._new_value_props, vs), strict=True))
 
     def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         """Existing values: merge cells with the rules, count new sightings, link new entities."""
@@ -1022,17 +1031,13 @@ class _Batch:
                                pairs: bool) -> AsyncIterator[Chunk]:
         """Rows of the sightings this batch creates and their edges; then (``pairs``) the
         in_field and includes pairs that building has_value collected."""
-        sightings, dump_gids, vgid = self.delta.sightings, self.dump_gids, self.vgid
+        dump_gids = self.dump_gids
         keyed = list(zip(new, gids, strict=True))
-        async for chunk in _taken(
-                "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"),
-                ((sid, dump_gids[dump], part, pos, s.seen_ms, None if s.entity is None else vgid[s.entity],
-                  _sealed_cell(s), b"".join(dict.fromkeys(map(_first, s.values))))
-                 for (dump, part, pos), sid in keyed for s in (sightings[(dump, part, pos)],))):
+        async for chunk in _built(
+                "hm_sighting", ("gid", "dump", "part", "pos", "seen_ms", "entity", "sealed", "vals"), keyed,
+                self._hm_sighting_rows):
             yield chunk
-        async for chunk in _taken(
-                "sighting", ("id", "properties"),
-                ((sid, SIGHTING_PROPS % (key[1], key[2], sightings[key].seen_ms)) for key, sid in keyed)):
+        async for chunk in _built("sighting", ("id", "properties"), keyed, self._sighting_rows):
             yield chunk
         async for chunk in _taken("in_dump", ("start_id", "end_id", "id"),
                                   zip(gids, (dump_gids[key[0]] for key in new), self.edge_ids["in_dump"],
@@ -1044,6 +1049,30 @@ class _Batch:
         if pairs:
             async for chunk in self._pair_chunks(conn):
                 yield chunk
+
+    def _hm_sighting_rows(self, part: Sequence[tuple[model.SightingKey, int]]) -> list[tuple[Any, ...]]:
+        """hm_sighting rows of new sightings, column by column in C; ``vals`` is the record's
+        distinct value ids end to end, in record order."""
+        keys, sids = zip(*part, strict=True)
+        dumps, parts, positions = zip(*keys, strict=True)
+        sightings = list(map(self.delta.sightings.__getitem__, keys))
+        vids = map(map, itertools.repeat(_first), map(_values_of, sightings))
+        vals = map(b"".join, map(dict.fromkeys, vids))
+        return list(zip(sids, map(self.dump_gids.__getitem__, dumps), parts, positions,
+                        map(_seen_of, sightings), map(self._primary_gid, sightings),
+                        map(_sealed_cell, sightings), vals, strict=True))
+
+    def _sighting_rows(self, part: Sequence[tuple[model.SightingKey, int]]) -> list[tuple[Any, ...]]:
+        """sighting vertices of new sightings: (gid, properties)."""
+        keys, sids = zip(*part, strict=True)
+        _, parts, positions = zip(*keys, strict=True)
+        seen = map(_seen_of, map(self.delta.sightings.__getitem__, keys))
+        props = map(SIGHTING_PROPS.__mod__, zip(parts, positions, seen, strict=True))
+        return list(zip(sids, props, strict=True))
+
+    def _primary_gid(self, s: SightingDelta) -> int | None:
+        """The vertex of a sighting's primary value (hm_sighting.entity)."""
+        return None if s.entity is None else self.vgid[s.entity]
 
     def _has_value_rows(self, pairs: Sequence[tuple[model.SightingKey, int]]) -> list[HasValueRow]:
         """has_value edges of new sightings (a value held in several columns of one record is
@@ -1305,6 +1334,12 @@ def _split_pairs(pairs: Sequence[int]) -> list[tuple[int, int]]:
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 _values_of = operator.attrgetter("values")
+_kind_of = operator.attrgetter("kind")
+_clear_of = operator.attrgetter("value")
+_blind_of = operator.attrgetter("blind_index")
+_props_of = operator.attrgetter("props")
+_sightings_of = operator.attrgetter("sightings")
+_seen_of = operator.attrgetter("seen_ms")
 
 
 def _packed(starts: Iterable[int], ends: Iterable[int]) -> Iterator[int]:
