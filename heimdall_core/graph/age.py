@@ -792,7 +792,7 @@ class _Batch:
         # waiting for the edges it had queued last (14-20% this way).
         async for chunk in self._sighting_chunks(conn, new_sightings, gids["sighting"], pairs_now):
             conn.copy(*chunk)
-        async for chunk in self._value_chunks(new_values, gids["value"], needs_entity, gids["entity"]):
+        async for chunk in self._value_chunks(held_values, needs_entity, gids["entity"]):
             conn.copy(*chunk)
         if not pairs_now:
             for key in held_sightings:
@@ -897,34 +897,45 @@ class _Batch:
         self.egid.update((vid, int(h[1])) for vid, h in held.items() if h[1] is not None)
         self.created = {"value": gids, "entity": egids}
 
-    async def _value_chunks(self, new: list[bytes], gids: range, needs_entity: list[bytes],
+    async def _value_chunks(self, held: Mapping[bytes, Any], needs_entity: list[bytes],
                             egids: range) -> AsyncIterator[Chunk]:
-        """Rows of the values and entities this batch creates."""
-        fresh = list(zip(new, gids, map(self.delta.values.__getitem__, new), strict=True))
-        # v.sightings assumes the delta's sightings are new; _merge_sighting corrects it.
-        async for chunk in _built("hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), fresh,
-                                  self._hm_value_rows):
-            yield chunk
-        async for chunk in _built("value", ("id", "properties"), fresh, self._value_rows):
-            yield chunk
+        """Rows of the values and entities this batch creates.
+
+        Built in the fold's order, then sorted by graphid (content-id order, as the graphids
+        were given): the fold made the values in its order, so they lie in memory in it, and
+        a pass in content-id order read each from memory (measured: ~1.5 us a value in
+        content-id order, ~0.5 in the fold's, at 30,000 records a batch; the sort ~0.2)."""
+        items = self.delta.values.items()
+        fresh = list(items) if not held else [item for item in items if item[0] not in held]
+        hm_value: list[tuple[Any, ...]] = []
+        value: list[tuple[Any, ...]] = []
+        for start in range(0, len(fresh), BUILD_SLICE_ITEMS):
+            hm_rows, value_rows = self._value_rows(fresh[start:start + BUILD_SLICE_ITEMS])
+            hm_value += hm_rows
+            value += value_rows
+            await asyncio.sleep(0)
+        hm_value.sort(key=_second)
+        value.sort(key=_first)
+        for start in range(0, len(hm_value), COPY_CHUNK_ROWS):
+            yield "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), \
+                hm_value[start:start + COPY_CHUNK_ROWS]
+        for start in range(0, len(value), COPY_CHUNK_ROWS):
+            yield "value", ("id", "properties"), value[start:start + COPY_CHUNK_ROWS]
         async for chunk in _taken("entity", ("id", "properties"),
                                   ((egid, b'{"id": "%s"}' % model.entity_vid(vid).hex().encode())
                                    for vid, egid in zip(needs_entity, egids, strict=True))):
             yield chunk
 
-    def _hm_value_rows(self, part: Sequence[tuple[bytes, int, ValueDelta]]) -> list[tuple[Any, ...]]:
-        """hm_value rows of new values, column by column in C (a tuple built per value in
-        Python cost ~2 us a value). v.sightings assumes the delta's sightings are new;
-        _merge_sighting corrects it."""
-        vids, gids, vs = zip(*part, strict=True)
-        return list(zip(vids, gids, map(_kind_of, vs), map(_clear_of, vs), map(_blind_of, vs),
-                        map(_packb, map(_props_of, vs)), map(_sightings_of, vs), map(self.egid.get, vids),
-                        strict=True))
-
-    def _value_rows(self, part: Sequence[tuple[bytes, int, ValueDelta]]) -> list[tuple[Any, ...]]:
-        """value vertices of new values: (gid, properties)."""
-        _, gids, vs = zip(*part, strict=True)
-        return list(zip(gids, map(self._new_value_props, vs), strict=True))
+    def _value_rows(self, part: Sequence[tuple[bytes, ValueDelta]]) -> tuple[list[tuple[Any, ...]],
+                                                                             list[tuple[Any, ...]]]:
+        """hm_value rows and value vertices of new values, column by column in C.
+        v.sightings assumes the delta's sightings are new; _merge_sighting corrects it."""
+        vids, vs = zip(*part, strict=True)
+        gids = list(map(self.vgid.__getitem__, vids))
+        hm_value = list(zip(vids, gids, map(_kind_of, vs), map(_clear_of, vs), map(_blind_of, vs),
+                            map(_packb, map(_props_of, vs)), map(_sightings_of, vs), map(self.egid.get, vids),
+                            strict=True))
+        return hm_value, list(zip(gids, map(self._new_value_props, vs), strict=True))
 
     def _merge_values(self, conn: _Ordered, held: dict[bytes, tuple[int, Any, bytes]]) -> None:
         """Existing values: merge cells with the rules, count new sightings, link new entities."""
