@@ -904,7 +904,9 @@ class _Batch:
         Built in the fold's order, then sorted by graphid (content-id order, as the graphids
         were given): the fold made the values in its order, so they lie in memory in it, and
         a pass in content-id order read each from memory (measured: ~1.5 us a value in
-        content-id order, ~0.5 in the fold's, at 30,000 records a batch; the sort ~0.2)."""
+        content-id order, ~0.5 in the fold's, at 30,000 records a batch; the sort ~0.2).
+        Their COPYs start once all are built: the server has the sightings' edges, sent
+        before, to work through meanwhile."""
         items = self.delta.values.items()
         fresh = list(items) if not held else [item for item in items if item[0] not in held]
         hm_value: list[tuple[Any, ...]] = []
