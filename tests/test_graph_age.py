@@ -23,6 +23,7 @@ from graph_contract import (
     Feeds,
     Opened,
     chunks,
+    clear_field,
     dump_started,
     fake_bytes,
     fold,
@@ -176,6 +177,32 @@ async def test_cypher_lookups_use_the_indexes(age: Opened, pg_dsn: str) -> None:
         await conn.close()
     found = await store.cypher(f"MATCH (v:value) WHERE v.bi = '{email_bi}' RETURN v.kind", ("kind",))
     assert found == [('"email"',)]
+
+
+async def test_value_in_two_columns_of_one_record_is_one_edge(age: Opened) -> None:
+    """A batch where one record holds a value in two columns (has_value lists both, one
+    edge) among records that do not: the rows are built record by record for it."""
+    feeds = Feeds()
+    main = feeds.feed("main")
+    dump = fake_bytes("dump:twice")
+    columns = ["ip", "indicator"]
+    events = [feeds.event(main, kinds.DUMP_STARTED, dump_started(dump, "s", "t.csv", columns,
+                                                                 {"ip": "ip", "indicator": "ip"})),
+              feeds.event(main, kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": [
+                  [1, [clear_field("ip", "ip", "10.9.0.1"), clear_field("indicator", "ip", "10.9.0.2")]],
+                  [2, [clear_field("ip", "ip", "10.9.0.3"), clear_field("indicator", "ip", "10.9.0.3")]],
+                  [3, [clear_field("ip", "ip", "10.9.0.1")]],
+              ]})]
+    store = await age()
+    assert isinstance(store, AgeStore)
+    await store.reset()
+    await store.apply(fold(events))
+    edges = await store.cypher(
+        "MATCH (s:sighting)-[h:has_value]->(v:value) RETURN s.position, v.value, h.columns "
+        "ORDER BY s.position, v.value", ("position", "value", "columns"))
+    assert edges == [("1", '"10.9.0.1"', '["ip"]'), ("1", '"10.9.0.2"', '["indicator"]'),
+                     ("2", '"10.9.0.3"', '["indicator", "ip"]'), ("3", '"10.9.0.1"', '["ip"]')]
+    assert await state_hash(store) == await state_hash(await reference(events))
 
 
 async def test_state_hash_equal_across_sqlite_and_age(age: Opened, tmp_path: Path) -> None:
