@@ -12,6 +12,11 @@ from pathlib import Path
 
 from ingest_helpers import cli, cli_json, events_of, site_env
 
+from heimdall_core.ingest.registry import DumpRegistry
+from heimdall_core.log.store import LogStore
+
+POLL_S = 0.005
+
 
 def _make_csv(path: Path, rows: int, quoted_every: int = 0) -> Path:
     with open(path, "w") as handle:
@@ -30,22 +35,35 @@ def _positions(data: Path, dump: str) -> Counter[int]:
     return seen
 
 
+def _wait_for_acknowledged_records(data: Path, timeout_s: float = 90.0) -> None:
+    """Return as soon as the ingest running on ``data`` has acknowledged some records.
+
+    Polled in this process (a `heimdall dumps` per poll took ~0.3-0.5 s under load, long
+    enough for a whole parallel ingest of these files to finish before the kill)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        store = LogStore(data)
+        try:
+            registry = DumpRegistry(store)
+            registry.refresh()
+            if any(dump.records > 0 for dump in registry.dumps()):
+                return
+        finally:
+            store.close()
+        time.sleep(POLL_S)
+    raise AssertionError(f"no records acknowledged within {timeout_s} s")
+
+
 def test_killed_ingest_is_reported_incomplete_and_resumes(tmp_path: Path) -> None:
     data = tmp_path / "site"
     cli(data, "init")
-    rows = 60_000
+    rows = 120_000
     dump_file = _make_csv(tmp_path / "big.csv", rows)
     proc = subprocess.Popen(
         [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "big",
          "--no-progress"], env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Wait until some records are acknowledged, then kill without warning.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        dumps = cli_json(data, "dumps", "--json")
-        if dumps and dumps[0]["records"] > 0:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    _wait_for_acknowledged_records(data)
+    os.kill(proc.pid, signal.SIGKILL)  # without warning
     proc.wait()
     dumps = cli_json(data, "dumps", "--json")
     assert len(dumps) == 1 and dumps[0]["finished"] is False
@@ -91,18 +109,13 @@ def test_workers_split_a_dump_across_processes_and_feeds(tmp_path: Path) -> None
 def test_killed_parallel_ingest_resumes_each_part_exactly_once(tmp_path: Path) -> None:
     data = tmp_path / "site"
     cli(data, "init")
-    rows = 80_000
+    rows = 160_000
     dump_file = _make_csv(tmp_path / "p.csv", rows, quoted_every=101)
     proc = subprocess.Popen(
         [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "p",
          "--workers", "2", "--no-progress"], env=site_env(data), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        dumps = cli_json(data, "dumps", "--json")
-        if dumps and dumps[0]["records"] > 0:
-            break
-        time.sleep(0.05)
+    _wait_for_acknowledged_records(data)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker processes
     proc.wait()
     dumps = cli_json(data, "dumps", "--json")
