@@ -739,17 +739,10 @@ class _Batch:
                 self.edge_ranges[label] = reserved[label]
                 self.edge_ids[label] = itertools.count(reserved[label].start)
 
-    async def copy_built(self, conn: _Ordered, table: str, columns: Sequence[str], items: Sequence[T],
-                         build: Callable[[Sequence[T]], list[tuple[Any, ...]]],
-                         items_per_copy: int = COPY_CHUNK_ROWS) -> None:
-        """COPY the rows ``build`` makes of ``items``, ``items_per_copy`` items per statement:
-        the server inserts one chunk while the next is built."""
-        async for chunk in _built(table, columns, items, build, items_per_copy):
-            conn.copy(*chunk)
-
     async def copy_rows(self, conn: _Ordered, table: str, columns: Sequence[str],
                         rows: Iterable[tuple[Any, ...]]) -> None:
-        """copy_built for rows from an iterable (a generator builds them as they are taken)."""
+        """COPY rows from an iterable (a generator builds them as they are taken), in
+        chunks: the server inserts one while the next is built."""
         async for chunk in _taken(table, columns, rows):
             conn.copy(*chunk)
 
