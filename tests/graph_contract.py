@@ -373,6 +373,7 @@ async def test_contract_query_answers(make_store: Opened) -> None:
     dumps = await store.value_dumps(ip)
     assert [(d.source, d.name) for d in dumps] == [("breach-x", "x.csv"), ("feed-y", "y.ndjson")]
     assert [d.sightings for d in dumps] == [2, 1]
+    assert [d.duplicate_of for d in dumps] == [None, fake_bytes("dump:a")]
     assert all(d.first_seen_ms <= d.last_seen_ms for d in dumps)
     assert info.sightings == 3
     # Enrichment: rdap is not listed, so priority falls back to the total order: rdap is later.

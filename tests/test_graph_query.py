@@ -84,6 +84,7 @@ async def test_ip_query_where_with_what_known(keystore: KeyStore) -> None:
     assert answer["query"] == {"kind": "ip", "value": "192.0.2.1"}
     (match,) = answer["matches"]
     assert match["form"] == "clear" and match["status"] == "seen" and match["sightings"] == 2
+    assert match["sightings_in_repeats"] == 0 and match["dumps"][0]["duplicate_of"] is None
     assert [(d["source"], d["name"], d["sightings"]) for d in match["dumps"]] == [("leak", "leak.csv", 2)]
     assert match["facts"] == {"asn": 64496, "country": "NL"} and match["enriched_by"] == ["asn-db"]
     co = {(v["kind"], v["value"], v["records"], v["protected"]) for v in match["co_occurring"]["values"]}
@@ -93,6 +94,27 @@ async def test_ip_query_where_with_what_known(keystore: KeyStore) -> None:
     assert all(v["value"] is None for v in protected)
     text = render_text(answer)
     assert "[protected]" in text and "alice" not in text and "64496" in text
+
+
+async def test_repeat_upload_is_listed_but_not_counted_again(keystore: KeyStore) -> None:
+    feeds, feed, evs = events(keystore)
+    repeat = fake_bytes("dump:repeat")
+    mapping = {"email": "email", "username": "username", "ip": "ip", "domain": "domain"}
+    evs += [
+        feeds.event(feed, kinds.DUMP_STARTED, dump_started(repeat, "leak", "upload", list(mapping), mapping)),
+        feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": repeat, "part": 0,
+                                                   "records": protected_records(keystore)}),
+        # The digest of an upload is known only at its end: the repeat is flagged then.
+        feeds.event(feed, kinds.DUMP_FINISHED, {"dump": repeat, "records": 3, "quarantined": 0,
+                                                "sha256": "ab" * 32, "bytes": 10, "duplicate_of": DUMP}),
+    ]
+    (match,) = (await ask(await graph(evs), "192.0.2.1", keystore))["matches"]
+    assert match["sightings"] == 2 and match["sightings_in_repeats"] == 2
+    assert sorted((d["name"], d["sightings"], d["duplicate_of"]) for d in match["dumps"]) == [
+        ("leak.csv", 2, None), ("upload", 2, DUMP.hex())]
+    text = render_text({"query": {"kind": "ip", "value": "192.0.2.1"}, "matches": [match]})
+    assert "seen in 2 records (and 2 more in repeated uploads)" in text
+    assert f"upload (repeat of {DUMP.hex()[:16]}" in text
 
 
 async def test_personal_value_found_by_blind_index_and_revealed_on_request(keystore: KeyStore) -> None:

@@ -71,7 +71,7 @@ from heimdall_core.graph.model import (
     ValueDelta,
     ValueInfo,
 )
-from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_text, lift, merge, visible
+from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_seen, lift, merge, visible
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
 if TYPE_CHECKING:
@@ -554,8 +554,7 @@ class AgeStore:
         out = []
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)
-            out.append(DumpSeen(bytes(dump), dump_text(self.rules, props, "source"),
-                                dump_text(self.rules, props, "name"), int(count), int(first), int(last)))
+            out.append(dump_seen(self.rules, bytes(dump), props, int(count), int(first), int(last)))
         out.sort(key=lambda d: (-d.sightings, d.dump))
         return out[:limit]
 

@@ -22,7 +22,7 @@ from heimdall_core.graph.model import (
     StateEntry,
     ValueInfo,
 )
-from heimdall_core.graph.rules import Rule, RuleSet, dump_text, lift, merge
+from heimdall_core.graph.rules import Rule, RuleSet, dump_seen, lift, merge
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
 
@@ -156,13 +156,10 @@ class MemoryStore:
         per_dump: dict[bytes, list[int]] = {}
         for key in held.sightings:
             per_dump.setdefault(key[0], []).append(self._sightings[key].seen_ms)
-        out = [DumpSeen(dump, self._dump_text(dump, "source"), self._dump_text(dump, "name"),
-                        len(times), min(times), max(times)) for dump, times in per_dump.items()]
+        out = [dump_seen(self.rules, dump, self._dumps.get(dump, {}), len(times), min(times), max(times))
+               for dump, times in per_dump.items()]
         out.sort(key=lambda d: (-d.sightings, d.dump))
         return out[:limit]
-
-    def _dump_text(self, dump: bytes, prop: str) -> str | None:
-        return dump_text(self.rules, self._dumps.get(dump, {}), prop)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:

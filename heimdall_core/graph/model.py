@@ -259,6 +259,9 @@ class DumpSeen:
     sightings: int
     first_seen_ms: int
     last_seen_ms: int
+    duplicate_of: bytes | None = None
+    """Set when the dump is a repeat of an earlier one (same bytes, same source) that was
+    only found to be one after it was read (an HTTP upload that declared no sha256)."""
 
 
 @dataclass(frozen=True, slots=True)

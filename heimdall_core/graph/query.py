@@ -112,16 +112,21 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
         answer["status"] = "shredded"
         return answer
     props = rules.visible_props(model.VALUE, info.props)
+    dumps = await store.value_dumps(info.vid)
+    # A repeat upload (the same bytes from the same source, found to be one only at its
+    # end) is listed, marked, but is not new evidence: its records are not counted again.
+    repeated = sum(d.sightings for d in dumps if d.duplicate_of is not None)
     answer.update({
         "status": "seen",
-        "sightings": info.sightings,
+        "sightings": info.sightings - repeated,
+        "sightings_in_repeats": repeated,
         "first_seen_ms": props.get("first_seen_ms"),
         "last_seen_ms": props.get("last_seen_ms"),
         "attrs": props.get("attrs") or {},
         "facts": {name[len(FACT_PREFIX):]: value for name, value in props.items()
                   if name.startswith(FACT_PREFIX)},
         "enriched_by": props.get("enriched_by") or [],
-        "dumps": [_dump(d) for d in await store.value_dumps(info.vid)],
+        "dumps": [_dump(d) for d in dumps],
     })
     co = await store.co_values(info.vid, co_values)
     answer["co_occurring"] = {
@@ -135,7 +140,8 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
 def _dump(seen: DumpSeen) -> dict[str, Any]:
     return {"dump": seen.dump.hex(), "source": seen.source, "name": seen.name,
             "sightings": seen.sightings, "first_seen_ms": seen.first_seen_ms,
-            "last_seen_ms": seen.last_seen_ms}
+            "last_seen_ms": seen.last_seen_ms,
+            "duplicate_of": None if seen.duplicate_of is None else seen.duplicate_of.hex()}
 
 
 def _co_value(co: CoValue, keys: QueryKeys, reveal_values: bool) -> dict[str, Any]:
@@ -196,12 +202,14 @@ def render_text(answer: Mapping[str, Any]) -> str:
         if match["status"] == "shredded":
             lines.append("  shredded: the data of every person it belonged to was erased")
             continue
-        lines.append(f"  seen in {match['sightings']} records, first {_when(match['first_seen_ms'])}, "
-                     f"last {_when(match['last_seen_ms'])}")
+        repeats = match["sightings_in_repeats"]
+        lines.append(f"  seen in {match['sightings']} records"
+                     + (f" (and {repeats} more in repeated uploads)" if repeats else "")
+                     + f", first {_when(match['first_seen_ms'])}, last {_when(match['last_seen_ms'])}")
         lines += ["", "where seen"]
         lines += ["  " + line for line in _table(
             ["source", "name", "records", "first seen", "last seen"],
-            [[str(d["source"] or "-"), str(d["name"] or "-"), str(d["sightings"]),
+            [[str(d["source"] or "-"), _dump_name(d), str(d["sightings"]),
               _when(d["first_seen_ms"]), _when(d["last_seen_ms"])] for d in match["dumps"]])]
         co = match["co_occurring"]
         scanned = "" if co["complete"] else f" (from the latest {co['sightings_scanned']} records)"
@@ -216,6 +224,12 @@ def render_text(answer: Mapping[str, Any]) -> str:
             lines += ["  " + line for line in _table(
                 ["fact", "value"], [[k, _fact(v)] for k, v in sorted(known.items())])]
     return "\n".join(lines)
+
+
+def _dump_name(dump: Mapping[str, Any]) -> str:
+    name = str(dump["name"] or "-")
+    repeat_of = dump.get("duplicate_of")
+    return name if repeat_of is None else f"{name} (repeat of {repeat_of[:16]}…)"
 
 
 def _fact(value: Any) -> str:

@@ -31,12 +31,15 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from heimdall_core.errors import ConfigError, GraphError
 from heimdall_core.events import canonical
+
+if TYPE_CHECKING:
+    from heimdall_core.graph.model import DumpSeen
 
 ORDER = struct.Struct(">QI32sQ")
 ORDER_BYTES = ORDER.size  # 52
@@ -317,6 +320,18 @@ def _parse_rule(key: str, name: object) -> Rule:
             if rule in CONFIGURABLE_RULES:
                 return rule
     raise ConfigError(f"{key}: {name!r} is not a merge rule; allowed: {ALLOWED_RULES}")
+
+
+def dump_seen(rules: RuleSet, dump: bytes, cells: Mapping[str, Any], sightings: int, first_ms: int,
+              last_ms: int) -> DumpSeen:
+    """Where a value was seen, for answers, from one dump's stored cells (every back end)."""
+    from heimdall_core.graph import model
+
+    repeat = cells.get("duplicate_of")
+    duplicate_of = visible(rules.rule(model.DUMP, "duplicate_of"), repeat) if repeat is not None else None
+    return model.DumpSeen(dump, dump_text(rules, cells, "source"), dump_text(rules, cells, "name"),
+                          sightings, first_ms, last_ms,
+                          bytes(duplicate_of) if isinstance(duplicate_of, bytes | bytearray) else None)
 
 
 def dump_text(rules: RuleSet, cells: Mapping[str, Any], prop: str) -> str | None:

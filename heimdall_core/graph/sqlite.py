@@ -59,7 +59,7 @@ from heimdall_core.graph.model import (
     ValueDelta,
     ValueInfo,
 )
-from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_text, lift, merge
+from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_seen, lift, merge
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
 
 SCHEMA_VERSION = 2  # 2: sighting pairs hold value ids; value holds its first sighting
@@ -584,8 +584,7 @@ class SqliteStore:
         out = []
         for dump, props, count, first, last in rows:
             cells = self._cells.unpack(model.DUMP, props)
-            out.append(DumpSeen(bytes(dump), dump_text(self.rules, cells, "source"),
-                                dump_text(self.rules, cells, "name"), int(count), int(first), int(last)))
+            out.append(dump_seen(self.rules, bytes(dump), cells, int(count), int(first), int(last)))
         out.sort(key=lambda d: (-d.sightings, d.dump))
         return out[:limit]
 
