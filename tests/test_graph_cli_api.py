@@ -62,6 +62,19 @@ def test_project_query_replay_state_hash(site: Path, capsys: pytest.CaptureFixtu
     assert last_json(out)["state_hash"] == live_hash.strip() and last_json(out)["backend"] == "sqlite"
 
 
+def test_query_says_when_the_graph_is_behind_the_log(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Ingested, not projected: "not seen" alone would be a wrong answer.
+    code, _, err = run(capsys, "query", "192.0.2.83")
+    assert code == 1 and "not seen" in err and "behind" in err and "heimdall project" in err
+    assert run(capsys, "project")[0] == 0
+    code, out, err = run(capsys, "query", "192.0.2.83")
+    assert code == 0 and "sample-dump.csv" in out and "behind" not in err
+    assert main(["ingest", "--source", "second", str(SAMPLE), "--no-progress"]) == 0
+    code, out, err = run(capsys, "query", "192.0.2.83", "--json")
+    assert code == 0 and last_json(out)["matches"][0]["dumps"][0]["name"] == "sample-dump.csv"
+    assert "may be incomplete" in err and "behind" in err
+
+
 def test_query_errors_exit_nonzero_with_a_message(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "project")[0] == 0
     code, _, err = run(capsys, "query", "203.0.113.99")

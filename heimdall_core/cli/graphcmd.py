@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
+from heimdall_core.errors import NotFound
 from heimdall_core.graph.backends import BACKENDS, make_store, rules_from
 from heimdall_core.graph.projector import Progress, ProjectionReport, Projector, ProjectorOptions
 from heimdall_core.graph.query import QueryKeys, open_keystore, query_value, render_text
@@ -176,25 +177,49 @@ def cmd_state_hash(ctx: Context) -> int:
     return EXIT_OK
 
 
-async def _query(ctx: Context) -> dict[str, Any]:
+async def _query(ctx: Context) -> tuple[dict[str, Any], int]:
     keystore = open_keystore(ctx.data_dir)
     try:
         keys = None
         if keystore is not None:
             keys = QueryKeys(keystore.index_keys, keystore if ctx.args.reveal else None)
         async with _opened(ctx) as store:
-            return await query_value(store, rules_from(ctx.settings), ctx.args.value, kind=ctx.args.kind,
-                                     keys=keys, reveal_values=ctx.args.reveal, co_values=ctx.args.limit,
-                                     options=normalize_options(ctx.settings))
+            behind = await _unprojected(ctx, store)
+            try:
+                answer = await query_value(store, rules_from(ctx.settings), ctx.args.value,
+                                           kind=ctx.args.kind, keys=keys, reveal_values=ctx.args.reveal,
+                                           co_values=ctx.args.limit, options=normalize_options(ctx.settings))
+            except NotFound as exc:
+                if behind:
+                    raise NotFound(f"{exc}; {_behind_text(behind)}") from exc
+                raise
     finally:
         if keystore is not None:
             keystore.close()
+    return answer, behind
+
+
+async def _unprojected(ctx: Context, store: GraphStore) -> int:
+    """Events of the log the graph does not hold yet. ``heimdall serve`` projects them as
+    they come; without it, an ingest is in the graph only after ``heimdall project``, and
+    an analyst must not read "not seen" where the truth is "not projected yet"."""
+    positions = await store.positions()
+    with ctx.store() as log_store:
+        return sum(max(0, log_store.reader(feed).state.size - positions.get(feed, 0))
+                   for feed in log_store.feeds())
+
+
+def _behind_text(events: int) -> str:
+    return (f"the graph is {events} log event(s) behind: run `heimdall project` (or keep "
+            "`heimdall serve` running) to include them")
 
 
 def cmd_query(ctx: Context) -> int:
-    answer = asyncio.run(_query(ctx))
+    answer, behind = asyncio.run(_query(ctx))
     if ctx.args.json:
-        print_json(answer)
+        print_json(answer)  # the same JSON as GET /v1/indicators; the note goes to stderr
     else:
         print(render_text(answer))
+    if behind:
+        print(f"heimdall: note: this answer may be incomplete; {_behind_text(behind)}", file=sys.stderr)
     return EXIT_OK
