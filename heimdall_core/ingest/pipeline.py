@@ -15,9 +15,12 @@ quarantine file with its position and a reason that never quotes the input.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_pars
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
 from heimdall_core.pii.policy import Action, PiiPolicy
-from heimdall_core.pii.protect import BatchSealer, Protector
+from heimdall_core.pii.protect import BatchSealer, FieldIn, Protector
 
 log = logging.getLogger("heimdall.ingest")
 
@@ -48,6 +51,7 @@ QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
 MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~250 bytes each: ~4 MiB)
 CLEAR_HEADS_MAX = 4_096  # packed heads of clear fields (column, kind, attributes) remembered
+COLUMNWISE_RECORDS_MIN = 64  # fewer records alike are not worth the column pass's set-up
 
 
 class _ClearMemo(dict[str, bytes]):
@@ -66,6 +70,14 @@ class _ClearMemo(dict[str, bytes]):
 # the policy's action for a value of that kind, its memo of clear fields or None).
 _Step = tuple[int, str, str, Callable[[str], Result], Action, "_ClearMemo | None"]
 
+
+# Parts of a parsed record and of a canonical result, for map() over a column.
+_POSITION = operator.itemgetter(0)
+_COLUMNS = operator.itemgetter(1)
+_VALUES = operator.itemgetter(2)
+_KIND = operator.itemgetter(0)
+_VALUE = operator.itemgetter(1)
+_ATTRS = operator.itemgetter(3)
 
 # Appends event bodies to one of this site's feeds; returns once they are durable.
 Appender = Callable[[Sequence[bytes]], None]
@@ -322,6 +334,13 @@ class DumpIngestor:
         return plan
 
     def _process(self, items: list[RawRecord | BadRecord]) -> None:
+        if not self._process_columns(items):
+            self._process_records(items)
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    def _process_records(self, items: list[RawRecord | BadRecord]) -> None:
+        """Any records, one by one: bad ones, rejected or empty fields, mixed columns."""
         # The hot loop of ingest: names are bound to locals and counters kept in locals
         # (written back in ``finally``), since attribute lookups cost per record.
         skip = self._skip_through
@@ -415,8 +434,131 @@ class DumpIngestor:
                     pack_protected = self._sealer.pack_into
         finally:
             self._count(records, quarantined, rejected)
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
+
+    def _process_columns(self, items: list[RawRecord | BadRecord]) -> bool:
+        """The records of ``items`` column by column, if they are all alike: good records
+        of one layout, every planned field present and accepted as its column's kind,
+        none written before a resume. False, with nothing written, for any other input:
+        :meth:`_process_records` then takes it, and writes exactly the same records.
+
+        A column's values are canonicalized and packed by ``map`` (iterated in C): the
+        record loop's per-field unpacking, tests and lookups cost as much as the fields'
+        canonicalizers. Only the assembly of each record is left to a Python loop."""
+        if len(items) < COLUMNWISE_RECORDS_MIN or len(set(map(type, items))) != 1 \
+                or type(items[0]) is not RawRecord:
+            return False
+        records = typing.cast(list[RawRecord], items)
+        columns = records[0].columns
+        positions = list(map(_POSITION, records))
+        rows = list(map(_VALUES, records))
+        if len(set(map(id, map(_COLUMNS, records)))) != 1 or min(positions) <= self._skip_through \
+                or set(map(len, rows)) != {len(columns)}:
+            return False
+        plan = self._plan_for(columns)
+        raws = [list(map(operator.itemgetter(step[0]), rows)) for step in plan]
+        if not plan or any("" in values for values in raws):
+            return False
+        sealed: list[list[FieldIn]] = []
+        clear: list[list[bytes]] = []
+        for step, values in zip(list(plan), raws, strict=True):
+            if step[4] is Action.CLEAR:
+                fields = self._clear_column(step, values)
+                if fields is None:
+                    return False
+                clear.append(fields)
+            else:
+                results = self._canonical_column(step, values)
+                if results is None:
+                    return False
+                sealed.append(list(zip(itertools.repeat(step[1]), itertools.repeat(step[2]),
+                                       map(_VALUE, results))))
+        self._assemble(positions, sealed, clear)
+        return True
+
+    def _canonical_column(self, step: _Step, values: list[str]) -> list[Canonical] | None:
+        """The canonical results of one column's values, or None unless every one is
+        accepted as the column's own kind (a record path case)."""
+        results = list(map(step[3], values))
+        if set(map(type, results)) != {Canonical}:
+            return None
+        canonical = typing.cast(list[Canonical], results)
+        return canonical if set(map(_KIND, canonical)) == {step[2]} else None
+
+    def _clear_column(self, step: _Step, values: list[str]) -> list[bytes] | None:
+        """One clear column's packed fields (see ``_clear_head``), the memo of the column
+        consulted and filled as the record path does; None as ``_canonical_column``."""
+        memo = step[5]
+        if memo is None:
+            results = self._canonical_column(step, values)
+            if results is None:
+                return None
+            heads = {attrs: self._clear_head((step[1], step[2], attrs))
+                     for attrs in set(map(_ATTRS, results))}
+            pack = self._pack
+            if len(heads) == 1:
+                (head,) = heads.values()
+                return list(map(head.__add__, map(pack, map(_VALUE, results))))
+            return [heads[result.attrs] + pack(result.value) for result in results]
+        fields = list(map(memo.get, values))
+        missing = [index for index, field in enumerate(fields) if field is None]
+        memo.hits += len(fields) - len(missing)
+        for index in missing:
+            field = self._remembered_field(step, memo, values[index])
+            if field is None:
+                return None
+            fields[index] = field
+        return typing.cast(list[bytes], fields)
+
+    def _remembered_field(self, step: _Step, memo: _ClearMemo, raw: str) -> bytes | None:
+        """The packed clear field of ``raw`` from the memo, or canonicalized and
+        remembered; None if it is rejected or of another kind."""
+        known = memo.get(raw)
+        if known is not None:
+            memo.hits += 1
+            return known
+        result = step[3](raw)
+        if type(result) is not Canonical or result.kind != step[2]:
+            return None
+        head = self._clear_heads.get((step[1], step[2], result.attrs))
+        if head is None:
+            head = self._clear_head((step[1], step[2], result.attrs))
+        field: bytes = head + self._pack(result.value)
+        memo[raw] = field
+        if len(memo) >= MEMO_VALUES_MAX:
+            self._memo_full(memo)
+        return field
+
+    def _assemble(self, positions: list[int], sealed: list[list[FieldIn]],
+                  clear: list[list[bytes]]) -> None:
+        """Pack each record from its columns' fields: [position, [protector fields...,
+        clear fields...]], as ``_process_records`` does."""
+        pieces, starts = self._pieces, self._starts
+        pack_protected = self._sealer.pack_into
+        pack = self._pack
+        batch_max = self.options.records_per_event * EVENTS_PER_APPEND
+        clear_count = len(clear)
+        no_fields: tuple[()] = ()
+        done = 0
+        try:
+            # Not strict: a kind of field the records lack is an endless repeat of none.
+            for position, protected, kept in zip(
+                    positions, zip(*sealed, strict=True) if sealed else itertools.repeat(no_fields),
+                    zip(*clear, strict=True) if clear else itertools.repeat(no_fields), strict=False):
+                start = len(pieces)
+                starts.append(start)
+                pieces.append(b"")  # the header, once the number of fields is known
+                count = pack_protected(pieces, protected) + clear_count if protected else clear_count
+                pieces += kept
+                pieces[start] = _RECORD_HEAD + pack(position) + (
+                    _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
+                done += 1
+                if len(starts) >= batch_max:
+                    self._flush_records()
+                    pieces = self._pieces
+                    starts = self._starts
+                    pack_protected = self._sealer.pack_into
+        finally:
+            self._count(done, 0, 0)
 
     def _clear_head(self, key: tuple[str, str, tuple[tuple[str, str], ...]]) -> bytes:
         """The canonical msgpack of a clear field ``{a (attrs, if any), col, kind, v}``
