@@ -229,10 +229,22 @@ def _dump_with_every_case(rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("rows", [40, 1000, 3000])
+def _dump_without_a_person(rows: int) -> str:
+    """No e-mail or username: the first sealed column names the subject; a password
+    hash column is kept only as a blind index."""
+    lines = ["ip,note,pwhash,other_note"]
+    for i in range(rows):
+        note = f"n{i % 5}" if (i // 2000) % 2 == 0 or i % 7 else ""
+        lines.append(f"192.0.2.{i % 250},{note},$1$abc${i:022d},x{i}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("dump", "rows"), [(_dump_with_every_case, 40), (_dump_with_every_case, 1000),
+                                            (_dump_with_every_case, 3000),
+                                            (_dump_without_a_person, 6000)])
 def test_the_column_pass_writes_what_the_record_path_writes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
-    text = _dump_with_every_case(rows)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dump: Any, rows: int) -> None:
+    text = dump(rows)
     monkeypatch.setattr(pipeline, "MEMO_VALUES_MAX", 64)  # memos fill and start over
     by_columns = ingest(tmp_path / "columns", text, per_event=16, chunk=12_000)
     monkeypatch.setattr(pipeline, "COLUMNWISE_RECORDS_MIN", 10**9)

@@ -37,7 +37,7 @@ from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_pars
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
 from heimdall_core.pii.policy import Action, PiiPolicy
-from heimdall_core.pii.protect import BatchSealer, FieldIn, Protector
+from heimdall_core.pii.protect import BatchSealer, ColumnFields, FieldIn, Protector
 
 log = logging.getLogger("heimdall.ingest")
 
@@ -458,7 +458,7 @@ class DumpIngestor:
         raws = [list(map(operator.itemgetter(step[0]), rows)) for step in plan]
         if not plan or any("" in values for values in raws):
             return False
-        sealed: list[list[FieldIn]] = []
+        protected: list[tuple[str, str, list[str]]] = []
         clear: list[list[bytes]] = []
         for step, values in zip(list(plan), raws, strict=True):
             if step[4] is Action.CLEAR:
@@ -470,10 +470,47 @@ class DumpIngestor:
                 results = self._canonical_column(step, values)
                 if results is None:
                     return False
-                sealed.append(list(zip(itertools.repeat(step[1]), itertools.repeat(step[2]),
-                                       map(_VALUE, results))))
-        self._assemble(positions, sealed, clear)
+                protected.append((step[1], step[2], list(map(_VALUE, results))))
+        prepared = self._sealer.prepare_columns(protected) if protected else None
+        if prepared is None and protected:
+            sealed = [list(zip(itertools.repeat(column), itertools.repeat(kind), values))
+                      for column, kind, values in protected]
+            self._assemble(positions, sealed, clear)
+        else:
+            self._assemble_columns(positions, prepared, clear)
         return True
+
+    def _assemble_columns(self, positions: list[int], protected: ColumnFields | None,
+                          clear: list[list[bytes]]) -> None:
+        """Pack each record ([position, [protector fields..., clear fields...]]) from its
+        columns' fields, with no Python loop per record: every record has the same number
+        of fields, so each is its header, a placeholder per protected field (see
+        ``BatchSealer.place_columns``) and its clear fields, interleaved by zip."""
+        protected_count = len(protected.names) if protected is not None else 0
+        width = 1 + protected_count + len(clear)
+        count = width - 1
+        tail = _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count)
+        headers = list(map(b"".join, zip(itertools.repeat(_RECORD_HEAD), map(self._pack, positions),
+                                         itertools.repeat(tail))))
+        placeholders = [itertools.repeat(b"")] * protected_count
+        batch_max = self.options.records_per_event * EVENTS_PER_APPEND
+        first = 0
+        while first < len(positions):
+            last = min(len(positions), first + batch_max - len(self._starts))
+            pieces = self._pieces
+            base = len(pieces)
+            # Not strict: the placeholders repeat endlessly; the headers give the length.
+            pieces += itertools.chain.from_iterable(zip(
+                headers[first:last], *placeholders, *(column[first:last] for column in clear),
+                strict=False))
+            self._starts += range(base, len(pieces), width)
+            if protected is not None:
+                self._sealer.place_columns(protected, first, last, pieces,
+                                           range(base + 1, len(pieces), width))
+            self._count(last - first, 0, 0)
+            first = last
+            if len(self._starts) >= batch_max:
+                self._flush_records()
 
     def _canonical_column(self, step: _Step, values: list[str]) -> list[Canonical] | None:
         """The canonical results of one column's values, or None unless every one is
