@@ -505,20 +505,3 @@ def test_a_failed_transaction_forgets_the_rows_it_appended(
     ks.close()
     with KeyStore.open(store_dir) as again:
         assert again.data_keys(subjects(5, tag=1)) == fresh
-
-
-def test_a_connection_may_fold_at_its_own_tail_length(store_dir: Path) -> None:
-    """A bigger or smaller tail changes when a connection folds, never the keys."""
-    small = KeyStore.open(store_dir, create=True, tail_subjects_max=32)
-    default = KeyStore.open(store_dir)
-    first = default.data_keys(subjects(30))  # under both lengths: no fold
-    second = small.data_keys(subjects(10, tag=1))  # small's tail reaches 40 rows: it folds
-    assert default.data_keys(subjects(30) + subjects(10, tag=1)) == {**first, **second}
-    small.close()
-    default.close()
-    conn = sqlite3.connect(store_dir / "keys.db")
-    try:
-        (indexed,) = conn.execute("SELECT count(*) FROM subject_index").fetchone()
-    finally:
-        conn.close()
-    assert indexed == 40

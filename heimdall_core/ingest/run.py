@@ -85,12 +85,10 @@ def normalize_options(settings: Settings) -> NormalizeOptions:
 class IngestSite:
     """The resources one process needs to ingest: log store, key store, policy."""
 
-    def __init__(self, settings: Settings, store: LogStore | None = None, *,
-                 keystore_tail_max: int | None = None) -> None:
+    def __init__(self, settings: Settings, store: LogStore | None = None) -> None:
         self.settings = settings
         self.store = store or LogStore(settings.data_dir, LogOptions.from_settings(settings.log))
-        self.keystore = KeyStore.open(settings.data_dir / "pii", create=True,
-                                      tail_subjects_max=keystore_tail_max)
+        self.keystore = KeyStore.open(settings.data_dir / "pii", create=True)
         self.policy = pii_policy(settings)
         self.protector = Protector(self.policy, self.keystore.index_keys, self.keystore)
         self._append_lock = threading.Lock()

@@ -53,7 +53,6 @@ from heimdall_core.ingest.pipeline import (
 )
 from heimdall_core.ingest.registry import DumpState
 from heimdall_core.ingest.sources import detect_compression, detect_format
-from heimdall_core.pii.keystore import TAIL_SUBJECTS_MAX
 
 if TYPE_CHECKING:
     from heimdall_core.ingest.run import IngestSite, IngestSummary
@@ -68,12 +67,6 @@ CUT_CHECK_BYTES = 1 << 20
 SCAN_CHUNK_BYTES = 8 << 20
 WORKERS_MAX = 64
 POLL_S = 0.2
-WORKER_KEYSTORE_TAIL_MAX = 2 * TAIL_SUBJECTS_MAX
-"""A worker's key-store tail is folded at twice one process's (see pii.keystore). A fold
-holds the store's write lock for its whole length (~0.3 s at 262,144 subjects) while the
-other workers wait for it, their cores idle: measured at 0.2-0.8 s per worker in a
-two-worker ingest of 1M rows with three folds. Half the folds cost ~32 MiB more per
-worker, whose peak RSS stays under one process's (which folds as before)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +205,7 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
     from heimdall_core.ingest.run import IngestSite
 
     gc.set_threshold(200_000, 50, 100)  # see run._fewer_gc_passes; this process only ingests
-    site = IngestSite(job.settings, keystore_tail_max=WORKER_KEYSTORE_TAIL_MAX)
+    site = IngestSite(job.settings)
     try:
         append = site.appender(bytes.fromhex(job.feed))
         plan = job.plan

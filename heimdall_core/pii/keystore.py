@@ -170,11 +170,9 @@ def _index_keys(directory: Path, create: bool) -> IndexKeys:
 class KeyStore:
     """One process's connection to the site's PII key store. Not thread-safe."""
 
-    __slots__ = ("_conn", "_dir", "_floor", "_index_keys", "_kek_version", "_keks", "_seen", "_tail",
-                 "_tail_max")
+    __slots__ = ("_conn", "_dir", "_floor", "_index_keys", "_kek_version", "_keks", "_seen", "_tail")
 
-    def __init__(self, directory: Path, conn: sqlite3.Connection, index_keys: IndexKeys,
-                 tail_subjects_max: int | None = None) -> None:
+    def __init__(self, directory: Path, conn: sqlite3.Connection, index_keys: IndexKeys) -> None:
         self._dir = directory
         self._conn = conn
         self._index_keys = index_keys
@@ -186,20 +184,15 @@ class KeyStore:
         self._tail: dict[bytes, int] = {}
         self._floor = 0
         self._seen = 0
-        # When this connection folds the tail into the index (see TAIL_SUBJECTS_MAX).
-        self._tail_max = TAIL_SUBJECTS_MAX if tail_subjects_max is None else tail_subjects_max
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], create: bool = False, *,
-             tail_subjects_max: int | None = None) -> KeyStore:
-        """Open the store in ``directory``; with ``create``, make whatever is missing.
-        ``tail_subjects_max``: this connection folds the tail at that many rows rather
-        than TAIL_SUBJECTS_MAX (memory for fewer folds; any value keeps the same keys)."""
+    def open(cls, directory: str | os.PathLike[str], create: bool = False) -> KeyStore:
+        """Open the store in ``directory``; with ``create``, make whatever is missing."""
         path = Path(directory)
         _prepare_dir(path, create)
         index_keys = _index_keys(path, create)
         conn = _connect(path / DB_NAME)
-        store = cls(path, conn, index_keys, tail_subjects_max)
+        store = cls(path, conn, index_keys)
         try:
             store._init_schema(create)
         except BaseException:
@@ -493,9 +486,9 @@ class KeyStore:
         return rows
 
     def _fold_if_due(self) -> None:
-        """Inside a write transaction: index the tail once it is ``_tail_max`` rows.
+        """Inside a write transaction: index the tail once it is TAIL_SUBJECTS_MAX rows.
         Inserted in subject order, so each page of the index is written once."""
-        if len(self._tail) < self._tail_max:
+        if len(self._tail) < TAIL_SUBJECTS_MAX:
             return
         self._conn.execute(
             "INSERT INTO subject_index (subject, seq) SELECT subject, seq FROM subject_key "
