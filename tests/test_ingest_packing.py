@@ -264,3 +264,41 @@ def test_alike_records_take_the_column_pass(tmp_path: Path, monkeypatch: pytest.
     records = ingest(tmp_path, "\n".join(["email,username,ip,sha256", *rows]) + "\n")
     assert sum(len(p["records"]) for p in records) == 300
     assert sum(calls) < 300  # the sniffed sample at most goes record by record
+
+
+class BusyKeys:
+    """Whether another process holds the key store's write lock, look after look, as
+    ``pattern`` says (repeated)."""
+
+    def __init__(self, pattern: list[bool]) -> None:
+        self.pattern = pattern
+        self.looks = 0
+
+    def __call__(self) -> bool:
+        busy = self.pattern[self.looks % len(self.pattern)]
+        self.looks += 1
+        return busy
+
+
+@pytest.mark.parametrize("pattern", [[True], [True, False], [True, True, True, False], [False]])
+def test_batches_held_while_the_key_store_is_busy_give_the_same_events(
+        tmp_path: Path, pattern: list[bool]) -> None:
+    text = _dump_with_every_case(3000)
+    expected = ingest(tmp_path / "free", text, per_event=4, chunk=12_000)
+    busy = BusyKeys(pattern)
+    bodies: list[bytes] = []
+    policy = PiiPolicy.default()
+    ingestor = DumpIngestor(
+        dump=b"d" * 16, part=0, options=IngestOptions(source="t", records_per_event=4),
+        protector=Protector(policy, KEYS, DerivedKeys(), random_bytes=Nonces()), policy=policy,
+        append=bodies.extend, quarantine=Quarantine(tmp_path / "busy" / "q.jsonl", "00", "t"),
+        keys_busy=busy)
+    data = text.encode()
+    most_aside = 0
+    for start in range(0, len(data), 12_000):
+        ingestor.feed(data[start:start + 12_000])
+        most_aside = max(most_aside, len(ingestor._aside))
+    ingestor.finish()
+    assert [payload_of(body) for body in bodies] == expected
+    assert busy.looks > 0
+    assert most_aside == (1 if True in pattern else 0)  # a second full batch flushes both

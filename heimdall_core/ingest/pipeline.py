@@ -52,6 +52,8 @@ PLANS_CACHED_MAX = 1024
 MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~250 bytes each: ~4 MiB)
 CLEAR_HEADS_MAX = 4_096  # packed heads of clear fields (column, kind, attributes) remembered
 COLUMNWISE_RECORDS_MIN = 64  # fewer records alike are not worth the column pass's set-up
+BATCHES_ASIDE_MAX = 2  # full batches held while another process holds the key store (~20 MB each)
+KEYS_BUSY_RECHECK_RECORDS = 1024  # records packed between two looks at a busy key store
 
 
 class _ClearMemo(dict[str, bytes]):
@@ -159,6 +161,7 @@ class DumpIngestor:
         skip_through: int = 0,
         first_line: int = 1,
         on_progress: Callable[[Progress], None] | None = None,
+        keys_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.dump = dump
         self.part = part
@@ -196,6 +199,12 @@ class DumpIngestor:
         self._pieces: list[bytes] = []
         self._starts: list[int] = []
         self._sealer: BatchSealer = protector.batch(options.source)
+        # Full batches set aside while ``keys_busy`` says another process holds the key
+        # store's write lock (see ``_batch_full``), and when to look at the held records.
+        self._keys_busy = keys_busy
+        self._aside: list[tuple[list[bytes], list[int], BatchSealer]] = []
+        self._batch_max = options.records_per_event * EVENTS_PER_APPEND
+        self._flush_at = self._batch_max
         self._records_head = records_body_head(dump, part)
         self._appender: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
@@ -349,7 +358,7 @@ class DumpIngestor:
         starts = self._starts
         pack_protected = self._sealer.pack_into
         pack = self._pack
-        batch_max = self.options.records_per_event * EVENTS_PER_APPEND
+        flush_at = self._flush_at
         clear_action = Action.CLEAR
         clear_heads = self._clear_heads
         drop_action = Action.DROP
@@ -427,11 +436,12 @@ class DumpIngestor:
                 count += len(clear)
                 pieces[start] = _RECORD_HEAD + pack(item.position) + (
                     _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
-                if len(starts) >= batch_max:
-                    self._flush_records()
+                if len(starts) >= flush_at:
+                    self._batch_full()
                     pieces = self._pieces
                     starts = self._starts
                     pack_protected = self._sealer.pack_into
+                    flush_at = self._flush_at
         finally:
             self._count(records, quarantined, rejected)
 
@@ -493,10 +503,9 @@ class DumpIngestor:
         headers = list(map(b"".join, zip(itertools.repeat(_RECORD_HEAD), map(self._pack, positions),
                                          itertools.repeat(tail))))
         placeholders = [itertools.repeat(b"")] * protected_count
-        batch_max = self.options.records_per_event * EVENTS_PER_APPEND
         first = 0
         while first < len(positions):
-            last = min(len(positions), first + batch_max - len(self._starts))
+            last = min(len(positions), first + self._flush_at - len(self._starts))
             pieces = self._pieces
             base = len(pieces)
             # Not strict: the placeholders repeat endlessly; the headers give the length.
@@ -509,8 +518,8 @@ class DumpIngestor:
                                            range(base + 1, len(pieces), width))
             self._count(last - first, 0, 0)
             first = last
-            if len(self._starts) >= batch_max:
-                self._flush_records()
+            if len(self._starts) >= self._flush_at:
+                self._batch_full()
 
     def _canonical_column(self, step: _Step, values: list[str]) -> list[Canonical] | None:
         """The canonical results of one column's values, or None unless every one is
@@ -572,7 +581,7 @@ class DumpIngestor:
         pieces, starts = self._pieces, self._starts
         pack_protected = self._sealer.pack_into
         pack = self._pack
-        batch_max = self.options.records_per_event * EVENTS_PER_APPEND
+        flush_at = self._flush_at
         clear_count = len(clear)
         no_fields: tuple[()] = ()
         done = 0
@@ -589,11 +598,12 @@ class DumpIngestor:
                 pieces[start] = _RECORD_HEAD + pack(position) + (
                     _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
                 done += 1
-                if len(starts) >= batch_max:
-                    self._flush_records()
+                if len(starts) >= flush_at:
+                    self._batch_full()
                     pieces = self._pieces
                     starts = self._starts
                     pack_protected = self._sealer.pack_into
+                    flush_at = self._flush_at
         finally:
             self._count(done, 0, 0)
 
@@ -633,18 +643,42 @@ class DumpIngestor:
         progress.quarantined += quarantined
         result.rejected_fields += rejected
 
+    def _batch_full(self) -> None:
+        """The held records reached ``_flush_at``. A full batch is set aside, and the
+        batches set aside are flushed, unless another process holds the key store's
+        write lock (``keys_busy``; another ingest worker folding the store's tail holds
+        it ~0.3 s) and fewer than BATCHES_ASIDE_MAX are aside: then this one packs on
+        instead of idling, and looks again KEYS_BUSY_RECHECK_RECORDS records later.
+        Batches keep their size either way, so the events are the same."""
+        if len(self._starts) >= self._batch_max:
+            self._set_aside()
+        if (self._keys_busy is not None and 0 < len(self._aside) < BATCHES_ASIDE_MAX
+                and self._keys_busy()):
+            self._flush_at = min(self._batch_max, len(self._starts) + KEYS_BUSY_RECHECK_RECORDS)
+            return
+        self._flush_records()
+
+    def _set_aside(self) -> None:
+        self._aside.append((self._pieces, self._starts, self._sealer))
+        self._pieces, self._starts = [], []
+        self._sealer = self._protector.batch(self.options.source)
+
     def _flush_records(self, force: bool = False) -> None:
-        """Seal the held records in one batch (one key-store transaction, fsync'd
-        before the events that use its keys), build their events and hand them to the
-        appender thread, which appends them in one signed batch. At most one batch is
-        in flight: while its log append waits for the disk, this thread goes on with the
-        next records. With ``force``, returns once everything is durable.
+        """Seal each batch set aside (one key-store transaction each, fsync'd before
+        the events that use its keys), build their events and hand them to the appender
+        thread, which appends each in one signed batch. At most one batch is in flight:
+        while its log append waits for the disk, this thread goes on with the next
+        records. With ``force``, the held records are a last batch, and this returns
+        once everything is durable.
 
         Only the append runs in that thread: it spends its time in C and in fsync, which
         release the GIL, while protecting in it too was measured to cost more CPU in GIL
         hand-offs than it saved in waiting."""
-        if self._starts:
-            bodies = self._bodies_of()
+        if force and self._starts:
+            self._set_aside()
+        self._flush_at = self._batch_max
+        while self._aside:
+            bodies = self._bodies_of(*self._aside.pop(0))
             self._wait_appended()  # the keys above are durable already
             if self._appender is None:
                 self._appender = ThreadPoolExecutor(1, thread_name_prefix="ingest-append")
@@ -668,12 +702,9 @@ class DumpIngestor:
                 self._appender = None
             raise
 
-    def _bodies_of(self) -> list[bytes]:
-        """Seal the held records (one key-store transaction, durable before this returns)
-        and cut them into records.ingested bodies of ``records_per_event`` records."""
-        pieces, starts = self._pieces, self._starts
-        self._pieces, self._starts = [], []
-        sealer, self._sealer = self._sealer, self._protector.batch(self.options.source)
+    def _bodies_of(self, pieces: list[bytes], starts: list[int], sealer: BatchSealer) -> list[bytes]:
+        """Seal a batch's records (one key-store transaction, durable before this
+        returns) and cut them into records.ingested bodies of ``records_per_event``."""
         sealer.seal()
         per_event = self.options.records_per_event
         starts.append(len(pieces))
