@@ -451,9 +451,11 @@ class DumpIngestor:
         none written before a resume. False, with nothing written, for any other input:
         :meth:`_process_records` then takes it, and writes exactly the same records.
 
-        A column's values are canonicalized and packed by ``map`` (iterated in C): the
-        record loop's per-field unpacking, tests and lookups cost as much as the fields'
-        canonicalizers. Only the assembly of each record is left to a Python loop."""
+        A column's values are canonicalized and packed by ``map`` (iterated in C), its
+        protected fields prepared column by column (``BatchSealer.prepare_columns``) and
+        the records assembled by zip: the record loop's per-field unpacking, tests and
+        lookups cost as much as the fields' canonicalizers (measured: ~2.4 us less per
+        record of the benchmark's six columns)."""
         if len(items) < COLUMNWISE_RECORDS_MIN or len(set(map(type, items))) != 1 \
                 or type(items[0]) is not RawRecord:
             return False
@@ -470,6 +472,7 @@ class DumpIngestor:
             return False
         protected: list[tuple[str, str, list[str]]] = []
         clear: list[list[bytes]] = []
+        # Over a copy: a memo that fills up may take its step out of the plan meanwhile.
         for step, values in zip(list(plan), raws, strict=True):
             if step[4] is Action.CLEAR:
                 fields = self._clear_column(step, values)
@@ -577,7 +580,8 @@ class DumpIngestor:
     def _assemble(self, positions: list[int], sealed: list[list[FieldIn]],
                   clear: list[list[bytes]]) -> None:
         """Pack each record from its columns' fields: [position, [protector fields...,
-        clear fields...]], as ``_process_records`` does."""
+        clear fields...]], as ``_process_records`` does, its protected fields by
+        ``BatchSealer.pack_into`` (for columns ``prepare_columns`` leaves to it)."""
         pieces, starts = self._pieces, self._starts
         pack_protected = self._sealer.pack_into
         pack = self._pack

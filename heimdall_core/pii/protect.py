@@ -190,6 +190,7 @@ _ToSeal = tuple[int, str, bytes, bytes, _Rule]
 # the field's associated data).
 _Pending = tuple[list[bytes], int, _Layout, bytes, bytes, bytes, bytes, bytes]
 
+
 class ColumnFields(NamedTuple):
     """The protected fields of a run of records given column by column, prepared by
     :meth:`BatchSealer.prepare_columns` and placed by :meth:`BatchSealer.place_columns`
