@@ -231,3 +231,13 @@ def test_quick_start_through_the_console_script(tmp_path: Path) -> None:
                    input=_lines(3).encode())
     result = subprocess.run([str(script), "log", "verify"], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "3 events verified" in result.stdout
+
+
+def test_the_command_line_leaves_the_server_and_graph_stacks_unimported() -> None:
+    """Every command (and an ingest's worker processes) builds the parser; only `serve`,
+    the graph commands and the database commands need aiohttp, asyncio or dbctl."""
+    code = ("import sys; from heimdall_core.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('aiohttp', 'asyncio', 'heimdall_core.api.app', "
+            "'heimdall_core.dbctl', 'heimdall_core.graph.projector') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -808,3 +808,34 @@ def test_speed_is_measured() -> None:
         "json": _rate("json", b"[" + nd.replace(b"}\n{", b"},{").rstrip() + b"]", rows // 2),
     }
     print("\nparser records/s (CPU time):", {k: f"{v:,.0f}" for k, v in rates.items()})
+
+
+# Field text near the plain-block path's edge: delimiters, spaces, separators that
+# str.splitlines (but not csv) would break lines at, non-ASCII; and, injected in one row,
+# what sends a block to the csv module or makes a bad record (a quote, a carriage return,
+# a NUL, a missing field).
+_PLAIN_FIELD = st.text(alphabet="ab ;\t\u00e9\x0b\x1c\x85\u2028", max_size=6)
+_ODD_ROW = st.sampled_from([['"', "a", "b"], ['a"b', "", ""], ["\r", "x", "y"], ["\x00", "", ""],
+                            ["only"], [""], ["a", "b", "c", "d"]])
+
+
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.lists(_PLAIN_FIELD, min_size=3, max_size=3), max_size=40),
+       odd=st.none() | st.tuples(st.integers(min_value=0, max_value=40), _ODD_ROW),
+       delimiter=st.sampled_from([",", "\t", "|"]),
+       cuts=st.lists(st.integers(min_value=1, max_value=600), max_size=4))
+def test_plain_blocks_are_split_as_the_csv_module_reads_them(
+        rows: list[list[str]], odd: tuple[int, list[str]] | None, delimiter: str,
+        cuts: list[int]) -> None:
+    rows = [[field.replace(delimiter, "") for field in row] for row in rows]
+    if odd is not None:
+        rows.insert(min(odd[0], len(rows)), odd[1])
+    lines = [delimiter.join(["h1", "h2", "h3"]), *(delimiter.join(row) for row in rows)]
+    data = ("\n".join(lines) + "\n").encode()
+    cuts = sorted({c for c in cuts if c < len(data)})
+    split = parse_fmt("csv", data, cuts, delimiter=delimiter, header=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CsvParser, "_split_lines", lambda self, text, first: None)
+        read = parse_fmt("csv", data, cuts, delimiter=delimiter, header=True)
+    assert good(split) == good(read)
+    assert bad(split) == bad(read)

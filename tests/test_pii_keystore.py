@@ -505,3 +505,22 @@ def test_a_failed_transaction_forgets_the_rows_it_appended(
     ks.close()
     with KeyStore.open(store_dir) as again:
         assert again.data_keys(subjects(5, tag=1)) == fresh
+
+
+def test_write_locked_tells_whether_another_connection_writes(store_dir: Path) -> None:
+    a = KeyStore.open(store_dir, create=True)
+    b = KeyStore.open(store_dir)
+    try:
+        assert not a.write_locked()
+        conn = sqlite3.connect(store_dir / "keys.db", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            assert a.write_locked() and b.write_locked()
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        assert not a.write_locked()
+        assert a.data_keys(subjects(3)) == b.data_keys(subjects(3))  # the probe left no transaction
+    finally:
+        a.close()
+        b.close()

@@ -8,14 +8,18 @@ password (DSNs are shown redacted); the graph store reads the real DSN itself wh
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
-from heimdall_core.dbctl import DbInfo, DbStatus, db_status, start_db, stop_db
-from heimdall_core.dbctl.model import PORT_MAX, PORT_MIN
+
+# heimdall_core.dbctl is imported by the commands that use it, not by every command.
+if TYPE_CHECKING:
+    from heimdall_core.dbctl import DbInfo, DbStatus
 
 
 def _port(text: str) -> int:
+    from heimdall_core.dbctl.model import PORT_MAX, PORT_MIN
+
     try:
         value = int(text)
     except ValueError:
@@ -49,6 +53,8 @@ def _info_json(info: DbInfo) -> dict[str, Any]:
 
 
 def cmd_start(ctx: Context) -> int:
+    from heimdall_core.dbctl import start_db
+
     info = start_db(ctx.data_dir, ctx.args.port)
     if ctx.args.json:
         print_json(_info_json(info))
@@ -60,6 +66,8 @@ def cmd_start(ctx: Context) -> int:
 
 
 def cmd_stop(ctx: Context) -> int:
+    from heimdall_core.dbctl import db_status, stop_db
+
     stop_db(ctx.data_dir)
     status = db_status(ctx.data_dir)
     if ctx.args.json:
@@ -76,6 +84,8 @@ def _status_json(status: DbStatus) -> dict[str, Any]:
 
 def cmd_status(ctx: Context) -> int:
     """Exit 0 when running, 1 when not (for scripts), with one line saying why."""
+    from heimdall_core.dbctl import db_status
+
     status = db_status(ctx.data_dir)
     if ctx.args.json:
         print_json(_status_json(status))

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
 from heimdall_core.errors import NotFound
 from heimdall_core.graph.backends import BACKENDS, make_store, rules_from
-from heimdall_core.graph.projector import Progress, ProjectionReport, Projector, ProjectorOptions
-from heimdall_core.graph.query import QueryKeys, open_keystore, query_value, render_text
-from heimdall_core.graph.statehash import StateHasher
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, GraphStore
-from heimdall_core.ingest.run import normalize_options
+
+# asyncio, the projector, the query and the state hash are imported by the commands
+# that use them: every other command (an ingest's worker processes too) would pay for them.
+if TYPE_CHECKING:
+    from heimdall_core.graph.projector import Progress, ProjectionReport, Projector, ProjectorOptions
 
 PROGRESS_INTERVAL_S = 0.5
+
+_T = TypeVar("_T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,11 +97,22 @@ class ProgressBar:
             self._stream.flush()
 
 
+def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run``, with asyncio imported by the graph commands only."""
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
 def _options(ctx: Context) -> ProjectorOptions:
+    from heimdall_core.graph.projector import ProjectorOptions
+
     return ProjectorOptions(batch_events=ctx.settings.graph.batch_events)
 
 
 async def _project(ctx: Context, *, replay: bool, label: str) -> ProjectionReport:
+    from heimdall_core.graph.projector import ProjectionReport, Projector
+
     bar = ProgressBar(label)
     rules = rules_from(ctx.settings)
     async with _opened(ctx) as store:
@@ -118,6 +130,9 @@ async def _project(ctx: Context, *, replay: bool, label: str) -> ProjectionRepor
 
 
 async def _follow(projector: Projector) -> None:
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -145,18 +160,20 @@ def _report(ctx: Context, report: ProjectionReport, verb: str) -> int:
 
 
 def cmd_project(ctx: Context) -> int:
-    report = asyncio.run(_project(ctx, replay=False, label="project"))
+    report = _run(_project(ctx, replay=False, label="project"))
     if ctx.args.follow:
         return EXIT_OK
     return _report(ctx, report, "projected")
 
 
 def cmd_replay(ctx: Context) -> int:
-    report = asyncio.run(_project(ctx, replay=True, label="replay"))
+    report = _run(_project(ctx, replay=True, label="replay"))
     return _report(ctx, report, "replayed")
 
 
 async def _state_hash(ctx: Context) -> dict[str, Any]:
+    from heimdall_core.graph.statehash import StateHasher
+
     rules = rules_from(ctx.settings)
     hasher = StateHasher(rules)
     async with _opened(ctx) as store:
@@ -169,7 +186,7 @@ async def _state_hash(ctx: Context) -> dict[str, Any]:
 
 
 def cmd_state_hash(ctx: Context) -> int:
-    answer = asyncio.run(_state_hash(ctx))
+    answer = _run(_state_hash(ctx))
     if ctx.args.json:
         print_json(answer)
     else:
@@ -178,6 +195,9 @@ def cmd_state_hash(ctx: Context) -> int:
 
 
 async def _query(ctx: Context) -> tuple[dict[str, Any], int]:
+    from heimdall_core.graph.query import QueryKeys, open_keystore, query_value
+    from heimdall_core.ingest.run import normalize_options
+
     keystore = open_keystore(ctx.data_dir)
     try:
         keys = None
@@ -215,7 +235,9 @@ def _behind_text(events: int) -> str:
 
 
 def cmd_query(ctx: Context) -> int:
-    answer, behind = asyncio.run(_query(ctx))
+    from heimdall_core.graph.query import render_text
+
+    answer, behind = _run(_query(ctx))
     if ctx.args.json:
         print_json(answer)  # the same JSON as GET /v1/indicators; the note goes to stderr
     else:

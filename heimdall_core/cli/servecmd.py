@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from heimdall_core.api.app import serve
 from heimdall_core.cli.common import EXIT_OK, Context
 
 
@@ -14,5 +13,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_serve(ctx: Context) -> int:
+    # Imported here: the HTTP stack (aiohttp, ~0.1 s) is needed by this command only,
+    # and every other command (an ingest's worker processes too) would pay for it.
+    from heimdall_core.api.app import serve
+
     serve(ctx.settings)
     return EXIT_OK

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from collections import Counter
@@ -513,6 +514,9 @@ class CsvParser:
         """The fast path: one csv reader over a clean block. None if csv objects."""
         if self._expected == _UNKNOWN:
             self._guess_columns(text)
+        records = self._split_lines(text, first)
+        if records is not None:
+            return records
         reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=self._delim)
         columns, expected = self._columns, self._expected
         rows: list[Item] = []
@@ -532,6 +536,25 @@ class CsvParser:
         except csv.Error:
             return None
         return rows
+
+    def _split_lines(self, text: str, first: int) -> list[Item] | None:
+        """The records of a plain block, or None for any other: a block without quotes,
+        carriage returns, NULs or blank lines, each of its lines with the expected number
+        of fields. Its records are then its lines cut at the delimiter, which is what the
+        csv module reads from them (tested equal), cut by str.split and built by map in
+        C: ~0.3 us less per record than a Python loop over a csv reader."""
+        if '"' in text or "\r" in text or "\x00" in text or not text.endswith("\n"):
+            return None
+        lines = text.split("\n")
+        lines.pop()  # the empty text after the last newline
+        if "" in lines:
+            return None
+        rows = list(map(str.split, lines, itertools.repeat(self._delim)))
+        if set(map(len, rows)) != {self._expected}:
+            return None
+        return list(map(tuple.__new__, itertools.repeat(RawRecord),
+                        zip(range(first, first + len(rows)), itertools.repeat(self._columns),
+                            map(tuple, rows))))
 
     def _guess_columns(self, text: str) -> None:
         """No row in the sample (only blank lines): the first row sets the count."""

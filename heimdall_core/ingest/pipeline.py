@@ -15,9 +15,12 @@ quarantine file with its position and a reason that never quotes the input.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_pars
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
 from heimdall_core.pii.policy import Action, PiiPolicy
-from heimdall_core.pii.protect import BatchSealer, Protector
+from heimdall_core.pii.protect import BatchSealer, ColumnFields, FieldIn, Protector
 
 log = logging.getLogger("heimdall.ingest")
 
@@ -48,6 +51,9 @@ QUARANTINE_REASON_CHARS_MAX = 200
 PLANS_CACHED_MAX = 1024
 MEMO_VALUES_MAX = 16_384  # clear fields remembered per column (~250 bytes each: ~4 MiB)
 CLEAR_HEADS_MAX = 4_096  # packed heads of clear fields (column, kind, attributes) remembered
+COLUMNWISE_RECORDS_MIN = 64  # fewer records alike are not worth the column pass's set-up
+BATCHES_ASIDE_MAX = 2  # full batches held while another process holds the key store (~20 MB each)
+KEYS_BUSY_RECHECK_RECORDS = 1024  # records packed between two looks at a busy key store
 
 
 class _ClearMemo(dict[str, bytes]):
@@ -66,6 +72,14 @@ class _ClearMemo(dict[str, bytes]):
 # the policy's action for a value of that kind, its memo of clear fields or None).
 _Step = tuple[int, str, str, Callable[[str], Result], Action, "_ClearMemo | None"]
 
+
+# Parts of a parsed record and of a canonical result, for map() over a column.
+_POSITION = operator.itemgetter(0)
+_COLUMNS = operator.itemgetter(1)
+_VALUES = operator.itemgetter(2)
+_KIND = operator.itemgetter(0)
+_VALUE = operator.itemgetter(1)
+_ATTRS = operator.itemgetter(3)
 
 # Appends event bodies to one of this site's feeds; returns once they are durable.
 Appender = Callable[[Sequence[bytes]], None]
@@ -147,6 +161,7 @@ class DumpIngestor:
         skip_through: int = 0,
         first_line: int = 1,
         on_progress: Callable[[Progress], None] | None = None,
+        keys_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.dump = dump
         self.part = part
@@ -184,6 +199,12 @@ class DumpIngestor:
         self._pieces: list[bytes] = []
         self._starts: list[int] = []
         self._sealer: BatchSealer = protector.batch(options.source)
+        # Full batches set aside while ``keys_busy`` says another process holds the key
+        # store's write lock (see ``_batch_full``), and when to look at the held records.
+        self._keys_busy = keys_busy
+        self._aside: list[tuple[list[bytes], list[int], BatchSealer]] = []
+        self._batch_max = options.records_per_event * EVENTS_PER_APPEND
+        self._flush_at = self._batch_max
         self._records_head = records_body_head(dump, part)
         self._appender: ThreadPoolExecutor | None = None
         self._in_flight: Future[None] | None = None
@@ -322,6 +343,13 @@ class DumpIngestor:
         return plan
 
     def _process(self, items: list[RawRecord | BadRecord]) -> None:
+        if not self._process_columns(items):
+            self._process_records(items)
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    def _process_records(self, items: list[RawRecord | BadRecord]) -> None:
+        """Any records, one by one: bad ones, rejected or empty fields, mixed columns."""
         # The hot loop of ingest: names are bound to locals and counters kept in locals
         # (written back in ``finally``), since attribute lookups cost per record.
         skip = self._skip_through
@@ -330,7 +358,7 @@ class DumpIngestor:
         starts = self._starts
         pack_protected = self._sealer.pack_into
         pack = self._pack
-        batch_max = self.options.records_per_event * EVENTS_PER_APPEND
+        flush_at = self._flush_at
         clear_action = Action.CLEAR
         clear_heads = self._clear_heads
         drop_action = Action.DROP
@@ -408,15 +436,180 @@ class DumpIngestor:
                 count += len(clear)
                 pieces[start] = _RECORD_HEAD + pack(item.position) + (
                     _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
-                if len(starts) >= batch_max:
-                    self._flush_records()
+                if len(starts) >= flush_at:
+                    self._batch_full()
                     pieces = self._pieces
                     starts = self._starts
                     pack_protected = self._sealer.pack_into
+                    flush_at = self._flush_at
         finally:
             self._count(records, quarantined, rejected)
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
+
+    def _process_columns(self, items: list[RawRecord | BadRecord]) -> bool:
+        """The records of ``items`` column by column, if they are all alike: good records
+        of one layout, every planned field present and accepted as its column's kind,
+        none written before a resume. False, with nothing written, for any other input:
+        :meth:`_process_records` then takes it, and writes exactly the same records.
+
+        A column's values are canonicalized and packed by ``map`` (iterated in C), its
+        protected fields prepared column by column (``BatchSealer.prepare_columns``) and
+        the records assembled by zip: the record loop's per-field unpacking, tests and
+        lookups cost as much as the fields' canonicalizers (measured: ~2.4 us less per
+        record of the benchmark's six columns)."""
+        if len(items) < COLUMNWISE_RECORDS_MIN or len(set(map(type, items))) != 1 \
+                or type(items[0]) is not RawRecord:
+            return False
+        records = typing.cast(list[RawRecord], items)
+        columns = records[0].columns
+        positions = list(map(_POSITION, records))
+        rows = list(map(_VALUES, records))
+        if len(set(map(id, map(_COLUMNS, records)))) != 1 or min(positions) <= self._skip_through \
+                or set(map(len, rows)) != {len(columns)}:
+            return False
+        plan = self._plan_for(columns)
+        raws = [list(map(operator.itemgetter(step[0]), rows)) for step in plan]
+        if not plan or any("" in values for values in raws):
+            return False
+        protected: list[tuple[str, str, list[str]]] = []
+        clear: list[list[bytes]] = []
+        # Over a copy: a memo that fills up may take its step out of the plan meanwhile.
+        for step, values in zip(list(plan), raws, strict=True):
+            if step[4] is Action.CLEAR:
+                fields = self._clear_column(step, values)
+                if fields is None:
+                    return False
+                clear.append(fields)
+            else:
+                results = self._canonical_column(step, values)
+                if results is None:
+                    return False
+                protected.append((step[1], step[2], list(map(_VALUE, results))))
+        prepared = self._sealer.prepare_columns(protected) if protected else None
+        if prepared is None and protected:
+            sealed = [list(zip(itertools.repeat(column), itertools.repeat(kind), values))
+                      for column, kind, values in protected]
+            self._assemble(positions, sealed, clear)
+        else:
+            self._assemble_columns(positions, prepared, clear)
+        return True
+
+    def _assemble_columns(self, positions: list[int], protected: ColumnFields | None,
+                          clear: list[list[bytes]]) -> None:
+        """Pack each record ([position, [protector fields..., clear fields...]]) from its
+        columns' fields, with no Python loop per record: every record has the same number
+        of fields, so each is its header, a placeholder per protected field (see
+        ``BatchSealer.place_columns``) and its clear fields, interleaved by zip."""
+        protected_count = len(protected.names) if protected is not None else 0
+        width = 1 + protected_count + len(clear)
+        count = width - 1
+        tail = _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count)
+        headers = list(map(b"".join, zip(itertools.repeat(_RECORD_HEAD), map(self._pack, positions),
+                                         itertools.repeat(tail))))
+        placeholders = [itertools.repeat(b"")] * protected_count
+        first = 0
+        while first < len(positions):
+            last = min(len(positions), first + self._flush_at - len(self._starts))
+            pieces = self._pieces
+            base = len(pieces)
+            # Not strict: the placeholders repeat endlessly; the headers give the length.
+            pieces += itertools.chain.from_iterable(zip(
+                headers[first:last], *placeholders, *(column[first:last] for column in clear),
+                strict=False))
+            self._starts += range(base, len(pieces), width)
+            if protected is not None:
+                self._sealer.place_columns(protected, first, last, pieces,
+                                           range(base + 1, len(pieces), width))
+            self._count(last - first, 0, 0)
+            first = last
+            if len(self._starts) >= self._flush_at:
+                self._batch_full()
+
+    def _canonical_column(self, step: _Step, values: list[str]) -> list[Canonical] | None:
+        """The canonical results of one column's values, or None unless every one is
+        accepted as the column's own kind (a record path case)."""
+        results = list(map(step[3], values))
+        if set(map(type, results)) != {Canonical}:
+            return None
+        canonical = typing.cast(list[Canonical], results)
+        return canonical if set(map(_KIND, canonical)) == {step[2]} else None
+
+    def _clear_column(self, step: _Step, values: list[str]) -> list[bytes] | None:
+        """One clear column's packed fields (see ``_clear_head``), the memo of the column
+        consulted and filled as the record path does; None as ``_canonical_column``."""
+        memo = step[5]
+        if memo is None:
+            results = self._canonical_column(step, values)
+            if results is None:
+                return None
+            heads = {attrs: self._clear_head((step[1], step[2], attrs))
+                     for attrs in set(map(_ATTRS, results))}
+            pack = self._pack
+            if len(heads) == 1:
+                (head,) = heads.values()
+                return list(map(head.__add__, map(pack, map(_VALUE, results))))
+            return [heads[result.attrs] + pack(result.value) for result in results]
+        fields = list(map(memo.get, values))
+        missing = [index for index, field in enumerate(fields) if field is None]
+        memo.hits += len(fields) - len(missing)
+        for index in missing:
+            field = self._remembered_field(step, memo, values[index])
+            if field is None:
+                return None
+            fields[index] = field
+        return typing.cast(list[bytes], fields)
+
+    def _remembered_field(self, step: _Step, memo: _ClearMemo, raw: str) -> bytes | None:
+        """The packed clear field of ``raw`` from the memo, or canonicalized and
+        remembered; None if it is rejected or of another kind."""
+        known = memo.get(raw)
+        if known is not None:
+            memo.hits += 1
+            return known
+        result = step[3](raw)
+        if type(result) is not Canonical or result.kind != step[2]:
+            return None
+        head = self._clear_heads.get((step[1], step[2], result.attrs))
+        if head is None:
+            head = self._clear_head((step[1], step[2], result.attrs))
+        field: bytes = head + self._pack(result.value)
+        memo[raw] = field
+        if len(memo) >= MEMO_VALUES_MAX:
+            self._memo_full(memo)
+        return field
+
+    def _assemble(self, positions: list[int], sealed: list[list[FieldIn]],
+                  clear: list[list[bytes]]) -> None:
+        """Pack each record from its columns' fields: [position, [protector fields...,
+        clear fields...]], as ``_process_records`` does, its protected fields by
+        ``BatchSealer.pack_into`` (for columns ``prepare_columns`` leaves to it)."""
+        pieces, starts = self._pieces, self._starts
+        pack_protected = self._sealer.pack_into
+        pack = self._pack
+        flush_at = self._flush_at
+        clear_count = len(clear)
+        no_fields: tuple[()] = ()
+        done = 0
+        try:
+            # Not strict: a kind of field the records lack is an endless repeat of none.
+            for position, protected, kept in zip(
+                    positions, zip(*sealed, strict=True) if sealed else itertools.repeat(no_fields),
+                    zip(*clear, strict=True) if clear else itertools.repeat(no_fields), strict=False):
+                start = len(pieces)
+                starts.append(start)
+                pieces.append(b"")  # the header, once the number of fields is known
+                count = pack_protected(pieces, protected) + clear_count if protected else clear_count
+                pieces += kept
+                pieces[start] = _RECORD_HEAD + pack(position) + (
+                    _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
+                done += 1
+                if len(starts) >= flush_at:
+                    self._batch_full()
+                    pieces = self._pieces
+                    starts = self._starts
+                    pack_protected = self._sealer.pack_into
+                    flush_at = self._flush_at
+        finally:
+            self._count(done, 0, 0)
 
     def _clear_head(self, key: tuple[str, str, tuple[tuple[str, str], ...]]) -> bytes:
         """The canonical msgpack of a clear field ``{a (attrs, if any), col, kind, v}``
@@ -454,18 +647,42 @@ class DumpIngestor:
         progress.quarantined += quarantined
         result.rejected_fields += rejected
 
+    def _batch_full(self) -> None:
+        """The held records reached ``_flush_at``. A full batch is set aside, and the
+        batches set aside are flushed, unless another process holds the key store's
+        write lock (``keys_busy``; another ingest worker folding the store's tail holds
+        it ~0.3 s) and fewer than BATCHES_ASIDE_MAX are aside: then this one packs on
+        instead of idling, and looks again KEYS_BUSY_RECHECK_RECORDS records later.
+        Batches keep their size either way, so the events are the same."""
+        if len(self._starts) >= self._batch_max:
+            self._set_aside()
+        if (self._keys_busy is not None and 0 < len(self._aside) < BATCHES_ASIDE_MAX
+                and self._keys_busy()):
+            self._flush_at = min(self._batch_max, len(self._starts) + KEYS_BUSY_RECHECK_RECORDS)
+            return
+        self._flush_records()
+
+    def _set_aside(self) -> None:
+        self._aside.append((self._pieces, self._starts, self._sealer))
+        self._pieces, self._starts = [], []
+        self._sealer = self._protector.batch(self.options.source)
+
     def _flush_records(self, force: bool = False) -> None:
-        """Seal the held records in one batch (one key-store transaction, fsync'd
-        before the events that use its keys), build their events and hand them to the
-        appender thread, which appends them in one signed batch. At most one batch is
-        in flight: while its log append waits for the disk, this thread goes on with the
-        next records. With ``force``, returns once everything is durable.
+        """Seal each batch set aside (one key-store transaction each, fsync'd before
+        the events that use its keys), build their events and hand them to the appender
+        thread, which appends each in one signed batch. At most one batch is in flight:
+        while its log append waits for the disk, this thread goes on with the next
+        records. With ``force``, the held records are a last batch, and this returns
+        once everything is durable.
 
         Only the append runs in that thread: it spends its time in C and in fsync, which
         release the GIL, while protecting in it too was measured to cost more CPU in GIL
         hand-offs than it saved in waiting."""
-        if self._starts:
-            bodies = self._bodies_of()
+        if force and self._starts:
+            self._set_aside()
+        self._flush_at = self._batch_max
+        while self._aside:
+            bodies = self._bodies_of(*self._aside.pop(0))
             self._wait_appended()  # the keys above are durable already
             if self._appender is None:
                 self._appender = ThreadPoolExecutor(1, thread_name_prefix="ingest-append")
@@ -489,12 +706,9 @@ class DumpIngestor:
                 self._appender = None
             raise
 
-    def _bodies_of(self) -> list[bytes]:
-        """Seal the held records (one key-store transaction, durable before this returns)
-        and cut them into records.ingested bodies of ``records_per_event`` records."""
-        pieces, starts = self._pieces, self._starts
-        self._pieces, self._starts = [], []
-        sealer, self._sealer = self._sealer, self._protector.batch(self.options.source)
+    def _bodies_of(self, pieces: list[bytes], starts: list[int], sealer: BatchSealer) -> list[bytes]:
+        """Seal a batch's records (one key-store transaction, durable before this
+        returns) and cut them into records.ingested bodies of ``records_per_event``."""
         sealer.seal()
         per_event = self.options.records_per_event
         starts.append(len(pieces))

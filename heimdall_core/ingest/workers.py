@@ -217,7 +217,8 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
             quarantine=Quarantine(Path(job.quarantine), job.dump.hex(), options.source),
             columns=None if job.part == 0 and plan.header else plan.columns, fmt=plan.fmt,
             mapping=plan.mapping, skip_through=job.skip_through, first_line=job.first_line,
-            on_progress=functools.partial(_report, job.part))
+            on_progress=functools.partial(_report, job.part),
+            keys_busy=site.keystore.write_locked)  # the other workers share the key store
         remaining = job.end - job.start
         with open(job.path, "rb") as handle:
             handle.seek(job.start)

@@ -249,6 +249,23 @@ class KeyStore:
             raise PiiError(f"a subject id is {SUBJECT_ID_BYTES} bytes")
         return self._get_or_create(unique) if unique else DataKeys()
 
+    def write_locked(self) -> bool:
+        """Whether another connection holds the store's write lock right now, so that a
+        ``data_keys`` call would wait for it (a hint: it may be taken or released just
+        after). Never waits. An ingest worker packs on meanwhile (see the pipeline)."""
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & _PRIMARY_CODE_MASK != sqlite3.SQLITE_BUSY:  # or BUSY_*
+                raise KeyMaterialError(f"PII key store {self._dir}: {e}") from e
+            return True
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("ROLLBACK")
+        return False
+
     def data_key(self, subject: bytes) -> bytes | None:
         """The DEK of a known subject, ``None`` if shredded; never creates one."""
         _check_subject(subject)
@@ -644,6 +661,9 @@ def _check_subject(subject: bytes) -> None:
 
 
 _FORMAT = bytes((FORMAT_V1,))
+
+_PRIMARY_CODE_MASK = 0xFF
+"""An extended SQLite result code's low byte is its primary code (SQLITE_BUSY_RECOVERY...)."""
 
 _SELECT_SQL: dict[int, str] = {}
 
