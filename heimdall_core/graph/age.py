@@ -116,6 +116,7 @@ ADVISORY_NAMESPACE = "heimdall.graph:"
 
 VERTEX_LABELS = ("dump", "field", "value", "sighting", "entity", "subject")
 EDGE_LABELS = ("in_dump", "has_value", "in_field", "includes", "field_of")
+HM_VALUE_COLUMNS = ("id", "gid", "kind", "v", "bi", "cells", "n", "egid")
 SIGHTING_PROPS = b'{"part": %d, "position": %d, "seen_ms": %d}'  # a new sighting vertex's properties
 EDGE_IDS_RESERVED = ("in_dump", "has_value", "in_field", "includes")  # edges a batch COPYs in bulk
 HM_TABLES = ("hm_position", "hm_dump", "hm_field", "hm_value", "hm_subject", "hm_sighting")
@@ -921,13 +922,12 @@ class _Batch:
 
     async def _value_chunks(self, held: Mapping[bytes, Any], needs_entity: list[bytes],
                             egids: range) -> AsyncIterator[Chunk]:
-        """Rows of the values and entities this batch creates.
+        """Rows of the values and entities this batch creates, streamed: a COPY of
+        ``hm_value`` rows and one of their vertices as soon as a chunk of them is built.
 
-        Built in the fold's order, which is graphid order (see run): the fold made the
-        values in it, so they lie in memory in it (measured: ~1.5 us a value in content-id
-        order, ~0.5 in the fold's, at 30,000 records a batch).
-        Their COPYs start once all are built: the server has the sightings' edges, sent
-        before, to work through meanwhile."""
+        Built in the fold's order, which is graphid order (see run), so no sort holds them
+        back: the fold made the values in it, so they lie in memory in it (measured: ~1.5 us
+        a value in content-id order, ~0.5 in the fold's, at 30,000 records a batch)."""
         items = self.delta.values.items()
         fresh = list(items) if not held else [item for item in items if item[0] not in held]
         hm_value: list[tuple[Any, ...]] = []
@@ -936,12 +936,14 @@ class _Batch:
             hm_rows, value_rows = self._value_rows(fresh[start:start + BUILD_SLICE_ITEMS])
             hm_value += hm_rows
             value += value_rows
+            if len(hm_value) >= COPY_CHUNK_ROWS:
+                yield "hm_value", HM_VALUE_COLUMNS, hm_value
+                yield "value", ("id", "properties"), value
+                hm_value, value = [], []
             await asyncio.sleep(0)
-        for start in range(0, len(hm_value), COPY_CHUNK_ROWS):
-            yield "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), \
-                hm_value[start:start + COPY_CHUNK_ROWS]
-        for start in range(0, len(value), COPY_CHUNK_ROWS):
-            yield "value", ("id", "properties"), value[start:start + COPY_CHUNK_ROWS]
+        if hm_value:
+            yield "hm_value", HM_VALUE_COLUMNS, hm_value
+            yield "value", ("id", "properties"), value
         async for chunk in _taken("entity", ("id", "properties"),
                                   ((egid, b'{"id": "%s"}' % model.entity_vid(vid).hex().encode())
                                    for vid, egid in zip(needs_entity, egids, strict=True))):
