@@ -668,9 +668,9 @@ class _Ordered:
     async def _send(self) -> None:
         """Run the queued statements one after the other, in one task: the next starts in
         the same turn of the event loop as the last one's answer arrives. (A task per
-        statement awaiting the one before cost a turn more per statement, and a turn is a
-        fold step or a slice of rows: a COPY chunk each.) A failure stops the queue and
-        stays in the task, for settle."""
+        statement, awaiting the one before, cost one more turn per statement, and a turn
+        lasts a fold step or a slice of rows.) A failure stops the queue and stays in the
+        task, for settle."""
         while self._queue:
             await self._queue.popleft()()
         self._inflight = None
