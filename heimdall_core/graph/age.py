@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import functools
 import itertools
@@ -98,20 +99,26 @@ COLUMN_SETS_CACHED = 4_096
 KINDS_CACHED = 256
 PAIR_SHIFT = 64  # a pair edge (start, end) as one int: graphids are 64 bits
 PAIR_END_MASK = (1 << PAIR_SHIFT) - 1
-COPY_CHUNK_ROWS = 16_384
-"""Rows per COPY statement: the server inserts one chunk while Python builds the next.
-Large enough that a COPY's own setup and two round trips are small next to its rows;
-a batch of 50,000 records is ~80 of them."""
-EDGE_RECORDS_PER_COPY = 4_096  # records whose has_value edges go in one COPY
+COPY_CHUNK_ROWS = 65_536
+"""Rows per COPY statement. asyncpg encodes a COPY's rows only once the statement before
+it is done, and the server reads them as they are encoded (in 512 KiB messages): within a
+COPY the two overlap, between two they take turns. Measured at 300,000 records: chunks of
+65,536 rows (16,384 records of has_value) left Python idle 18-19 us a record at the end
+of batches, against 21-23 with 16,384 (4,096)."""
+EDGE_RECORDS_PER_COPY = 16_384  # records whose has_value edges (~5 each) go in one COPY
 BUILD_SLICE_ITEMS = 1_024
 """Items built between turns of the event loop. A COPY needs two round trips before and
 after its data; each waits for a turn, so a loop that yielded once per COPY chunk left the
 server idle about half the time (measured: batch time = Python time + server time)."""
+WRITE_BUFFER_HIGH_BYTES = 32 * 1024 * 1024
+"""A connection's send buffer before asyncpg pauses a COPY: above the largest COPY chunk
+(65,536 value rows of ~120-160 bytes; 16,384 records of has_value, ~80,000 rows of ~70)."""
 ENTRY_BITS = 48  # graphid = label id << 48 | entry id
 ADVISORY_NAMESPACE = "heimdall.graph:"
 
 VERTEX_LABELS = ("dump", "field", "value", "sighting", "entity", "subject")
 EDGE_LABELS = ("in_dump", "has_value", "in_field", "includes", "field_of")
+HM_VALUE_COLUMNS = ("id", "gid", "kind", "v", "bi", "cells", "n", "egid")
 SIGHTING_PROPS = b'{"part": %d, "position": %d, "seen_ms": %d}'  # a new sighting vertex's properties
 EDGE_IDS_RESERVED = ("in_dump", "has_value", "in_field", "includes")  # edges a batch COPYs in bulk
 HM_TABLES = ("hm_position", "hm_dump", "hm_field", "hm_value", "hm_subject", "hm_sighting")
@@ -202,6 +209,22 @@ async def init_connection(conn: asyncpg.Connection) -> None:
                               decoder=_agtype_decode, format="binary")
     # graphid's binary form is an int8: lets graphids travel in arrays and binary COPY.
     await conn.set_builtin_type_codec("graphid", schema="ag_catalog", codec_name="int8")
+    _deepen_write_buffer(conn)
+
+
+def _deepen_write_buffer(conn: asyncpg.Connection) -> None:
+    """Let a COPY chunk go to the socket in one turn of the event loop.
+
+    asyncpg stops encoding a COPY whenever the transport holds more than its high-water
+    mark (asyncio's default, 64 KiB) and goes on only in a later turn, after the socket
+    drained: a chunk of ~1-2 MB took several turns, each a fold step or a slice of rows
+    long, and the server, done with what it had, waited (measured: has_value COPYs ran with
+    the server ~40% busy, their data late). Above the largest chunk, a chunk is encoded
+    and handed to the kernel at once, and the server works on it while Python goes on.
+    The transport is not part of asyncpg's typed interface, hence the guarded lookup."""
+    transport = getattr(conn, "_transport", None)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
 
 
 AGTYPE_VERSION = b"\x01"
@@ -633,17 +656,23 @@ class _Ordered:
     def __init__(self, conn: Conn, schema: str) -> None:
         self.conn = conn
         self.schema = schema
-        self._inflight: asyncio.Task[None] | None = None
+        self._queue: collections.deque[Callable[[], Awaitable[object]]] = collections.deque()
+        self._inflight: asyncio.Task[None] | None = None  # runs the queue; kept if it failed
 
     def _chain(self, work: Callable[[], Awaitable[object]]) -> None:
-        previous = self._inflight
+        self._queue.append(work)
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._send())
 
-        async def send() -> None:
-            if previous is not None:
-                await previous  # a failure before this statement fails it too: settle sees it
-            await work()
-
-        self._inflight = asyncio.create_task(send())
+    async def _send(self) -> None:
+        """Run the queued statements one after the other, in one task: the next starts in
+        the same turn of the event loop as the last one's answer arrives. (A task per
+        statement, awaiting the one before, cost one more turn per statement, and a turn
+        lasts a fold step or a slice of rows.) A failure stops the queue and stays in the
+        task, for settle."""
+        while self._queue:
+            await self._queue.popleft()()
+        self._inflight = None
 
     def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
         self._chain(functools.partial(self.conn.copy_records_to_table, table, schema_name=self.schema,
@@ -654,14 +683,15 @@ class _Ordered:
         self._chain(functools.partial(self.conn.execute, sql, *args))
 
     async def settle(self) -> None:
-        """Wait for the COPYs sent so far; their failure is raised here."""
+        """Wait for the statements queued so far; their failure is raised here."""
         if self._inflight is not None:
-            task, self._inflight = self._inflight, None
-            await task
+            await self._inflight  # on success it ends with the queue empty and clears itself
 
     async def abandon(self) -> None:
-        """After a failure elsewhere: let the COPYs in flight end, whatever their outcome,
-        before the transaction rolls back (one statement at a time on a connection)."""
+        """After a failure elsewhere: let the statement in flight end, whatever its outcome,
+        and drop the rest, before the transaction rolls back (one statement at a time on a
+        connection)."""
+        self._queue.clear()
         if self._inflight is not None:
             task, self._inflight = self._inflight, None
             with contextlib.suppress(Exception):
@@ -749,10 +779,12 @@ class _Batch:
         delta = self.delta
         await self._dumps(conn)
         await self._fields(conn)
-        vids = sorted(delta.values)  # content-id order: hm_value's B-tree fills page by page
-        held_values = await self._held_values(conn, vids)
+        held_values = await self._held_values(conn, sorted(delta.values))  # the index in page order
         held_sightings = await self._held_sightings(conn)
-        new_values = [vid for vid in vids if vid not in held_values] if held_values else vids
+        # New values get graphids in the fold's order (the order records first use them):
+        # their rows are built in it, the order they lie in memory, and need no sort.
+        new_values = [vid for vid in delta.values if vid not in held_values] if held_values \
+            else list(delta.values)
         primaries = {s.entity for s in delta.sightings.values() if s.entity is not None}
         needs_entity = sorted(vid for vid in primaries
                               if vid not in held_values or held_values[vid][1] is None)
@@ -891,14 +923,12 @@ class _Batch:
 
     async def _value_chunks(self, held: Mapping[bytes, Any], needs_entity: list[bytes],
                             egids: range) -> AsyncIterator[Chunk]:
-        """Rows of the values and entities this batch creates.
+        """Rows of the values and entities this batch creates, streamed: a COPY of
+        ``hm_value`` rows and one of their vertices as soon as a chunk of them is built.
 
-        Built in the fold's order, then sorted by graphid (content-id order, as the graphids
-        were given): the fold made the values in its order, so they lie in memory in it, and
-        a pass in content-id order read each from memory (measured: ~1.5 us a value in
-        content-id order, ~0.5 in the fold's, at 30,000 records a batch; the sort ~0.2).
-        Their COPYs start once all are built: the server has the sightings' edges, sent
-        before, to work through meanwhile."""
+        Built in the fold's order, which is graphid order (see run), so no sort holds them
+        back: the fold made the values in it, so they lie in memory in it (measured: ~1.5 us
+        a value in content-id order, ~0.5 in the fold's, at 30,000 records a batch)."""
         items = self.delta.values.items()
         fresh = list(items) if not held else [item for item in items if item[0] not in held]
         hm_value: list[tuple[Any, ...]] = []
@@ -907,14 +937,14 @@ class _Batch:
             hm_rows, value_rows = self._value_rows(fresh[start:start + BUILD_SLICE_ITEMS])
             hm_value += hm_rows
             value += value_rows
+            if len(hm_value) >= COPY_CHUNK_ROWS:
+                yield "hm_value", HM_VALUE_COLUMNS, hm_value
+                yield "value", ("id", "properties"), value
+                hm_value, value = [], []
             await asyncio.sleep(0)
-        hm_value.sort(key=_second)
-        value.sort(key=_first)
-        for start in range(0, len(hm_value), COPY_CHUNK_ROWS):
-            yield "hm_value", ("id", "gid", "kind", "v", "bi", "cells", "n", "egid"), \
-                hm_value[start:start + COPY_CHUNK_ROWS]
-        for start in range(0, len(value), COPY_CHUNK_ROWS):
-            yield "value", ("id", "properties"), value[start:start + COPY_CHUNK_ROWS]
+        if hm_value:
+            yield "hm_value", HM_VALUE_COLUMNS, hm_value
+            yield "value", ("id", "properties"), value
         async for chunk in _taken("entity", ("id", "properties"),
                                   ((egid, b'{"id": "%s"}' % model.entity_vid(vid).hex().encode())
                                    for vid, egid in zip(needs_entity, egids, strict=True))):
