@@ -223,10 +223,11 @@ async def _unprojected(ctx: Context, store: GraphStore) -> int:
     """Events of the log the graph does not hold yet. ``heimdall serve`` projects them as
     they come; without it, an ingest is in the graph only after ``heimdall project``, and
     an analyst must not read "not seen" where the truth is "not projected yet"."""
+    from heimdall_core.graph.projector import events_behind, feed_sizes
+
     positions = await store.positions()
     with ctx.store() as log_store:
-        return sum(max(0, log_store.reader(feed).state.size - positions.get(feed, 0))
-                   for feed in log_store.feeds())
+        return events_behind(feed_sizes(log_store), positions)
 
 
 def _behind_text(events: int) -> str:

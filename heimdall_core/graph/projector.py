@@ -21,7 +21,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -109,6 +109,16 @@ def decode_event(frame: bytes, frame_bytes_max: int) -> Event:
     return Event(header.feed, header.seq, header.hlc, body[0], body[1], body[2])
 
 
+def feed_sizes(log_store: LogStore) -> dict[bytes, int]:
+    """Each feed of the log and how many durable events it holds."""
+    return {feed: log_store.reader(feed).state.size for feed in log_store.feeds()}
+
+
+def events_behind(sizes: Mapping[bytes, int], positions: Mapping[bytes, int]) -> int:
+    """Events of the log (``sizes``) that a store at ``positions`` does not hold yet."""
+    return sum(max(0, size - positions.get(feed, 0)) for feed, size in sizes.items())
+
+
 class Projector:
     """Projects a site's log into one graph store."""
 
@@ -174,8 +184,8 @@ class Projector:
 
     async def _pass(self, report: ProjectionReport) -> None:
         positions = await self.store.positions()
-        targets = {feed: self.log.reader(feed).state.size for feed in self.log.feeds()}
-        total = sum(max(0, size - positions.get(feed, 0)) for feed, size in targets.items())
+        targets = feed_sizes(self.log)
+        total = events_behind(targets, positions)
         pipeline = _Pipeline(self.store, report, total, self._progress)
         folder = Folder(self.rules)
         try:
