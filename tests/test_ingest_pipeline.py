@@ -74,6 +74,10 @@ def test_compressed_input_is_read_transparently(site: Path, tmp_path: Path, comp
     plain = cli_json(site, "ingest", str(SAMPLE), "--source", "plain", "--json")
     assert summary["compression"] == compress
     assert summary["records"] == plain["records"]
+    # A repeat says what the dump it repeats was: its compression and mapping.
+    again = cli_json(site, "ingest", str(path), "--source", "s", "--json")
+    assert again["duplicate"] is True and again["compression"] == compress
+    assert again["mapping"] == summary["mapping"] and again["mapping"]
 
 
 def test_ndjson_and_json_and_combo(site: Path, tmp_path: Path) -> None:

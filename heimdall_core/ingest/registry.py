@@ -22,7 +22,7 @@ from heimdall_core import kinds
 from heimdall_core.events import HEADER_BYTES
 from heimdall_core.log.store import LogStore
 
-REGISTRY_VERSION = 2
+REGISTRY_VERSION = 3  # 3: compression and mapping of each dump
 _PEEK = {kinds.DUMP_STARTED[0].encode(), kinds.DUMP_FINISHED[0].encode(),
          kinds.RECORDS_INGESTED[0].encode()}
 
@@ -44,6 +44,8 @@ class DumpState:
     progress: dict[str, int] = field(default_factory=dict)
     size: int = -1
     ranges: list[list[int]] | None = None  # parts' byte ranges (start, end, first line)
+    compression: str = "none"
+    mapping: dict[str, str] = field(default_factory=dict)  # column -> kind
 
 
 @dataclass(slots=True)
@@ -117,7 +119,8 @@ class DumpRegistry:
             self._cache.dumps.setdefault(dump, DumpState(
                 dump, payload["source"], payload["name"], payload["sha256"], payload["format"],
                 payload["parts"], int.from_bytes(frame[44:52], "big"), size=payload["bytes"],
-                ranges=payload.get("ranges")))
+                ranges=payload.get("ranges"), compression=payload.get("compression") or "none",
+                mapping=dict(payload.get("mapping") or {})))
             return
         state = self._cache.dumps.get(dump)
         if state is None:

@@ -336,11 +336,11 @@ def _summary(dump: bytes, options: IngestOptions, name: str, ingestor: DumpInges
 def _duplicate_summary(done: DumpState, options: IngestOptions, name: str, size: int,
                        began: float) -> IngestSummary:
     return IngestSummary(
-        dump_id=done.dump, source=options.source, name=name, format=done.format, compression="?",
+        dump_id=done.dump, source=options.source, name=name, format=done.format, compression=done.compression,
         records=done.records, quarantined=done.quarantined, rejected_fields=0, sha256=done.sha256,
         bytes=size, duplicate=True, duplicate_of=done.dump, resumed=False,
         elapsed_s=round(time.monotonic() - began, 3), records_per_s=0.0, parts=done.parts,
-        quarantine_file=None)
+        quarantine_file=None, mapping=dict(done.mapping))
 
 
 __all__ = ["IngestSite", "IngestSummary", "ingest_chunks", "ingest_file"]
