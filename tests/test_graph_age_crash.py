@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import multiprocessing
 import os
 import random
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from graph_contract import reference, state_hash
-from test_graph_crash import build_log, events_before
+from test_graph_crash import build_log, events_before, sigkilled_runs, started_child
 
 from heimdall_core import config
 from heimdall_core.graph import age as age_module
@@ -89,23 +86,14 @@ def test_age_projector_sigkilled_at_random_moments_then_equal_to_reference(
     log = build_log(data_dir)
     total = sum(log.reader(feed).state.size for feed in log.feeds())
     rng = random.Random(11)
-    fork = multiprocessing.get_context("fork")
     progress: list[int] = []
     checked = kills = 0
     try:
-        while kills < KILLS_MIN:
-            child = fork.Process(target=_project_child, args=(str(data_dir), pg_dsn, graph))
-            child.start()
-            time.sleep(rng.uniform(*KILL_AFTER_S))
-            assert child.pid is not None
-            os.kill(child.pid, signal.SIGKILL)
-            child.join()
-            if child.exitcode != -signal.SIGKILL:
-                break  # it finished before the kill: the log is fully projected
-            kills += 1
+        for kills in sigkilled_runs(lambda: started_child(_project_child, str(data_dir), pg_dsn, graph), rng,
+                                    KILL_AFTER_S, KILLS_MIN):
             positions, held_hash = asyncio.run(_read(pg_dsn, graph))
             done = sum(positions.values())
-            assert not progress or done >= progress[-1], "positions went backwards"
+            assert not progress or done >= progress[-1], f"positions went backwards at kill {kills}"
             progress.append(done)
             if checked < CHECKED_KILLS and 0 < done < total:
                 # Exactly the effects of the events before the positions: no half batch.
@@ -113,8 +101,7 @@ def test_age_projector_sigkilled_at_random_moments_then_equal_to_reference(
                 checked += 1
         assert kills >= KILLS_MIN, f"the projection finished after only {kills} kills; make it longer"
         assert checked and progress[-1] > progress[0]
-        child = fork.Process(target=_project_child, args=(str(data_dir), pg_dsn, graph))
-        child.start()
+        child = started_child(_project_child, str(data_dir), pg_dsn, graph)
         child.join(timeout=FINISH_TIMEOUT_S)
         assert child.exitcode == 0
         positions, final_hash = asyncio.run(_read(pg_dsn, graph))

@@ -13,6 +13,8 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -115,29 +117,44 @@ def events_before(log: LogStore, positions: dict[bytes, int]) -> list[Any]:
     return events
 
 
+def sigkilled_runs(start_child: Callable[[], BaseProcess], rng: random.Random,
+                   kill_after_s: tuple[float, float], kills_max: int) -> Iterator[int]:
+    """Start a projecting child and SIGKILL it after a random delay, again and again:
+    yields the number of kills so far after each one, until ``kills_max`` kills or a child
+    that finished before its kill (the log is then fully projected)."""
+    kills = 0
+    while kills < kills_max:
+        child = start_child()
+        time.sleep(rng.uniform(*kill_after_s))
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        if child.exitcode != -signal.SIGKILL:
+            return
+        kills += 1
+        yield kills
+
+
+def started_child(target: Callable[..., None], *args: str) -> BaseProcess:
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    return child
+
+
 def test_sigkill_at_random_moments_then_equal_to_fresh_replay(tmp_path: Path) -> None:
     data_dir = tmp_path / "site"
     log = build_log(data_dir)
     total = sum(log.reader(feed).state.size for feed in log.feeds())
     rng = random.Random(9)
-    fork = multiprocessing.get_context("fork")
     progress: list[int] = []
     kills_before_done = 0
     checked = 0
     kills = 0
-    while kills < KILLS_MIN:
-        child = fork.Process(target=_project_child, args=(str(data_dir),))
-        child.start()
-        time.sleep(rng.uniform(0.01, 0.06))
-        assert child.pid is not None
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        if child.exitcode != -signal.SIGKILL:
-            break  # it finished before the kill: the log is fully projected
-        kills += 1
+    runs = sigkilled_runs(lambda: started_child(_project_child, str(data_dir)), rng, (0.01, 0.06), KILLS_MIN)
+    for kills in runs:
         positions, held_hash = asyncio.run(_read(data_dir / FILE_NAME))
         done = sum(positions.values())
-        assert not progress or done >= progress[-1], "positions went backwards"
+        assert not progress or done >= progress[-1], f"positions went backwards at kill {kills}"
         progress.append(done)
         kills_before_done += done < total
         if checked < CHECKED_KILLS and 0 < done < total and rng.random() < 0.3:
@@ -147,8 +164,7 @@ def test_sigkill_at_random_moments_then_equal_to_fresh_replay(tmp_path: Path) ->
             checked += 1
     assert kills >= KILLS_MIN, f"the projection finished after only {kills} kills; make it longer"
     assert kills_before_done >= KILLS_MIN // 2 and progress[-1] > progress[0]
-    child = fork.Process(target=_project_child, args=(str(data_dir),))
-    child.start()
+    child = started_child(_project_child, str(data_dir))
     child.join(timeout=120)
     assert child.exitcode == 0
     positions, crashed_hash = asyncio.run(_read(data_dir / FILE_NAME))

@@ -31,15 +31,13 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from heimdall_core.errors import ConfigError, GraphError
 from heimdall_core.events import canonical
-
-if TYPE_CHECKING:
-    from heimdall_core.graph.model import DumpSeen
+from heimdall_core.graph import model
 
 ORDER = struct.Struct(">QI32sQ")
 ORDER_BYTES = ORDER.size  # 52
@@ -323,10 +321,8 @@ def _parse_rule(key: str, name: object) -> Rule:
 
 
 def dump_seen(rules: RuleSet, dump: bytes, cells: Mapping[str, Any], sightings: int, first_ms: int,
-              last_ms: int) -> DumpSeen:
+              last_ms: int) -> model.DumpSeen:
     """Where a value was seen, for answers, from one dump's stored cells (every back end)."""
-    from heimdall_core.graph import model
-
     repeat = cells.get("duplicate_of")
     duplicate_of = visible(rules.rule(model.DUMP, "duplicate_of"), repeat) if repeat is not None else None
     return model.DumpSeen(dump, dump_text(rules, cells, "source"), dump_text(rules, cells, "name"),
@@ -339,7 +335,5 @@ def dump_text(rules: RuleSet, cells: Mapping[str, Any], prop: str) -> str | None
     cell = cells.get(prop)
     if cell is None:
         return None
-    from heimdall_core.graph import model
-
     shown = visible(rules.rule(model.DUMP, prop), cell)
     return shown if isinstance(shown, str) else str(shown)

@@ -81,6 +81,9 @@ _KIND = operator.itemgetter(0)
 _VALUE = operator.itemgetter(1)
 _ATTRS = operator.itemgetter(3)
 
+# BatchSealer.pack_into of the current batch: appends a record's protected fields, their count.
+_PackInto = Callable[[list[bytes], Sequence[FieldIn]], int]
+
 # Appends event bodies to one of this site's feeds; returns once they are durable.
 Appender = Callable[[Sequence[bytes]], None]
 
@@ -356,7 +359,7 @@ class DumpIngestor:
         actions = self._actions
         pieces = self._pieces
         starts = self._starts
-        pack_protected = self._sealer.pack_into
+        pack_protected: _PackInto = self._sealer.pack_into
         pack = self._pack
         flush_at = self._flush_at
         clear_action = Action.CLEAR
@@ -437,11 +440,7 @@ class DumpIngestor:
                 pieces[start] = _RECORD_HEAD + pack(item.position) + (
                     _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
                 if len(starts) >= flush_at:
-                    self._batch_full()
-                    pieces = self._pieces
-                    starts = self._starts
-                    pack_protected = self._sealer.pack_into
-                    flush_at = self._flush_at
+                    pieces, starts, pack_protected, flush_at = self._batch_full_rebound()
         finally:
             self._count(records, quarantined, rejected)
 
@@ -583,7 +582,7 @@ class DumpIngestor:
         clear fields...]], as ``_process_records`` does, its protected fields by
         ``BatchSealer.pack_into`` (for columns ``prepare_columns`` leaves to it)."""
         pieces, starts = self._pieces, self._starts
-        pack_protected = self._sealer.pack_into
+        pack_protected: _PackInto = self._sealer.pack_into
         pack = self._pack
         flush_at = self._flush_at
         clear_count = len(clear)
@@ -603,11 +602,7 @@ class DumpIngestor:
                     _FIXARRAY_HEADERS[count] if count <= _FIXARRAY_MAX else _array_header(count))
                 done += 1
                 if len(starts) >= flush_at:
-                    self._batch_full()
-                    pieces = self._pieces
-                    starts = self._starts
-                    pack_protected = self._sealer.pack_into
-                    flush_at = self._flush_at
+                    pieces, starts, pack_protected, flush_at = self._batch_full_rebound()
         finally:
             self._count(done, 0, 0)
 
@@ -661,6 +656,12 @@ class DumpIngestor:
             self._flush_at = min(self._batch_max, len(self._starts) + KEYS_BUSY_RECHECK_RECORDS)
             return
         self._flush_records()
+
+    def _batch_full_rebound(self) -> tuple[list[bytes], list[int], _PackInto, int]:
+        """:meth:`_batch_full` for a packing loop that holds these as locals (the record
+        loops do, to save attribute lookups per record): what to go on with after it."""
+        self._batch_full()
+        return self._pieces, self._starts, self._sealer.pack_into, self._flush_at
 
     def _set_aside(self) -> None:
         self._aside.append((self._pieces, self._starts, self._sealer))
