@@ -359,6 +359,8 @@ async def test_contract_queries_equal_reference(make_store: Opened) -> None:
         assert await store.value(vid) == await ref.value(vid)
         assert await store.value_dumps(vid) == await ref.value_dumps(vid)
         assert await store.co_values(vid, limit=5) == await ref.co_values(vid, limit=5)
+        skipping = {"limit": 5, "skip_dumps": [fake_bytes("dump:b")]}
+        assert await store.co_values(vid, **skipping) == await ref.co_values(vid, **skipping)
 
 
 async def test_contract_query_answers(make_store: Opened) -> None:
@@ -376,6 +378,13 @@ async def test_contract_query_answers(make_store: Opened) -> None:
     assert [d.duplicate_of for d in dumps] == [None, fake_bytes("dump:a")]
     assert all(d.first_seen_ms <= d.last_seen_ms for d in dumps)
     assert info.sightings == 3
+    # Leaving out a (repeat) dump: its sightings are neither read nor counted.
+    everything = await store.co_values(ip)
+    without_b = await store.co_values(ip, skip_dumps=[fake_bytes("dump:b")])
+    assert everything.sightings_scanned == 3 and without_b.sightings_scanned == 2
+    assert without_b.complete and without_b.items == everything.items  # dump b's record holds only the ip
+    only_b = await store.co_values(model.clear_value_vid("ip", "192.0.2.7"), skip_dumps=[fake_bytes("dump:b")])
+    assert only_b == model.CoValues((), 0, True)
     # Enrichment: rdap is not listed, so priority falls back to the total order: rdap is later.
     assert info.props["fact.asn"][2] == 64501
     assert info.props["enriched_by"] == ["maxmind-asn", "rdap"]

@@ -110,6 +110,10 @@ async def test_repeat_upload_is_listed_but_not_counted_again(keystore: KeyStore)
     ]
     (match,) = (await ask(await graph(evs), "192.0.2.1", keystore))["matches"]
     assert match["sightings"] == 2 and match["sightings_in_repeats"] == 2
+    # Nor are the repeat's records counted as co-occurrences: the same as without the repeat.
+    (alone,) = (await ask(await graph(evs[:-3]), "192.0.2.1", keystore))["matches"]
+    assert match["co_occurring"] == alone["co_occurring"]
+    assert match["co_occurring"]["sightings_scanned"] == 2
     assert sorted((d["name"], d["sightings"], d["duplicate_of"]) for d in match["dumps"]) == [
         ("leak.csv", 2, None), ("upload", 2, DUMP.hex())]
     text = render_text({"query": {"kind": "ip", "value": "192.0.2.1"}, "matches": [match]})

@@ -7,7 +7,7 @@ back ends give exactly its answers and its state hash.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,11 +162,14 @@ class MemoryStore:
         return out[:limit]
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
-                        sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:
+                        sightings_max: int = SIGHTINGS_SCANNED_MAX,
+                        skip_dumps: Collection[bytes] = ()) -> CoValues:
         held = self._values.get(vid)
         if held is None:
             return CoValues((), 0, True)
-        keys = held.sightings[-sightings_max:]
+        skip = frozenset(skip_dumps)
+        counted = [key for key in held.sightings if key[0] not in skip]
+        keys = counted[-sightings_max:]
         counts: dict[bytes, int] = {}
         for key in keys:
             for other in {v for v, _ in self._sightings[key].values}:
@@ -174,7 +177,7 @@ class MemoryStore:
                     counts[other] = counts.get(other, 0) + 1
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
         items = tuple(CoValue(self._info(other, self._values[other]), n) for other, n in ranked)
-        return CoValues(items, len(keys), len(keys) == len(held.sightings))
+        return CoValues(items, len(keys), len(keys) == len(counted))
 
     async def counts(self) -> GraphCounts:
         return GraphCounts(len(self._dumps), len(self._fields), len(self._values),

@@ -115,7 +115,8 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
     dumps = await store.value_dumps(info.vid)
     # A repeat upload (the same bytes from the same source, found to be one only at its
     # end) is listed, marked, but is not new evidence: its records are not counted again.
-    repeated = sum(d.sightings for d in dumps if d.duplicate_of is not None)
+    repeats = [d for d in dumps if d.duplicate_of is not None]
+    repeated = sum(d.sightings for d in repeats)
     answer.update({
         "status": "seen",
         "sightings": info.sightings - repeated,
@@ -128,7 +129,7 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
         "enriched_by": props.get("enriched_by") or [],
         "dumps": [_dump(d) for d in dumps],
     })
-    co = await store.co_values(info.vid, co_values)
+    co = await store.co_values(info.vid, co_values, skip_dumps=[d.dump for d in repeats])
     answer["co_occurring"] = {
         "values": [_co_value(c, keys, reveal_values) for c in co.items],
         "sightings_scanned": co.sightings_scanned,

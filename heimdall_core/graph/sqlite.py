@@ -39,7 +39,7 @@ import itertools
 import operator
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,12 @@ def _chunks(items: Sequence[Any], size: int = SQL_VARIABLES_MAX) -> Iterator[Seq
 
 def _marks(count: int) -> str:
     return ",".join("?" * count)
+
+
+def _numbered(first: int, count: int) -> str:
+    """``?first, ..., ?(first + count - 1)``: marks after numbered ones (an anonymous ``?``
+    takes the number after the largest met so far, which may collide with a later one)."""
+    return ",".join(f"?{n}" for n in range(first, first + count))
 
 
 
@@ -589,15 +595,23 @@ class SqliteStore:
         return out[:limit]
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
-                        sightings_max: int = SIGHTINGS_SCANNED_MAX) -> CoValues:
+                        sightings_max: int = SIGHTINGS_SCANNED_MAX,
+                        skip_dumps: Collection[bytes] = ()) -> CoValues:
         try:
-            return await self._co_values(vid, limit, sightings_max)
+            return await self._co_values(vid, limit, sightings_max, sorted(set(skip_dumps)))
         except sqlite3.Error as exc:
             raise _translate(exc, "reading co-occurring values") from exc
 
-    async def _co_values(self, vid: bytes, limit: int, sightings_max: int) -> CoValues:
-        sids = [si for (si,) in await self._db.execute_fetchall(
-            f"{_SIGHTINGS_OF} ORDER BY 1 DESC LIMIT ?2", (vid, sightings_max + 1))]
+    async def _co_values(self, vid: bytes, limit: int, sightings_max: int, skip: list[bytes]) -> CoValues:
+        if len(skip) > SQL_VARIABLES_MAX:
+            raise GraphError(f"at most {SQL_VARIABLES_MAX} dumps can be left out of co-occurring values")
+        if skip:  # a join per sighting, paid only by a value seen in a repeat upload
+            sql = (f"WITH hits (si) AS ({_SIGHTINGS_OF}) SELECT h.si FROM hits h JOIN sighting s ON s.si = h.si "  # noqa: S608
+                   f"WHERE s.di NOT IN (SELECT di FROM dump WHERE id IN ({_numbered(3, len(skip))})) "
+                   "ORDER BY 1 DESC LIMIT ?2")
+        else:
+            sql = f"{_SIGHTINGS_OF} ORDER BY 1 DESC LIMIT ?2"
+        sids = [si for (si,) in await self._db.execute_fetchall(sql, (vid, sightings_max + 1, *skip))]
         complete = len(sids) <= sightings_max
         sids = sids[:sightings_max]
         counts: dict[bytes, int] = {}
