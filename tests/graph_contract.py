@@ -383,7 +383,8 @@ async def test_contract_query_answers(make_store: Opened) -> None:
     without_b = await store.co_values(ip, skip_dumps=[fake_bytes("dump:b")])
     assert everything.sightings_scanned == 3 and without_b.sightings_scanned == 2
     assert without_b.complete and without_b.items == everything.items  # dump b's record holds only the ip
-    only_b = await store.co_values(model.clear_value_vid("ip", "192.0.2.7"), skip_dumps=[fake_bytes("dump:b")])
+    only_b = await store.co_values(model.clear_value_vid("ip", "192.0.2.7"),
+                                   skip_dumps=[fake_bytes("dump:b")])
     assert only_b == model.CoValues((), 0, True)
     # Enrichment: rdap is not listed, so priority falls back to the total order: rdap is later.
     assert info.props["fact.asn"][2] == 64501

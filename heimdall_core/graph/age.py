@@ -49,7 +49,7 @@ import operator
 import re
 import sys
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -583,7 +583,7 @@ class AgeStore:
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,
-                        skip_dumps: Collection[bytes] = ()) -> CoValues:
+                        skip_dumps: Sequence[bytes] = ()) -> CoValues:
         async with self._conn("reading co-occurring values") as conn:
             if skip_dumps:  # a lookup per sighting, paid only by a value seen in a repeat upload
                 rows = await conn.fetch(self._co_values_skipping_sql, vid, sightings_max, limit,

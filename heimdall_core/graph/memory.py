@@ -7,7 +7,7 @@ back ends give exactly its answers and its state hash.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +163,7 @@ class MemoryStore:
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,
-                        skip_dumps: Collection[bytes] = ()) -> CoValues:
+                        skip_dumps: Sequence[bytes] = ()) -> CoValues:
         held = self._values.get(vid)
         if held is None:
             return CoValues((), 0, True)

@@ -39,7 +39,7 @@ import itertools
 import operator
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -596,7 +596,7 @@ class SqliteStore:
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,
-                        skip_dumps: Collection[bytes] = ()) -> CoValues:
+                        skip_dumps: Sequence[bytes] = ()) -> CoValues:
         try:
             return await self._co_values(vid, limit, sightings_max, sorted(set(skip_dumps)))
         except sqlite3.Error as exc:
@@ -606,7 +606,8 @@ class SqliteStore:
         if len(skip) > SQL_VARIABLES_MAX:
             raise GraphError(f"at most {SQL_VARIABLES_MAX} dumps can be left out of co-occurring values")
         if skip:  # a join per sighting, paid only by a value seen in a repeat upload
-            sql = (f"WITH hits (si) AS ({_SIGHTINGS_OF}) SELECT h.si FROM hits h JOIN sighting s ON s.si = h.si "  # noqa: S608
+            sql = (f"WITH hits (si) AS ({_SIGHTINGS_OF}) "  # noqa: S608 - fixed fragments and marks
+                   "SELECT h.si FROM hits h JOIN sighting s ON s.si = h.si "
                    f"WHERE s.di NOT IN (SELECT di FROM dump WHERE id IN ({_numbered(3, len(skip))})) "
                    "ORDER BY 1 DESC LIMIT ?2")
         else:

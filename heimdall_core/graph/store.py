@@ -23,7 +23,7 @@ Contract (tests/graph_contract.py runs it against every back end):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from heimdall_core.graph.model import CoValues, Delta, DumpSeen, GraphCounts, StateEntry, ValueInfo
@@ -85,7 +85,7 @@ class GraphStore(Protocol):
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,
-                        skip_dumps: Collection[bytes] = ()) -> CoValues:
+                        skip_dumps: Sequence[bytes] = ()) -> CoValues:
         """Values that share records with ``vid``, most shared records first (ties: id).
 
         Reads the ``sightings_max`` most recent sightings (highest dump id, part, position
