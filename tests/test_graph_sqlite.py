@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from graph_contract import (
     Feeds,
@@ -202,3 +203,32 @@ async def test_a_too_old_sqlite_is_one_clear_error(tmp_path: Path, monkeypatch: 
     with pytest.raises(GraphError, match=r"needs SQLite 3\.38\.0 or newer .*links SQLite 3\.37\.2"):
         await store.open()
     assert not (tmp_path / "graph.sqlite").exists()
+
+
+async def test_errors_that_waiting_cures_are_told_apart_from_the_rest(tmp_path: Path) -> None:
+    """A locked or failing database is worth waiting for (the projector retries); a
+    statement SQLite rejects is not, and must not make the projector wait for ever."""
+    path = tmp_path / "g.sqlite"
+    store = await opened(path)
+    try:
+        async with aiosqlite.connect(path) as other:  # holds the write lock
+            await other.execute("PRAGMA busy_timeout = 0")
+            await other.execute("BEGIN IMMEDIATE")
+            locked = store._db  # the store's own connection, told not to wait either
+            await locked.execute("PRAGMA busy_timeout = 0")
+            try:
+                await locked.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                assert isinstance(sqlite_module._translate(exc, "writing"), DatabaseUnavailable)
+            else:
+                raise AssertionError("a second writer got the lock")
+            await other.rollback()
+        try:
+            await store._db.execute("SELECT no_such_column FROM value")
+        except sqlite3.Error as exc:
+            rejected = sqlite_module._translate(exc, "reading")
+            assert type(rejected) is GraphError and "no_such_column" in str(rejected)
+        else:
+            raise AssertionError("SQLite accepted a statement naming a missing column")
+    finally:
+        await store.close()

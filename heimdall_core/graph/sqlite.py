@@ -981,12 +981,23 @@ async def _all(writes: Sequence[asyncio.Future[Any]]) -> None:
             raise outcome
 
 
+_UNAVAILABLE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                                sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
+                                sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY})
+"""Primary result codes of a database that is there but cannot be used right now (locked,
+disk full or failing, file gone, read-only mount): worth waiting for. Anything else (a
+statement SQLite rejects, a corrupt file) does not get better by retrying."""
+
+
 def _translate(exc: sqlite3.Error, doing: str) -> Exception:
     """SQLite errors as ours: unreachable/locked/full is retryable, the rest is not."""
     message = f"{doing}: SQLite: {exc}"
-    if isinstance(exc, sqlite3.OperationalError):
-        return DatabaseUnavailable(message)
-    return GraphError(message)
+    code = getattr(exc, "sqlite_errorcode", None)  # extended code; None when raised by Python
+    if code is not None:
+        retryable = code & 0xFF in _UNAVAILABLE_CODES
+    else:
+        retryable = isinstance(exc, sqlite3.OperationalError)
+    return DatabaseUnavailable(message) if retryable else GraphError(message)
 
 
 __all__ = ["FILE_NAME", "SqliteStore"]
