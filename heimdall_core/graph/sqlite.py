@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import operator
 import sqlite3
 import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -988,7 +987,7 @@ def _offset_ends(sizes: Iterable[int]) -> list[int]:
 
 
 def _offset_counts(counts: list[int]) -> Iterable[int]:
-    if counts and 0 <= min(counts) and max(counts) < len(_SMALL_NUMBERS):
+    if counts and min(counts) >= 0 and max(counts) < len(_SMALL_NUMBERS):
         return map(_SMALL_NUMBERS.__getitem__, counts)
     return [_NUMBER_OFFSET + count for count in counts]
 
@@ -1031,8 +1030,9 @@ _TEXT_0, _TEXT_1, _TEXT_2 = (_number(f"2 * i + {k}") for k in range(3))
 _BLIND_0, _BLIND_1 = _number("?7 + i"), _number("?7 + i + 1")
 _PROPS_0, _PROPS_1 = _number("?8 + i"), _number("?8 + i + 1")
 _FIRST = _number("?10 + i")
-_INSERT_VALUES = (  # ORDER BY: rows arrive in memory order, are numbered (rowid) in id order
-    "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) "
+# ORDER BY: rows arrive in memory order, are numbered (rowid) in id order.
+_INSERT_VALUES = (
+    "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) "  # noqa: S608 - fixed fragments
     f"SELECT substr(?2, i * 16 + 1, 16), CAST(substr(?3, {_TEXT_0}, {_TEXT_1} - {_TEXT_0}) AS TEXT), "
     f"CASE WHEN {_BLIND_1} = {_BLIND_0} THEN CAST(substr(?3, {_TEXT_1}, {_TEXT_2} - {_TEXT_1}) AS TEXT) END, "
     f"nullif(substr(?4, {_BLIND_0}, {_BLIND_1} - {_BLIND_0}), x''), "
