@@ -648,7 +648,7 @@ class _Batch:
         self.field_ids = dict(store._field_ids)
         self.known: list[bytes] = []  # values held, from the caches
         self.first: dict[bytes, int | None] = {}  # fresh value -> its first (si, fi), as _first_code
-        self.seen: list[tuple[bytes, int, int]] = []  # every other (value, si, fi) edge
+        self.seen: list[tuple[bytes, int]] = []  # every other (value, (si, fi) as _first_code) edge
         # Sightings as _INSERT_SIGHTINGS takes them: (si, di, part, pos, seen_ms) and, apart,
         # the bytes of each one's entity, pairs and sealed fields (b"" for none).
         self.sighting_rows: list[tuple[int, int, int, int, int]] = []
@@ -767,7 +767,7 @@ class _Batch:
         fields = {fk: (fi, _field_bytes(fi)) for fk in self.delta.fields
                   for fi in (field_ids[(dump_ids[fk[0]], fk[1], fk[2])],)}
         first: dict[bytes, int | None] = dict.fromkeys(self.arrived)
-        seen: list[tuple[bytes, int, int]] = []
+        seen: list[tuple[bytes, int]] = []
         rows = self.sighting_rows
         add_seen, add_row, take_first = seen.append, rows.append, first.get
         add_entity, add_vals, add_sealed = self.entities.append, self.vals.append, self.sealed.append
@@ -780,7 +780,7 @@ class _Batch:
                 if take_first(vid, 0) is None:  # a fresh value met for the first time
                     first[vid] = first_of_si + f
                 else:
-                    add_seen((vid, si, f))
+                    add_seen((vid, first_of_si + f))
             add_vals(b"".join(parts))
             add_entity(s.entity or b"")
             add_sealed(_packb(lift(Rule.UNION, [list(x) for x in s.sealed], b"", 0)) if s.sealed else b"")
@@ -840,9 +840,9 @@ class _Batch:
             "SELECT id FROM value WHERE vi > ?", (top,))}
         conflicted = [vid for vid in self.arrived if vid not in landed]
         for vid in conflicted:
-            edge = _first_edge(self.first.pop(vid))
-            if edge is not None:
-                self.seen.append((vid, *edge))
+            code = self.first.pop(vid)
+            if code is not None:
+                self.seen.append((vid, code))
         self.inserted = landed
         return conflicted
 
@@ -857,19 +857,44 @@ class _Batch:
 
     async def _sightings(self) -> None:
         columns = (self.entities, self.vals, self.sealed)
-        rows = list(zip(self.sighting_rows, *_spans(self.entities), *_spans(self.vals), *_spans(self.sealed),
-                        strict=True))
         before = self.db.total_changes
-        await self.db.execute(_INSERT_SIGHTINGS, (orjson.dumps(rows), *map(b"".join, columns)))
+        rows = self.sighting_rows
+        for start in range(0, len(rows), ROW_NUMBERS_MAX):
+            part = slice(start, start + ROW_NUMBERS_MAX)
+            await self._insert_sightings(rows[part], *(column[part] for column in columns))
         seen = self.seen
         if self.db.total_changes - before != len(rows):
             remap = await self._merge_sightings([
                 (*row, entity or None, vals, sealed or None)
-                for row, entity, vals, sealed in zip(self.sighting_rows, *columns, strict=True)])
-            seen = [(vid, remap.get(si, si), fi) for vid, si, fi in seen]
-        if seen:
-            await self.db.execute(_INSERT_SEEN, (orjson.dumps([edge[1:] for edge in seen]),
-                                                 b"".join([edge[0] for edge in seen])))
+                for row, entity, vals, sealed in zip(rows, *columns, strict=True)])
+            seen = [(vid, _first_code(remap.get(si, si), fi)) for vid, (si, fi) in
+                    ((vid, divmod(code - _NUMBER_OFFSET, 1 << _FIELD_BITS)) for vid, code in seen)]
+        for start in range(0, len(seen), ROW_NUMBERS_MAX):
+            await self._insert_seen(seen[start:start + ROW_NUMBERS_MAX])
+
+    async def _insert_sightings(self, rows: list[tuple[int, int, int, int, int]], entities: list[bytes],
+                                vals: list[bytes], sealed: list[bytes]) -> None:
+        """One statement for a run of sightings (numbered in a row, at most ROW_NUMBERS_MAX)."""
+        _, dis, parts, positions, seen_ms = (list(column) for column in zip(*rows, strict=True))
+        doc = _numbers([*_offset_counts(dis), *_offset_counts(parts),
+                        *[_NUMBER_OFFSET + position for position in positions], *_offset_times(seen_ms),
+                        *_offset_ends(map(len, entities)), *_offset_ends(map(len, vals)),
+                        *_offset_ends(map(len, sealed))])
+        blobs = (b"".join(entities), b"".join(vals), b"".join(sealed))
+        if doc is None:  # a number out of range (a negative position): the JSON form
+            spans = list(zip(rows, *_spans(entities), *_spans(vals), *_spans(sealed), strict=True))
+            await self.db.execute(_INSERT_SIGHTINGS_JSON, (orjson.dumps(spans), *blobs))
+        else:
+            await self.db.execute(_INSERT_SIGHTINGS, (doc, *blobs, rows[0][0], len(rows)))
+
+    async def _insert_seen(self, seen: list[tuple[bytes, int]]) -> None:
+        vids = b"".join([vid for vid, _ in seen])
+        doc = _numbers([code for _, code in seen])
+        if doc is None:  # a sighting number out of range: the JSON form
+            edges = [divmod(code - _NUMBER_OFFSET, 1 << _FIELD_BITS) for _, code in seen]
+            await self.db.execute(_INSERT_SEEN_JSON, (orjson.dumps(edges), vids))
+        else:
+            await self.db.execute(_INSERT_SEEN, (doc, vids, len(seen)))
 
     async def _merge_sightings(self, rows: list[tuple[Any, ...]]) -> dict[int, int]:
         """Slow path: some sightings were already held (a record position seen twice).
@@ -992,6 +1017,12 @@ def _offset_counts(counts: list[int]) -> Iterable[int]:
     return [_NUMBER_OFFSET + count for count in counts]
 
 
+def _offset_times(times: list[int]) -> Iterable[int]:
+    """Times repeat (one per event): offset each distinct one once."""
+    offset = {time: _NUMBER_OFFSET + time for time in set(times)}
+    return map(offset.__getitem__, times)
+
+
 def _numbers(numbers: list[int]) -> bytes | None:
     """The JSON array of offset numbers, or None when one is out of range."""
     if numbers and (min(numbers) < _NUMBER_OFFSET or max(numbers) >= _NUMBER_LIMIT):
@@ -1039,17 +1070,33 @@ _INSERT_VALUES = (
     f"substr(?5, {_PROPS_0}, {_PROPS_1} - {_PROPS_0}), {_number('?9 + i')}, "
     f"nullif({_FIRST} >> {_FIELD_BITS}, 0), nullif({_FIRST} & {_FIELD_MASK}, 0) "
     "FROM temp.row_number WHERE i < ?6 ORDER BY 1 ON CONFLICT (id) DO NOTHING")
-_INSERT_SIGHTINGS = (  # a zero-length blob parameter reads as NULL: coalesce
+_INSERT_SIGHTINGS_JSON = (  # a zero-length blob parameter reads as NULL: coalesce
     "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "
     "SELECT r ->> '$[0][0]', r ->> '$[0][1]', r ->> '$[0][2]', r ->> '$[0][3]', r ->> '$[0][4]', "
     "(SELECT vi FROM value WHERE id = substr(?2, r ->> 1, r ->> 2)), "
     "coalesce(substr(?3, r ->> 3, r ->> 4), x''), nullif(substr(?4, r ->> 5, r ->> 6), x'') "
     "FROM (SELECT value AS r FROM json_each(?1)) WHERE true ON CONFLICT (di, part, pos) DO NOTHING")
-_INSERT_SEEN = (  # an edge may be a held value's first, kept in its row: never stored twice
+_ENTITY_0, _ENTITY_1 = _number("4 * ?6 + i"), _number("4 * ?6 + i + 1")
+_VALS_0, _VALS_1 = _number("5 * ?6 + 1 + i"), _number("5 * ?6 + 2 + i")
+_SEALED_0, _SEALED_1 = _number("6 * ?6 + 2 + i"), _number("6 * ?6 + 3 + i")
+_INSERT_SIGHTINGS = (  # sightings are numbered in a row from ?5
+    "INSERT INTO sighting (si, di, part, pos, seen_ms, entity, vals, sealed) "  # noqa: S608 - fixed fragments
+    f"SELECT ?5 + i, {_number('i')}, {_number('?6 + i')}, {_number('2 * ?6 + i')}, {_number('3 * ?6 + i')}, "
+    f"(SELECT vi FROM value WHERE id = substr(?2, {_ENTITY_0}, {_ENTITY_1} - {_ENTITY_0})), "
+    f"coalesce(substr(?3, {_VALS_0}, {_VALS_1} - {_VALS_0}), x''), "
+    f"nullif(substr(?4, {_SEALED_0}, {_SEALED_1} - {_SEALED_0}), x'') "
+    "FROM temp.row_number WHERE i < ?6 ON CONFLICT (di, part, pos) DO NOTHING")
+_INSERT_SEEN_JSON = (  # an edge may be a held value's first, kept in its row: never stored twice
     "INSERT OR IGNORE INTO seen (vi, si, fi) "
     "SELECT v.vi, r ->> 0, r ->> 1 FROM (SELECT key, value AS r FROM json_each(?1)) j "
     "CROSS JOIN value v ON v.id = substr(?2, j.key * 16 + 1, 16) "
     "WHERE NOT (v.s1 IS r ->> 0 AND v.f1 IS r ->> 1)")
+_INSERT_SEEN = (  # sorted: the seen B-tree is written in key order
+    "INSERT OR IGNORE INTO seen (vi, si, fi) "  # noqa: S608 - fixed fragments
+    f"SELECT v.vi, e.si, e.fi FROM (SELECT i, {_number('i')} >> {_FIELD_BITS} AS si, "
+    f"{_number('i')} & {_FIELD_MASK} AS fi FROM temp.row_number WHERE i < ?3) e "
+    "CROSS JOIN value v ON v.id = substr(?2, e.i * 16 + 1, 16) "
+    "WHERE NOT (v.s1 IS e.si AND v.f1 IS e.fi) ORDER BY 1, 2, 3")
 
 
 async def _all(writes: Sequence[asyncio.Future[Any]]) -> None:
