@@ -195,6 +195,34 @@ async def test_text_with_nul_and_records_without_values(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_bulk_numbers_in_and_out_of_their_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulk rows carry their numbers as fixed-width offset numbers, and texts as bytes: values
+    beyond ASCII, statements split in many slices, and positions that do not fit the offset
+    form (negative, huge: those slices go the slow way) must all land exactly."""
+    monkeypatch.setattr(sqlite_module, "VALUE_ROWS_PER_STATEMENT", 7)
+    monkeypatch.setattr(sqlite_module, "ROW_NUMBERS_MAX", 5)
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    dump = b"\x0b" * 16
+    names = ["m\u00fcnchen.example", "\u0444\u0438\u0440\u043c\u0430.example", "\U0001f600.example", "plain.example"]
+    batches = [
+        [[i, [clear_field("domain", "domain", names[i % 4], registrable_domain="example"),
+              clear_field("ip", "ip", f"10.8.0.{i}"), *person_record(i)]] for i in range(1, 30)],
+        [[-5, person_record(40)], [2 ** 62, person_record(41)], [7, person_record(42)]],
+        [[i, [clear_field("domain", "domain", names[i % 3]), clear_field("note", "text", f"n\u00e9{i}")]]
+         for i in range(100, 120)],
+    ]
+    events = [feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": dump, "part": part, "records": records})
+              for part, records in enumerate(batches)]
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        for event in events:
+            await store.apply(fold([event]))
+        await _assert_same_as_reference(store, events)
+    finally:
+        await store.close()
+
+
 async def test_a_too_old_sqlite_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_module.sqlite3, "sqlite_version_info", (3, 37, 2))
     monkeypatch.setattr(sqlite_module.sqlite3, "sqlite_version", "3.37.2")

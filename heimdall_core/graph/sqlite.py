@@ -262,7 +262,7 @@ class SqliteStore:
         self._cells = _Cells(rules)
         self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
         self._outdated: GraphError | None = None  # the file has another schema version
-        self._row_numbers = False  # temp.row_number exists on this connection
+        self._row_numbers = 0  # rows of temp.row_number on this connection (0: not created)
 
     @property
     def backend(self) -> str:
@@ -276,7 +276,7 @@ class SqliteStore:
                 f"the embedded graph needs SQLite {'.'.join(map(str, SQLITE_VERSION_MIN))} or newer "
                 f"(JSON operators); this Python links SQLite {sqlite3.sqlite_version}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._row_numbers = False
+        self._row_numbers = 0
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure()
@@ -391,11 +391,12 @@ class SqliteStore:
         database: created outside any transaction, so that a rollback cannot undo it."""
         if self._row_numbers:
             return
-        await self._db.execute("CREATE TEMP TABLE IF NOT EXISTS row_number (i INTEGER PRIMARY KEY)")
+        await self._db.execute("DROP TABLE IF EXISTS temp.row_number")
+        await self._db.execute("CREATE TEMP TABLE row_number (i INTEGER PRIMARY KEY)")
         await self._db.execute(
-            "INSERT OR IGNORE INTO temp.row_number (i) WITH RECURSIVE k (i) AS "
+            "INSERT INTO temp.row_number (i) WITH RECURSIVE k (i) AS "
             "(SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?) SELECT i FROM k", (ROW_NUMBERS_MAX,))
-        self._row_numbers = True
+        self._row_numbers = ROW_NUMBERS_MAX
 
     async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await (await self._db.execute(sql, params)).fetchone()
@@ -811,9 +812,10 @@ class _Batch:
         arrived, arrived_values = self.arrived, self.arrived_values
         before, top = db.total_changes, self.next["value"] - 1
         writes = []
-        for start in range(0, len(arrived), VALUE_ROWS_PER_STATEMENT):
-            vids = arrived[start:start + VALUE_ROWS_PER_STATEMENT]
-            values = arrived_values[start:start + VALUE_ROWS_PER_STATEMENT]
+        step = min(VALUE_ROWS_PER_STATEMENT, self.store._row_numbers)  # rows one statement can number
+        for start in range(0, len(arrived), step):
+            vids = arrived[start:start + step]
+            values = arrived_values[start:start + step]
             props = [pack(model.VALUE, v.props) for v in values]
             params = _value_params(vids, values, props, first)
             if params is None:  # a NUL or a number out of range: row by row, in id order
@@ -858,9 +860,9 @@ class _Batch:
     async def _sightings(self) -> None:
         columns = (self.entities, self.vals, self.sealed)
         before = self.db.total_changes
-        rows = self.sighting_rows
-        for start in range(0, len(rows), ROW_NUMBERS_MAX):
-            part = slice(start, start + ROW_NUMBERS_MAX)
+        rows, step = self.sighting_rows, self.store._row_numbers
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
             await self._insert_sightings(rows[part], *(column[part] for column in columns))
         seen = self.seen
         if self.db.total_changes - before != len(rows):
@@ -869,12 +871,12 @@ class _Batch:
                 for row, entity, vals, sealed in zip(rows, *columns, strict=True)])
             seen = [(vid, _first_code(remap.get(si, si), fi)) for vid, (si, fi) in
                     ((vid, divmod(code - _NUMBER_OFFSET, 1 << _FIELD_BITS)) for vid, code in seen)]
-        for start in range(0, len(seen), ROW_NUMBERS_MAX):
-            await self._insert_seen(seen[start:start + ROW_NUMBERS_MAX])
+        for start in range(0, len(seen), step):
+            await self._insert_seen(seen[start:start + step])
 
     async def _insert_sightings(self, rows: list[tuple[int, int, int, int, int]], entities: list[bytes],
                                 vals: list[bytes], sealed: list[bytes]) -> None:
-        """One statement for a run of sightings (numbered in a row, at most ROW_NUMBERS_MAX)."""
+        """One statement for a run of sightings (numbered in a row, at most the row numbers)."""
         _, dis, parts, positions, seen_ms = (list(column) for column in zip(*rows, strict=True))
         doc = _numbers([*_offset_counts(dis), *_offset_counts(parts),
                         *[_NUMBER_OFFSET + position for position in positions], *_offset_times(seen_ms),
