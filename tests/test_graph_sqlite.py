@@ -195,7 +195,8 @@ async def test_text_with_nul_and_records_without_values(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_bulk_numbers_in_and_out_of_their_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_bulk_numbers_in_and_out_of_their_range(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Bulk rows carry their numbers as fixed-width offset numbers, and texts as bytes: values
     beyond ASCII, statements split in many slices, and positions that do not fit the offset
     form (negative, huge: those slices go the slow way) must all land exactly."""
@@ -204,7 +205,8 @@ async def test_bulk_numbers_in_and_out_of_their_range(tmp_path: Path, monkeypatc
     feeds = Feeds()
     feed = feeds.feed("a")
     dump = b"\x0b" * 16
-    names = ["m\u00fcnchen.example", "\u0444\u0438\u0440\u043c\u0430.example", "\U0001f600.example", "plain.example"]
+    names = ["m\u00fcnchen.example", "\u0444\u0438\u0440\u043c\u0430.example", "\U0001f600.example",
+             "plain.example"]
     batches = [
         [[i, [clear_field("domain", "domain", names[i % 4], registrable_domain="example"),
               clear_field("ip", "ip", f"10.8.0.{i}"), *person_record(i)]] for i in range(1, 30)],
