@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import operator
 import sqlite3
 import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -648,7 +649,7 @@ class _Batch:
         self.dump_ids = dict(store._dump_ids)
         self.field_ids = dict(store._field_ids)
         self.known: list[bytes] = []  # values held, from the caches
-        self.first: dict[bytes, int | None] = {}  # fresh value -> its first (si, fi), as _first_code
+        self.first: dict[bytes, int] = {}  # fresh value -> its first (si, fi), as _first_code
         self.seen: list[tuple[bytes, int]] = []  # every other (value, (si, fi) as _first_code) edge
         # Sightings as _INSERT_SIGHTINGS takes them: (si, di, part, pos, seen_ms) and, apart,
         # the bytes of each one's entity, pairs and sealed fields (b"" for none).
@@ -767,7 +768,7 @@ class _Batch:
         dump_ids, field_ids = self.dump_ids, self.field_ids
         fields = {fk: (fi, _field_bytes(fi)) for fk in self.delta.fields
                   for fi in (field_ids[(dump_ids[fk[0]], fk[1], fk[2])],)}
-        first: dict[bytes, int | None] = dict.fromkeys(self.arrived)
+        first: dict[bytes, int] = dict.fromkeys(self.arrived, _NO_FIRST)
         seen: list[tuple[bytes, int]] = []
         rows = self.sighting_rows
         add_seen, add_row, take_first = seen.append, rows.append, first.get
@@ -778,7 +779,7 @@ class _Batch:
             for vid, fk in s.values:
                 f, packed = fields[fk]
                 parts += (vid, packed)
-                if take_first(vid, 0) is None:  # a fresh value met for the first time
+                if take_first(vid, 0) is _NO_FIRST:  # a fresh value met for the first time
                     first[vid] = first_of_si + f
                 else:
                     add_seen((vid, first_of_si + f))
@@ -843,7 +844,7 @@ class _Batch:
         conflicted = [vid for vid in self.arrived if vid not in landed]
         for vid in conflicted:
             code = self.first.pop(vid)
-            if code is not None:
+            if code != _NO_FIRST:
                 self.seen.append((vid, code))
         self.inserted = landed
         return conflicted
@@ -994,8 +995,12 @@ def _first_code(si: int, fi: int) -> int:
     return _NUMBER_OFFSET + (si << _FIELD_BITS) + fi
 
 
-def _first_edge(code: int | None) -> tuple[int, int] | None:
-    if code is None:
+_NO_FIRST = _first_code(0, 0)
+"""A fresh value not met in any sighting (yet): sightings and fields are numbered from 1."""
+
+
+def _first_edge(code: int) -> tuple[int, int] | None:
+    if code == _NO_FIRST:
         return None
     si, fi = divmod(code - _NUMBER_OFFSET, 1 << _FIELD_BITS)
     return si, fi
@@ -1014,7 +1019,8 @@ def _offset_ends(sizes: Iterable[int]) -> list[int]:
 
 
 def _offset_counts(counts: list[int]) -> Iterable[int]:
-    if counts and min(counts) >= 0 and max(counts) < len(_SMALL_NUMBERS):
+    """Counts as offset numbers; the caller checks that they are not negative."""
+    if counts and max(counts) < len(_SMALL_NUMBERS):
         return map(_SMALL_NUMBERS.__getitem__, counts)
     return [_NUMBER_OFFSET + count for count in counts]
 
@@ -1032,11 +1038,16 @@ def _numbers(numbers: list[int]) -> bytes | None:
     return orjson.dumps(numbers)
 
 
+_KINDS = operator.attrgetter("kind")
+_SIGHTINGS = operator.attrgetter("sightings")
+
+
 def _value_params(vids: list[bytes], values: list[ValueDelta], props: list[bytes],
-                  first: dict[bytes, int | None]) -> tuple[Any, ...] | None:
+                  first: dict[bytes, int]) -> tuple[Any, ...] | None:
     """The parameters of _INSERT_VALUES for one slice of fresh values, or None when it must go
-    row by row (a NUL in a kind or value: SQLite's text functions end text there)."""
-    texts = [text for v in values for text in (v.kind, v.value or "")]
+    row by row (a NUL in a kind or value: SQLite's text functions end text there; a number
+    out of range). Every number is checked where it is made, not the whole array again."""
+    texts = [*map(_KINDS, values), *[v.value or "" for v in values]]  # kinds, then clear values
     joined = "".join(texts)
     if "\0" in joined:
         return None
@@ -1046,12 +1057,14 @@ def _value_params(vids: list[bytes], values: list[ValueDelta], props: list[bytes
         encoded = [text.encode() for text in texts]
         text, sizes = b"".join(encoded), list(map(len, encoded))
     blinds = [v.blind_index or b"" for v in values]
-    firsts = [_NUMBER_OFFSET if code is None else code for code in map(first.__getitem__, vids)]
-    doc = _numbers([*_offset_ends(sizes), *_offset_ends(map(len, blinds)), *_offset_ends(map(len, props)),
-                    *_offset_counts([v.sightings for v in values]), *firsts])
-    if doc is None:
+    counts = list(map(_SIGHTINGS, values))
+    firsts = list(map(first.__getitem__, vids))
+    ends = [_offset_ends(sizes), _offset_ends(map(len, blinds)), _offset_ends(map(len, props))]
+    if not values or min(counts) < 0 or max(firsts) >= _NUMBER_LIMIT \
+            or max(column[-1] for column in ends) >= _NUMBER_LIMIT:
         return None
     n = len(values)
+    doc = orjson.dumps([*ends[0], *ends[1], *ends[2], *_offset_counts(counts), *firsts])
     return (doc, b"".join(vids), text, b"".join(blinds), b"".join(props), n,
             2 * n + 1, 3 * n + 2, 4 * n + 3, 5 * n + 3)
 
@@ -1059,15 +1072,15 @@ def _value_params(vids: list[bytes], values: list[ValueDelta], props: list[bytes
 _INSERT_VALUE = (
     "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING")
-_TEXT_0, _TEXT_1, _TEXT_2 = (_number(f"2 * i + {k}") for k in range(3))
+_KIND_0, _KIND_1, _TEXT_0, _TEXT_1 = _number("i"), _number("i + 1"), _number("?6 + i"), _number("?6 + i + 1")
 _BLIND_0, _BLIND_1 = _number("?7 + i"), _number("?7 + i + 1")
 _PROPS_0, _PROPS_1 = _number("?8 + i"), _number("?8 + i + 1")
 _FIRST = _number("?10 + i")
 # ORDER BY: rows arrive in memory order, are numbered (rowid) in id order.
 _INSERT_VALUES = (
     "INSERT INTO value (id, kind, v, bi, props, n, s1, f1) "  # noqa: S608 - fixed fragments
-    f"SELECT substr(?2, i * 16 + 1, 16), CAST(substr(?3, {_TEXT_0}, {_TEXT_1} - {_TEXT_0}) AS TEXT), "
-    f"CASE WHEN {_BLIND_1} = {_BLIND_0} THEN CAST(substr(?3, {_TEXT_1}, {_TEXT_2} - {_TEXT_1}) AS TEXT) END, "
+    f"SELECT substr(?2, i * 16 + 1, 16), CAST(substr(?3, {_KIND_0}, {_KIND_1} - {_KIND_0}) AS TEXT), "
+    f"CASE WHEN {_BLIND_1} = {_BLIND_0} THEN CAST(substr(?3, {_TEXT_0}, {_TEXT_1} - {_TEXT_0}) AS TEXT) END, "
     f"nullif(substr(?4, {_BLIND_0}, {_BLIND_1} - {_BLIND_0}), x''), "
     f"substr(?5, {_PROPS_0}, {_PROPS_1} - {_PROPS_0}), {_number('?9 + i')}, "
     f"nullif({_FIRST} >> {_FIELD_BITS}, 0), nullif({_FIRST} & {_FIELD_MASK}, 0) "
