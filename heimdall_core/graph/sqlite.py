@@ -18,8 +18,9 @@ Schema, shaped for bulk projection (docs/graph-model.md, "SQLite back end"):
   same rules as every other back end, only for vertices that already existed.
 * A batch inserts new values in slices, each numbered by SQLite in content-id order
   (B-tree friendly), and hands each slice to SQLite's thread while Python builds the
-  next. The bulk rows go as one ``INSERT ... SELECT`` over ``json_each`` per slice, blobs
-  beside the JSON in blob parameters: SQLite then walks the whole slice without Python's
+  next. The bulk rows go as one ``INSERT ... SELECT`` per slice over a temporary table of
+  row numbers, their numbers in one JSON array of fixed-width numbers and their blobs and
+  texts concatenated in blob parameters: SQLite then walks the whole slice without Python's
   GIL (``executemany`` takes it back for every row, and the two threads took turns
   instead of using both cores). Values already held are known from a cache of values met
   lately, or from the insert's conflicts, and are merged and updated by content id.
