@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -220,6 +221,20 @@ async def test_bulk_numbers_in_and_out_of_their_range(tmp_path: Path,
     try:
         for event in events:
             await store.apply(fold([event]))
+        await _assert_same_as_reference(store, events)
+    finally:
+        await store.close()
+
+
+async def test_every_bulk_statement_has_a_slow_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no number fitting the offset form, values go row by row and sightings and seen
+    edges in the JSON form: the same state."""
+    monkeypatch.setattr(sqlite_module, "_NUMBER_LIMIT", sqlite_module._NUMBER_OFFSET + 2)
+    events = standard_events()
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        for chunk in chunks(events, itertools.repeat(3)):
+            await store.apply(fold(chunk))
         await _assert_same_as_reference(store, events)
     finally:
         await store.close()
