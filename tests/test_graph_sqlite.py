@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -192,6 +193,50 @@ async def test_text_with_nul_and_records_without_values(tmp_path: Path) -> None:
         await _assert_same_as_reference(store, events)
         held = await store.value(model.clear_value_vid("text", "a\x00b"))
         assert held is not None and held.value == "a\x00b"
+    finally:
+        await store.close()
+
+
+async def test_bulk_numbers_in_and_out_of_their_range(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulk rows carry their numbers as fixed-width offset numbers, and texts as bytes: values
+    beyond ASCII, statements split in many slices, and positions that do not fit the offset
+    form (negative, huge: those slices go the slow way) must all land exactly."""
+    monkeypatch.setattr(sqlite_module, "VALUE_ROWS_PER_STATEMENT", 7)
+    monkeypatch.setattr(sqlite_module, "ROW_NUMBERS_MAX", 5)
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    dump = b"\x0b" * 16
+    names = ["m\u00fcnchen.example", "\u0444\u0438\u0440\u043c\u0430.example", "\U0001f600.example",
+             "plain.example"]
+    batches = [
+        [[i, [clear_field("domain", "domain", names[i % 4], registrable_domain="example"),
+              clear_field("ip", "ip", f"10.8.0.{i}"), *person_record(i)]] for i in range(1, 30)],
+        [[-5, person_record(40)], [2 ** 62, person_record(41)], [7, person_record(42)]],
+        [[i, [clear_field("domain", "domain", names[i % 3]), clear_field("note", "text", f"n\u00e9{i}")]]
+         for i in range(100, 120)],
+    ]
+    events = [feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": dump, "part": part, "records": records})
+              for part, records in enumerate(batches)]
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        for event in events:
+            await store.apply(fold([event]))
+        await _assert_same_as_reference(store, events)
+    finally:
+        await store.close()
+
+
+async def test_every_bulk_statement_has_a_slow_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no number fitting the offset form, values go row by row and sightings and seen
+    edges in the JSON form: the same state."""
+    monkeypatch.setattr(sqlite_module, "_NUMBER_LIMIT", sqlite_module._NUMBER_OFFSET + 2)
+    events = standard_events()
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        for chunk in chunks(events, itertools.repeat(3)):
+            await store.apply(fold(chunk))
+        await _assert_same_as_reference(store, events)
     finally:
         await store.close()
 
