@@ -507,7 +507,7 @@ class AgeStore:
         batch = current.batch = _Batch(self, delta)
         ordered = _Ordered(conn, self.graph)
         try:
-            await batch.run(ordered, ordered)
+            await batch.run(ordered)
             current.built.set()
             await ordered.settle()
         finally:
@@ -569,7 +569,8 @@ class AgeStore:
     async def _run_ahead(self, batch: _Batch, ordered: _Ordered, current: _InFlight) -> None:
         """A batch's lookups on the second connection, then its rows, queued on ``ordered``."""
         async with self._conn("looking up a projection batch") as reader:
-            await batch.run(ordered, _Reads(reader))
+            batch.reads = _Reads(reader)
+            await batch.run(ordered)
         current.built.set()
 
     # --- state ---------------------------------------------------------------------------
@@ -912,6 +913,7 @@ class _Batch:
         self.merged_cells: dict[bytes, bytes] = {}  # the cells written over held values' (packed)
         self.new_dumps: set[bytes] = set()  # dumps first written by this batch: no sightings held
         self.looked_up = asyncio.Event()  # its lookups and its reservation are done
+        self.reads: _Fetches | None = None  # where the lookups go, if not to the transaction
         self.vgid: dict[bytes, int] = {}  # value id -> gid, for every value of the delta
         self.egid: dict[bytes, int] = {}  # primary value id -> its entity's gid
         # Pair edges as start << PAIR_SHIFT | end: a set of ints hashes, sorts and splits
@@ -968,14 +970,16 @@ class _Batch:
         async for chunk in _taken(table, columns, rows):
             conn.copy(*chunk)
 
-    async def run(self, conn: _Ordered, reads: _Fetches) -> None:
-        """Look up (on ``reads``), reserve, build and queue every statement on ``conn``."""
+    async def run(self, conn: _Ordered) -> None:
+        """Look up (on ``reads``, else ``conn``), reserve, build and queue every statement on
+        ``conn``."""
         delta = self.delta
+        reads: _Fetches = conn if self.reads is None else self.reads
         await self._dumps(conn, reads)
         await self._fields(conn, reads)
-        held_values = self.held_values = await self._held_values(reads, sorted(delta.values))
+        held_values = self.held_values = await self._held_values(reads)
         held_sightings = await self._held_sightings(reads)
-        self.after = None
+        self.after = self.reads = None
         # New values get graphids in the fold's order (the order records first use them):
         # their rows are built in it, the order they lie in memory, and need no sort.
         new_values = [vid for vid in delta.values if vid not in held_values] if held_values \
@@ -1108,16 +1112,17 @@ class _Batch:
 
     # --- values --------------------------------------------------------------------------
 
-    async def _held_values(self, reads: _Fetches, vids: list[bytes]) -> dict[bytes, tuple[int, Any, bytes]]:
-        """Those of ``vids`` (the delta's values, sorted: the index is walked page by page)
-        this graph holds: value id -> (gid, entity gid, cells)."""
+    async def _held_values(self, reads: _Fetches) -> dict[bytes, tuple[int, Any, bytes]]:
+        """The delta's values this graph holds: value id -> (gid, entity gid, cells). Asked
+        sorted: the index is walked page by page."""
+        ours = self.delta.values.keys()
         known: dict[bytes, tuple[int, Any, bytes]] = {}
-        if self.after is not None:
+        if self.after is None:
+            vids = sorted(ours)
+        else:  # the batch before this one answers for its values (set operations: in C)
             before = self.after
-            seen = before.delta.values
-            known = {vid: before.value_after(vid) for vid in vids if vid in seen}
-            if known:
-                vids = [vid for vid in vids if vid not in seen]
+            known = {vid: before.value_after(vid) for vid in ours & before.delta.values.keys()}
+            vids = sorted(ours - known.keys()) if known else sorted(ours)
         if not vids:
             return known
         held = {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await reads.fetch(
