@@ -52,7 +52,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -299,6 +299,7 @@ class AgeStore:
         self._labels: dict[str, int] = {}
         self._dump_gids: dict[bytes, int] = {}
         self._field_gids: dict[tuple[bytes, str, str], int] = {}
+        self._current: _InFlight | None = None  # the latest apply, while it runs
 
     @classmethod
     def from_settings(cls, settings: Settings, rules: RuleSet) -> AgeStore:
@@ -320,6 +321,7 @@ class AgeStore:
         self._unreachable = None
 
     async def _open(self) -> None:
+        self._current = None
         dsn = self._dsn
         if dsn is None:
             dsn = await asyncio.to_thread(self._start_db_dsn)
@@ -444,7 +446,7 @@ class AgeStore:
         tables = ", ".join([f"{q}._ag_label_vertex", f"{q}._ag_label_edge",
                             *(f"{q}.{t}" for t in HM_TABLES)])
         async with self._conn("resetting the graph") as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            await self._lock(conn)
             await conn.execute(f"TRUNCATE {tables}")  # a parent's TRUNCATE includes its label tables
         self._dump_gids, self._field_gids = {}, {}
 
@@ -454,16 +456,122 @@ class AgeStore:
         return {bytes(feed): int(seq) for feed, seq in rows}
 
     async def apply(self, delta: Delta) -> None:
-        batch = _Batch(self, delta)
+        """Apply a delta in one transaction.
+
+        May be called again while an apply is in flight, once :meth:`apply_built` returned
+        (store.OverlappingApply): the later batch then does its lookups on the second
+        connection, reserves its graphids and builds its rows while the server still
+        writes the earlier one, and sends nothing until the earlier one committed; if that
+        one failed, the later one fails without writing."""
+        previous, current = self._current, _InFlight()
+        self._current = current
+        try:
+            if previous is not None:
+                await previous.built.wait()
+            if previous is None or previous.finished.is_set():
+                if previous is not None and not previous.committed:
+                    raise GraphError(f"{self._where}: a projection batch was not applied: the one before "
+                                     "it failed")
+                await self._apply_alone(delta, current)
+            else:
+                await self._apply_after(delta, previous, current)
+            current.committed = True
+        finally:
+            current.batch = None  # the next batch took what it needed in its lookups
+            current.built.set()
+            current.finished.set()
+            if self._current is current:
+                self._current = None
+
+    async def apply_built(self) -> None:
+        """Wait until the apply in flight, if any, has built and queued all of its rows (what
+        is left of it is the server's work and the commit)."""
+        current = self._current
+        if current is not None:
+            await current.built.wait()
+
+    async def _lock(self, conn: Conn) -> int:
+        """Take the graph's writer lock for this transaction; count the write (hm_writes)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+        serial = await conn.fetchval(f"UPDATE {self._q}.hm_writes SET serial = serial + 1 RETURNING serial")
+        return int(serial)
+
+    async def _apply_alone(self, delta: Delta, current: _InFlight) -> None:
         async with self._conn("applying a projection batch") as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
-            ordered = _Ordered(conn, self.graph)
-            try:
-                await batch.run(ordered)
-                await ordered.settle()
-            finally:
-                await ordered.abandon()
+            current.serial = await self._lock(conn)
+            batch = await self._write(conn, delta, current)
         batch.committed()
+
+    async def _write(self, conn: Conn, delta: Delta, current: _InFlight) -> _Batch:
+        """A batch looked up, built and written inside the transaction of ``conn``."""
+        batch = current.batch = _Batch(self, delta)
+        ordered = _Ordered(conn, self.graph)
+        try:
+            await batch.run(ordered)
+            current.built.set()
+            await ordered.settle()
+        finally:
+            await ordered.abandon()
+        return batch
+
+    async def _apply_after(self, delta: Delta, previous: _InFlight, current: _InFlight) -> None:
+        """Look up and build ``delta`` while ``previous`` is written; write it after."""
+        assert previous.batch is not None
+        batch = current.batch = _Batch(self, delta, after=previous.batch)
+        ordered = _Ordered(None, self.graph)  # holds its statements until the transaction is open
+        ahead = asyncio.create_task(self._run_ahead(batch, ordered, current))
+        ahead.add_done_callback(_retrieved)  # its failure is raised below, or moot
+        try:
+            await previous.finished.wait()
+            if not previous.committed:
+                raise GraphError(f"{self._where}: a projection batch was not applied: the one before "
+                                 "it failed")
+            async with self._conn("applying a projection batch") as conn, conn.transaction():
+                current.serial = await self._lock(conn)
+                redo = await self._redo(ahead, batch, previous, current)
+                if redo:
+                    # Nothing looked up ahead was sent: look the batch up again, in here.
+                    log.info("%s: %s; looking the batch up again", self._where, redo)
+                    await _cancelled(ahead)
+                    batch = await self._write(conn, delta, current)
+                else:
+                    ordered.open(conn)
+                    try:
+                        await ahead
+                        await ordered.settle()
+                    finally:
+                        await ordered.abandon()
+            batch.committed()
+        finally:
+            await _cancelled(ahead)
+
+    @staticmethod
+    async def _redo(ahead: asyncio.Task[None], batch: _Batch, previous: _InFlight,
+                    current: _InFlight) -> str | None:
+        """Why a batch looked up ahead must be looked up again in its transaction, if it must.
+
+        Another writer committed between the two batches (the lookups may be stale); or
+        the lookups failed: the second connection may have broken while the database went
+        away, and asyncpg may report that on a connection it handed out as "another
+        operation is in progress" rather than as a lost connection. The transaction's own
+        statements then say whether the database is away."""
+        if previous.serial is None or current.serial != previous.serial + 1:
+            return "another writer committed meanwhile"
+        looked_up = asyncio.create_task(batch.looked_up.wait())
+        try:
+            await asyncio.wait([ahead, looked_up], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _cancelled(looked_up)
+        if batch.looked_up.is_set() or ahead.cancelled() or ahead.exception() is None:
+            return None
+        return f"its lookups failed ({type(ahead.exception()).__name__})"
+
+    async def _run_ahead(self, batch: _Batch, ordered: _Ordered, current: _InFlight) -> None:
+        """A batch's lookups on the second connection, then its rows, queued on ``ordered``."""
+        async with self._conn("looking up a projection batch") as reader:
+            batch.reads = _Reads(reader)
+            await batch.run(ordered)
+        current.built.set()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -664,22 +772,64 @@ class AgeStore:
 # --- one delta -----------------------------------------------------------------------------
 
 
+class _InFlight:
+    """One apply of a store, as the apply after it sees it."""
+
+    def __init__(self) -> None:
+        self.batch: _Batch | None = None  # set once its lookups may start; dropped when it ends
+        self.serial: int | None = None  # the hm_writes count its transaction wrote
+        self.committed = False
+        self.built = asyncio.Event()  # all of its rows are built and queued (or it ended)
+        self.finished = asyncio.Event()
+
+
+class _Reads:
+    """A batch's lookups on the store's second connection (outside any transaction)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(sql, *args)
+
+
 class _Ordered:
     """A connection whose COPYs and result-less statements run in the background, in
     order, while the batch builds the next rows (PostgreSQL works on one core while Python
     works on the other); a statement whose result the batch needs first waits for them.
     Measured: ~1.4x per batch for COPYs alone; queueing the UPDATEs too keeps the server
-    busy while Python builds rows instead of the two taking turns."""
+    busy while Python builds rows instead of the two taking turns.
 
-    def __init__(self, conn: Conn, schema: str) -> None:
-        self.conn = conn
+    Made without a connection, it holds every statement until :meth:`open` gives it one
+    (a batch built while the one before it is still being written)."""
+
+    def __init__(self, conn: Conn | None, schema: str) -> None:
+        self._conn = conn
         self.schema = schema
+        self._opened = asyncio.Event()
+        if conn is not None:
+            self._opened.set()
         self._queue: collections.deque[Callable[[], Awaitable[object]]] = collections.deque()
         self._inflight: asyncio.Task[None] | None = None  # runs the queue; kept if it failed
 
+    @property
+    def conn(self) -> Conn:
+        assert self._conn is not None, "statements are held until the connection is open"
+        return self._conn
+
+    def open(self, conn: Conn) -> None:
+        """Send what was held, and everything after it, on ``conn`` (in a transaction)."""
+        self._conn = conn
+        self._opened.set()
+        if self._queue and self._inflight is None:
+            self._inflight = asyncio.create_task(self._send())
+
     def _chain(self, work: Callable[[], Awaitable[object]]) -> None:
         self._queue.append(work)
-        if self._inflight is None:
+        if self._inflight is None and self._conn is not None:
             self._inflight = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
@@ -693,12 +843,12 @@ class _Ordered:
         self._inflight = None
 
     def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        self._chain(functools.partial(self.conn.copy_records_to_table, table, schema_name=self.schema,
-                                      columns=list(columns), records=rows))
+        self._chain(lambda: self.conn.copy_records_to_table(table, schema_name=self.schema,
+                                                            columns=list(columns), records=rows))
 
     def queue(self, sql: str, *args: Any) -> None:
         """A statement whose result nothing reads: sent after everything before it."""
-        self._chain(functools.partial(self.conn.execute, sql, *args))
+        self._chain(lambda: self.conn.execute(sql, *args))
 
     async def settle(self) -> None:
         """Wait for the statements queued so far; their failure is raised here."""
@@ -716,16 +866,42 @@ class _Ordered:
                 await task
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        await self._opened.wait()
         await self.settle()
         return await self.conn.fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        await self._opened.wait()
         await self.settle()
         return await self.conn.fetchrow(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
+        await self._opened.wait()
         await self.settle()
         return await self.conn.fetchval(sql, *args)
+
+
+class _Fetches(Protocol):
+    """Where a batch's lookups go: its transaction (_Ordered) or the second connection."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None: ...
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a task's failure as seen (asyncio logs an unseen one when the task is freed)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` unless it ended, and wait for it to end, whatever its outcome."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait([task])  # a cancellation of the caller still reaches it
+    if not task.cancelled():
+        task.exception()  # retrieved: its failure was reported by whoever awaited it, or is moot
 
 
 class _Batch:
@@ -736,15 +912,26 @@ class _Batch:
     chunks while the next chunk is built, and the few updates of vertices that existed
     queued behind them: the server has work queued while Python builds rows."""
 
-    def __init__(self, store: AgeStore, delta: Delta) -> None:
+    def __init__(self, store: AgeStore, delta: Delta, after: _Batch | None = None) -> None:
         self.store = store
         self.rules = store.rules
         self.delta = delta
         self.q = store._q
         self.labels = store._labels
-        self.dump_gids = dict(store._dump_gids)
-        self.field_gids = dict(store._field_gids)
+        # A batch looked up while the one before it (``after``) is still being written sees
+        # the graph as that one left it: what the database held before it, overlaid with
+        # what it writes (known here: its graphids are reserved and its merges made in
+        # Python). Dropped once the lookups are done.
+        self.after = after
+        self.dump_gids: dict[bytes, int] = dict(store._dump_gids if after is None else after.dump_gids)
+        self.field_gids: dict[model.FieldKey, int] = dict(
+            store._field_gids if after is None else after.field_gids)
+        self.dumps_after: dict[bytes, tuple[int, dict[str, Any]]] = {}  # dump -> gid, cells once written
+        self.held_values: dict[bytes, tuple[int, Any, bytes]] = {}  # values that existed: gid, egid, cells
+        self.merged_cells: dict[bytes, bytes] = {}  # the cells written over held values' (packed)
         self.new_dumps: set[bytes] = set()  # dumps first written by this batch: no sightings held
+        self.looked_up = asyncio.Event()  # its lookups and its reservation are done
+        self.reads: _Fetches | None = None  # where the lookups go, if not to the transaction
         self.vgid: dict[bytes, int] = {}  # value id -> gid, for every value of the delta
         self.egid: dict[bytes, int] = {}  # primary value id -> its entity's gid
         # Pair edges as start << PAIR_SHIFT | end: a set of ints hashes, sorts and splits
@@ -761,7 +948,15 @@ class _Batch:
         self.store._dump_gids = self.dump_gids
         self.store._field_gids = self.field_gids
 
-    async def reserve(self, conn: _Ordered, counts: Mapping[str, int]) -> dict[str, range]:
+    def value_after(self, vid: bytes) -> tuple[int, Any, bytes]:
+        """One of this batch's values as it leaves it: gid, entity gid, cells (packed)."""
+        cells = self.merged_cells.get(vid)
+        if cells is None:
+            held = self.held_values.get(vid)
+            cells = held[2] if held is not None else _packb(self.delta.values[vid].props)
+        return self.vgid[vid], self.egid.get(vid), cells
+
+    async def reserve(self, conn: _Fetches, counts: Mapping[str, int]) -> dict[str, range]:
         """Graphids for ``count`` new vertices of each label, all labels in one round trip."""
         out = {label: range(0) for label in counts}
         wanted = [(label, count) for label, count in counts.items() if count]
@@ -794,11 +989,15 @@ class _Batch:
             conn.copy(*chunk)
 
     async def run(self, conn: _Ordered) -> None:
+        """Look up (on ``reads``, else ``conn``), reserve, build and queue every statement on
+        ``conn``."""
         delta = self.delta
-        await self._dumps(conn)
-        await self._fields(conn)
-        held_values = await self._held_values(conn, sorted(delta.values))  # the index in page order
-        held_sightings = await self._held_sightings(conn)
+        reads: _Fetches = conn if self.reads is None else self.reads
+        await self._dumps(conn, reads)
+        await self._fields(conn, reads)
+        held_values = self.held_values = await self._held_values(reads)
+        held_sightings = await self._held_sightings(reads)
+        self.after = self.reads = None
         # New values get graphids in the fold's order (the order records first use them):
         # their rows are built in it, the order they lie in memory, and need no sort.
         new_values = [vid for vid in delta.values if vid not in held_values] if held_values \
@@ -815,10 +1014,11 @@ class _Batch:
         # below); what a batch leaves unused is a gap in the label's sequence, and nothing
         # reads graphids as counts.
         occurrences = sum(len(delta.sightings[key].values) for key in new_sightings)
-        gids = await self.reserve(conn, {"value": len(new_values), "entity": len(needs_entity),
+        gids = await self.reserve(reads, {"value": len(new_values), "entity": len(needs_entity),
                                          "sighting": len(new_sightings), "in_dump": len(new_sightings),
                                          "has_value": occurrences, "in_field": occurrences,
                                          "includes": occurrences})
+        self.looked_up.set()  # the rest reads only the transaction's connection
         self._edge_ids_from(gids)
         self._assign(new_values, gids["value"], needs_entity, gids["entity"], held_values)
         self._merge_values(conn, held_values)
@@ -857,22 +1057,28 @@ class _Batch:
 
     # --- dumps and fields ----------------------------------------------------------------
 
-    async def _dumps(self, conn: _Ordered) -> None:
+    async def _dumps(self, conn: _Ordered, reads: _Fetches) -> None:
         wanted = set(self.delta.dumps) | {dump for dump, _, _ in self.delta.fields} | \
             {dump for dump, _, _ in self.delta.sightings}
         if not wanted:
             return
         q = self.q
-        held = {bytes(i): (gid, _unpackb(cells)) for i, gid, cells in await conn.fetch(
-            f"SELECT id, gid, cells FROM {q}.hm_dump WHERE id = ANY($1::bytea[])", sorted(wanted))}
+        known = {} if self.after is None else \
+            {dump: self.after.dumps_after[dump] for dump in wanted & self.after.dumps_after.keys()}
+        asked = sorted(wanted - known.keys())
+        held = {bytes(i): (gid, _unpackb(cells)) for i, gid, cells in await reads.fetch(
+            f"SELECT id, gid, cells FROM {q}.hm_dump WHERE id = ANY($1::bytea[])", asked)} if asked else {}
+        held.update(known)
         new = sorted(wanted - set(held))
         self.new_dumps.update(new)
-        gids = (await self.reserve(conn, {"dump": len(new)}))["dump"]
+        gids = (await self.reserve(reads, {"dump": len(new)}))["dump"]
         fresh = []
         for dump, gid in zip(new, gids, strict=True):
             cells = self.delta.dumps.get(dump, {})
-            fresh.append((dump, gid, _packb(cells)))
+            packed = _packb(cells)
+            fresh.append((dump, gid, packed))
             self.dump_gids[dump] = gid
+            self.dumps_after[dump] = (gid, _unpackb(packed))
         await self.copy_rows(conn, "hm_dump", ("id", "gid", "cells"), fresh)
         await self.copy_rows(conn, "dump", ("id", "properties"),
                              [(gid, self._dump_props(dump, _unpackb(cells))) for dump, gid, cells in fresh])
@@ -880,8 +1086,10 @@ class _Batch:
         for dump, (gid, cells) in held.items():
             self.dump_gids[dump] = gid
             merged = self.rules.merge_props(model.DUMP, cells, self.delta.dumps.get(dump, {}))
+            self.dumps_after[dump] = (gid, cells)
             if merged != cells:
                 changed.append((dump, gid, merged))
+                self.dumps_after[dump] = (gid, _unpackb(_packb(merged)))  # as read back
         if changed:
             self._update_cells(conn, "dump", changed, self._dump_props)
 
@@ -899,19 +1107,19 @@ class _Batch:
                 "FROM unnest($1::graphid[], $2::agtype[]) u(gid, p) WHERE t.id = u.gid",
                 [gid for gid, _ in rows], [props for _, props in rows])
 
-    async def _fields(self, conn: _Ordered) -> None:
+    async def _fields(self, conn: _Ordered, reads: _Fetches) -> None:
         new = sorted(key for key in self.delta.fields if key not in self.field_gids)
         if not new:
             return
         q = self.q
         # Another store on the same graph may have added some since this one loaded them.
-        held = {(bytes(d), c, k): gid for gid, d, c, k in await conn.fetch(
+        held = {(bytes(d), c, k): gid for gid, d, c, k in await reads.fetch(
             f"SELECT f.gid, f.dump, f.col, f.kind FROM {q}.hm_field f JOIN unnest($1::bytea[], $2::text[], "
             "$3::text[]) u(dump, col, kind) ON f.dump = u.dump AND f.col = u.col AND f.kind = u.kind",
             [k[0] for k in new], [k[1] for k in new], [k[2] for k in new])}
         self.field_gids.update(held)
         new = [key for key in new if key not in held]
-        gids = (await self.reserve(conn, {"field": len(new)}))["field"]
+        gids = (await self.reserve(reads, {"field": len(new)}))["field"]
         rows = [(gid, dump, col, kind) for (dump, col, kind), gid in zip(new, gids, strict=True)]
         self.field_gids.update(((dump, col, kind), gid) for gid, dump, col, kind in rows)
         await self.copy_rows(conn, "hm_field", ("gid", "dump", "col", "kind"), rows)
@@ -922,13 +1130,23 @@ class _Batch:
 
     # --- values --------------------------------------------------------------------------
 
-    async def _held_values(self, conn: _Ordered, vids: list[bytes]) -> dict[bytes, tuple[int, Any, bytes]]:
-        """Those of ``vids`` (the delta's values, sorted: the index is walked page by page)
-        this graph holds: value id -> (gid, entity gid, cells)."""
+    async def _held_values(self, reads: _Fetches) -> dict[bytes, tuple[int, Any, bytes]]:
+        """The delta's values this graph holds: value id -> (gid, entity gid, cells). Asked
+        sorted: the index is walked page by page."""
+        ours = self.delta.values.keys()
+        known: dict[bytes, tuple[int, Any, bytes]] = {}
+        if self.after is None:
+            vids = sorted(ours)
+        else:  # the batch before this one answers for its values (set operations: in C)
+            before = self.after
+            known = {vid: before.value_after(vid) for vid in ours & before.delta.values.keys()}
+            vids = sorted(ours - known.keys()) if known else sorted(ours)
         if not vids:
-            return {}
-        return {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await conn.fetch(
+            return known
+        held = {bytes(i): (int(gid), egid, cells) for i, gid, egid, cells in await reads.fetch(
             f"SELECT id, gid, egid, cells FROM {self.q}.hm_value WHERE id = ANY($1::bytea[])", vids)}
+        held.update(known)
+        return held
 
     def _assign(self, new: list[bytes], gids: range, needs_entity: list[bytes], egids: range,
                 held: dict[bytes, tuple[int, Any, bytes]]) -> None:
@@ -995,6 +1213,7 @@ class _Batch:
             cells_out.append(_packb(merged))
             counts.append(count)
             egids.append(new_egid)
+            self.merged_cells[vid] = cells_out[-1]
             if _shown_cells_changed(old, merged):
                 before, after = self._value_props(v, old), self._value_props(v, merged)
                 if before != after:
@@ -1048,12 +1267,19 @@ class _Batch:
 
     # --- sightings -----------------------------------------------------------------------
 
-    async def _held_sightings(self, conn: _Ordered) -> set[model.SightingKey]:
+    async def _held_sightings(self, reads: _Fetches) -> set[model.SightingKey]:
         """The delta's record positions this graph holds already (almost always none).
 
         Per (dump, part) of a dump that existed before this batch: the held positions
         between the batch's least and greatest, one index range scan each (a fresh ingest
         finds nothing); a dump this batch creates holds no sightings yet."""
+        held = await self._asked_sightings(reads)
+        if self.after is not None:  # positions the batch before this one writes
+            before = self.after.delta.sightings
+            held.update(key for key in self.delta.sightings if key in before)
+        return held
+
+    async def _asked_sightings(self, reads: _Fetches) -> set[model.SightingKey]:
         spans: dict[tuple[bytes, int], list[int]] = {}
         new_dumps = self.new_dumps
         for dump, part, pos in self.delta.sightings:
@@ -1070,7 +1296,7 @@ class _Batch:
             return set()
         keys = list(spans)
         dump_of = {self.dump_gids[dump]: dump for dump, _ in keys}
-        rows = await conn.fetch(
+        rows = await reads.fetch(
             "SELECT s.dump, s.part, s.pos FROM unnest($1::graphid[], $2::int[], $3::bigint[], $4::bigint[]) "
             f"u(dump, part, lo, hi) JOIN {self.q}.hm_sighting s ON s.dump = u.dump AND s.part = u.part "
             "AND s.pos BETWEEN u.lo AND u.hi",

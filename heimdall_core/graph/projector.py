@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgpack
 
@@ -33,7 +34,7 @@ from heimdall_core.graph.backends import make_store, rules_from
 from heimdall_core.graph.fold import Folder
 from heimdall_core.graph.model import Delta
 from heimdall_core.graph.rules import RuleSet
-from heimdall_core.graph.store import GraphStore
+from heimdall_core.graph.store import GraphStore, OverlappingApply
 from heimdall_core.log.feed import LogOptions
 from heimdall_core.log.store import LogStore
 
@@ -258,12 +259,19 @@ def _projecting() -> Iterator[None]:
 
 class _Pipeline:
     """Applies one batch while the next is folded: SQLite works in its own thread while
-    Python decodes and folds, so the two cores both work. At most one batch is in flight,
-    and batches commit in order, so positions only ever move forward."""
+    Python decodes and folds, so the two cores both work. Batches commit in order, so
+    positions only ever move forward.
+
+    At most one batch is in flight, except with a store whose applies overlap
+    (:class:`OverlappingApply`, AGE): once the batch in flight has built its rows, the next
+    one starts (its lookups and rows) while the server still writes the first, and is
+    not handed on until the first committed. Measured on AGE, the server's tail of each
+    batch (~0.8-1 s of 50,000 records) was the longest time Python had nothing to do."""
 
     def __init__(self, store: GraphStore, report: ProjectionReport, total: int,
                  progress: ProgressFn | None) -> None:
         self._store = store
+        self._overlaps = isinstance(store, OverlappingApply)
         self._report = report
         self._total = total
         self._done_before = report.events
@@ -272,10 +280,33 @@ class _Pipeline:
         self._pending_delta: Delta | None = None
 
     async def submit(self, delta: Delta) -> None:
+        if delta.is_empty():
+            await self.drain()
+            return
+        if self._pending is not None and self._overlaps:
+            await cast("OverlappingApply", self._store).apply_built()
+            if not self._pending.done():
+                await self._overlap(delta)
+                return
         await self.drain()
-        if not delta.is_empty():
-            self._pending_delta = delta
-            self._pending = asyncio.create_task(self._store.apply(delta))
+        self._start(delta)
+
+    def _start(self, delta: Delta) -> None:
+        self._pending_delta = delta
+        self._pending = asyncio.create_task(self._store.apply(delta))
+
+    async def _overlap(self, delta: Delta) -> None:
+        """Start ``delta`` while the batch in flight commits; it stays in flight after."""
+        task = asyncio.create_task(self._store.apply(delta))
+        try:
+            await self.drain()
+        except BaseException:  # it must not commit after the one before it failed
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # the earlier batch's failure is the one that is raised
+            raise
+        self._pending, self._pending_delta = task, delta
 
     async def drain(self) -> None:
         if self._pending is None:

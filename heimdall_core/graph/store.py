@@ -97,3 +97,19 @@ class GraphStore(Protocol):
 
     async def counts(self) -> GraphCounts:
         ...
+
+
+@runtime_checkable
+class OverlappingApply(Protocol):
+    """Optional for a :class:`GraphStore`: applies that overlap.
+
+    Once :meth:`apply_built` returned, ``apply`` may be called again before the apply in
+    flight has finished. The later batch does its lookups and builds its rows meanwhile but
+    writes nothing until the earlier one committed, and fails without writing if it
+    failed; so batches still commit one at a time, in order. A store without this method
+    gets one ``apply`` at a time.
+    """
+
+    async def apply_built(self) -> None:
+        """Wait until the apply in flight (if any) has no Python work left but its commit."""
+        ...
