@@ -94,6 +94,7 @@ async def test_ip_query_where_with_what_known(keystore: KeyStore) -> None:
     assert all(v["value"] is None for v in protected)
     text = render_text(answer)
     assert "[protected]" in text and "alice" not in text and "64496" in text
+    assert "seen in 2 records," in text
 
 
 async def test_repeat_upload_is_listed_but_not_counted_again(keystore: KeyStore) -> None:
@@ -132,7 +133,8 @@ async def test_personal_value_found_by_blind_index_and_revealed_on_request(keyst
     revealed = await ask(store, "alice@example.com", keystore, reveal_values=True)
     shown = {v["kind"]: v["value"] for v in revealed["matches"][0]["co_occurring"]["values"]}
     assert shown["username"] == "alice"
-    assert "alice" in render_text(revealed)
+    text = render_text(revealed)
+    assert "alice" in text and "seen in 1 record," in text
 
 
 async def test_shredded_subject_shows_shredded(keystore: KeyStore) -> None:

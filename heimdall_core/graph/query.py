@@ -204,7 +204,7 @@ def render_text(answer: Mapping[str, Any]) -> str:
             lines.append("  shredded: the data of every person it belonged to was erased")
             continue
         repeats = match["sightings_in_repeats"]
-        lines.append(f"  seen in {match['sightings']} records"
+        lines.append(f"  seen in {_records(match['sightings'])}"
                      + (f" (and {repeats} more in repeated uploads)" if repeats else "")
                      + f", first {_when(match['first_seen_ms'])}, last {_when(match['last_seen_ms'])}")
         lines += ["", "where seen"]
@@ -213,7 +213,7 @@ def render_text(answer: Mapping[str, Any]) -> str:
             [[str(d["source"] or "-"), _dump_name(d), str(d["sightings"]),
               _when(d["first_seen_ms"]), _when(d["last_seen_ms"])] for d in match["dumps"]])]
         co = match["co_occurring"]
-        scanned = "" if co["complete"] else f" (from the latest {co['sightings_scanned']} records)"
+        scanned = "" if co["complete"] else f" (from the latest {_records(co['sightings_scanned'])})"
         lines += ["", f"seen with{scanned}"]
         lines += ["  " + line for line in _table(
             ["kind", "value", "shared records"],
@@ -238,3 +238,6 @@ def _fact(value: Any) -> str:
         return ", ".join(str(item) for item in value)
     return str(value)
 
+
+def _records(count: int) -> str:
+    return "1 record" if count == 1 else f"{count} records"
