@@ -113,6 +113,9 @@ class GraphSettings:
         secret=True, doc="PostgreSQL DSN for the age back end; empty: the one from start-db"))
     age_graph: str = "heimdall"
     batch_events: int = field(default=5_000, metadata=_meta(min_value=1, max_value=200_000))
+    batch_records: int = field(default=50_000, metadata=_meta(
+        min_value=100, max_value=200_000,
+        doc="ingest records per projection transaction: ~10 KB of memory each while projecting"))
     rules: dict[str, dict[str, str]] = field(default_factory=dict, metadata=_meta(
         doc="vertex type -> property -> merge rule (lww|min|max|union|count|priority)"))
     provider_priority: tuple[str, ...] = ()

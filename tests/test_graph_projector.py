@@ -18,6 +18,7 @@ from graph_contract import (
 )
 
 from heimdall_core import config, kinds
+from heimdall_core.config import GraphSettings
 from heimdall_core.errors import DatabaseUnavailable, GraphError
 from heimdall_core.events import decode_frame, encode_body
 from heimdall_core.graph.model import Delta
@@ -91,6 +92,24 @@ async def test_projects_own_and_foreign_feeds(tmp_path: Path) -> None:
         assert await state_hash(store) == await state_hash(await reference(all_events(log)))
         again = await Projector(log, store, RuleSet.default()).catch_up()
         assert again.events == 0  # nothing applied twice
+    finally:
+        await store.close()
+        log.close()
+
+
+async def test_batch_records_setting_bounds_each_transaction(tmp_path: Path) -> None:
+    log = make_site(tmp_path / "site")
+    started = dump_started(DUMP, "mine", "m.csv", ["ip"], {"ip": "ip"})
+    log.writer().append_bodies([body(kinds.DUMP_STARTED, started),
+                                *(records(1 + 60 * n, 60) for n in range(5))])
+    options = ProjectorOptions.from_settings(GraphSettings(batch_events=1_000, batch_records=100))
+    assert (options.batch_events, options.batch_records) == (1_000, 100)
+    store = await open_sqlite(tmp_path)
+    try:
+        report = await Projector(log, store, RuleSet.default(), options).catch_up()
+        assert report.records == 300
+        assert report.batches == 3  # 120 records, 120, then the last 60 (a batch ends once full)
+        assert await state_hash(store) == await state_hash(await reference(all_events(log)))
     finally:
         await store.close()
         log.close()

@@ -36,7 +36,7 @@ async def _projector_context(app: web.Application) -> AsyncIterator[None]:
     store = make_store(settings, None, rules)
     stop = asyncio.Event()
     log_store = LogStore(settings.data_dir, LogOptions.from_settings(settings.log))
-    projector = Projector(log_store, store, rules, ProjectorOptions(batch_events=settings.graph.batch_events))
+    projector = Projector(log_store, store, rules, ProjectorOptions.from_settings(settings.graph))
 
     async def run() -> None:
         # The server must never go on answering from a graph nobody updates: any failure

@@ -107,7 +107,7 @@ def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
 def _options(ctx: Context) -> ProjectorOptions:
     from heimdall_core.graph.projector import ProjectorOptions
 
-    return ProjectorOptions(batch_events=ctx.settings.graph.batch_events)
+    return ProjectorOptions.from_settings(ctx.settings.graph)
 
 
 async def _project(ctx: Context, *, replay: bool, label: str) -> ProjectionReport:

@@ -27,7 +27,7 @@ from typing import cast
 
 import msgpack
 
-from heimdall_core.config import Settings
+from heimdall_core.config import GraphSettings, Settings
 from heimdall_core.errors import DatabaseUnavailable, EncodingError, GraphError, HeimdallError
 from heimdall_core.events import HEADER_BYTES, Event, check_kind, decode_header
 from heimdall_core.graph.backends import make_store, rules_from
@@ -61,6 +61,10 @@ class ProjectorOptions:
     retry_initial_s: float = RETRY_INITIAL_S
     retry_max_s: float = RETRY_MAX_S
     attempts_max: int | None = None  # None: wait for the database for ever
+
+    @classmethod
+    def from_settings(cls, graph: GraphSettings) -> ProjectorOptions:
+        return cls(batch_events=graph.batch_events, batch_records=graph.batch_records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +341,7 @@ async def project_data_dir(settings: Settings, backend: str | None = None, *, re
     rules = rules_from(settings)
     store = make_store(settings, backend, rules)
     log_options = LogOptions.from_settings(settings.log)
-    options = options or ProjectorOptions(batch_events=settings.graph.batch_events)
+    options = options or ProjectorOptions.from_settings(settings.graph)
     await store.open()
     try:
         if replay:
