@@ -93,7 +93,7 @@ SQL_DIR_INSTALLED = Path(sys.prefix) / "share" / "heimdall" / "sql"  # where a w
 MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
 
 CONNECT_TIMEOUT_S = 10.0
-POOL_CONNECTIONS_MAX = 2  # one writer plus one reader; a store is used from one task at a time
+POOL_CONNECTIONS_MAX = 2  # the writer, and the next batch's lookups while the writer commits (or a query)
 STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
 KINDS_CACHED = 256
