@@ -58,6 +58,31 @@ async def test_failed_batch_leaves_nothing_and_the_next_one_works(tmp_path: Path
         await store.close()
 
 
+async def test_a_failing_statement_sent_ahead_fails_the_batch(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statements run on SQLite's thread while Python builds the next ones: one that fails
+    without being awaited right away (the last, ``seen``) still fails the whole batch."""
+    events = standard_events()
+    store = await opened(tmp_path / "g.sqlite")
+    try:
+        await store.apply(fold(events[:4]))
+        before_hash, before_positions = await state_hash(store), await store.positions()
+
+        def broken(seen: object) -> tuple[str, tuple[object, ...]]:
+            return "INSERT INTO no_such_table VALUES (1)", ()
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sqlite_module._Batch, "_seen_statement", staticmethod(broken))
+            with pytest.raises(GraphError, match="no_such_table"):
+                await store.apply(fold(events[4:]))
+        assert await state_hash(store) == before_hash
+        assert await store.positions() == before_positions
+        await store.apply(fold(events[4:]))
+        assert await state_hash(store) == await state_hash(await reference(events))
+    finally:
+        await store.close()
+
+
 async def test_two_writers_and_a_reader_on_one_file(tmp_path: Path) -> None:
     """Only the projector writes, but a second one (or a replay) must not corrupt anything,
     and a reader opened earlier must read what others wrote since (new feeds included)."""
