@@ -35,45 +35,32 @@ async def opened(path: Path) -> SqliteStore:
     return store
 
 
-async def test_failed_batch_leaves_nothing_and_the_next_one_works(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def _failing_sightings(self: object) -> None:
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+def _failing_seen(seen: object) -> tuple[str, tuple[object, ...]]:
+    return "INSERT INTO no_such_table VALUES (1)", ()
+
+
+@pytest.mark.parametrize(("attribute", "broken", "error", "match"), [
+    # values are written, then the sightings fail
+    ("_sightings", _failing_sightings, DatabaseUnavailable, "disk I/O error"),
+    # statements run on SQLite's thread while Python builds the next ones: one that fails
+    # without being awaited right away (the last, ``seen``) still fails the whole batch
+    ("_seen_statement", staticmethod(_failing_seen), GraphError, "no_such_table"),
+])
+async def test_failed_batch_leaves_nothing_and_the_next_one_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attribute: str, broken: object,
+        error: type[Exception], match: str) -> None:
     events = standard_events()
     store = await opened(tmp_path / "g.sqlite")
     try:
         await store.apply(fold(events[:4]))
         before_hash, before_positions = await state_hash(store), await store.positions()
-
-        async def broken(self: object) -> None:
-            raise sqlite3.OperationalError("disk I/O error")
-
-        with monkeypatch.context() as patch:  # values are written, then the sightings fail
-            patch.setattr(sqlite_module._Batch, "_sightings", broken)
-            with pytest.raises(DatabaseUnavailable, match="disk I/O error"):
-                await store.apply(fold(events[4:]))
-        assert await state_hash(store) == before_hash
-        assert await store.positions() == before_positions
-        await store.apply(fold(events[4:]))
-        assert await state_hash(store) == await state_hash(await reference(events))
-    finally:
-        await store.close()
-
-
-async def test_a_failing_statement_sent_ahead_fails_the_batch(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Statements run on SQLite's thread while Python builds the next ones: one that fails
-    without being awaited right away (the last, ``seen``) still fails the whole batch."""
-    events = standard_events()
-    store = await opened(tmp_path / "g.sqlite")
-    try:
-        await store.apply(fold(events[:4]))
-        before_hash, before_positions = await state_hash(store), await store.positions()
-
-        def broken(seen: object) -> tuple[str, tuple[object, ...]]:
-            return "INSERT INTO no_such_table VALUES (1)", ()
-
         with monkeypatch.context() as patch:
-            patch.setattr(sqlite_module._Batch, "_seen_statement", staticmethod(broken))
-            with pytest.raises(GraphError, match="no_such_table"):
+            patch.setattr(sqlite_module._Batch, attribute, broken)
+            with pytest.raises(error, match=match):
                 await store.apply(fold(events[4:]))
         assert await state_hash(store) == before_hash
         assert await store.positions() == before_positions
