@@ -324,6 +324,32 @@ def test_processes_racing_on_the_same_subjects_agree(store_dir: Path) -> None:
     assert {s.hex(): k.hex() for s, k in stored.items() if k} == results[0]
 
 
+def _open_at_once(directory: str, barrier: object, out: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        with KeyStore.open(directory, create=True):
+            out.put("ok")  # type: ignore[attr-defined]
+    except Exception as e:  # reported, not raised: the parent names it
+        out.put(repr(e))  # type: ignore[attr-defined]
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Six processes create one store at the same moment, twenty times: SQLite answers
+    the race to switch the new file to WAL with "database is locked" at once (without
+    its busy timeout); opening must wait and succeed, not fail."""
+    ctx = multiprocessing.get_context("fork")
+    for round_no in range(20):
+        directory = tmp_path / f"store-{round_no}"
+        barrier, out = ctx.Barrier(6), ctx.Queue()
+        workers = [ctx.Process(target=_open_at_once, args=(str(directory), barrier, out)) for _ in range(6)]
+        for w in workers:
+            w.start()
+        results = [out.get(timeout=60) for _ in workers]
+        for w in workers:
+            w.join(timeout=60)
+        assert results == ["ok"] * 6, (round_no, results)
+
+
 def test_shred_reports_a_wal_it_could_not_purge_and_a_second_shred_finishes(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
