@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from heimdall_core.dbctl import bootstrap
@@ -163,10 +164,16 @@ class LocalBackend:
                 f"processes {left} still work in {self.paths.host_pgdata} without a live"
                 " postmaster; stop them, then run start-db again"
             )
-        (self.paths.host_pgdata / "postmaster.pid").unlink(missing_ok=True)
+        pid_file = self.paths.host_pgdata / "postmaster.pid"
+        stale = read_pid_file(pid_file)
+        pid_file.unlink(missing_ok=True)
         socket_dir = self._host_socket_dir()
         lock = socket_dir / f".s.PGSQL.{port}.lock"
         owner = read_pid_file(lock)
+        if owner is not None and owner == stale:
+            # Our own killed postmaster, still exiting: it leaves its working directory (so
+            # the wait above is over) before it stops being a live process.
+            _wait_not_live(owner, ORPHANS_WAIT_S)
         if owner is not None and is_live_postgres(owner):
             raise DbctlError(f"another PostgreSQL (pid {owner}) already uses port {port}")
         lock.unlink(missing_ok=True)
@@ -334,3 +341,10 @@ def _same_inode(a: Path, b: Path) -> bool:
 
 def _mount(args: list[str]) -> None:
     run(["mount", *args], what=f"mount {' '.join(args)}", timeout_s=MOUNT_TIMEOUT_S)
+
+
+def _wait_not_live(pid: int, timeout_s: float) -> None:
+    """Wait until ``pid`` is no live PostgreSQL process (exited, or a zombie), or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while is_live_postgres(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
