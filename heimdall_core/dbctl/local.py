@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import stat
-import time
 from pathlib import Path
 
 from heimdall_core.dbctl import bootstrap
@@ -24,6 +23,7 @@ from heimdall_core.dbctl.osutil import (
     process_cwd,
     read_pid_file,
     run,
+    wait_not_live_postgres,
     wait_until_gone,
 )
 from heimdall_core.dbctl.runtime import ClusterPaths, Runtime, cluster_paths
@@ -171,9 +171,8 @@ class LocalBackend:
         lock = socket_dir / f".s.PGSQL.{port}.lock"
         owner = read_pid_file(lock)
         if owner is not None and owner == stale:
-            # Our own killed postmaster, still exiting: it leaves its working directory (so
-            # the wait above is over) before it stops being a live process.
-            _wait_not_live(owner, ORPHANS_WAIT_S)
+            # Our own killed postmaster, still exiting.
+            wait_not_live_postgres(owner, ORPHANS_WAIT_S)
         if owner is not None and is_live_postgres(owner):
             raise DbctlError(f"another PostgreSQL (pid {owner}) already uses port {port}")
         lock.unlink(missing_ok=True)
@@ -341,10 +340,3 @@ def _same_inode(a: Path, b: Path) -> bool:
 
 def _mount(args: list[str]) -> None:
     run(["mount", *args], what=f"mount {' '.join(args)}", timeout_s=MOUNT_TIMEOUT_S)
-
-
-def _wait_not_live(pid: int, timeout_s: float) -> None:
-    """Wait until ``pid`` is no live PostgreSQL process (exited, or a zombie), or the time is up."""
-    deadline = time.monotonic() + timeout_s
-    while is_live_postgres(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)

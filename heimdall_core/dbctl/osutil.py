@@ -143,6 +143,15 @@ def wait_until_gone(cwd: Path, timeout_s: float) -> list[int]:
         time.sleep(0.1)
 
 
+def wait_not_live_postgres(pid: int, timeout_s: float) -> None:
+    """Waits until ``pid`` is no live PostgreSQL process (exited, or a zombie), or the
+    time is up: a killed postmaster leaves its working directory (wait_until_gone is
+    over) before it stops being a live process."""
+    deadline = time.monotonic() + timeout_s
+    while is_live_postgres(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def read_pid_file(path: Path) -> int | None:
     """The pid on the first line of a PostgreSQL pid or lock file, if any."""
     try:

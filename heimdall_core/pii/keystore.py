@@ -733,34 +733,31 @@ def _configure_when_free(conn: sqlite3.Connection, db: Path) -> None:
         try:
             _configure(conn, db)
             return
-        except KeyMaterialError as e:
-            cause = e.__cause__
-            busy = isinstance(cause, sqlite3.OperationalError) and \
-                getattr(cause, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        except sqlite3.Error as e:
+            busy = getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
             if not busy or time.monotonic() + pause > deadline:
-                raise
+                raise KeyMaterialError(f"PII key store: cannot configure {db}: {e}") from e
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
 
 
 def _configure(conn: sqlite3.Connection, db: Path) -> None:
-    try:
-        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        # Freed bytes are overwritten with zeros, so a shredded key is not left
-        # in a free block of a page.
-        conn.execute("PRAGMA secure_delete = ON")
-        (secure,) = conn.execute("PRAGMA secure_delete").fetchone()
-        # A DEK must be on disk before any event sealed under it is: a lost DEK
-        # would make those fields unreadable (and the subject would get a new key).
-        conn.execute("PRAGMA synchronous = FULL")
-        # Sorts and temporary tables stay in memory, never in a file outside the store.
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA trusted_schema = OFF")
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    except sqlite3.Error as e:
-        raise KeyMaterialError(f"PII key store: cannot configure {db}: {e}") from e
+    """Every setting of a key-store connection (each can be run again). SQLite's errors
+    are raised as they are: _configure_when_free retries the busy ones and wraps the rest."""
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    # Freed bytes are overwritten with zeros, so a shredded key is not left
+    # in a free block of a page.
+    conn.execute("PRAGMA secure_delete = ON")
+    (secure,) = conn.execute("PRAGMA secure_delete").fetchone()
+    # A DEK must be on disk before any event sealed under it is: a lost DEK
+    # would make those fields unreadable (and the subject would get a new key).
+    conn.execute("PRAGMA synchronous = FULL")
+    # Sorts and temporary tables stay in memory, never in a file outside the store.
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA trusted_schema = OFF")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     if str(mode).lower() != "wal" or secure != 1:
         raise KeyMaterialError(
             f"PII key store: {db} needs WAL and secure_delete (got journal_mode={mode}, "
