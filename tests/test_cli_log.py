@@ -125,7 +125,32 @@ def test_bad_line_is_named_and_earlier_lines_are_kept(cli: Cli, bad: str, what: 
 def test_unknown_kind_is_refused(cli: Cli) -> None:
     cli("init")
     code, _, err = cli("log", "append", "--kind", "nonsense", stdin=_lines(1))
-    assert code == 1 and "not a known event kind" in err
+    assert code == 2 and "not a known event kind" in err
+
+
+@pytest.mark.parametrize("kind", ["dump.started", "records.ingested", "dump.finished",
+                                  "subject.shredded", "feed.announced"])
+def test_kinds_that_need_binary_fields_are_refused(cli: Cli, kind: str) -> None:
+    """Their ids are binary, which JSON cannot express: such an event, once signed, would
+    stop the projection of the site's own feed for good."""
+    cli("init")
+    code, _, err = cli("log", "append", "--kind", kind, stdin='{"dump": "zz"}\n')
+    assert code == 2 and kind in err and "binary" in err and "note" in err
+    assert "0 events verified" in cli("log", "verify")[1]
+
+
+def test_a_payload_the_projector_would_refuse_is_not_appended(cli: Cli) -> None:
+    cli("init")
+    good = {"provider": "dns", "kind": "ip", "value": "192.0.2.1", "facts": {"asn": 64500},
+            "observed_ms": 1}
+    bad = {key: value for key, value in good.items() if key != "observed_ms"}
+    stdin = json.dumps(good) + "\n" + json.dumps(bad) + "\n"
+    code, _, err = cli("log", "append", "--kind", "enrichment.received", stdin=stdin)
+    assert code == 1 and "stdin line 2" in err and "'observed_ms' must be an integer" in err
+    assert "the 1 events before it were appended" in err
+    assert "1 events verified" in cli("log", "verify")[1]
+    code, _, err = cli("project")
+    assert code == 0, err
 
 
 def test_verify_exit_codes(cli: Cli) -> None:

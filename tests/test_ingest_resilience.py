@@ -104,6 +104,9 @@ def test_workers_split_a_dump_across_processes_and_feeds(tmp_path: Path) -> None
     assert cli(data, "log", "verify").returncode == 0
     finished = events_of(data, "dump.finished")
     assert finished[0].payload["records"] == rows
+    # The workers' feeds are read after the main feed's dump.finished: not counted again.
+    listed = cli_json(data, "dumps", "--json")
+    assert [(d["finished"], d["records"]) for d in listed] == [(True, rows)]
 
 
 def test_killed_parallel_ingest_resumes_each_part_exactly_once(tmp_path: Path) -> None:
@@ -129,3 +132,5 @@ def test_killed_parallel_ingest_resumes_each_part_exactly_once(tmp_path: Path) -
     positions = _positions(data, summary["dump_id"])
     assert sorted(positions) == expected and max(positions.values()) == 1
     assert cli(data, "log", "verify").returncode == 0
+    listed = cli_json(data, "dumps", "--json")
+    assert [(d["finished"], d["records"]) for d in listed] == [(True, rows)]

@@ -7,7 +7,7 @@ import base64
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ from heimdall_core import kinds
 from heimdall_core.cli.common import (
     EXIT_INTEGRITY,
     EXIT_OK,
+    EXIT_USAGE,
     Context,
     print_json,
     resolve_feed,
     short,
 )
+from heimdall_core.clock import Hlc, SystemClock
 from heimdall_core.errors import (
     EncodingError,
     FeedStopped,
@@ -34,6 +36,11 @@ from heimdall_core.log.bundle import export_bundle, import_bundle
 from heimdall_core.log.store import LogStore
 
 STDIN_LINE_BYTES_MAX = 1 << 20
+# The kinds whose payloads JSON can express. The others need binary fields (dump, subject
+# and feed ids) that a JSON line cannot carry; appending one would sign into the log an
+# event the projector and the dump registry can never read.
+APPENDABLE_KINDS: frozenset[tuple[str, int]] = frozenset({kinds.NOTE, kinds.ENRICHMENT_RECEIVED})
+_APPENDABLE_NAMES = ", ".join(sorted(kind for kind, _ in APPENDABLE_KINDS))
 
 
 def _count(text: str) -> int:
@@ -52,7 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     append = log_sub.add_parser("append", help="append each JSON line of stdin as one event payload")
     append.add_argument("--kind", default="note",
-                        help=f"event kind (default note); one of: {', '.join(sorted(kinds.KIND_NAMES))}")
+                        help=f"event kind (default note); one of: {_APPENDABLE_NAMES}")
     append.set_defaults(func=cmd_append)
 
     verify = log_sub.add_parser("verify", help="verify frames, checkpoints and signatures")
@@ -92,7 +99,37 @@ class _BadLine(HeimdallError):
     """A line of standard input that is not one event payload."""
 
 
-def _read_bodies(stream: Any, kind: str, version: int) -> Iterator[tuple[int, bytes]]:
+class _PayloadCheck:
+    """Checks each payload as the projector will fold it, before it is signed into the log:
+    an event the projector refuses stops the projection of the site's own feed for good."""
+
+    def __init__(self, ctx: Context, feed: bytes, next_seq: int) -> None:
+        # Imported here: the other log commands need none of the graph code.
+        from heimdall_core.graph.backends import rules_from
+        from heimdall_core.graph.fold import Folder
+
+        self._folder = Folder(rules_from(ctx.settings))
+        self._feed = feed
+        self._seq = next_seq
+
+    def __call__(self, kind: str, version: int, payload: dict[str, Any]) -> None:
+        from heimdall_core.graph.fold import PayloadError
+
+        event = Event(self._feed, self._seq, Hlc(SystemClock().now_ms(), 0), kind, version, payload)
+        try:
+            self._folder.add(event)
+        except PayloadError as exc:
+            raise EncodingError(str(exc).removesuffix(_FOLD_STOPS)) from None
+        self._folder.take()  # only the check is wanted, not the effects
+        self._seq += 1
+
+
+# The end of a fold error message, which is about a projection and not about this refusal.
+_FOLD_STOPS = "; projection of this feed stops here"
+
+
+def _read_bodies(stream: Any, kind: str, version: int,
+                 check: Callable[[str, int, dict[str, Any]], None]) -> Iterator[tuple[int, bytes]]:
     """(line number, canonical body) for each non-blank line; ``_BadLine`` names the line."""
     for number, line in enumerate(stream, start=1):
         if len(line) > STDIN_LINE_BYTES_MAX:
@@ -108,26 +145,43 @@ def _read_bodies(stream: Any, kind: str, version: int) -> Iterator[tuple[int, by
             raise _BadLine(f"stdin line {number}: must be a JSON object, got "
                            f"{type(payload).__name__}")
         try:
-            yield number, encode_body(kind, version, payload)
+            body = encode_body(kind, version, payload)
+            check(kind, version, payload)
         except EncodingError as exc:
             raise _BadLine(f"stdin line {number}: {exc}") from None
+        yield number, body
+
+
+def _appendable(kind: str) -> int | None:
+    """The version to write ``kind`` at; None (after saying why) if it cannot be appended."""
+    version = kinds.latest_version(kind)
+    if version is None:
+        print(f"heimdall: --kind {kind!r} is not a known event kind; use one of: "
+              f"{_APPENDABLE_NAMES}", file=sys.stderr)
+        return None
+    if (kind, version) not in APPENDABLE_KINDS:
+        print(f"heimdall: --kind {kind!r}: its payload needs binary fields that a JSON line "
+              f"cannot carry, so 'log append' does not write it (Heimdall writes it itself); "
+              f"use one of: {_APPENDABLE_NAMES}", file=sys.stderr)
+        return None
+    return version
 
 
 def cmd_append(ctx: Context) -> int:
     """Append stdin's JSON lines in batches. On a bad line, the lines before it are appended
     (and said so) and nothing from it on."""
     kind = ctx.args.kind
-    version = kinds.latest_version(kind)
+    version = _appendable(kind)
     if version is None:
-        raise HeimdallError(f"--kind {kind!r} is not a known event kind; use one of: "
-                            f"{', '.join(sorted(kinds.KIND_NAMES))}")
+        return EXIT_USAGE
     batch_max = ctx.settings.log.batch_events_max
     total = 0
     with ctx.store() as store:
         writer = store.writer()
+        check = _PayloadCheck(ctx, store.site.feed, writer.state.size)
         batch: list[bytes] = []
         try:
-            for _, body in _read_bodies(sys.stdin.buffer, kind, version):
+            for _, body in _read_bodies(sys.stdin.buffer, kind, version, check):
                 batch.append(body)
                 if len(batch) >= batch_max:
                     total += writer.append_bodies(batch).count

@@ -11,10 +11,11 @@ and resuming them (last acknowledged record position per part).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -22,7 +23,16 @@ from heimdall_core import kinds
 from heimdall_core.events import HEADER_BYTES
 from heimdall_core.log.store import LogStore
 
-REGISTRY_VERSION = 3  # 3: compression and mapping of each dump
+# 3: compression and mapping of each dump; 4: superseded dumps, and a finished dump's
+# counts no longer grown by its workers' feeds read after it (caches of 3 over-count)
+REGISTRY_VERSION = 4
+DUMP_ID_BYTES = 16
+# Header slices of a frame (see heimdall_core.events): feed id, sequence, HLC time in ms.
+_FEED = slice(4, 36)
+_SEQ = slice(36, 44)
+_HLC_MS = slice(44, 52)
+log = logging.getLogger("heimdall.ingest")
+_T = TypeVar("_T")
 _PEEK = {kinds.DUMP_STARTED[0].encode(), kinds.DUMP_FINISHED[0].encode(),
          kinds.RECORDS_INGESTED[0].encode()}
 
@@ -40,6 +50,8 @@ class DumpState:
     records: int = 0  # records acknowledged in the log
     quarantined: int = 0
     duplicate_of: str | None = None
+    # Abandoned by `ingest --restart`: duplicate_of names the dump that replaced it.
+    superseded: bool = False
     # part -> last acknowledged record position
     progress: dict[str, int] = field(default_factory=dict)
     size: int = -1
@@ -53,6 +65,24 @@ class _Cache:
     version: int = REGISTRY_VERSION
     scanned: dict[str, int] = field(default_factory=dict)  # feed hex -> events read
     dumps: dict[str, DumpState] = field(default_factory=dict)
+
+
+class _Malformed(Exception):
+    """An event of a dump kind whose payload does not have the documented shape."""
+
+
+def _typed(payload: dict[str, Any], key: str, kind: type[_T]) -> _T:
+    value = payload.get(key)
+    if type(value) is not kind:
+        raise _Malformed(f"{key!r} must be of type {kind.__name__}")
+    return value
+
+
+def _bin16(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if type(value) is not bytes or len(value) != DUMP_ID_BYTES:
+        raise _Malformed(f"{key!r} must be {DUMP_ID_BYTES} bytes of binary")
+    return value.hex()
 
 
 def _peek_kind(frame: bytes) -> bytes | None:
@@ -112,32 +142,76 @@ class DumpRegistry:
             self._save()
 
     def _apply(self, kind: bytes, frame: bytes) -> None:
-        # Own feeds only, already verified when written: a plain unpack is enough here.
-        _, _, payload = msgpack.unpackb(frame[HEADER_BYTES:], raw=False)
-        dump = payload["dump"].hex()
-        if kind == b"dump.started":
-            self._cache.dumps.setdefault(dump, DumpState(
-                dump, payload["source"], payload["name"], payload["sha256"], payload["format"],
-                payload["parts"], int.from_bytes(frame[44:52], "big"), size=payload["bytes"],
-                ranges=payload.get("ranges"), compression=payload.get("compression") or "none",
-                mapping=dict(payload.get("mapping") or {})))
+        """Fold one event into the cache; a malformed one is skipped with a warning (it is
+        read once: the scanned position moves past it), never allowed to stop the listing
+        of every other dump or an ingest."""
+        try:
+            # Own feeds only, already verified when written: a plain unpack is enough here,
+            # but the payload's shape is checked before anything is changed.
+            _, _, payload = msgpack.unpackb(frame[HEADER_BYTES:], raw=False)
+            if not isinstance(payload, dict):
+                raise _Malformed("the payload is not a map")
+            if kind == b"dump.started":
+                self._started(payload, int.from_bytes(frame[_HLC_MS], "big"))
+            elif kind == b"records.ingested":
+                self._records(payload)
+            else:
+                self._finished(payload)
+        except (_Malformed, ValueError, TypeError, msgpack.UnpackException) as exc:
+            log.warning("dump registry: feed %s seq %d: %s event skipped: %s",
+                        frame[_FEED].hex(), int.from_bytes(frame[_SEQ], "big"),
+                        kind.decode(errors="replace"), exc)
+
+    def _started(self, payload: dict[str, Any], started_ms: int) -> None:
+        dump = _bin16(payload, "dump")
+        ranges = payload.get("ranges")
+        if ranges is not None and not (isinstance(ranges, list) and all(
+                isinstance(r, list) and len(r) == 3 and all(type(v) is int for v in r)
+                for r in ranges)):
+            raise _Malformed("'ranges' must be an array of [start, end, line] integers")
+        mapping = payload.get("mapping") or {}
+        if not isinstance(mapping, dict) or not all(type(v) is str for v in mapping.values()):
+            raise _Malformed("'mapping' must be a map of strings")
+        compression = payload.get("compression") or "none"
+        if type(compression) is not str:
+            raise _Malformed("'compression' must be a string")
+        state = DumpState(dump, _typed(payload, "source", str), _typed(payload, "name", str),
+                          _typed(payload, "sha256", str), _typed(payload, "format", str),
+                          _typed(payload, "parts", int), started_ms,
+                          size=_typed(payload, "bytes", int), ranges=ranges,
+                          compression=compression, mapping=dict(mapping))
+        self._cache.dumps.setdefault(dump, state)
+
+    def _records(self, payload: dict[str, Any]) -> None:
+        state = self._cache.dumps.get(_bin16(payload, "dump"))
+        part = str(_typed(payload, "part", int))
+        records = _typed(payload, "records", list)
+        last = records[-1] if records else None
+        if last is not None and not (isinstance(last, list) and last and type(last[0]) is int):
+            raise _Malformed("a record must be [position, fields]")
+        # A finished dump's counts are those of its dump.finished: a worker feed read after
+        # the main feed (which holds dump.finished) must not add its records again.
+        if state is None or state.finished or last is None:
             return
-        state = self._cache.dumps.get(dump)
+        state.records += len(records)
+        state.progress[part] = max(state.progress.get(part, 0), last[0])
+
+    def _finished(self, payload: dict[str, Any]) -> None:
+        state = self._cache.dumps.get(_bin16(payload, "dump"))
+        records, quarantined = _typed(payload, "records", int), _typed(payload, "quarantined", int)
+        sha256 = _typed(payload, "sha256", str)
+        duplicate = payload.get("duplicate_of")
+        duplicate_of = None if duplicate is None else _bin16(payload, "duplicate_of")
+        superseded = payload.get("superseded", False)
+        if type(superseded) is not bool or (superseded and duplicate_of is None):
+            raise _Malformed("'superseded' must be a boolean, true only with 'duplicate_of'")
         if state is None:
             return
-        if kind == b"records.ingested":
-            records = payload["records"]
-            if records:
-                state.records += len(records)
-                part = str(payload["part"])
-                state.progress[part] = max(state.progress.get(part, 0), records[-1][0])
-        else:
-            state.finished = True
-            state.records = payload["records"]
-            state.quarantined = payload["quarantined"]
-            state.sha256 = payload["sha256"] or state.sha256
-            duplicate = payload.get("duplicate_of")
-            state.duplicate_of = duplicate.hex() if isinstance(duplicate, bytes) else None
+        state.finished = True
+        state.records, state.quarantined = records, quarantined
+        state.sha256 = sha256 or state.sha256
+        state.duplicate_of = duplicate_of
+        state.superseded = superseded
 
     def dumps(self) -> list[DumpState]:
         return sorted(self._cache.dumps.values(), key=lambda d: d.started_ms)
@@ -153,10 +227,14 @@ class DumpRegistry:
         return None
 
     def find_incomplete(self, source: str, sha256: str) -> DumpState | None:
-        for state in reversed(self.dumps()):
-            if not state.finished and state.source == source and state.sha256 == sha256:
-                return state
-        return None
+        """The latest unfinished dump of this input (the one a re-run resumes)."""
+        found = self.incomplete(source, sha256)
+        return found[-1] if found else None
+
+    def incomplete(self, source: str, sha256: str) -> list[DumpState]:
+        """Every unfinished dump of this input, oldest first."""
+        return [state for state in self.dumps()
+                if not state.finished and state.source == source and state.sha256 == sha256]
 
     def as_json(self) -> list[dict[str, Any]]:
         return [asdict(state) for state in self.dumps()]
