@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from ingest_helpers import cli, cli_json, events_of, site_env
 
 from heimdall_core.ingest.registry import DumpRegistry
@@ -134,3 +135,39 @@ def test_killed_parallel_ingest_resumes_each_part_exactly_once(tmp_path: Path) -
     assert cli(data, "log", "verify").returncode == 0
     listed = cli_json(data, "dumps", "--json")
     assert [(d["finished"], d["records"]) for d in listed] == [(True, rows)]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_restart_closes_the_interrupted_dump_as_superseded(tmp_path: Path, workers: str) -> None:
+    """--restart replaces a killed dump: the old one is no longer offered for resume, its
+    partial records are not new sightings, and the input counts as ingested once."""
+    data = tmp_path / "site"
+    cli(data, "init")
+    rows = 120_000
+    dump_file = _make_csv(tmp_path / "r.csv", rows)
+    ingest = ["ingest", str(dump_file), "--source", "r", "--workers", workers]
+    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", *ingest, "--no-progress"],
+                            env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _wait_for_acknowledged_records(data)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [old] = cli_json(data, "dumps", "--json")
+    assert old["finished"] is False and 0 < old["records"] < rows
+    new = cli_json(data, *ingest, "--restart", "--json")
+    assert new["resumed"] is False and new["records"] == rows and new["dump_id"] != old["dump"]
+    listed = {d["dump"]: d for d in cli_json(data, "dumps", "--json")}
+    assert listed[old["dump"]]["finished"] is True and listed[old["dump"]]["superseded"] is True
+    assert listed[old["dump"]]["duplicate_of"] == new["dump_id"]
+    assert listed[old["dump"]]["records"] == old["records"]
+    assert listed[new["dump_id"]]["records"] == rows and not listed[new["dump_id"]]["superseded"]
+    listing = cli(data, "dumps").stdout
+    assert "INCOMPLETE" not in listing and "resume" not in listing
+    assert "superseded" in listing and f"replaced by {new['dump_id']}" in listing
+    again = cli_json(data, *ingest, "--json")
+    assert again["duplicate"] is True and again["duplicate_of"] == new["dump_id"]
+    assert cli(data, "log", "verify").returncode == 0
+    cli(data, "project")
+    [match] = cli_json(data, "query", "user5@example.com", "--json")["matches"]
+    assert match["sightings"] == 1, "the abandoned dump's partial records are not new sightings"
+    assert match["sightings_in_repeats"] == 1

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest.add_argument("--workers", type=int, help="worker processes (default: ingest.workers)")
     ingest.add_argument("--force", action="store_true", help="ingest even if already ingested")
     ingest.add_argument("--restart", action="store_true",
-                        help="start an interrupted dump over instead of resuming it")
+                        help="start an interrupted dump over instead of resuming it (the "
+                             "interrupted one is closed as superseded)")
     ingest.add_argument("--json", action="store_true", help="print a JSON summary per file")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
     ingest.set_defaults(func=cmd_ingest)
@@ -144,6 +145,19 @@ def cmd_ingest(ctx: Context) -> int:
     return status
 
 
+def _state(row: dict[str, Any]) -> str:
+    if not row["finished"]:
+        return "INCOMPLETE"
+    if row["superseded"]:
+        return "superseded"
+    return "duplicate" if row["duplicate_of"] else "complete"
+
+
+def _replaced_by(row: dict[str, Any]) -> str:
+    """For a dump abandoned by --restart: the dump that read its input again."""
+    return f"  (replaced by {row['duplicate_of']})" if row["superseded"] else ""
+
+
 def cmd_dumps(ctx: Context) -> int:
     registry = DumpRegistry(ctx.store())
     registry.refresh()
@@ -153,11 +167,8 @@ def cmd_dumps(ctx: Context) -> int:
         return EXIT_OK
     print(f"{'dump':<32} {'state':<10} {'records':>10} {'quar.':>6}  source / name")
     for row in rows:
-        state = "complete" if row["finished"] else "INCOMPLETE"
-        if row["duplicate_of"]:
-            state = "duplicate"
-        print(f"{row['dump']:<32} {state:<10} {row['records']:>10} {row['quarantined']:>6}  "
-              f"{row['source']} / {row['name']}")
+        print(f"{row['dump']:<32} {_state(row):<10} {row['records']:>10} {row['quarantined']:>6}  "
+              f"{row['source']} / {row['name']}" + _replaced_by(row))
     incomplete = [r for r in rows if not r["finished"]]
     streamed = [r for r in incomplete if not r["sha256"]]
     if len(incomplete) > len(streamed):

@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from heimdall_core import kinds
 from heimdall_core.config import Settings
 from heimdall_core.errors import IngestError
+from heimdall_core.events import encode_body
 from heimdall_core.ingest.pipeline import (
     DumpIngestor,
     IngestOptions,
@@ -145,8 +147,10 @@ class _OnePart:
 
     def __init__(self, site: IngestSite, options: IngestOptions, name: str, *, sha256: str,
                  size: int, resume: DumpState | None = None,
+                 supersedes: Sequence[DumpState] = (),
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.dump = bytes.fromhex(resume.dump) if resume else os.urandom(DUMP_ID_BYTES)
+        self._supersedes = supersedes
         self._options = options
         self._name = name
         self._sha256 = sha256
@@ -160,16 +164,18 @@ class _OnePart:
             quarantine=Quarantine(self.quarantine_path, self.dump.hex(), options.source),
             skip_through=resume.progress.get("0", 0) if resume else 0, on_progress=on_progress)
 
-    def _started_body(self) -> bytes:
+    def _started_bodies(self) -> list[bytes]:
+        """dump.started, and in the same batch the close of each dump it replaces."""
         ing = self.ingestor
-        return dump_started_body(dump=self.dump, options=self._options, name=self._name,
-                                 fmt=ing.format or "?", compression=ing.compression,
-                                 sha256=self._sha256, size=self._size, columns=ing.public_columns,
-                                 mapping=ing.public_mapping, parts=1)
+        started = dump_started_body(dump=self.dump, options=self._options, name=self._name,
+                                    fmt=ing.format or "?", compression=ing.compression,
+                                    sha256=self._sha256, size=self._size, columns=ing.public_columns,
+                                    mapping=ing.public_mapping, parts=1)
+        return [started, *superseded_bodies(self._supersedes, self.dump)]
 
     def _append_records(self, bodies: Sequence[bytes]) -> None:
         if not self._started:
-            bodies = [self._started_body(), *bodies]
+            bodies = [*self._started_bodies(), *bodies]
             self._started = True
         self._append(bodies)
 
@@ -180,12 +186,26 @@ class _OnePart:
 
     def finish(self, result: PartResult, *, sha256: str, size: int,
                duplicate_of: bytes | None = None) -> None:
-        bodies = [] if self._started else [self._started_body()]
+        bodies = [] if self._started else self._started_bodies()
         self._started = True
         bodies.append(dump_finished_body(dump=self.dump, records=result.records,
                                          quarantined=result.quarantined, sha256=sha256, size=size,
                                          duplicate_of=duplicate_of))
         self._append(bodies)
+
+
+def superseded_bodies(abandoned: Sequence[DumpState], dump: bytes) -> list[bytes]:
+    """dump.finished for each dump that ``--restart`` abandons in favour of ``dump``.
+
+    Written with the new dump's dump.started, in one batch: an abandoned dump is never
+    closed without the dump that replaces it. ``duplicate_of`` makes the graph leave its
+    partial records out of the sightings (the new dump reads the same input again), and
+    ``superseded`` tells the registry it is closed, not to be resumed, and not a repeat.
+    """
+    return [encode_body(*kinds.DUMP_FINISHED, {
+        "dump": bytes.fromhex(old.dump), "records": old.records, "quarantined": old.quarantined,
+        "sha256": old.sha256, "bytes": old.size, "duplicate_of": dump, "superseded": True,
+    }) for old in abandoned]
 
 
 def _file_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
@@ -248,11 +268,13 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
     if done is not None and not force:
         return _duplicate_summary(done, options, path.name, size, began)
     incomplete = None if restart else registry.find_incomplete(options.source, sha256)
+    abandoned = registry.incomplete(options.source, sha256) if restart else []
     if workers > 1 and incomplete is None:
         from heimdall_core.ingest.workers import ingest_file_parallel
 
         return ingest_file_parallel(site, path, options, sha256=sha256, size=size, workers=workers,
-                                    on_progress=on_progress, began=began, pool=pool)
+                                    on_progress=on_progress, began=began, pool=pool,
+                                    supersedes=abandoned)
     if incomplete is not None and incomplete.parts > 1:
         from heimdall_core.ingest.workers import resume_parallel
 
@@ -260,14 +282,16 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
                                began=began, pool=pool if pool is not None and pool.size >= incomplete.parts
                                else None)
     with _fewer_gc_passes():
-        return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began)
+        return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began,
+                              supersedes=abandoned)
 
 
 def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256: str, size: int,
                    incomplete: DumpState | None,
-                   on_progress: Callable[[Progress], None] | None, began: float) -> IngestSummary:
+                   on_progress: Callable[[Progress], None] | None, began: float, *,
+                   supersedes: Sequence[DumpState] = ()) -> IngestSummary:
     part = _OnePart(site, options, path.name, sha256=sha256, size=size, resume=incomplete,
-                    on_progress=on_progress)
+                    supersedes=supersedes, on_progress=on_progress)
     result = part.run(_file_chunks(path, site.settings.ingest.chunk_bytes))
     part.finish(result, sha256=sha256, size=size)
     return _summary(part.dump, options, path.name, part.ingestor, result.records, result.quarantined,

@@ -27,7 +27,7 @@ import itertools
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,20 +245,23 @@ def _worker_feeds(site: IngestSite, count: int) -> list[bytes]:
 def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *, sha256: str, size: int,
                          workers: int, on_progress: Callable[[Progress], None] | None,
                          began: float, resume: DumpState | None = None,
-                         pool: WorkerPool | None = None) -> IngestSummary:
+                         pool: WorkerPool | None = None,
+                         supersedes: Sequence[DumpState] = ()) -> IngestSummary:
     """Ingest ``path`` in parts, one worker process each; ``pool``, if given, is used
-    (and left open), otherwise one is started here."""
+    (and left open), otherwise one is started here. ``supersedes``: the dumps of this
+    input that ``--restart`` abandons (closed with this dump's start)."""
     if pool is None:
         with WorkerPool(workers) as own:
             return ingest_file_parallel(site, path, options, sha256=sha256, size=size,
                                         workers=workers, on_progress=on_progress, began=began,
-                                        resume=resume, pool=own)
-    from heimdall_core.ingest.run import _ingest_single, _summary
+                                        resume=resume, pool=own, supersedes=supersedes)
+    from heimdall_core.ingest.run import _ingest_single, _summary, superseded_bodies
 
     plan = plan_parts(path, options, workers) if resume is None else _resume_plan(path, options, resume)
     if plan is None or len(plan.ranges) < 2:
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
-        return _ingest_single(site, path, options, sha256, size, resume, on_progress, began)
+        return _ingest_single(site, path, options, sha256, size, resume, on_progress, began,
+                              supersedes=supersedes)
     dump = bytes.fromhex(resume.dump) if resume else os.urandom(16)
     feeds = _worker_feeds(site, len(plan.ranges))
     append_main = site.appender()
@@ -272,6 +275,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
             mapping={public_column(c, plan.columns.index(c) if c in plan.columns else 0): k
                      for c, k in plan.mapping.items()},
             parts=len(plan.ranges), ranges=plan.ranges))
+        bodies += superseded_bodies(supersedes, dump)
     append_main(bodies)
     jobs = [PartJob(site.settings, str(path), feed.hex(), dump, part, start, end, line, plan, options,
                     resume.progress.get(str(part), 0) if resume else 0,
