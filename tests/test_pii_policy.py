@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from heimdall_core.errors import ConfigError, PiiError
@@ -111,3 +117,43 @@ def test_policy_is_immutable() -> None:
 def test_action_flags() -> None:
     assert {a for a in Action if a.encrypts} == {Action.ENCRYPT, Action.ENCRYPT_BLIND_INDEX}
     assert {a for a in Action if a.indexes} == {Action.BLIND_INDEX, Action.ENCRYPT_BLIND_INDEX}
+
+
+def test_every_field_kind_has_a_default_action() -> None:
+    """The policy's kinds are exactly the mapping vocabulary (what `_check_kind` allows)."""
+    from heimdall_core.ingest.mapping import FIELD_KINDS
+
+    assert set(DEFAULT_ACTIONS) == set(FIELD_KINDS)
+
+
+def test_a_typo_in_a_kind_is_refused_naming_the_key_and_the_kinds() -> None:
+    with pytest.raises(ConfigError) as e:
+        PiiPolicy.from_config({"emial": "clear"})
+    message = str(e.value)
+    assert "pii.policy.emial" in message and "'emial' is not a field kind" in message
+    assert all(kind in message for kind in DEFAULT_ACTIONS)
+
+
+def _config_show(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HMD_")}
+    environ.update(HMD_DATA_DIR=str(tmp_path), **env)
+    return subprocess.run([sys.executable, "-m", "heimdall_core.cli.main", "config", "show", *args],
+                          env=environ, capture_output=True, text=True)
+
+
+def test_config_show_refuses_a_typo_in_a_policy_kind(tmp_path: Path) -> None:
+    result = _config_show(tmp_path, HMD_PII__POLICY__EMIAL="clear")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "pii.policy.emial" in result.stderr and "email" in result.stderr
+
+
+def test_config_show_prints_the_effective_policy(tmp_path: Path) -> None:
+    result = _config_show(tmp_path, "--json", HMD_PII__POLICY__IP="encrypt",
+                          HMD_PII__ALLOW_PASSWORDS="true")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)["pii"]["policy"]
+    expected = {kind: action.value for kind, action in DEFAULT_ACTIONS.items()}
+    expected.update(ip="encrypt", password="encrypt+blind_index")
+    assert shown == expected
+    text = _config_show(tmp_path)
+    assert text.returncode == 0 and 'email = "encrypt+blind_index"' in text.stdout

@@ -73,7 +73,13 @@ def cmd_keys_show(ctx: Context) -> int:
 
 
 def cmd_config_show(ctx: Context) -> int:
+    """The effective configuration: the PII policy is shown merged over its defaults (the
+    table every field is protected by), and a bad policy fails here as it would at ingest."""
+    from heimdall_core.ingest.run import pii_policy
+
     plain = config.redacted(ctx.settings)
+    policy = pii_policy(ctx.settings)
+    plain["pii"]["policy"] = {kind: action.value for kind, action in policy.kinds.items()}
     if ctx.args.json:
         print_json(plain)
     else:
