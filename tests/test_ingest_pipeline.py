@@ -113,6 +113,36 @@ def test_bad_inputs_have_clear_errors(site: Path, tmp_path: Path) -> None:
     assert wrong.returncode != 0 or "quarantined" in out
 
 
+def test_an_error_names_the_file_once(site: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    proc = cli(site, "ingest", str(empty), str(tmp_path / "a.csv"), "--source", "x", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("empty.csv") == 1 and "the file is empty" in proc.stderr
+    assert proc.stderr.count("a.csv") == 1 and "no such file" in proc.stderr
+
+
+def test_a_stream_is_refused_with_what_to_do_instead(site: Path) -> None:
+    data = b"email,ip\na@example.com,192.0.2.1\n"
+    for name in ("-", "/dev/stdin"):
+        proc = cli(site, "ingest", name, "--source", "x", input_bytes=data, check=False)
+        assert proc.returncode == 1 and "save the stream to a file first" in proc.stderr, name
+    assert cli_json(site, "dumps", "--json") == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_mapped_column_the_input_lacks_is_a_usage_error(site: Path, tmp_path: Path,
+                                                          workers: str) -> None:
+    path = write_dump(tmp_path / "d.csv", [[f"a{i}@example.com", f"192.0.2.{i % 250}"]
+                                           for i in range(5000)], ["email", "ip"])
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[columns]\nemial = "email"\n')
+    proc = cli(site, "ingest", str(path), "--source", "m", "--mapping-file", str(mapping),
+               "--workers", workers, check=False)
+    assert proc.returncode == 2 and "'emial'" in proc.stderr and "email, ip" in proc.stderr
+    assert events_of(site) == [], "refused before anything was written"
+
+
 def test_invalid_utf8_and_overlong_lines_are_quarantined(site: Path, tmp_path: Path) -> None:
     path = tmp_path / "mixed.csv"
     rows = [b"email,ip"] + [f"a{i}@example.com,192.0.2.{i}".encode() for i in range(1, 30)]

@@ -171,3 +171,25 @@ def test_restart_closes_the_interrupted_dump_as_superseded(tmp_path: Path, worke
     [match] = cli_json(data, "query", "user5@example.com", "--json")["matches"]
     assert match["sightings"] == 1, "the abandoned dump's partial records are not new sightings"
     assert match["sightings_in_repeats"] == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_names_the_incomplete_dump_and_how_to_resume(tmp_path: Path, workers: str) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    rows = 120_000
+    dump_file = _make_csv(tmp_path / "c.csv", rows)
+    ingest = ["ingest", str(dump_file), "--source", "c", "--workers", workers]
+    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", *ingest, "--no-progress"],
+                            env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    _wait_for_acknowledged_records(data)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the parent and its workers
+    _, err = proc.communicate(timeout=120)
+    [dump] = cli_json(data, "dumps", "--json")
+    assert proc.returncode == 130, err
+    assert dump["finished"] is False
+    assert f"dump {dump['dump']} is incomplete" in err and "run the same command again" in err
+    assert err.rstrip().endswith("heimdall: interrupted")
+    summary = cli_json(data, *ingest, "--json")
+    assert summary["resumed"] is True and summary["records"] == rows

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
+from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Context, print_json
 from heimdall_core.errors import HeimdallError, IngestError
-from heimdall_core.ingest.mapping import load_mapping_file, parse_map_args
+from heimdall_core.ingest.mapping import MappingError, load_mapping_file, parse_map_args
 from heimdall_core.ingest.pipeline import Progress
-from heimdall_core.ingest.registry import DumpRegistry
+from heimdall_core.ingest.registry import DumpRegistry, DumpState
 from heimdall_core.ingest.run import IngestSite, IngestSummary, ingest_file, record_metrics
 from heimdall_core.units import format_size
 
@@ -107,6 +107,25 @@ def _print_summary(summary: IngestSummary) -> None:
         print(f"  quarantine: {summary.quarantine_file}")
 
 
+def _unfinished(site: IngestSite, source: str) -> dict[str, DumpState]:
+    """Each unfinished dump of ``source``, by dump id."""
+    registry = DumpRegistry(site.store)
+    registry.refresh()
+    return {d.dump: d for d in registry.dumps() if not d.finished and d.source == source}
+
+
+def _say_what_was_interrupted(site: IngestSite, source: str, path: Path,
+                              before: dict[str, DumpState]) -> None:
+    """On Ctrl-C: the dump this file's ingest started or resumed (one that is new or grew
+    since the file's ingest began), so the operator knows that running again resumes it."""
+    for dump, state in _unfinished(site, source).items():
+        earlier = before.get(dump)
+        if state.name == path.name and (earlier is None or earlier.records != state.records):
+            print(f"heimdall: {path}: dump {dump} is incomplete ({state.records} records logged); "
+                  "run the same command again to resume it (or add --restart to start over)",
+                  file=sys.stderr)
+
+
 def cmd_ingest(ctx: Context) -> int:
     args = ctx.args
     overrides: dict[str, str] = {}
@@ -124,15 +143,21 @@ def cmd_ingest(ctx: Context) -> int:
         for path in args.files:
             show = sys.stderr.isatty() and not args.no_progress and not args.json
             bar = ProgressBar(path.name, path.stat().st_size if path.exists() else 0) if show else None
+            before = _unfinished(site, args.source)
             try:
                 summary = ingest_file(site, path, options, force=args.force, workers=workers,
                                       restart=args.restart, on_progress=bar)
-            except IngestError as exc:
+            except (IngestError, MappingError) as exc:
                 if bar:
                     bar.done()
                 print(f"heimdall: {path}: {exc}", file=sys.stderr)
-                status = EXIT_ERROR
+                status = max(status, EXIT_USAGE if isinstance(exc, MappingError) else EXIT_ERROR)
                 continue
+            except KeyboardInterrupt:
+                if bar:
+                    bar.done()
+                _say_what_was_interrupted(site, args.source, path, before)
+                raise
             if bar:
                 bar.done()
             record_metrics(summary)

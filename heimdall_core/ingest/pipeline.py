@@ -32,7 +32,13 @@ import msgpack
 from heimdall_core import kinds
 from heimdall_core.errors import IngestError
 from heimdall_core.events import CanonicalBody, encode_body
-from heimdall_core.ingest.mapping import FIELD_KINDS, infer_mapping, merge_mapping, sniff_value
+from heimdall_core.ingest.mapping import (
+    FIELD_KINDS,
+    MappingError,
+    infer_mapping,
+    merge_mapping,
+    sniff_value,
+)
 from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_parser
 from heimdall_core.ingest.sources import AutoDecompressor, detect_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
@@ -290,11 +296,7 @@ class DumpIngestor:
             mapping = dict(self._mapping_fixed)
         else:
             mapping = merge_mapping(infer_from_sample(columns, self._pending), self.options.mapping)
-        unknown = sorted(set(self.options.mapping) - set(columns))
-        if unknown and columns:
-            shown = ", ".join(public_column(c, i) for i, c in enumerate(columns))
-            raise IngestError(f"--map names column {unknown[0]!r}, which the input does not have; "
-                              f"its columns are: {shown}")
+        check_mapped_columns(self.options.mapping, columns)
         self.mapping = mapping
         self.columns = columns
         self._plans.clear()
@@ -762,6 +764,21 @@ _PACKED = 0
 
 
 _PERSONAL_NAME_KINDS = frozenset({"email", "phone", "ip", "cidr", "url", "hash", "password_hash"})
+
+
+class UnmappedColumnError(MappingError, IngestError):
+    """The operator's mapping names a column the input lacks: a usage error (exit 2) that
+    the HTTP API, catching ingest errors, still answers with 400."""
+
+
+def check_mapped_columns(mapping: Mapping[str, str], columns: Sequence[str]) -> None:
+    """Refuse a mapping (``--map``, ``--mapping-file``) naming a column the input does not
+    have: a usage error (MappingError, exit 2), most likely a misspelt column name."""
+    unknown = sorted(set(mapping) - set(columns))
+    if unknown and columns:
+        shown = ", ".join(public_column(c, i) for i, c in enumerate(columns))
+        raise UnmappedColumnError(f"the mapping names column {unknown[0]!r}, which the input does not "
+                           f"have; its columns are: {shown}")
 
 
 def public_column(name: str, index: int) -> str:

@@ -128,13 +128,22 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+# Why a pipe cannot be ingested from the command line, and what to do instead.
+_SAVE_IT_FIRST = ("an ingest hashes its input before reading it (to find a repeat) and "
+                  "re-reads it to resume; save the stream to a file first and ingest that, "
+                  "or upload it to the HTTP API (POST /v1/dumps)")
+
+
 def _check_file(path: Path) -> None:
+    """Messages leave the path out: the caller names the file."""
+    if str(path) == "-":
+        raise IngestError(f"standard input cannot be ingested: {_SAVE_IT_FIRST}")
     if not path.exists():
-        raise IngestError(f"{path}: no such file")
+        raise IngestError("no such file")
     if not path.is_file():
-        raise IngestError(f"{path}: not a regular file")
+        raise IngestError(f"not a regular file (a pipe or a device?): {_SAVE_IT_FIRST}")
     if not os.access(path, os.R_OK):
-        raise IngestError(f"{path}: not readable")
+        raise IngestError("not readable")
 
 
 class _OnePart:
@@ -256,7 +265,7 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
                  pool: WorkerPool | None) -> IngestSummary:
     sha256, size = file_sha256(path)
     if size == 0:
-        raise IngestError(f"{path}: the file is empty")
+        raise IngestError("the file is empty")
     # Settle every own feed first: a worker killed between writing a signed batch and its
     # head leaves records that recovery keeps; resuming must count them, or they would be
     # written twice.

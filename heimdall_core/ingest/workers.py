@@ -46,6 +46,7 @@ from heimdall_core.ingest.pipeline import (
     PartResult,
     Progress,
     Quarantine,
+    check_mapped_columns,
     dump_finished_body,
     dump_started_body,
     infer_from_sample,
@@ -109,6 +110,7 @@ def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tup
                          line_bytes_max=options.line_bytes_max)
     items = parser.feed(head[:cut]) + (parser.close() if cut == len(head) else [])
     columns = tuple(parser.columns)
+    check_mapped_columns(options.mapping, columns)  # before any event is written
     # The same inference as a single process (records may each have their own keys).
     sample = [item for item in items if isinstance(item, RawRecord)][:SAMPLE_RECORDS]
     mapping = merge_mapping(infer_from_sample(columns, sample), options.mapping)
@@ -299,11 +301,11 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState) -> Plan:
         raise IngestError(f"dump {resume.dump} was cut into {resume.parts} parts by a version that "
                           "did not record them; it cannot be resumed: run again with --restart")
     if resume.size != path.stat().st_size:
-        raise IngestError(f"{path}: its size changed since dump {resume.dump} started; "
+        raise IngestError(f"its size changed since dump {resume.dump} started; "
                           "run again with --restart")
     head = _head_plan(path, options)
     if head is None:
-        raise IngestError(f"{path}: cannot be resumed in parts; run again with --restart")
+        raise IngestError("cannot be resumed in parts; run again with --restart")
     fmt, delimiter, columns, mapping, header = head
     ranges = tuple((int(a), int(b), int(c)) for a, b, c in resume.ranges)
     return Plan(fmt, delimiter, columns, mapping, header, ranges)
