@@ -99,6 +99,10 @@ class _BadLine(HeimdallError):
     """A line of standard input that is not one event payload."""
 
 
+# The end of a fold error message, which is about a projection and not about this refusal.
+_FOLD_STOPS = "; projection of this feed stops here"
+
+
 class _PayloadCheck:
     """Checks each payload as the projector will fold it, before it is signed into the log:
     an event the projector refuses stops the projection of the site's own feed for good."""
@@ -122,10 +126,6 @@ class _PayloadCheck:
             raise EncodingError(str(exc).removesuffix(_FOLD_STOPS)) from None
         self._folder.take()  # only the check is wanted, not the effects
         self._seq += 1
-
-
-# The end of a fold error message, which is about a projection and not about this refusal.
-_FOLD_STOPS = "; projection of this feed stops here"
 
 
 def _read_bodies(stream: Any, kind: str, version: int,

@@ -777,8 +777,8 @@ def check_mapped_columns(mapping: Mapping[str, str], columns: Sequence[str]) -> 
     unknown = sorted(set(mapping) - set(columns))
     if unknown and columns:
         shown = ", ".join(public_column(c, i) for i, c in enumerate(columns))
-        raise UnmappedColumnError(f"the mapping names column {unknown[0]!r}, which the input does not "
-                           f"have; its columns are: {shown}")
+        raise UnmappedColumnError(f"the mapping names column {unknown[0]!r}, which the input "
+                                  f"does not have; its columns are: {shown}")
 
 
 def public_column(name: str, index: int) -> str:
