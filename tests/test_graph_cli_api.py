@@ -203,6 +203,10 @@ async def test_http_errors_are_json_and_never_echo_personal_values(site: Path) -
         # Dot segments sent as they are reach the handler as the value.
         dots = await client.session.get(URL(base + "/v1/indicators/domain/..", encoded=True))
         assert dots.status == 400 and (await dots.json())["query"] == {"kind": "domain", "value": ".."}
+        invalid = await client.get("/v1/indicators/ip/999.1.1.1")
+        assert (await invalid.json())["query"] == {"kind": "ip", "value": "999.1.1.1"}
+        limit = await client.get("/v1/indicators/ip/192.0.2.83?limit=zero")
+        assert (await limit.json())["query"] == {"kind": "ip", "value": "192.0.2.83"}
         unseen = await client.get("/v1/indicators/ip/203.0.113.99")
         assert (unseen.status, await unseen.json()) == (404, {
             "error": "ip value not seen in any dump or enrichment", "status": 404,

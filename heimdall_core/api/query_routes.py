@@ -115,9 +115,12 @@ async def get_indicator(request: web.Request) -> web.Response:
     try:
         params = _parameters(request)
         value = _value(request, params)
-        limit = _limit(params)
     except BadRequest as exc:
         return error_body(400, str(exc), query={"kind": kind})
+    try:
+        limit = _limit(params)
+    except BadRequest as exc:
+        return error_body(400, str(exc), query=asked(kind, value, handle.policy))
     try:
         answer = await query_value(await handle.store(), handle.rules, value, kind=kind, keys=handle.keys(),
                                    co_values=limit, options=handle.options, policy=handle.policy)
