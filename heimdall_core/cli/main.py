@@ -9,6 +9,8 @@ Exit status (scripts and monitoring rely on these):
          what is allowed)
     3    an integrity problem: a damaged, tampered or stale log, a rejected bundle, a
          stopped feed, or a FORK (``heimdall log verify`` prints FORK lines)
+    4    ``heimdall query``: the value was never seen (a well-formed question; with
+         ``--json`` the body of the HTTP 404 is printed)
     130  interrupted (Ctrl-C)
 """
 
