@@ -1,12 +1,14 @@
 """What the operator sees while a command runs and when projection stops on a feed:
-the progress lines of `ingest` and `project`/`replay`, and `project`'s exit status and
-message for a feed whose projection stopped."""
+the progress lines of `ingest` and `project`/`replay`, `project`'s exit status and
+message for a feed whose projection stopped, and output cut short by its reader."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,13 @@ def test_project_exits_1_naming_the_stopped_feed_and_where(site: Path,
     assert f"feed {feed} is stopped" in err and f"seq {stopped_at}" in err and "'future.kind'" in err
     assert main(["project"]) == 1  # and again on the next pass: never skipped
     assert f"feed {feed} is stopped" in capsys.readouterr().err
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_no_failure(site: Path) -> None:
+    """`heimdall dumps | head -1`: the reader goes away; no error, no traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", "config", "show"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    assert proc.stdout is not None
+    proc.stdout.close()  # long before the program's first line (its start takes ~0.3 s)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err.decode()) == (0, "")
