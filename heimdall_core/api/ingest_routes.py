@@ -67,20 +67,22 @@ async def _site_context(app: web.Application) -> AsyncIterator[None]:
     executor.shutdown(wait=True)
 
 
-def _format_of(request: web.Request) -> str | None:
+def _format_of(request: web.Request) -> tuple[str | None, str | None]:
+    """The format the client chose (``format=``), taken as it is, and the one its
+    Content-Type claims, only a hint that the pipeline checks against the body."""
     fmt = request.query.get("format")
     if fmt is not None:
         if fmt not in FORMATS:
             raise web.HTTPUnsupportedMediaType(
                 text=f'{{"error": "unknown format {fmt[:20]!r}; use one of: {", ".join(FORMATS)}", '
                      '"status": 415}', content_type="application/json")
-        return fmt
+        return fmt, None
     content_type = request.content_type if request.headers.get("Content-Type") else ""
     if content_type not in CONTENT_TYPES:
         raise web.HTTPUnsupportedMediaType(
             text=f'{{"error": "content type {content_type[:40]!r} is not a dump format", '
                  '"status": 415}', content_type="application/json")
-    return CONTENT_TYPES[content_type]
+    return None, CONTENT_TYPES[content_type]
 
 
 async def post_dump(request: web.Request) -> web.StreamResponse:
@@ -89,7 +91,7 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
     source = request.query.get("source", "")
     if not SOURCE_RE.match(source):
         return error_body(400, "query parameter 'source' is required (1-128 letters, digits, . - _ : @)")
-    fmt = _format_of(request)
+    fmt, fmt_hint = _format_of(request)
     if request.content_length is not None and request.content_length > limit:
         return error_body(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
     try:
@@ -108,7 +110,7 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         if done is not None:
             return web.json_response({"dump_id": done.dump, "duplicate": True, "records": done.records,
                                       "quarantined": done.quarantined, "sha256": declared})
-    options = site.options(source, fmt=fmt, mapping=overrides)
+    options = site.options(source, fmt=fmt, fmt_hint=fmt_hint, mapping=overrides)
     chunks: queue.Queue[bytes] = queue.Queue(QUEUE_CHUNKS_MAX)
 
     def body() -> Iterator[bytes]:

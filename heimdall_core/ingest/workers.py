@@ -52,7 +52,7 @@ from heimdall_core.ingest.pipeline import (
     public_column,
 )
 from heimdall_core.ingest.registry import DumpState
-from heimdall_core.ingest.sources import detect_compression, detect_format
+from heimdall_core.ingest.sources import detect_compression, sniff_format
 
 if TYPE_CHECKING:
     from heimdall_core.ingest.run import IngestSite, IngestSummary
@@ -101,12 +101,12 @@ def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tup
         head = handle.read(HEAD_BYTES)
     if detect_compression(head) is not None:
         return None
-    fmt = options.fmt or detect_format(head)
+    fmt = sniff_format(head, forced=options.fmt, hint=options.fmt_hint)
     if fmt == "json":
         return None
     cut = head.rfind(b"\n") + 1 if len(head) == HEAD_BYTES else len(head)
     parser = make_parser(fmt, delimiter=options.delimiter, header=options.header,
-                         line_bytes_max=options.line_bytes_max)
+                         line_bytes_max=options.line_bytes_max, declared=options.mapping)
     items = parser.feed(head[:cut]) + (parser.close() if cut == len(head) else [])
     columns = tuple(parser.columns)
     # The same inference as a single process (records may each have their own keys).
@@ -266,10 +266,12 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                                                   "dump": dump, "part": part})
               for part, feed in enumerate(feeds)]
     if resume is None:
+        position = {c: i for i, c in enumerate(plan.columns)}
         bodies.append(dump_started_body(
             dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
-            sha256=sha256, size=size, columns=[public_column(c, i) for i, c in enumerate(plan.columns)],
-            mapping={public_column(c, plan.columns.index(c) if c in plan.columns else 0): k
+            sha256=sha256, size=size,
+            columns=[public_column(c, i, options.mapping) for i, c in enumerate(plan.columns)],
+            mapping={public_column(c, position.get(c, 0), options.mapping): k
                      for c, k in plan.mapping.items()},
             parts=len(plan.ranges), ranges=plan.ranges))
     append_main(bodies)
