@@ -594,11 +594,25 @@ def test_json_truncated_document_ends_with_a_bad_record() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"email,password\na@b.example,x\n", b'[{"a": 1} {"b": 2}]', b'{"a" 1}', b"[1,2]]"],
+    [b"email,password\na@b.example,x\n", b'[{"a": 1} {"b": 2}]', b'{"a" 1}', b"\n]"],
 )
 def test_json_broken_structure_raises_with_a_position(data: bytes) -> None:
     with pytest.raises(IngestError, match=r"JSON syntax error at byte \d+ \(line \d+\)"):
         parse_fmt("json", data)
+
+
+@pytest.mark.parametrize("tail", [b"]", b"\n}\n", b"\nnot json at all\n{\"a\": \"9\"}\n"])
+def test_text_after_the_json_document_is_one_bad_record(tail: bytes) -> None:
+    """A stray bracket or a log line after the document costs the tail, not the records
+    before it (they may be in the batch not yet logged); every split gives the same."""
+    document = b'[{"a": "1"},\n {"a": "2"}]'
+    data = document + tail
+    for items in (parse_fmt("json", data), bytewise(make_parser("json"), data)):
+        assert good(items) == [(1, {"a": "1"}), (2, {"a": "2"})]
+        offset = len(document) + len(tail) - len(tail.lstrip())
+        line = data.count(b"\n", 0, offset) + 1
+        assert bad(items) == [(3, f"{len(data) - offset} bytes after the JSON document, from "
+                                  f"byte {offset} (line {line}), are not JSON: skipped")]
 
 
 def test_json_columns_union() -> None:

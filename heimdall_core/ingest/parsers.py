@@ -8,8 +8,8 @@ records are the same for every split of the same input.
 One malformed record never aborts a file: it becomes a :class:`BadRecord` whose reason is
 PII-safe (it never quotes input) and parsing goes on. Only input that cannot be read at
 all raises :class:`IngestError` (e.g. JSON that is not an array or object, or 1000 bad
-records in a row before any good one, or bad records and no good one at all: the format
-or the encoding is wrong).
+records in a row before any good one: the format is wrong); ``malformed_input()`` after
+``close()`` says the same of input with bad records and no good one at all.
 
 Memory is bounded: one record may span at most ``line_bytes_max`` bytes (JSON: per
 record); a longer one is reported and skipped without being buffered whole.
@@ -99,6 +99,11 @@ class Parser(Protocol):
 
     def close(self) -> list[Item]: ...
 
+    def malformed_input(self) -> IngestError | None:
+        """After ``close``: why the input as a whole is unusable (bad records and not one
+        good one: probably the wrong format or encoding), or None."""
+        ...
+
 
 # --- shared pieces -----------------------------------------------------------------------
 
@@ -134,8 +139,9 @@ class _LeadGuard:
     """Stops a file whose first records are all bad: the format (or encoding) is wrong.
 
     Checked as records come (``LEADING_BAD_RECORDS_MAX`` bad ones before any good one)
-    and at the end (``finish``: bad records and not one good one), so that a short file
-    in the wrong format fails with a hint instead of ingesting nothing. The end check is
+    and, by the caller, at the end (``verdict``: bad records and not one good one), so
+    that a short file in the wrong format fails with a hint instead of ingesting
+    nothing. The end check is
     left out for a later part of a file (``from_start`` false): its head was judged with
     the first part, and one bad stretch alone does not make the whole file wrong.
     """
@@ -163,22 +169,21 @@ class _LeadGuard:
                 raise self._error(f"the first {self._bad} records are all malformed")
         return items
 
-    def finish(self, items: list[Item]) -> list[Item]:
-        """``check`` for the last items of the input, which then must have had a good one
-        if it had any bad one."""
-        self.check(items)
+    def verdict(self) -> IngestError | None:
+        """Once every item was checked: the error for input with bad records and not one
+        good one (None otherwise)."""
         if self._from_start and not self._settled and self._bad:
-            raise self._error(f"all {self._bad} records are malformed")
-        return items
+            return self._error(f"all {self._bad} records are malformed")
+        return None
 
     def _error(self, what: str) -> IngestError:
         first = self._first
         assert first is not None
         where = f"(first at position {first.position}: {first.reason})"
+        hint = f"the input is probably not {self._format}: check the format and delimiter"
         if first.reason.startswith(_INVALID_UTF8):
-            hint = "the input is probably not UTF-8: convert it first (iconv -f LATIN1 -t UTF-8)"
-        else:
-            hint = f"the input is probably not {self._format}: check the format and delimiter"
+            hint = (f"the input is probably not {self._format} or not UTF-8: convert it "
+                    "first (iconv -f LATIN1 -t UTF-8)")
         return IngestError(f"{what} {where}; {hint}")
 
 
@@ -422,7 +427,10 @@ class CsvParser:
             self._sniff += data
             data = self._configure(final=True)
         self._push(data, out, final=True)
-        return self._guard.finish(out)
+        return self._guard.check(out)
+
+    def malformed_input(self) -> IngestError | None:
+        return self._guard.verdict()
 
     # configuration from the sample
 
@@ -644,7 +652,10 @@ class _LineFramed:
         return self._guard.check(self._records(self._framer.push(data)))
 
     def close(self) -> list[Item]:
-        return self._guard.finish(self._records(self._framer.finish()))
+        return self._guard.check(self._records(self._framer.finish()))
+
+    def malformed_input(self) -> IngestError | None:
+        return self._guard.verdict()
 
 
 class ComboParser(_LineFramed):
@@ -1046,7 +1057,10 @@ class JsonParser(_JsonRecords):
             out.append(self._trailing_text())
         elif self._state != _TOP or self._scan is not None:
             out.append(BadRecord(self._index + 1, "input ends inside the JSON document (truncated?)"))
-        return self._guard.finish(out)
+        return self._guard.check(out)
+
+    def malformed_input(self) -> IngestError | None:
+        return self._guard.verdict()
 
     # the driver
 

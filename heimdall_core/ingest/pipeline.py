@@ -251,6 +251,11 @@ class DumpIngestor:
         assert self._parser is not None
         try:
             self._take(self._parser.close())
+            malformed = self._parser.malformed_input()
+            if malformed is not None:
+                # Not one record: nothing is logged, so the dump is not taken as done
+                # and a retry with the right format or encoding needs no --force.
+                raise malformed
             if self.mapping is None:
                 self._decide_mapping()
             self._flush_records(force=True)
