@@ -104,6 +104,11 @@ class Parser(Protocol):
         good one: probably the wrong format or encoding), or None."""
         ...
 
+    def cut(self) -> list[Item]:
+        """Instead of ``close``, for input cut off at any byte (an aborted upload): the
+        whole records still held back, never the partial one the cut fell in."""
+        ...
+
 
 # --- shared pieces -----------------------------------------------------------------------
 
@@ -432,6 +437,12 @@ class CsvParser:
     def malformed_input(self) -> IngestError | None:
         return self._guard.verdict()
 
+    def cut(self) -> list[Item]:
+        out: list[Item] = []
+        if self._sniff is not None:  # a short input: decide on what there is, as feed would
+            self._push(self._configure(final=False), out, final=False)
+        return self._guard.check(out)
+
     # configuration from the sample
 
     def _configure(self, *, final: bool) -> bytes:
@@ -656,6 +667,9 @@ class _LineFramed:
 
     def malformed_input(self) -> IngestError | None:
         return self._guard.verdict()
+
+    def cut(self) -> list[Item]:
+        return []  # whole lines went out as they came
 
 
 class ComboParser(_LineFramed):
@@ -1061,6 +1075,9 @@ class JsonParser(_JsonRecords):
 
     def malformed_input(self) -> IngestError | None:
         return self._guard.verdict()
+
+    def cut(self) -> list[Item]:
+        return []  # whole records went out as they came
 
     # the driver
 

@@ -152,6 +152,11 @@ class Quarantine:
             self._handle = None
 
 
+class InputCut(IngestError):
+    """The input stopped before its end (an upload aborted or over its limit): the
+    records read so far are kept (:meth:`DumpIngestor.keep_read`), the dump incomplete."""
+
+
 class DumpIngestor:
     """One part of one dump, driven by pushing raw bytes. Not thread-safe."""
 
@@ -262,6 +267,21 @@ class DumpIngestor:
         finally:
             self._quarantine.close()
         return self.result
+
+    def keep_read(self) -> None:
+        """The input was cut off: make the whole records parsed so far durable, as
+        ``finish`` does, but without ending the input (the record the cut fell in is not
+        one of them). No dump.finished follows, so the dump stays incomplete."""
+        try:
+            if self._parser is None and self._head:
+                self._start_parser()
+            if self._parser is not None:
+                self._take(self._parser.cut())
+                if self.mapping is None:
+                    self._decide_mapping()
+            self._flush_records(force=True)
+        finally:
+            self._quarantine.close()
 
     def _parse(self, data: bytes) -> None:
         if self._parser is None:
