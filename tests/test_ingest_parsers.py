@@ -331,10 +331,10 @@ def test_csv_header_heuristics() -> None:
 ])
 def test_csv_first_row_is_data_unless_it_has_known_names(first: bytes) -> None:
     parser = CsvParser()
-    items = parse(parser, first + b"\nmaria.k,P@ssw0rd!\ntom_r,qwerty#1\n")
+    items = parse(parser, first + b"\nmaria.k,P@ssw0rd!\ntom_r,qwerty#1\nanna,Secr3t$$\n")
     assert parser.has_header is False
     assert parser.columns == ("col1", "col2")
-    assert [p for p, _ in good(items)] == [1, 2, 3]
+    assert [p for p, _ in good(items)] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("row", [
