@@ -188,6 +188,7 @@ class DumpIngestor:
         self._fixed_columns = tuple(columns) if columns is not None else None
         self._fmt = fmt or options.fmt
         self._mapping_fixed = dict(mapping) if mapping is not None else None
+        self._declared = declared_columns(options, policy)
         self._skip_through = skip_through
         self._first_line = first_line
         self._on_progress = on_progress
@@ -303,7 +304,7 @@ class DumpIngestor:
         self._parser = make_parser(fmt, delimiter=self.options.delimiter, header=header,
                                    line_bytes_max=self.options.line_bytes_max,
                                    columns=self._fixed_columns, first_line=self._first_line,
-                                   declared=self.options.mapping)
+                                   declared=self._declared)
         if head:
             self._head = b""
             self._take(self._parser.feed(head))
@@ -357,7 +358,7 @@ class DumpIngestor:
         return plan
 
     def _public(self, column: str, index: int) -> str:
-        return public_column(column, index, self.options.mapping)
+        return public_column(column, index, self._declared)
 
     @property
     def public_columns(self) -> list[str]:
@@ -801,13 +802,21 @@ SELF_CHECK_EVERY = 64
 _PACKED = 0
 
 
+def declared_columns(options: IngestOptions, policy: PiiPolicy) -> frozenset[str]:
+    """Column names the operator gave for this dump: in ``--map`` and in the PII
+    policy's overrides for its source. The operator calls them columns, so they are
+    not data; and the protector finds a column's override by the name it is written
+    under, so an overridden column must keep its name."""
+    return frozenset(options.mapping) | frozenset(policy.overrides.get(options.source, {}))
+
+
 def public_column(name: str, index: int, declared: Collection[str]) -> str:
     """The name under which a column is written to the log, errors and summaries.
 
     Column names are data in disguise when a headerless file's first row is taken for a
     header, or when a JSON dump is keyed by account (``{"jsmith": {"password": ...}}``
     gives ``jsmith.password``). Only a name of the column vocabulary (``is_known_name``),
-    one the operator ``declared`` (``--map``) or the parser's own name for the place
+    one the operator ``declared`` (``declared_columns``) or the parser's own name for the place
     (``col<N>``, ``value``) is kept; any other is replaced by ``col<N>``, N the column's
     1-based place in the record.
     """
