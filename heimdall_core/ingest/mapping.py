@@ -147,6 +147,14 @@ def _name_hint(column: str) -> str | None:
     return None
 
 
+def is_known_name(name: str) -> bool:
+    """Whether ``name`` is, word for word, a column name of the vocabulary above (any
+    case or separator: ``E-Mail``, ``firstName``; a dotted JSON name in every part:
+    ``user.email``). Such a name is not data; any other may be (a headerless file's
+    first row, a JSON dump keyed by account: ``jsmith.password``)."""
+    return all(_name_forms(part)[0] in _EXACT_NAMES for part in name.split("."))
+
+
 def kind_from_name(column: str) -> str | None:
     """The kind a column name alone suggests (a guess for the ambiguous ones), or None.
 

@@ -22,6 +22,7 @@ from heimdall_core.errors import IngestError
 from heimdall_core.ingest.pipeline import (
     DumpIngestor,
     IngestOptions,
+    InputCut,
     PartResult,
     Progress,
     Quarantine,
@@ -174,8 +175,12 @@ class _OnePart:
         self._append(bodies)
 
     def run(self, chunks: Iterable[bytes]) -> PartResult:
-        for chunk in chunks:
-            self.ingestor.feed(chunk)
+        try:
+            for chunk in chunks:
+                self.ingestor.feed(chunk)
+        except InputCut:
+            self.ingestor.keep_read()
+            raise
         return self.ingestor.finish()
 
     def finish(self, result: PartResult, *, sha256: str, size: int,
