@@ -45,6 +45,7 @@ from graph_contract import (
     test_contract_query_answers,
     test_contract_refuses_other_rules,
     test_contract_reset_forgets_everything,
+    test_contract_reset_rebuilds_under_new_rules,
     test_contract_state_equals_reference,
 )
 
@@ -109,6 +110,7 @@ __all__ = [
     "test_contract_query_answers",
     "test_contract_refuses_other_rules",
     "test_contract_reset_forgets_everything",
+    "test_contract_reset_rebuilds_under_new_rules",
     "test_contract_state_equals_reference",
 ]
 

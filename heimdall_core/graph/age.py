@@ -293,6 +293,7 @@ class AgeStore:
         self._data_dir = data_dir
         self._pool: asyncpg.Pool | None = None
         self._unreachable: str | None = None  # why the last open failed, while it stays closed
+        self._other_rules: GraphError | None = None  # built under other merge rules: reset only
         self._where = f"graph {graph!r}"
         self._q = f'"{graph}"'
         self._lock_key = zlib.crc32((ADVISORY_NAMESPACE + graph).encode()) - (1 << 31)
@@ -322,6 +323,7 @@ class AgeStore:
 
     async def _open(self) -> None:
         self._current = None
+        self._other_rules = None
         dsn = self._dsn
         if dsn is None:
             dsn = await asyncio.to_thread(self._start_db_dsn)
@@ -337,8 +339,9 @@ class AgeStore:
             raise _translate(exc, f"connecting to {self._where}") from None
         try:
             await self._migrate()
-            await self._check_meta()
-            await self._load_ids()
+            self._other_rules = await self._rules_differ()
+            if self._other_rules is None:
+                await self._load_ids()
         except BaseException:
             await self.close()
             raise
@@ -375,10 +378,14 @@ class AgeStore:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def _conn(self, doing: str) -> AsyncIterator[Conn]:
-        """A pooled connection; driver errors come out as DatabaseUnavailable or GraphError."""
+    async def _conn(self, doing: str, *, any_rules: bool = False) -> AsyncIterator[Conn]:
+        """A pooled connection; driver errors come out as DatabaseUnavailable or GraphError.
+        A graph built under other rules serves only ``any_rules`` (reset) until rebuilt."""
+        pool = self._db
+        if self._other_rules is not None and not any_rules:
+            raise self._other_rules
         try:
-            async with self._db.acquire() as conn:
+            async with pool.acquire() as conn:
                 yield conn
         except GraphError:
             raise
@@ -409,16 +416,23 @@ class AgeStore:
                                    migration.version, migration.name)
                 log.info("%s: applied migration %s", self._where, migration.name)
 
-    async def _check_meta(self) -> None:
+    async def _rules_differ(self) -> GraphError | None:
+        """What every use but :meth:`reset` raises when the graph was built under other merge
+        rules (its values would be merged differently from now on); ``replay`` rebuilds it.
+        Otherwise the rules are recorded, so that a later change of them is seen."""
         q = self._q
         fingerprint = self.rules.fingerprint()
         async with self._conn("checking the merge rules") as conn, conn.transaction():
             held = await conn.fetchval(f"SELECT value FROM {q}.hm_meta WHERE name = 'rules'")
             if held is not None and held != fingerprint and not await self._is_empty(conn):
-                raise GraphError(f"{self._where} was projected under other merge rules (graph.rules or "
-                                 "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
-            await conn.execute(f"INSERT INTO {q}.hm_meta VALUES ('rules', $1) "
-                               "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", fingerprint)
+                return GraphError(f"{self._where} was projected under other merge rules (graph.rules or "
+                                  "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
+            await self._write_rules(conn)
+        return None
+
+    async def _write_rules(self, conn: Conn) -> None:
+        await conn.execute(f"INSERT INTO {self._q}.hm_meta VALUES ('rules', $1) ON CONFLICT (name) "
+                           "DO UPDATE SET value = EXCLUDED.value", self.rules.fingerprint())
 
     async def _is_empty(self, conn: Conn) -> bool:
         q = self._q
@@ -445,10 +459,14 @@ class AgeStore:
         q = self._q
         tables = ", ".join([f"{q}._ag_label_vertex", f"{q}._ag_label_edge",
                             *(f"{q}.{t}" for t in HM_TABLES)])
-        async with self._conn("resetting the graph") as conn, conn.transaction():
+        async with self._conn("resetting the graph", any_rules=True) as conn, conn.transaction():
             await self._lock(conn)
             await conn.execute(f"TRUNCATE {tables}")  # a parent's TRUNCATE includes its label tables
+            await self._write_rules(conn)  # the graph is rebuilt under the rules of now
         self._dump_gids, self._field_gids = {}, {}
+        if self._other_rules is not None:  # open() left the ids unloaded
+            self._other_rules = None
+            await self._load_ids()
 
     async def positions(self) -> dict[bytes, int]:
         async with self._conn("reading feed positions") as conn:
