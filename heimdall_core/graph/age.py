@@ -53,7 +53,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgpack
@@ -74,6 +73,8 @@ from heimdall_core.graph.model import (
 )
 from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_seen, lift, merge, visible
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+from heimdall_core.pgdsn import FORM as DSN_FORM
+from heimdall_core.pgdsn import dsn_problem, redact_dsn
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -93,6 +94,7 @@ SQL_DIR_INSTALLED = Path(sys.prefix) / "share" / "heimdall" / "sql"  # where a w
 MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
 
 CONNECT_TIMEOUT_S = 10.0
+NO_TYPE_PREFIX = "unknown type:"  # asyncpg's ValueError when set_type_codec finds no such type
 POOL_CONNECTIONS_MAX = 2  # the writer, and the next batch's lookups while the writer commits (or a query)
 STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
@@ -154,24 +156,6 @@ def _unpackb(data: bytes) -> Any:
 def _json(value: Any) -> bytes:
     """agtype's text form, UTF-8 (JSON is a subset of it): what agtype parameters take."""
     return orjson.dumps(value)
-
-
-def redact_dsn(dsn: str) -> str:
-    """A DSN fit for logs and messages: any password replaced by ``***``."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        if parts.password is not None:
-            host = parts.hostname or ""
-            if parts.port is not None:
-                host = f"{host}:{parts.port}"
-            netloc = f"{parts.username or ''}:***@{host}"
-            return str(urlunsplit(parts._replace(netloc=netloc, query=_redact_query(parts.query))))
-        return str(urlunsplit(parts._replace(query=_redact_query(parts.query))))
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-
-
-def _redact_query(query: str) -> str:
-    return re.sub(r"(password=)[^&]*", r"\1***", query)
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -328,13 +312,20 @@ class AgeStore:
         if dsn is None:
             dsn = await asyncio.to_thread(self._start_db_dsn)
         self._where = f"graph {self.graph!r} at {redact_dsn(dsn)}"
+        problem = dsn_problem(dsn)
+        if problem is not None:
+            raise GraphError(f"graph.postgres_dsn ({redact_dsn(dsn)}): {problem}")
         try:
             self._pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=POOL_CONNECTIONS_MAX, init=init_connection,
                 timeout=CONNECT_TIMEOUT_S, server_settings=SESSION_SETTINGS)
-        except ValueError as exc:  # set_type_codec: no agtype type in this database
-            raise GraphError(f"{self._where}: Apache AGE is not installed in this database "
-                             f"({exc}); a superuser runs CREATE EXTENSION age") from None
+        except ValueError as exc:
+            if str(exc).startswith(NO_TYPE_PREFIX):  # set_type_codec: no agtype in this database
+                raise GraphError(f"{self._where}: Apache AGE is not installed in this database "
+                                 f"({exc}); a superuser runs CREATE EXTENSION age") from None
+            # The driver parses what dsn_problem let through; its words may quote the DSN.
+            raise GraphError(f"graph.postgres_dsn ({redact_dsn(dsn)}): the driver cannot use it "
+                             f"({type(exc).__name__}); write {DSN_FORM}") from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise _translate(exc, f"connecting to {self._where}") from None
         try:
