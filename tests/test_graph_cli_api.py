@@ -107,16 +107,3 @@ async def test_http_answer_equals_cli_json(site: Path, capsys: pytest.CaptureFix
             error = await response.json()
             assert error["status"] == status and error["error"]
 
-
-def test_replay_rebuilds_a_graph_built_under_other_rules(site: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """`heimdall replay` is what the rules-changed message asks for: it must work."""
-    assert run(capsys, "project")[0] == 0
-    rules = tmp_path / "rules.toml"
-    rules.write_text('[graph.rules.value]\nlast_seen_ms = "lww"\n')
-    code, _, err = run(capsys, "--config", str(rules), "state-hash")
-    assert code == 1 and "other merge rules" in err and "heimdall replay" in err
-    code, out, err = run(capsys, "--config", str(rules), "replay", "--json")
-    assert code == 0 and last_json(out)["records"] > 50, err
-    code, out, err = run(capsys, "--config", str(rules), "query", "192.0.2.83")
-    assert code == 0 and "sample-dump.csv" in out and "other merge rules" not in err
