@@ -19,6 +19,9 @@ from heimdall_core import config
 from heimdall_core.api import query_routes
 from heimdall_core.api.app import RouteAccessLogger, create_app
 from heimdall_core.events import encode_body
+from heimdall_core.graph.backends import make_store
+from heimdall_core.graph.projector import Projector
+from heimdall_core.graph.rules import RuleSet
 from heimdall_core.log.feed import LogOptions
 from heimdall_core.log.store import LogStore, init_site
 
@@ -100,13 +103,40 @@ async def test_health_and_metrics_report_the_database_away(tmp_path: Path) -> No
 
 async def test_health_is_ok_when_the_projection_is_current(tmp_path: Path) -> None:
     data_dir = _site(tmp_path)
+    with LogStore(data_dir, LogOptions(fsync=False)) as log_store:
+        log_store.writer().append_bodies([encode_body("note", 1, {})])
     async with TestClient(TestServer(create_app(_settings(data_dir), project=True))) as client:
-        async def passed() -> bool:
-            return _metric(await _metrics(client), "heimdall_graph_seconds_since_pass") < 1
+        async def current() -> bool:
+            return 'heimdall_graph_events_behind{backend="sqlite"} 0.0' in await _metrics(client)
 
-        await _until(passed)
+        await _until(current)
         assert await _health(client) == (200, {"status": "ok"})
-        assert 'heimdall_graph_events_behind{backend="sqlite"} 0.0' in await _metrics(client)
+        text = await _metrics(client)
+        assert _metric(text, "heimdall_graph_feeds_stopped") == 0
+        assert _metric(text, "heimdall_graph_database_unavailable") == 0
+        assert _metric(text, "heimdall_graph_projection_failing") == 0
+
+
+async def test_health_and_metrics_report_failing_passes(tmp_path: Path) -> None:
+    """A graph built under other merge rules: every pass fails until `heimdall replay`."""
+    data_dir = _site(tmp_path)
+    with LogStore(data_dir, LogOptions(fsync=False)) as log_store:
+        log_store.writer().append_bodies([encode_body("note", 1, {})])
+        store = make_store(_settings(data_dir))
+        await store.open()
+        try:
+            await Projector(log_store, store, RuleSet.default()).catch_up()
+        finally:
+            await store.close()
+    settings = _settings(data_dir, HMD_GRAPH__RULES__VALUE__LAST_SEEN_MS="lww")
+    async with TestClient(TestServer(create_app(settings, project=True))) as client:
+        async def failing() -> bool:
+            return _metric(await _metrics(client), "heimdall_graph_projection_failing") == 1
+
+        await _until(failing)
+        status, body = await _health(client)
+        assert status == 200 and body["status"] == "degraded"
+        assert body["reasons"] == ["projection passes are failing; see the server log"]
 
 
 async def test_unhandled_error_logs_the_route_never_the_path(tmp_path: Path, caplog: pytest.LogCaptureFixture,
