@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
+EXIT_NOT_SEEN = 4  # `heimdall query`: a well-formed question about a value never seen
 FEED_PREFIX_CHARS_MIN = 8
 
 

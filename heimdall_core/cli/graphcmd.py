@@ -10,8 +10,8 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
-from heimdall_core.errors import DatabaseUnavailable, NotFound
+from heimdall_core.cli.common import EXIT_ERROR, EXIT_NOT_SEEN, EXIT_OK, EXIT_USAGE, Context, print_json
+from heimdall_core.errors import DatabaseUnavailable
 from heimdall_core.graph.backends import BACKENDS, make_store, rules_from
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, GraphStore
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from heimdall_core.graph.projector import Progress, ProjectionReport, ProjectorOptions
+    from heimdall_core.graph.query import Unanswered
 
 log = logging.getLogger("heimdall.graph")
 
@@ -247,9 +248,10 @@ def cmd_state_hash(ctx: Context) -> int:
     return EXIT_OK
 
 
-async def _query(ctx: Context) -> tuple[dict[str, Any], int]:
-    from heimdall_core.graph.query import QueryKeys, open_keystore, query_value
-    from heimdall_core.ingest.run import normalize_options
+async def _query(ctx: Context) -> tuple[dict[str, Any] | Unanswered, int]:
+    """The answer (or why there is none) and how many log events the graph is behind."""
+    from heimdall_core.graph.query import QueryKeys, Unanswered, open_keystore, query_value
+    from heimdall_core.ingest.run import normalize_options, pii_policy
 
     keystore = open_keystore(ctx.data_dir)
     try:
@@ -259,13 +261,12 @@ async def _query(ctx: Context) -> tuple[dict[str, Any], int]:
         async with _opened(ctx) as store:
             behind = await _unprojected(ctx, store)
             try:
-                answer = await query_value(store, rules_from(ctx.settings), ctx.args.value,
-                                           kind=ctx.args.kind, keys=keys, reveal_values=ctx.args.reveal,
-                                           co_values=ctx.args.limit, options=normalize_options(ctx.settings))
-            except NotFound as exc:
-                if behind:
-                    raise NotFound(f"{exc}; {_behind_text(behind)}") from exc
-                raise
+                answer: dict[str, Any] | Unanswered = await query_value(
+                    store, rules_from(ctx.settings), ctx.args.value, kind=ctx.args.kind, keys=keys,
+                    reveal_values=ctx.args.reveal, co_values=ctx.args.limit,
+                    options=normalize_options(ctx.settings), policy=pii_policy(ctx.settings))
+            except Unanswered as exc:
+                answer = exc
     finally:
         if keystore is not None:
             keystore.close()
@@ -289,9 +290,24 @@ def _behind_text(events: int) -> str:
 
 
 def cmd_query(ctx: Context) -> int:
-    from heimdall_core.graph.query import render_text
+    """Exit 0 with an answer, 4 (EXIT_NOT_SEEN) for a value not seen, 2 for a bad question
+    or one the PII policy makes unanswerable; with ``--json`` the last two print the body
+    HTTP gives (404, 422) on stdout."""
+    from heimdall_core.errors import QueryError
+    from heimdall_core.graph.query import NotSeen, render_text
 
-    answer, behind = _run(_query(ctx))
+    try:
+        answer, behind = _run(_query(ctx))
+    except QueryError as exc:
+        print(f"heimdall: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(answer, dict):
+        if ctx.args.json:
+            print_json(answer.body)
+        # "Not seen" may only mean "not projected yet": say so where it is read.
+        note = f"; {_behind_text(behind)}" if behind and isinstance(answer, NotSeen) else ""
+        print(f"heimdall: {answer}{note}", file=sys.stderr)
+        return EXIT_NOT_SEEN if isinstance(answer, NotSeen) else EXIT_USAGE
     if ctx.args.json:
         print_json(answer)  # the same JSON as GET /v1/indicators; the note goes to stderr
     else:

@@ -64,11 +64,11 @@ from heimdall_core.graph.model import (
     CoValue,
     CoValues,
     Delta,
-    DumpSeen,
     GraphCounts,
     SightingDelta,
     StateEntry,
     ValueDelta,
+    ValueDumps,
     ValueInfo,
 )
 from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_seen, lift, merge, visible
@@ -679,7 +679,7 @@ class AgeStore:
                                  int(n))
         return out
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
         q = self._q
         async with self._conn("reading where a value was seen") as conn:
             # Sightings by index lookups whatever the statistics say (OFFSET 0 keeps the
@@ -695,8 +695,7 @@ class AgeStore:
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)
             out.append(dump_seen(self.rules, bytes(dump), props, int(count), int(first), int(last)))
-        out.sort(key=lambda d: (-d.sightings, d.dump))
-        return out[:limit]
+        return ValueDumps.ranked(out, limit)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,

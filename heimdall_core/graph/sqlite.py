@@ -54,10 +54,10 @@ from heimdall_core.graph.model import (
     CoValue,
     CoValues,
     Delta,
-    DumpSeen,
     GraphCounts,
     StateEntry,
     ValueDelta,
+    ValueDumps,
     ValueInfo,
 )
 from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_seen, lift, merge
@@ -605,7 +605,7 @@ class SqliteStore:
                                  mine, int(n))
         return out
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
         try:
             await self._refresh_for_reading()
             rows = await self._db.execute_fetchall(
@@ -619,8 +619,7 @@ class SqliteStore:
         for dump, props, count, first, last in rows:
             cells = self._cells.unpack(model.DUMP, props)
             out.append(dump_seen(self.rules, bytes(dump), cells, int(count), int(first), int(last)))
-        out.sort(key=lambda d: (-d.sightings, d.dump))
-        return out[:limit]
+        return ValueDumps.ranked(out, limit)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,
