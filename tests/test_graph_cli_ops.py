@@ -82,6 +82,8 @@ def test_replay_rebuilds_a_graph_built_under_other_rules(site: Path, tmp_path: P
     rules.write_text('[graph.rules.value]\nlast_seen_ms = "lww"\n')
     code, _, err = run(capsys, "--config", str(rules), "state-hash")
     assert code == 1 and "other merge rules" in err and "heimdall replay" in err
+    code, _, err = run(capsys, "--config", str(rules), "project", "--follow")  # not a silent loop
+    assert code == 1 and "other merge rules" in err and "heimdall replay" in err
     code, out, err = run(capsys, "--config", str(rules), "replay", "--json")
     assert code == 0 and last_json(out)["records"] > 50, err
     code, out, err = run(capsys, "--config", str(rules), "query", "192.0.2.83")

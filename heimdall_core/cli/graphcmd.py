@@ -158,6 +158,9 @@ async def _follow(ctx: Context, bar: ProgressBar) -> None:
         if not await _open_when_reachable(store, stop, options):
             return  # stopped while waiting
         try:
+            # A graph to replay first (other merge rules, an old schema) fails here, once,
+            # rather than on every pass of a follow that never projects anything.
+            await store.positions()
             with ctx.store() as log_store:
                 await Projector(log_store, store, rules, options, progress=bar).follow(stop)
         finally:
