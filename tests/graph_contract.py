@@ -450,13 +450,43 @@ async def test_contract_persists_across_reopen(make_persistent: Opened) -> None:
     assert await state_hash(again) == await state_hash(await reference(events))
 
 
+OTHER_RULES = {"value": {"attrs": "union"}}
+
+
 async def test_contract_refuses_other_rules(make_persistent: Opened) -> None:
+    """A graph built under other merge rules opens (so that replay can rebuild it), but
+    every use but reset() says to replay it."""
     store = await make_persistent()
     await store.reset()
     await store.apply(fold(standard_events()))
     await store.close()
-    with pytest.raises(GraphError, match="replay"):
-        await make_persistent(RuleSet.from_config({"value": {"attrs": "union"}}, ()))
+    other = await make_persistent(RuleSet.from_config(OTHER_RULES, ()))
+    for use in (other.positions(), other.counts(), other.value(b"\0" * 16),
+                other.apply(fold(standard_events()))):
+        with pytest.raises(GraphError, match=r"other merge rules.*run 'heimdall replay'"):
+            await use
+    with pytest.raises(GraphError, match="other merge rules"):
+        async for _ in other.iter_state():
+            pass
+
+
+async def test_contract_reset_rebuilds_under_new_rules(make_persistent: Opened) -> None:
+    """`heimdall replay` under changed rules: reset() works on the graph that open() found
+    built under other rules, and the rebuilt graph is the new rules' fold."""
+    events = standard_events()
+    store = await make_persistent()
+    await store.reset()
+    await store.apply(fold(events))
+    await store.close()
+    rules = RuleSet.from_config(OTHER_RULES, ())
+    other = await make_persistent(rules)
+    await other.reset()
+    assert await other.positions() == {}
+    await other.apply(fold(events, rules))
+    assert await state_hash(other, rules) == await state_hash(await reference(events, rules), rules)
+    await other.close()
+    again = await make_persistent(rules)  # the new rules are recorded: no replay asked again
+    assert await state_hash(again, rules) == await state_hash(await reference(events, rules), rules)
 
 
 async def test_contract_positions_never_go_back(make_store: Opened) -> None:
