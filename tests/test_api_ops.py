@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from heimdall_core.log.store import LogStore, init_site
 
 WAIT_S = 20.0  # for the server's projector to make its first pass (or attempt)
 POLL_S = 0.05
+SCRAPES = 40
 
 
 def _site(tmp_path: Path) -> Path:
@@ -155,3 +157,17 @@ async def test_unhandled_error_logs_the_route_never_the_path(tmp_path: Path, cap
     assert "unhandled error on GET /v1/indicators/{kind}/{value}" in caplog.text
     assert "GET /v1/indicators/{kind}/{value} 500" in caplog.text  # the access log
     assert "victim" not in caplog.text
+
+
+async def test_scraping_metrics_holds_no_file_open(tmp_path: Path) -> None:
+    """Prometheus scrapes every few seconds for months: each scrape reads the log's state
+    and must leave no descriptor behind."""
+    data_dir = _site(tmp_path)
+    with LogStore(data_dir, LogOptions(fsync=False)) as log_store:
+        log_store.writer().append_bodies([encode_body("note", 1, {})])
+    async with TestClient(TestServer(create_app(_settings(data_dir)))) as client:
+        await _metrics(client)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(SCRAPES):
+            await _metrics(client)
+        assert len(os.listdir("/proc/self/fd")) - before < SCRAPES // 2

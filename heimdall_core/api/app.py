@@ -78,10 +78,10 @@ async def metrics_text(request: web.Request) -> web.Response:
     from heimdall_core.api.projection import PROJECTION_KEY
     from heimdall_core.log.store import LogStore
 
-    store = LogStore(request.app[SETTINGS_KEY].data_dir)
-    metrics.LOG_FORKS.set(len(store.forks()))
-    metrics.LOG_FEEDS_STOPPED.set(len(store.stopped()))
-    sizes = dict(store.iter_feed_states())
+    with LogStore(request.app[SETTINGS_KEY].data_dir) as store:
+        metrics.LOG_FORKS.set(len(store.forks()))
+        metrics.LOG_FEEDS_STOPPED.set(len(store.stopped()))
+        sizes = dict(store.iter_feed_states())
     for feed, size in sizes.items():
         metrics.LOG_FEED_EVENTS.labels(feed.hex()[:16]).set(size)
     status = request.app.get(PROJECTION_KEY)
