@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from heimdall_core.errors import ConfigError
+from heimdall_core.pgdsn import dsn_problem
 from heimdall_core.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX = "HMD_"
@@ -152,7 +153,16 @@ def load(
         layered = _read_toml(path)
     _merge(layered, _env_layer(env))
     settings: Settings = _build(Settings, layered, "")
+    _check_postgres_dsn(settings.graph.postgres_dsn)
     return settings
+
+
+def _check_postgres_dsn(dsn: str) -> None:
+    """At start, not at the first connection: a DSN the driver cannot parse would otherwise
+    fail later, inside a request or the projector, in the driver's words (which may quote it)."""
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise ConfigError(f"graph.postgres_dsn = {REDACTED}: {problem}")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

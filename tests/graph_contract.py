@@ -300,7 +300,7 @@ async def test_contract_empty_store(make_store: Opened) -> None:
     assert await store.positions() == {}
     assert await store.value(fake_bytes("nothing")) is None
     assert await store.values([fake_bytes("nothing")]) == {}
-    assert await store.value_dumps(fake_bytes("nothing")) == []
+    assert await store.value_dumps(fake_bytes("nothing")) == model.ValueDumps((), 0, (), 0)
     co = await store.co_values(fake_bytes("nothing"))
     assert co.items == () and co.sightings_scanned == 0
     assert await state_hash(store) == await state_hash(MemoryStore(RuleSet.default()))
@@ -358,6 +358,7 @@ async def test_contract_queries_equal_reference(make_store: Opened) -> None:
     for vid in vids:
         assert await store.value(vid) == await ref.value(vid)
         assert await store.value_dumps(vid) == await ref.value_dumps(vid)
+        assert await store.value_dumps(vid, limit=1) == await ref.value_dumps(vid, limit=1)
         assert await store.co_values(vid, limit=5) == await ref.co_values(vid, limit=5)
         skipping = {"limit": 5, "skip_dumps": [fake_bytes("dump:b")]}
         assert await store.co_values(vid, **skipping) == await ref.co_values(vid, **skipping)
@@ -372,11 +373,18 @@ async def test_contract_query_answers(make_store: Opened) -> None:
     ip = model.clear_value_vid("ip", "10.0.0.0")
     info = await store.value(ip)
     assert info is not None and info.value == "10.0.0.0" and info.kind == "ip"
-    dumps = await store.value_dumps(ip)
+    seen = await store.value_dumps(ip)
+    dumps = seen.items
     assert [(d.source, d.name) for d in dumps] == [("breach-x", "x.csv"), ("feed-y", "y.ndjson")]
     assert [d.sightings for d in dumps] == [2, 1]
     assert [d.duplicate_of for d in dumps] == [None, fake_bytes("dump:a")]
     assert all(d.first_seen_ms <= d.last_seen_ms for d in dumps)
+    assert (seen.total, seen.complete, seen.repeats, seen.sightings_in_repeats) == (
+        2, True, (fake_bytes("dump:b"),), 1)
+    # Listing fewer dumps than there are: the total and the repeats still cover them all.
+    first = await store.value_dumps(ip, limit=1)
+    assert first.items == dumps[:1] and first.total == 2 and not first.complete
+    assert first.repeats == (fake_bytes("dump:b"),) and first.sightings_in_repeats == 1
     assert info.sightings == 3
     # Leaving out a (repeat) dump: its sightings are neither read nor counted.
     everything = await store.co_values(ip)
@@ -442,13 +450,43 @@ async def test_contract_persists_across_reopen(make_persistent: Opened) -> None:
     assert await state_hash(again) == await state_hash(await reference(events))
 
 
+OTHER_RULES = {"value": {"attrs": "union"}}
+
+
 async def test_contract_refuses_other_rules(make_persistent: Opened) -> None:
+    """A graph built under other merge rules opens (so that replay can rebuild it), but
+    every use but reset() says to replay it."""
     store = await make_persistent()
     await store.reset()
     await store.apply(fold(standard_events()))
     await store.close()
-    with pytest.raises(GraphError, match="replay"):
-        await make_persistent(RuleSet.from_config({"value": {"attrs": "union"}}, ()))
+    other = await make_persistent(RuleSet.from_config(OTHER_RULES, ()))
+    for use in (other.positions(), other.counts(), other.value(b"\0" * 16),
+                other.apply(fold(standard_events()))):
+        with pytest.raises(GraphError, match=r"other merge rules.*run 'heimdall replay'"):
+            await use
+    with pytest.raises(GraphError, match="other merge rules"):
+        async for _ in other.iter_state():
+            pass
+
+
+async def test_contract_reset_rebuilds_under_new_rules(make_persistent: Opened) -> None:
+    """`heimdall replay` under changed rules: reset() works on the graph that open() found
+    built under other rules, and the rebuilt graph is the new rules' fold."""
+    events = standard_events()
+    store = await make_persistent()
+    await store.reset()
+    await store.apply(fold(events))
+    await store.close()
+    rules = RuleSet.from_config(OTHER_RULES, ())
+    other = await make_persistent(rules)
+    await other.reset()
+    assert await other.positions() == {}
+    await other.apply(fold(events, rules))
+    assert await state_hash(other, rules) == await state_hash(await reference(events, rules), rules)
+    await other.close()
+    again = await make_persistent(rules)  # the new rules are recorded: no replay asked again
+    assert await state_hash(again, rules) == await state_hash(await reference(events, rules), rules)
 
 
 async def test_contract_positions_never_go_back(make_store: Opened) -> None:

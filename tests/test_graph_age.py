@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from graph_contract import (
@@ -45,6 +46,7 @@ from graph_contract import (
     test_contract_query_answers,
     test_contract_refuses_other_rules,
     test_contract_reset_forgets_everything,
+    test_contract_reset_rebuilds_under_new_rules,
     test_contract_state_equals_reference,
 )
 
@@ -109,6 +111,7 @@ __all__ = [
     "test_contract_query_answers",
     "test_contract_refuses_other_rules",
     "test_contract_reset_forgets_everything",
+    "test_contract_reset_rebuilds_under_new_rules",
     "test_contract_state_equals_reference",
 ]
 
@@ -470,6 +473,18 @@ def test_db_status_of_a_site_without_database(tmp_path: Path, capsys: pytest.Cap
     assert main(["--data-dir", str(tmp_path), "db", "status"]) == 1
     out = capsys.readouterr().out
     assert "not running" in out and "heimdall start-db" in out
+
+
+def test_db_status_of_a_configured_database(tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """graph.postgres_dsn set: `db status` says that database answers, and has AGE."""
+    monkeypatch.setenv("HMD_GRAPH__BACKEND", "age")
+    monkeypatch.setenv("HMD_GRAPH__POSTGRES_DSN", pg_dsn)
+    assert main(["--data-dir", str(tmp_path), "db", "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"graph.postgres_dsn {redact_dsn(pg_dsn)} answers: connected; Apache AGE ")
+    password = urlsplit(pg_dsn).password
+    assert password and password not in out
 
 
 async def test_store_without_running_database_is_unavailable(tmp_path: Path) -> None:

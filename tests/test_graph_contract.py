@@ -16,6 +16,7 @@ from graph_contract import (
     test_contract_query_answers,
     test_contract_refuses_other_rules,
     test_contract_reset_forgets_everything,
+    test_contract_reset_rebuilds_under_new_rules,
     test_contract_state_equals_reference,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "test_contract_query_answers",
     "test_contract_refuses_other_rules",
     "test_contract_reset_forgets_everything",
+    "test_contract_reset_rebuilds_under_new_rules",
     "test_contract_state_equals_reference",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import msgpack
 import pytest
 from graph_contract import Feeds, clear_field, dump_started, fake_bytes, pii_field
 
@@ -29,7 +32,12 @@ def test_value_ids_are_content_ids() -> None:
     bi = fake_bytes("x")
     assert model.blind_value_vid("email", bi) == model.content_id("value", "email", "bi", bi)
     assert model.clear_value_vid("ip", "10.0.0.1") != model.clear_value_vid("domain", "10.0.0.1")
-    assert len(model.edge_id("in_dump", bi, bi)) == model.ID_BYTES
+    sighting, dump = fake_bytes("s"), fake_bytes("d")
+    # docs/graph-model.md: BLAKE2b-128 of the canonical msgpack [type, source id, target id]
+    expected = hashlib.blake2b(msgpack.packb(["in_dump", sighting, dump], use_bin_type=True),
+                               digest_size=16).digest()
+    assert model.edge_id("in_dump", sighting, dump) == expected
+    assert model.edge_id("in_dump", dump, sighting) != expected
 
 
 def test_entity_is_first_value_of_the_best_person_kind_else_first_value() -> None:

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from graph_contract import Feeds, dump_started, fake_bytes, fold
+from graph_contract import Feeds, clear_field, dump_started, fake_bytes, fold
 
 from heimdall_core import kinds
 from heimdall_core.errors import NotFound, QueryError
 from heimdall_core.events import Event
 from heimdall_core.graph.memory import MemoryStore
-from heimdall_core.graph.query import QueryKeys, query_value, render_text
+from heimdall_core.graph.query import NotSearchable, NotSeen, QueryKeys, query_value, render_text
 from heimdall_core.graph.rules import RuleSet
+from heimdall_core.graph.store import DUMPS_LISTED_MAX
 from heimdall_core.normalize import Canonical, canonicalize
 from heimdall_core.pii.keystore import KeyStore
 from heimdall_core.pii.policy import PiiPolicy
@@ -169,3 +170,77 @@ async def test_bad_questions_and_unknown_values(keystore: KeyStore) -> None:
         await query_value(store, RuleSet.default(), "192.0.2.1", reveal_values=True)
     found = await ask(store, "alice", keystore, kind="username")
     assert found["matches"][0]["kind"] == "username"
+
+
+async def test_more_dumps_than_listed_are_counted_and_said(keystore: KeyStore) -> None:
+    feeds = Feeds()
+    feed = feeds.feed("main")
+    mapping = {"ip": "ip"}
+    evs = []
+    # Every dump holds the ip twice but the repeat upload once: it is listed last, cut off.
+    for n in range(DUMPS_LISTED_MAX + 5):
+        dump = fake_bytes(f"dump:{n}")
+        started = dump_started(dump, "leak", f"d{n}", ["ip"], mapping)
+        evs.append(feeds.event(feed, kinds.DUMP_STARTED, started))
+        records = [[pos, [clear_field("ip", "ip", "192.0.2.1")]] for pos in range(1, 2 if n == 0 else 3)]
+        evs.append(feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": records}))
+    evs.append(feeds.event(feed, kinds.DUMP_FINISHED, {
+        "dump": fake_bytes("dump:0"), "records": 1, "quarantined": 0, "sha256": "ab" * 32, "bytes": 10,
+        "duplicate_of": fake_bytes("dump:1")}))
+    answer = await ask(await graph(evs), "192.0.2.1", keystore)
+    (match,) = answer["matches"]
+    assert len(match["dumps"]) == DUMPS_LISTED_MAX and "d0" not in {d["name"] for d in match["dumps"]}
+    assert match["dumps_total"] == DUMPS_LISTED_MAX + 5 and match["dumps_complete"] is False
+    assert match["sightings_in_repeats"] == 1 and match["sightings"] == 2 * (DUMPS_LISTED_MAX + 4)
+    assert match["co_occurring"]["sightings_scanned"] == 2 * (DUMPS_LISTED_MAX + 4)
+    assert "where seen (showing 1,000 of 1,005 dumps)" in render_text(answer)
+    few = (await ask(await graph(evs[:4]), "192.0.2.1", keystore))["matches"][0]
+    assert few["dumps_total"] == 2 and few["dumps_complete"] is True
+    assert "showing" not in render_text({"query": answer["query"], "matches": [few]})
+
+
+async def test_kinds_the_policy_keeps_unsearchable_are_not_called_unseen(keystore: KeyStore) -> None:
+    _, _, evs = events(keystore)
+    store = await graph(evs)
+    sealed_only = PiiPolicy.from_config({"email": "encrypt"})
+    with pytest.raises(NotSearchable) as refused:
+        await ask(store, "nobody@example.com", keystore, policy=sealed_only)
+    message = "email values are not searchable on this site: pii.policy.email is 'encrypt' (no blind index)"
+    assert str(refused.value) == message
+    assert refused.value.body == {"error": message, "status": 422, "query": {"kind": "email"},
+                                  "policy": "encrypt"}
+    # Indexed when it was ingested: found whatever the policy says now.
+    found = await ask(store, "alice@example.com", keystore, policy=sealed_only)
+    assert found["matches"][0]["form"] == "blind_index"
+    with pytest.raises(NotSearchable, match=r"pii\.policy\.password is 'drop' \(not stored\)"):
+        await ask(store, "Winter2020!", keystore, kind="password")
+    with pytest.raises(NotSeen):
+        await ask(store, "Winter2020!", keystore, kind="password",
+                  policy=PiiPolicy.from_config({"password": "blind_index"}))
+    with pytest.raises(NotSearchable, match=r"pii\.policy\.other is 'encrypt'"):
+        await ask(store, "anything", keystore, kind="other")
+    dropped_ips = PiiPolicy.from_config({"ip": "drop"})
+    with pytest.raises(NotSearchable) as ip:
+        await ask(store, "203.0.113.9", keystore, policy=dropped_ips)
+    assert ip.value.body["query"] == {"kind": "ip"}  # a kind kept out of clear is not echoed
+
+
+async def test_not_seen_body_echoes_only_values_kept_in_clear(keystore: KeyStore) -> None:
+    _, _, evs = events(keystore)
+    store = await graph(evs)
+    with pytest.raises(NotSeen) as ip:
+        await ask(store, "203.0.113.9", keystore)
+    assert ip.value.body == {"error": "ip value not seen in any dump or enrichment", "status": 404,
+                             "query": {"kind": "ip", "value": "203.0.113.9"}}
+    with pytest.raises(NotSeen) as email:
+        await ask(store, "nobody@example.com", keystore)
+    assert email.value.body["query"] == {"kind": "email"} and "nobody" not in str(email.value.body)
+
+
+@pytest.mark.parametrize(("raw", "kind"), [("\udcff@x.com", None), ("\udcff@x.com", "username"),
+                                           ("ab\udcff", "other"), ("ab\udcff", "email")])
+async def test_value_not_utf8_is_refused(keystore: KeyStore, raw: str, kind: str | None) -> None:
+    # A command-line argument with the byte 0xff arrives as the lone surrogate U+DCFF.
+    store = await graph(events(keystore)[2])
+    with pytest.raises(QueryError, match="the value is not valid UTF-8"):
+        await ask(store, raw, keystore, kind=kind)

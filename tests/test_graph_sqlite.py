@@ -162,7 +162,7 @@ async def test_a_held_record_gains_a_new_value(tmp_path: Path) -> None:
             await store.apply(fold([event]))
         await _assert_same_as_reference(store, events)
         new = model.clear_value_vid("hash", "ab" * 32)
-        assert [d.sightings for d in await store.value_dumps(new)] == [1]
+        assert [d.sightings for d in (await store.value_dumps(new)).items] == [1]
     finally:
         await store.close()
 

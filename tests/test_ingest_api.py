@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -91,3 +94,68 @@ async def test_limits_and_media_types(api: tuple[str, Path]) -> None:
         async with session.get(f"{base}/metrics") as r:
             assert r.status == 200
             assert "heimdall_ingest_dumps" in await r.text()
+
+
+class _ClientQuits(Exception):
+    """Raised by the body generator: aiohttp then drops the connection mid-body."""
+
+
+async def _then_quit(data: bytes, size: int) -> AsyncIterator[bytes]:
+    async for chunk in _chunks(data, size):
+        yield chunk
+    await asyncio.sleep(0.5)  # the server reads and parses what was sent
+    raise _ClientQuits
+
+
+async def test_client_gone_mid_upload_keeps_what_was_read_as_incomplete(
+        api: tuple[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    base, data = api
+    sent = b"email,password\n" + b"".join(b"u%d@example.com,Pw-%d-secret\n" % (i, i)
+                                          for i in range(300))
+    caplog.set_level(logging.WARNING)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises((_ClientQuits, aiohttp.ClientError)):
+            async with session.post(f"{base}/v1/dumps", params={"source": "quitter"},
+                                    data=_then_quit(sent + b"u300@exa", 4096)):
+                pass
+    for _ in range(200):  # the server notices, then logs the records read
+        if events_of(data, "records.ingested"):
+            break
+        await asyncio.sleep(0.05)
+    records = [r for e in events_of(data, "records.ingested") for r in e.payload["records"]]
+    assert [position for position, _ in records] == list(range(2, 302))
+    assert len(events_of(data, "dump.started")) == 1 and not events_of(data, "dump.finished")
+    ours = [r for r in caplog.records if r.name.startswith("heimdall")]
+    assert [r.levelno for r in ours] == [logging.WARNING], [r.getMessage() for r in ours]
+    assert "went away" in ours[0].getMessage() and not ours[0].exc_info
+    assert "u1@example.com" not in caplog.text and "Pw-1-" not in caplog.text
+
+
+async def test_declared_format_is_a_hint_and_the_body_is_still_sniffed(api: tuple[str, Path]) -> None:
+    base, _ = api
+    ndjson = b"".join(b'{"email": "u%d@example.com"}\n' % i for i in range(20))
+    async with aiohttp.ClientSession() as session:
+        for body, content_type in ((bytes(range(256)) * 40, "text/csv"),
+                                   (ndjson, "text/csv"),
+                                   (b"email,ip\na@b.example,192.0.2.1\n", "application/json")):
+            async with session.post(f"{base}/v1/dumps", params={"source": "hint"}, data=body,
+                                    headers={"Content-Type": content_type}) as r:
+                assert r.status == 415, await r.text()
+        async with session.post(f"{base}/v1/dumps", params={"source": "hint", "format": "csv"},
+                                data=bytes(range(256)) * 40) as r:
+            assert r.status == 415 and "binary" in (await r.json())["error"]
+        async with session.post(f"{base}/v1/dumps", params={"source": "hint"}, data=ndjson,
+                                headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 201 and (await r.json())["records"] == 20
+
+
+async def test_reply_names_the_quarantine_file_relative_to_the_data_dir(api: tuple[str, Path]) -> None:
+    base, data = api
+    body = b"email,ip\na@b.example,192.0.2.1\nonly-one-field\n"
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{base}/v1/dumps", params={"source": "q"}, data=body) as r:
+        reply = await r.json()
+    assert r.status == 201 and reply["quarantined"] == 1
+    assert reply["quarantine_file"] == f"quarantine/{reply['dump_id']}.jsonl"
+    assert (data / reply["quarantine_file"]).is_file()
+    assert str(data) not in json.dumps(reply)

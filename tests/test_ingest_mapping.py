@@ -14,6 +14,7 @@ from heimdall_core.ingest.mapping import (
     MappingError,
     infer_mapping,
     infer_mapping_from_values,
+    is_known_name,
     kind_from_name,
     load_mapping_file,
     merge_mapping,
@@ -55,6 +56,19 @@ def test_names_that_say_nothing() -> None:
     for column in ("col1", "x", "value", "notes", "created_at", ""):
         assert kind_from_name(column) is None
     assert infer_mapping(["col1", "notes"], [["a", "b"]]) == {"col1": "other", "notes": "other"}
+
+
+@pytest.mark.parametrize("name", ["email", "E-Mail", "createdAt", "created_at", "notes", "geo.ip",
+                                  "source.ip", "event.created", "user.email", "Country", "user_agent"])
+def test_vocabulary_names_are_written_as_they_are(name: str) -> None:
+    assert is_known_name(name)
+
+
+@pytest.mark.parametrize("name", ["jsmith", "jsmith.password", "Winter2024", "maria.k", "alice@example.com",
+                                  "geo.jsmith", "P@ssw0rd!", "192.0.2.1", "colour"])
+def test_other_names_may_be_data_and_are_not(name: str) -> None:
+    """A headerless file's first row or an account-keyed JSON dump: written as col<N>."""
+    assert not is_known_name(name)
 
 
 @pytest.mark.parametrize(

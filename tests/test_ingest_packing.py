@@ -302,3 +302,24 @@ def test_batches_held_while_the_key_store_is_busy_give_the_same_events(
     assert [payload_of(body) for body in bodies] == expected
     assert busy.looks > 0
     assert most_aside == (1 if True in pattern else 0)  # a second full batch flushes both
+
+
+def test_a_column_named_in_the_policy_keeps_its_name_and_its_override(tmp_path: Path) -> None:
+    """``digest`` is no known column name, but the policy names it for this source: it is
+    written as ``digest`` (not ``col2``), and the override (looked up by the name a field
+    is written under) applies, also to a crypt hash found in that column."""
+    policy = PiiPolicy.from_config({}, {"t": {"digest": "encrypt"}})
+    bodies: list[bytes] = []
+    ingestor = DumpIngestor(
+        dump=b"d" * 16, part=0, options=IngestOptions(source="t"),
+        protector=Protector(policy, KEYS, DerivedKeys(), random_bytes=Nonces()), policy=policy,
+        append=bodies.extend, quarantine=Quarantine(tmp_path / "q.jsonl", "00", "t"),
+        mapping={"email": "email", "digest": "hash"})
+    ingestor.feed(b"email,digest\n" + b"".join(
+        b"u%d@example.com,%s\n" % (i, b"$2b$12$" + b"a" * 53 if i % 2 else b"ab" * 32)
+        for i in range(10)))
+    ingestor.finish()
+    fields = [f for body in bodies for _, fs in payload_of(body)["records"] for f in fs
+              if f["col"] == "digest"]
+    assert sorted(f["kind"] for f in fields) == ["hash"] * 5 + ["password_hash"] * 5
+    assert all("ct" in f and "bi" not in f for f in fields)  # sealed, as the override says

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from heimdall_core.errors import IngestError
 from heimdall_core.ingest.parsers import (
     LEADING_BAD_RECORDS_MAX,
+    SNIFF_BYTES,
     BadRecord,
     CsvParser,
     Item,
@@ -317,10 +318,44 @@ def test_csv_header_heuristics() -> None:
     names = CsvParser()
     parse(names, b"alice,bob\ncarol,dave\nerin,frank\n")  # data that looks like names
     assert names.has_header is False
-    unknown = CsvParser()
-    parse(unknown, b"colour,size\nred,10\nblue,12\n")
-    assert unknown.has_header is True
-    assert unknown.columns == ("colour", "size")
+    known = CsvParser()
+    parse(known, b"colour,size,email\nred,10,a@b.example\nblue,12,c@d.example\n")
+    assert known.has_header is True
+    assert known.columns == ("colour", "size", "email")
+
+
+@pytest.mark.parametrize("first", [
+    b"colour,size",  # names, but none a known column name: --header says so
+    b"jsmith,Winter2024",  # a headerless user list: its first row is data
+    b"email,+44 7700 900123",  # a known name beside a value (a phone number)
+])
+def test_csv_first_row_is_data_unless_it_has_known_names(first: bytes) -> None:
+    parser = CsvParser()
+    items = parse(parser, first + b"\nmaria.k,P@ssw0rd!\ntom_r,qwerty#1\nanna,Secr3t$$\n")
+    assert parser.has_header is False
+    assert parser.columns == ("col1", "col2")
+    assert [p for p, _ in good(items)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("row", [
+    b"a@b.example," + b"x" * (2 * SNIFF_BYTES),
+    b'a@b.example,"' + b"x" * (2 * SNIFF_BYTES) + b'"',
+])
+def test_csv_header_kept_when_the_first_row_is_longer_than_the_sample(row: bytes) -> None:
+    """The sample is cut at its last newline: a header ending right there is whole."""
+    parser = CsvParser(line_bytes_max=4 * SNIFF_BYTES)
+    items = parse(parser, b"email,name\n" + row + b"\nc@d.example,y\n")
+    assert parser.has_header is True
+    assert parser.columns == ("email", "name")
+    assert [p for p, _ in good(items)] == [2, 3]
+
+
+def test_csv_header_cut_inside_a_quoted_field_is_not_whole() -> None:
+    parser = CsvParser()
+    parse(parser, b'email,"na\nme' + b"x" * (2 * SNIFF_BYTES) + b'"\nc@d.example,y\n')
+    assert parser.has_header is False
+    with pytest.raises(IngestError, match="header row is longer than"):
+        parse(CsvParser(header=True), b'email,"na\nme' + b"x" * (2 * SNIFF_BYTES) + b'"\n')
 
 
 def test_csv_forced_header_options() -> None:
@@ -331,16 +366,16 @@ def test_csv_forced_header_options() -> None:
 
 
 def test_tsv_alias_and_given_delimiter() -> None:
-    items = parse_fmt("tsv", b"a\tb\n1,2\t3\n")
+    items = parse_fmt("tsv", b"a\tb\n1,2\t3\n", header=True)
     assert good(items) == [(2, {"a": "1,2", "b": "3"})]
-    items = parse_fmt("csv", b"a|b\n1,2|3\n", delimiter="|")
+    items = parse_fmt("csv", b"a|b\n1,2|3\n", delimiter="|", header=True)
     assert good(items) == [(2, {"a": "1,2", "b": "3"})]
 
 
 def test_csv_over_long_line_is_skipped_and_parsing_resyncs() -> None:
     data = b"a,b\n1,2\n" + b"x" * 5000 + b",y\n3,4\n" + b"z" * 300 + b"\n5,6\n"
     for cuts in ([], [10], list(range(0, len(data), 7))):
-        items = parse_fmt("csv", data, cuts, line_bytes_max=200)
+        items = parse_fmt("csv", data, cuts, line_bytes_max=200, header=True)
         assert good(items) == [(2, {"a": "1", "b": "2"}), (4, {"a": "3", "b": "4"}),
                                (6, {"a": "5", "b": "6"})]  # fmt: skip
         assert bad(items) == [(3, "record longer than 200 bytes"), (5, "record longer than 200 bytes")]
@@ -349,20 +384,20 @@ def test_csv_over_long_line_is_skipped_and_parsing_resyncs() -> None:
 def test_csv_runaway_quoted_field_is_reported_at_its_line() -> None:
     lines = b"".join(b"u%d,p%d\n" % (i, i) for i in range(50))
     data = b"a,b\n1,2\n3,\"oops\n" + lines
-    items = parse_fmt("csv", data, line_bytes_max=100)
+    items = parse_fmt("csv", data, line_bytes_max=100, header=True)
     assert bad(items)[0] == (3, "record longer than 100 bytes")
     positions = [p for p, _ in good(items)]
     assert positions[0] == 2 and positions[-1] == 53  # resynced: later lines all parsed
 
 
 def test_csv_unterminated_quote_at_end() -> None:
-    items = parse_fmt("csv", b'a,b\n1,2\n3,"never closed\n4,5\n')
+    items = parse_fmt("csv", b'a,b\n1,2\n3,"never closed\n4,5\n', header=True)
     assert bad(items) == [(3, "unterminated quoted field")]
     assert good(items) == [(2, {"a": "1", "b": "2"}), (4, {"a": "4", "b": "5"})]
 
 
 def test_csv_stray_carriage_return_is_a_bad_record() -> None:
-    items = parse_fmt("csv", b"a,b\n1,2\nbro\rken,x\n5,6\n")
+    items = parse_fmt("csv", b"a,b\n1,2\nbro\rken,x\n5,6\n", header=True)
     assert bad(items) == [(3, "malformed CSV record (carriage return inside a field)")]
     assert [p for p, _ in good(items)] == [2, 4]
 
@@ -388,7 +423,7 @@ def test_binary_passed_as_csv_is_refused_by_detection_and_stopped_by_the_parser(
     # Forced through anyway: 1000 bad records before any good one stop the file.
     lines = b"".join(b"\xff\xfe%d\x00,\x81\n" % i for i in range(LEADING_BAD_RECORDS_MAX + 5))
     with pytest.raises(IngestError, match="probably not csv"):
-        parse_fmt("csv", b"a,b\n" + lines)
+        parse_fmt("csv", b"a,b\n" + lines, header=True)
 
 
 # --- combo lists -------------------------------------------------------------------------
@@ -559,11 +594,25 @@ def test_json_truncated_document_ends_with_a_bad_record() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"email,password\na@b.example,x\n", b'[{"a": 1} {"b": 2}]', b'{"a" 1}', b"[1,2]]"],
+    [b"email,password\na@b.example,x\n", b'[{"a": 1} {"b": 2}]', b'{"a" 1}', b"\n]"],
 )
 def test_json_broken_structure_raises_with_a_position(data: bytes) -> None:
     with pytest.raises(IngestError, match=r"JSON syntax error at byte \d+ \(line \d+\)"):
         parse_fmt("json", data)
+
+
+@pytest.mark.parametrize("tail", [b"]", b"\n}\n", b"\nnot json at all\n{\"a\": \"9\"}\n"])
+def test_text_after_the_json_document_is_one_bad_record(tail: bytes) -> None:
+    """A stray bracket or a log line after the document costs the tail, not the records
+    before it (they may be in the batch not yet logged); every split gives the same."""
+    document = b'[{"a": "1"},\n {"a": "2"}]'
+    data = document + tail
+    for items in (parse_fmt("json", data), bytewise(make_parser("json"), data)):
+        assert good(items) == [(1, {"a": "1"}), (2, {"a": "2"})]
+        offset = len(document) + len(tail) - len(tail.lstrip())
+        line = data.count(b"\n", 0, offset) + 1
+        assert bad(items) == [(3, f"{len(data) - offset} bytes after the JSON document, from "
+                                  f"byte {offset} (line {line}), are not JSON: skipped")]
 
 
 def test_json_columns_union() -> None:
@@ -761,7 +810,7 @@ def test_constant_memory_on_a_200_mb_stream() -> None:
 
 
 def test_runaway_input_keeps_memory_bounded() -> None:
-    parser = make_parser("csv", line_bytes_max=MIB)
+    parser = make_parser("csv", line_bytes_max=MIB, header=True)
     tracemalloc.start()
     try:
         items = parser.feed(b"a,b\n1,2\n")

@@ -161,7 +161,9 @@ def test_invalid_utf8_and_overlong_lines_are_quarantined(site: Path, tmp_path: P
 def test_map_override_and_unknown_kind(site: Path, tmp_path: Path) -> None:
     path = write_dump(tmp_path / "d.csv", [[f"v{i}", f"192.0.2.{i}"] for i in range(1, 20)], ["c1", "c2"])
     summary = cli_json(site, "ingest", str(path), "--source", "m", "--map", "c1=username", "--json")
-    assert summary["mapping"] == {"c1": "username", "c2": "ip"}
+    # c1 is a column name because the operator named it; c2 is no known column name, so
+    # it may be data and is written by its place.
+    assert summary["mapping"] == {"c1": "username", "col2": "ip"}
     bad = cli(site, "ingest", str(path), "--source", "m2", "--map", "c1=planet", check=False)
     assert bad.returncode == 2 and "c1" in bad.stderr and "planet" in bad.stderr
 
@@ -194,3 +196,44 @@ def test_column_names_that_look_personal_never_reach_the_log(site: Path, tmp_pat
     for file in site.rglob("*"):
         if file.is_file():
             assert b"zed.keyname" not in file.read_bytes(), file
+
+
+def test_a_forced_format_still_refuses_binary_input(site: Path, tmp_path: Path) -> None:
+    path = tmp_path / "bigbin.dat"
+    path.write_bytes(bytes(range(256)) * 8192)
+    bad = cli(site, "ingest", str(path), "--format", "csv", "--source", "bin", check=False)
+    assert bad.returncode == 1 and "binary" in bad.stderr
+    assert not events_of(site)[1:], "nothing but the site's own first event"
+
+
+def test_wrong_format_fails_and_the_retry_needs_no_force(site: Path, tmp_path: Path) -> None:
+    path = tmp_path / "arr.json"
+    path.write_text(json.dumps([{"email": f"u{i}@example.com"} for i in range(10)], indent=1))
+    wrong = cli(site, "ingest", str(path), "--format", "ndjson", "--source", "s", check=False)
+    assert wrong.returncode == 1
+    assert "records are malformed" in wrong.stderr and "probably not NDJSON" in wrong.stderr
+    assert not events_of(site, "dump.started")
+    right = cli_json(site, "ingest", str(path), "--source", "s", "--json")
+    assert right["duplicate"] is False and right["records"] == 10
+
+
+def test_latin1_input_fails_with_an_encoding_hint(site: Path, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"email,name\n" + b"".join(b"u%d@example.com,Jos\xe9 %d\n" % (i, i)
+                                                   for i in range(50)))
+    bad = cli(site, "ingest", str(path), "--source", "l1", check=False)
+    assert bad.returncode == 1
+    assert "all 50 records are malformed" in bad.stderr and "iconv" in bad.stderr
+    assert not events_of(site, "dump.started")
+
+
+def test_text_after_a_json_document_is_quarantined_and_the_dump_completes(
+        site: Path, tmp_path: Path) -> None:
+    count = 20_000  # more than one batch: the last one was lost with the whole dump
+    path = tmp_path / "trailing.json"
+    path.write_text(json.dumps([{"email": f"u{i}@example.com"} for i in range(count)]) + "\n}\n")
+    summary = cli_json(site, "ingest", str(path), "--source", "t", "--json")
+    assert summary["records"] == count and summary["quarantined"] == 1
+    (entry,) = [json.loads(line) for line in Path(summary["quarantine_file"]).read_text().splitlines()]
+    assert entry["position"] == count + 1 and "after the JSON document" in entry["reason"]
+    assert events_of(site, "dump.finished")[0].payload["records"] == count

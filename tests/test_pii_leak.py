@@ -8,6 +8,7 @@ program's own output and the metrics text for each plaintext and its lower-case 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -107,3 +108,62 @@ def test_no_plaintext_anywhere_and_shredding_makes_values_unrecoverable(tmp_path
     assert cli(data, "log", "verify").returncode == 0
     shredded = events_of(data, "subject.shredded")
     assert [e.payload["subject"] for e in shredded] == [subject]
+
+
+# Files without a header and a dump keyed by account: the first row and the keys are
+# data, so no usable column name comes from them (they are not known column names).
+_USERS = [("jsmith77", "Winter2024"), ("maria.k", "P@ssw0rd!"), ("tom_r9", "qwerty#1"),
+          ("anna.leak", "Secr3t$$")]
+_HEADERLESS = {
+    "users.csv": ("csv", "".join(f"{u},{p}\n" for u, p in _USERS)),
+    "users.tsv": ("csv", "".join(f"{u}\t{p}\n" for u, p in _USERS)),
+    "combo.txt": ("combo", "".join(f"{u}:{p}\n" for u, p in _USERS)),
+    "accounts.json": ("json", json.dumps({u: {"password": p, "ip": f"192.0.2.{i + 1}"}
+                                          for i, (u, p) in enumerate(_USERS)})),
+}
+
+
+async def _post_all(data: Path, bodies: list[tuple[str, bytes]]) -> str:
+    """POST each body (declared format, body); return the replies' text."""
+    settings = config.load(environ={"HMD_DATA_DIR": str(data), "HMD_LOG_LEVEL": "debug"})
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    replies = ""
+    try:
+        async with aiohttp.ClientSession() as session:
+            for fmt, body in bodies:
+                async with session.post(f"http://127.0.0.1:{port}/v1/dumps",
+                                        params={"source": "api-headerless", "format": fmt},
+                                        data=body) as response:
+                    replies += await response.text()
+                    assert response.status == 201, replies
+    finally:
+        await runner.cleanup()
+    return replies
+
+
+def test_headerless_files_and_account_keys_never_reach_the_log(tmp_path: Path) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    output = ""
+    for name, (_fmt, text) in _HEADERLESS.items():
+        path = tmp_path / name
+        path.write_text(text)
+        proc = cli(data, "ingest", str(path), "--source", "headerless", "--json")
+        output += proc.stdout + proc.stderr
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["records"] == (1 if name.endswith(".json") else len(_USERS)), name
+    # The same over HTTP, other bytes (not a repeat), the format given by the client.
+    bodies = [(fmt, text.replace("9", "8").encode()) for fmt, text in _HEADERLESS.values()]
+    output += asyncio.run(_post_all(data, bodies))
+    output += cli(data, "dumps").stdout + cli(data, "log", "tail", "-n", "1000").stdout
+    plaintexts = [value for pair in _USERS for value in pair]
+    plaintexts += [p.replace("9", "8") for p in plaintexts]
+    blobs = {path: path.read_bytes() for path in _all_files(data)}
+    for plaintext in plaintexts:
+        assert plaintext not in output, f"{plaintext!r} in program output or an HTTP reply"
+        for path, blob in blobs.items():
+            assert plaintext.encode() not in blob, f"{plaintext!r} in {path.relative_to(data)}"

@@ -45,23 +45,52 @@ async def errors_middleware(
     except HeimdallError as exc:
         return error_body(400, str(exc))
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        # The route's template, never the path: a path can be personal data
+        # (GET /v1/indicators/email/...). The traceback's frames hold no argument values.
+        log.exception("unhandled error on %s %s", request.method, route_of(request))
         return error_body(500, "internal error; see the server log")
 
 
-async def health(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+def route_of(request: web.BaseRequest) -> str:
+    """The template of the route a request matched (``/v1/indicators/{kind}/{value}``),
+    or "-" when none did: what logs may say of a request."""
+    match = getattr(request, "match_info", None)
+    if match is not None and match.route.resource is not None:
+        return str(match.route.resource.canonical)
+    return "-"
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while the server answers, "degraded" with the reasons when its projection is
+    stopped or waiting (queries may then be stale; ingest goes on): see docs/operations.md."""
+    from heimdall_core.api.projection import PROJECTION_KEY
+
+    status = request.app.get(PROJECTION_KEY)
+    problems = [] if status is None else status.problems()
+    body: dict[str, object] = {"status": "degraded" if problems else "ok"}
+    if problems:
+        body["reasons"] = problems
+    return web.json_response(body)
 
 
 async def metrics_text(request: web.Request) -> web.Response:
     from heimdall_core import metrics
+    from heimdall_core.api.projection import PROJECTION_KEY
     from heimdall_core.log.store import LogStore
 
-    store = LogStore(request.app[SETTINGS_KEY].data_dir)
-    metrics.LOG_FORKS.set(len(store.forks()))
-    metrics.LOG_FEEDS_STOPPED.set(len(store.stopped()))
-    for feed, size in store.iter_feed_states():
+    with LogStore(request.app[SETTINGS_KEY].data_dir) as store:
+        metrics.LOG_FORKS.set(len(store.forks()))
+        metrics.LOG_FEEDS_STOPPED.set(len(store.stopped()))
+        sizes = dict(store.iter_feed_states())
+    for feed, size in sizes.items():
         metrics.LOG_FEED_EVENTS.labels(feed.hex()[:16]).set(size)
+    status = request.app.get(PROJECTION_KEY)
+    if status is not None:
+        metrics.GRAPH_EVENTS_BEHIND.labels(status.backend).set(status.events_behind(sizes))
+        metrics.GRAPH_FEEDS_STOPPED.set(len(status.stopped))
+        metrics.GRAPH_SECONDS_SINCE_PASS.set(status.seconds_since_pass())
+        metrics.GRAPH_DATABASE_UNAVAILABLE.set(int(status.database_away))
+        metrics.GRAPH_PROJECTION_FAILING.set(int(status.failing))
     return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
@@ -95,8 +124,4 @@ class RouteAccessLogger(AbstractAccessLogger):
     """One line per request: method, route template (never the concrete path), status, time."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = "-"
-        match = getattr(request, "match_info", None)
-        if match is not None and match.route.resource is not None:
-            route = match.route.resource.canonical
-        self.logger.info("%s %s %d %.1fms", request.method, route, response.status, time * 1000)
+        self.logger.info("%s %s %d %.1fms", request.method, route_of(request), response.status, time * 1000)

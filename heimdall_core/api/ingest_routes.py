@@ -13,20 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import queue
 import re
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from heimdall_core.api.app import SETTINGS_KEY, error_body
 from heimdall_core.errors import ConfigError, IngestError, UnsupportedInput
 from heimdall_core.ingest.mapping import parse_map_args
+from heimdall_core.ingest.pipeline import InputCut
 from heimdall_core.ingest.registry import DumpRegistry
 from heimdall_core.ingest.run import IngestSite, ingest_chunks, record_metrics
 
+log = logging.getLogger("heimdall.api")
 SITE_KEY = web.AppKey("ingest_site", IngestSite)
 # One thread owns the ingest resources (the key store's SQLite connection, the feed
 # writer): uploads are ingested one after another, each streamed with backpressure.
@@ -43,11 +48,13 @@ QUEUE_CHUNKS_MAX = 4
 PUT_WAIT_S = 0.5
 SOURCE_RE = re.compile(r"^[\w.\-:@ ]{1,128}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CLIENT_GONE = (ConnectionError, PayloadEncodingError)
+"""What reading the body raises when the client disconnects or cuts a chunked body."""
 _END = b""
 _ABORT = b"\x00abort"  # an object identity marker: never compared by value
 
 
-class UploadAborted(IngestError):
+class UploadAborted(InputCut):
     """The upload was cut off (over the limit or the client went away)."""
 
 
@@ -67,20 +74,22 @@ async def _site_context(app: web.Application) -> AsyncIterator[None]:
     executor.shutdown(wait=True)
 
 
-def _format_of(request: web.Request) -> str | None:
+def _format_of(request: web.Request) -> tuple[str | None, str | None]:
+    """The format the client chose (``format=``), taken as it is, and the one its
+    Content-Type claims, only a hint that the pipeline checks against the body."""
     fmt = request.query.get("format")
     if fmt is not None:
         if fmt not in FORMATS:
             raise web.HTTPUnsupportedMediaType(
                 text=f'{{"error": "unknown format {fmt[:20]!r}; use one of: {", ".join(FORMATS)}", '
                      '"status": 415}', content_type="application/json")
-        return fmt
+        return fmt, None
     content_type = request.content_type if request.headers.get("Content-Type") else ""
     if content_type not in CONTENT_TYPES:
         raise web.HTTPUnsupportedMediaType(
             text=f'{{"error": "content type {content_type[:40]!r} is not a dump format", '
                  '"status": 415}', content_type="application/json")
-    return CONTENT_TYPES[content_type]
+    return None, CONTENT_TYPES[content_type]
 
 
 async def post_dump(request: web.Request) -> web.StreamResponse:
@@ -89,7 +98,7 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
     source = request.query.get("source", "")
     if not SOURCE_RE.match(source):
         return error_body(400, "query parameter 'source' is required (1-128 letters, digits, . - _ : @)")
-    fmt = _format_of(request)
+    fmt, fmt_hint = _format_of(request)
     if request.content_length is not None and request.content_length > limit:
         return error_body(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
     try:
@@ -108,7 +117,7 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         if done is not None:
             return web.json_response({"dump_id": done.dump, "duplicate": True, "records": done.records,
                                       "quarantined": done.quarantined, "sha256": declared})
-    options = site.options(source, fmt=fmt, mapping=overrides)
+    options = site.options(source, fmt=fmt, fmt_hint=fmt_hint, mapping=overrides)
     chunks: queue.Queue[bytes] = queue.Queue(QUEUE_CHUNKS_MAX)
 
     def body() -> Iterator[bytes]:
@@ -135,6 +144,11 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         return error_body(415, str(exc))
     except IngestError as exc:
         return error_body(400, str(exc))
+    except CLIENT_GONE:
+        # Not a server fault: one line, no traceback, nothing of the body.
+        log.warning("POST /v1/dumps: the client went away after %d bytes; the records read "
+                    "so far stay as an incomplete dump", received)
+        return error_body(400, "upload cut off by the client")
     finally:
         if not work.done():
             # Over the limit, or the client went away: the dump stays incomplete (no
@@ -143,7 +157,12 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(Exception):
                 await work
     record_metrics(summary)
-    return web.json_response(summary.as_json(), status=200 if summary.duplicate else 201)
+    reply = summary.as_json()
+    if summary.quarantine_file is not None:
+        # Where the server keeps its files is none of the client's business.
+        quarantine = Path(summary.quarantine_file)
+        reply["quarantine_file"] = str(quarantine.relative_to(site.settings.data_dir))
+    return web.json_response(reply, status=200 if summary.duplicate else 201)
 
 
 async def _put(chunks: queue.Queue[bytes], chunk: bytes, work: asyncio.Future[Any]) -> bool:

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from heimdall_core import config
-from heimdall_core.errors import HeimdallError
+from heimdall_core.errors import ConfigError, HeimdallError
 from heimdall_core.log.feed import LogOptions
-from heimdall_core.log.store import LogStore
+from heimdall_core.log.store import SITE_FILE, LogStore
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
+EXIT_NOT_SEEN = 4  # `heimdall query`: a well-formed question about a value never seen
 FEED_PREFIX_CHARS_MIN = 8
 
 
@@ -37,6 +38,14 @@ class Context:
 
     def store(self) -> LogStore:
         return LogStore(self.data_dir, self.log_options())
+
+    def require_site(self) -> None:
+        """Refuse, before anything is created there, a data directory that holds no site
+        (a mistyped --data-dir must not leave graph or database files behind)."""
+        if not (self.data_dir / SITE_FILE).is_file():
+            raise ConfigError(
+                f"data_dir {self.data_dir}: no Heimdall site here; run 'heimdall init' first, "
+                "or name the site's directory (--data-dir or HMD_DATA_DIR)")
 
 
 def build_context(args: argparse.Namespace) -> Context:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
 
+PROBE_TIMEOUT_S = 5.0  # for a configured database to take a connection
+
 # heimdall_core.dbctl is imported by the commands that use it, not by every command.
 if TYPE_CHECKING:
     from heimdall_core.dbctl import DbInfo, DbStatus
@@ -68,6 +70,7 @@ def cmd_start(ctx: Context) -> int:
 def cmd_stop(ctx: Context) -> int:
     from heimdall_core.dbctl import db_status, stop_db
 
+    ctx.require_site()  # stop_db takes its lock file in the directory: not in a mistyped one
     stop_db(ctx.data_dir)
     status = db_status(ctx.data_dir)
     if ctx.args.json:
@@ -83,15 +86,54 @@ def _status_json(status: DbStatus) -> dict[str, Any]:
 
 
 def cmd_status(ctx: Context) -> int:
-    """Exit 0 when running, 1 when not (for scripts), with one line saying why."""
+    """Exit 0 when running, 1 when not (for scripts), with one line saying why.
+
+    With ``graph.postgres_dsn`` set, the graph's database is that one, not start-db's:
+    the answer is then whether it answers."""
     from heimdall_core.dbctl import db_status
 
+    if ctx.settings.graph.postgres_dsn:
+        return _configured_status(ctx)
     status = db_status(ctx.data_dir)
     if ctx.args.json:
-        print_json(_status_json(status))
+        print_json({**_status_json(status), "source": "start-db"})
     elif status.running:
         print(f"running ({status.method}, pid {status.pid}) on 127.0.0.1:{status.port}, "
               f"data in {status.pgdata}; DSN {status.dsn_redacted}")
     else:
         print(f"not running: {status.detail} (data: {status.pgdata}); start it with 'heimdall start-db'")
     return EXIT_OK if status.running else EXIT_ERROR
+
+
+def _configured_status(ctx: Context) -> int:
+    import asyncio
+
+    from heimdall_core.pgdsn import redact_dsn
+
+    dsn = ctx.settings.graph.postgres_dsn
+    answers, detail = asyncio.run(_probe(dsn))
+    if ctx.args.json:
+        print_json({"running": answers, "source": "graph.postgres_dsn", "dsn": redact_dsn(dsn),
+                    "detail": detail})
+    else:
+        state = "answers" if answers else "does not answer"
+        print(f"graph.postgres_dsn {redact_dsn(dsn)} {state}: {detail}")
+    return EXIT_OK if answers else EXIT_ERROR
+
+
+async def _probe(dsn: str) -> tuple[bool, str]:
+    """Whether the database of ``dsn`` takes a connection, and whether it has Apache AGE.
+    The driver's messages name the host and role, never the password."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    try:
+        age = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'age'")
+    finally:
+        await conn.close()
+    if age is None:
+        return True, "connected, but Apache AGE is not installed in that database (CREATE EXTENSION age)"
+    return True, f"connected; Apache AGE {age}"

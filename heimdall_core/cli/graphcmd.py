@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, Context, print_json
-from heimdall_core.errors import NotFound
+from heimdall_core.cli.common import EXIT_ERROR, EXIT_NOT_SEEN, EXIT_OK, EXIT_USAGE, Context, print_json
+from heimdall_core.errors import DatabaseUnavailable
 from heimdall_core.graph.backends import BACKENDS, make_store, rules_from
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, GraphStore
 
 # asyncio, the projector, the query and the state hash are imported by the commands
 # that use them: every other command (an ingest's worker processes too) would pay for them.
 if TYPE_CHECKING:
-    from heimdall_core.graph.projector import Progress, ProjectionReport, Projector, ProjectorOptions
+    import asyncio
+
+    from heimdall_core.graph.projector import Progress, ProjectionReport, ProjectorOptions
+    from heimdall_core.graph.query import Unanswered
+
+log = logging.getLogger("heimdall.graph")
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -59,6 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 @contextlib.asynccontextmanager
 async def _opened(ctx: Context) -> AsyncIterator[GraphStore]:
+    ctx.require_site()  # before the store creates its file (or database graph)
     store = make_store(ctx.settings, ctx.args.backend, rules_from(ctx.settings))
     await store.open()
     try:
@@ -114,34 +121,73 @@ async def _project(ctx: Context, *, replay: bool, label: str) -> ProjectionRepor
     from heimdall_core.graph.projector import ProjectionReport, Projector
 
     bar = ProgressBar(label)
-    rules = rules_from(ctx.settings)
+    if getattr(ctx.args, "follow", False):
+        try:
+            await _follow(ctx, bar)
+        finally:
+            bar.done()
+        return ProjectionReport()
     async with _opened(ctx) as store:
         if replay:
             await store.reset()
         with ctx.store() as log_store:
-            projector = Projector(log_store, store, rules, _options(ctx), progress=bar)
+            projector = Projector(log_store, store, rules_from(ctx.settings), _options(ctx), progress=bar)
             try:
-                if getattr(ctx.args, "follow", False):
-                    await _follow(projector)
-                    return ProjectionReport()
                 return await projector.catch_up()
             finally:
                 bar.done()
 
 
-async def _follow(projector: Projector) -> None:
+async def _follow(ctx: Context, bar: ProgressBar) -> None:
+    """``project --follow``: like ``heimdall serve``, a database that is away at the start
+    is waited for (with the projector's backoff), not a reason to exit."""
     import asyncio
     import signal
 
+    from heimdall_core.graph.projector import Projector
+
+    ctx.require_site()
+    rules = rules_from(ctx.settings)
+    options = _options(ctx)
+    store = make_store(ctx.settings, ctx.args.backend, rules)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await projector.follow(stop)
+        if not await _open_when_reachable(store, stop, options):
+            return  # stopped while waiting
+        try:
+            # A graph to replay first (other merge rules, an old schema) fails here, once,
+            # rather than on every pass of a follow that never projects anything.
+            await store.positions()
+            with ctx.store() as log_store:
+                await Projector(log_store, store, rules, options, progress=bar).follow(stop)
+        finally:
+            await store.close()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _open_when_reachable(store: GraphStore, stop: asyncio.Event, options: ProjectorOptions) -> bool:
+    """Open ``store``, retrying with capped backoff while its database is unreachable;
+    False when ``stop`` was set first."""
+    import asyncio
+
+    delay = options.retry_initial_s
+    while True:
+        try:
+            await store.open()
+        except DatabaseUnavailable as exc:
+            log.warning("graph database unavailable (%s); retrying in %.1fs", exc, delay)
+        else:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return False
+        delay = min(delay * 2, options.retry_max_s)
 
 
 def _report(ctx: Context, report: ProjectionReport, verb: str) -> int:
@@ -180,9 +226,13 @@ async def _state_hash(ctx: Context) -> dict[str, Any]:
         async for entry in store.iter_state():
             hasher.add(entry)
         positions = await store.positions()
+        behind = await _unprojected(ctx, store)
         backend = store.backend
+    with ctx.store() as log_store:
+        stopped = sorted(feed.hex() for feed in log_store.stopped())
     return {"state_hash": hasher.hexdigest(), "backend": backend, "items": hasher.items,
-            "positions": {feed.hex(): seq for feed, seq in sorted(positions.items())}}
+            "positions": {feed.hex(): seq for feed, seq in sorted(positions.items())},
+            "events_behind": behind, "feeds_stopped": stopped}
 
 
 def cmd_state_hash(ctx: Context) -> int:
@@ -191,12 +241,20 @@ def cmd_state_hash(ctx: Context) -> int:
         print_json(answer)
     else:
         print(answer["state_hash"])
+    # Two sites' hashes are comparable only when both graphs hold all their logs hold.
+    if answer["events_behind"]:
+        print(f"heimdall: note: this hash is of a graph that is not current; "
+              f"{_behind_text(answer['events_behind'])}", file=sys.stderr)
+    for feed in answer["feeds_stopped"]:
+        print(f"heimdall: note: feed {feed} of the log is stopped (integrity failure or fork, "
+              "see 'heimdall log verify'): sites may differ by it", file=sys.stderr)
     return EXIT_OK
 
 
-async def _query(ctx: Context) -> tuple[dict[str, Any], int]:
-    from heimdall_core.graph.query import QueryKeys, open_keystore, query_value
-    from heimdall_core.ingest.run import normalize_options
+async def _query(ctx: Context) -> tuple[dict[str, Any] | Unanswered, int]:
+    """The answer (or why there is none) and how many log events the graph is behind."""
+    from heimdall_core.graph.query import QueryKeys, Unanswered, open_keystore, query_value
+    from heimdall_core.ingest.run import normalize_options, pii_policy
 
     keystore = open_keystore(ctx.data_dir)
     try:
@@ -206,13 +264,12 @@ async def _query(ctx: Context) -> tuple[dict[str, Any], int]:
         async with _opened(ctx) as store:
             behind = await _unprojected(ctx, store)
             try:
-                answer = await query_value(store, rules_from(ctx.settings), ctx.args.value,
-                                           kind=ctx.args.kind, keys=keys, reveal_values=ctx.args.reveal,
-                                           co_values=ctx.args.limit, options=normalize_options(ctx.settings))
-            except NotFound as exc:
-                if behind:
-                    raise NotFound(f"{exc}; {_behind_text(behind)}") from exc
-                raise
+                answer: dict[str, Any] | Unanswered = await query_value(
+                    store, rules_from(ctx.settings), ctx.args.value, kind=ctx.args.kind, keys=keys,
+                    reveal_values=ctx.args.reveal, co_values=ctx.args.limit,
+                    options=normalize_options(ctx.settings), policy=pii_policy(ctx.settings))
+            except Unanswered as exc:
+                answer = exc
     finally:
         if keystore is not None:
             keystore.close()
@@ -236,9 +293,24 @@ def _behind_text(events: int) -> str:
 
 
 def cmd_query(ctx: Context) -> int:
-    from heimdall_core.graph.query import render_text
+    """Exit 0 with an answer, 4 (EXIT_NOT_SEEN) for a value not seen, 2 for a bad question
+    or one the PII policy makes unanswerable; with ``--json`` the last two print the body
+    HTTP gives (404, 422) on stdout."""
+    from heimdall_core.errors import QueryError
+    from heimdall_core.graph.query import NotSeen, render_text
 
-    answer, behind = _run(_query(ctx))
+    try:
+        answer, behind = _run(_query(ctx))
+    except QueryError as exc:
+        print(f"heimdall: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(answer, dict):
+        if ctx.args.json:
+            print_json(answer.body)
+        # "Not seen" may only mean "not projected yet": say so where it is read.
+        note = f"; {_behind_text(behind)}" if behind and isinstance(answer, NotSeen) else ""
+        print(f"heimdall: {answer}{note}", file=sys.stderr)
+        return EXIT_NOT_SEEN if isinstance(answer, NotSeen) else EXIT_USAGE
     if ctx.args.json:
         print_json(answer)  # the same JSON as GET /v1/indicators; the note goes to stderr
     else:

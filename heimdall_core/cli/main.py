@@ -9,6 +9,8 @@ Exit status (scripts and monitoring rely on these):
          what is allowed)
     3    an integrity problem: a damaged, tampered or stale log, a rejected bundle, a
          stopped feed, or a FORK (``heimdall log verify`` prints FORK lines)
+    4    ``heimdall query``: the value was never seen (a well-formed question; with
+         ``--json`` the body of the HTTP 404 is printed)
     130  interrupted (Ctrl-C)
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -70,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeimdallError as exc:
         print(f"heimdall: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # before OSError, its base: `heimdall ... | head` is no failure
+        _quiet_stdout()
+        return EXIT_OK_PIPE
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"heimdall: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -77,8 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("heimdall: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return EXIT_OK_PIPE
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout has gone: point stdout at /dev/null, so that the interpreter's
+    flush at exit does not fail again and print a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 EXIT_OK_PIPE = 0

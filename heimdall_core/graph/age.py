@@ -53,7 +53,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgpack
@@ -65,15 +64,17 @@ from heimdall_core.graph.model import (
     CoValue,
     CoValues,
     Delta,
-    DumpSeen,
     GraphCounts,
     SightingDelta,
     StateEntry,
     ValueDelta,
+    ValueDumps,
     ValueInfo,
 )
 from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_seen, lift, merge, visible
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+from heimdall_core.pgdsn import FORM as DSN_FORM
+from heimdall_core.pgdsn import dsn_problem, redact_dsn
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -93,6 +94,7 @@ SQL_DIR_INSTALLED = Path(sys.prefix) / "share" / "heimdall" / "sql"  # where a w
 MIGRATION_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql\Z")
 
 CONNECT_TIMEOUT_S = 10.0
+NO_TYPE_PREFIX = "unknown type:"  # asyncpg's ValueError when set_type_codec finds no such type
 POOL_CONNECTIONS_MAX = 2  # the writer, and the next batch's lookups while the writer commits (or a query)
 STATE_ROWS_PER_FETCH = 5_000
 COLUMN_SETS_CACHED = 4_096
@@ -154,24 +156,6 @@ def _unpackb(data: bytes) -> Any:
 def _json(value: Any) -> bytes:
     """agtype's text form, UTF-8 (JSON is a subset of it): what agtype parameters take."""
     return orjson.dumps(value)
-
-
-def redact_dsn(dsn: str) -> str:
-    """A DSN fit for logs and messages: any password replaced by ``***``."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        if parts.password is not None:
-            host = parts.hostname or ""
-            if parts.port is not None:
-                host = f"{host}:{parts.port}"
-            netloc = f"{parts.username or ''}:***@{host}"
-            return str(urlunsplit(parts._replace(netloc=netloc, query=_redact_query(parts.query))))
-        return str(urlunsplit(parts._replace(query=_redact_query(parts.query))))
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-
-
-def _redact_query(query: str) -> str:
-    return re.sub(r"(password=)[^&]*", r"\1***", query)
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -293,6 +277,7 @@ class AgeStore:
         self._data_dir = data_dir
         self._pool: asyncpg.Pool | None = None
         self._unreachable: str | None = None  # why the last open failed, while it stays closed
+        self._other_rules: GraphError | None = None  # built under other merge rules: reset only
         self._where = f"graph {graph!r}"
         self._q = f'"{graph}"'
         self._lock_key = zlib.crc32((ADVISORY_NAMESPACE + graph).encode()) - (1 << 31)
@@ -322,23 +307,32 @@ class AgeStore:
 
     async def _open(self) -> None:
         self._current = None
+        self._other_rules = None
         dsn = self._dsn
         if dsn is None:
             dsn = await asyncio.to_thread(self._start_db_dsn)
         self._where = f"graph {self.graph!r} at {redact_dsn(dsn)}"
+        problem = dsn_problem(dsn)
+        if problem is not None:
+            raise GraphError(f"graph.postgres_dsn ({redact_dsn(dsn)}): {problem}")
         try:
             self._pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=POOL_CONNECTIONS_MAX, init=init_connection,
                 timeout=CONNECT_TIMEOUT_S, server_settings=SESSION_SETTINGS)
-        except ValueError as exc:  # set_type_codec: no agtype type in this database
-            raise GraphError(f"{self._where}: Apache AGE is not installed in this database "
-                             f"({exc}); a superuser runs CREATE EXTENSION age") from None
+        except ValueError as exc:
+            if str(exc).startswith(NO_TYPE_PREFIX):  # set_type_codec: no agtype in this database
+                raise GraphError(f"{self._where}: Apache AGE is not installed in this database "
+                                 f"({exc}); a superuser runs CREATE EXTENSION age") from None
+            # The driver parses what dsn_problem let through; its words may quote the DSN.
+            raise GraphError(f"graph.postgres_dsn ({redact_dsn(dsn)}): the driver cannot use it "
+                             f"({type(exc).__name__}); write {DSN_FORM}") from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise _translate(exc, f"connecting to {self._where}") from None
         try:
             await self._migrate()
-            await self._check_meta()
-            await self._load_ids()
+            self._other_rules = await self._rules_differ()
+            if self._other_rules is None:
+                await self._load_ids()
         except BaseException:
             await self.close()
             raise
@@ -375,10 +369,14 @@ class AgeStore:
         return self._pool
 
     @contextlib.asynccontextmanager
-    async def _conn(self, doing: str) -> AsyncIterator[Conn]:
-        """A pooled connection; driver errors come out as DatabaseUnavailable or GraphError."""
+    async def _conn(self, doing: str, *, any_rules: bool = False) -> AsyncIterator[Conn]:
+        """A pooled connection; driver errors come out as DatabaseUnavailable or GraphError.
+        A graph built under other rules serves only ``any_rules`` (reset) until rebuilt."""
+        pool = self._db
+        if self._other_rules is not None and not any_rules:
+            raise self._other_rules
         try:
-            async with self._db.acquire() as conn:
+            async with pool.acquire() as conn:
                 yield conn
         except GraphError:
             raise
@@ -409,16 +407,23 @@ class AgeStore:
                                    migration.version, migration.name)
                 log.info("%s: applied migration %s", self._where, migration.name)
 
-    async def _check_meta(self) -> None:
+    async def _rules_differ(self) -> GraphError | None:
+        """What every use but :meth:`reset` raises when the graph was built under other merge
+        rules (its values would be merged differently from now on); ``replay`` rebuilds it.
+        Otherwise the rules are recorded, so that a later change of them is seen."""
         q = self._q
         fingerprint = self.rules.fingerprint()
         async with self._conn("checking the merge rules") as conn, conn.transaction():
             held = await conn.fetchval(f"SELECT value FROM {q}.hm_meta WHERE name = 'rules'")
             if held is not None and held != fingerprint and not await self._is_empty(conn):
-                raise GraphError(f"{self._where} was projected under other merge rules (graph.rules or "
-                                 "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
-            await conn.execute(f"INSERT INTO {q}.hm_meta VALUES ('rules', $1) "
-                               "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", fingerprint)
+                return GraphError(f"{self._where} was projected under other merge rules (graph.rules or "
+                                  "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
+            await self._write_rules(conn)
+        return None
+
+    async def _write_rules(self, conn: Conn) -> None:
+        await conn.execute(f"INSERT INTO {self._q}.hm_meta VALUES ('rules', $1) ON CONFLICT (name) "
+                           "DO UPDATE SET value = EXCLUDED.value", self.rules.fingerprint())
 
     async def _is_empty(self, conn: Conn) -> bool:
         q = self._q
@@ -445,10 +450,14 @@ class AgeStore:
         q = self._q
         tables = ", ".join([f"{q}._ag_label_vertex", f"{q}._ag_label_edge",
                             *(f"{q}.{t}" for t in HM_TABLES)])
-        async with self._conn("resetting the graph") as conn, conn.transaction():
+        async with self._conn("resetting the graph", any_rules=True) as conn, conn.transaction():
             await self._lock(conn)
             await conn.execute(f"TRUNCATE {tables}")  # a parent's TRUNCATE includes its label tables
+            await self._write_rules(conn)  # the graph is rebuilt under the rules of now
         self._dump_gids, self._field_gids = {}, {}
+        if self._other_rules is not None:  # open() left the ids unloaded
+            self._other_rules = None
+            await self._load_ids()
 
     async def positions(self) -> dict[bytes, int]:
         async with self._conn("reading feed positions") as conn:
@@ -670,7 +679,7 @@ class AgeStore:
                                  int(n))
         return out
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
         q = self._q
         async with self._conn("reading where a value was seen") as conn:
             # Sightings by index lookups whatever the statistics say (OFFSET 0 keeps the
@@ -686,8 +695,7 @@ class AgeStore:
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)
             out.append(dump_seen(self.rules, bytes(dump), props, int(count), int(first), int(last)))
-        out.sort(key=lambda d: (-d.sightings, d.dump))
-        return out[:limit]
+        return ValueDumps.ranked(out, limit)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,

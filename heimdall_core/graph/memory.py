@@ -16,10 +16,10 @@ from heimdall_core.graph.model import (
     CoValue,
     CoValues,
     Delta,
-    DumpSeen,
     GraphCounts,
     SightingKey,
     StateEntry,
+    ValueDumps,
     ValueInfo,
 )
 from heimdall_core.graph.rules import Rule, RuleSet, dump_seen, lift, merge
@@ -149,17 +149,16 @@ class MemoryStore:
     async def values(self, vids: Sequence[bytes]) -> dict[bytes, ValueInfo]:
         return {vid: self._info(vid, self._values[vid]) for vid in vids if vid in self._values}
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
         held = self._values.get(vid)
         if held is None:
-            return []
+            return ValueDumps.ranked((), limit)
         per_dump: dict[bytes, list[int]] = {}
         for key in held.sightings:
             per_dump.setdefault(key[0], []).append(self._sightings[key].seen_ms)
         out = [dump_seen(self.rules, dump, self._dumps.get(dump, {}), len(times), min(times), max(times))
                for dump, times in per_dump.items()]
-        out.sort(key=lambda d: (-d.sightings, d.dump))
-        return out[:limit]
+        return ValueDumps.ranked(out, limit)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,

@@ -30,7 +30,7 @@ store applies a delta with the merge rules of :mod:`heimdall_core.graph.rules`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +262,34 @@ class DumpSeen:
     duplicate_of: bytes | None = None
     """Set when the dump is a repeat of an earlier one (same bytes, same source) that was
     only found to be one after it was read (an HTTP upload that declared no sha256)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValueDumps:
+    """The dumps a value was seen in: the first ``limit`` listed, the rest counted.
+
+    Repeat uploads are summed over every dump, listed or not, so the sightings an answer
+    leaves out as "not new evidence" do not depend on how many dumps are listed."""
+
+    items: tuple[DumpSeen, ...]
+    """Most sightings first (ties: dump id), at most the ``limit`` asked for."""
+    total: int
+    """Dumps the value was seen in, listed or not."""
+    repeats: tuple[bytes, ...]
+    """Every repeat-upload dump (``duplicate_of`` set) the value was seen in, by id."""
+    sightings_in_repeats: int
+
+    @property
+    def complete(self) -> bool:
+        return len(self.items) == self.total
+
+    @classmethod
+    def ranked(cls, seen: Iterable[DumpSeen], limit: int) -> ValueDumps:
+        """From every dump a value was seen in (any order), as each store reads them."""
+        ordered = sorted(seen, key=lambda d: (-d.sightings, d.dump))
+        repeats = [d for d in ordered if d.duplicate_of is not None]
+        return cls(tuple(ordered[:limit]), len(ordered), tuple(sorted(d.dump for d in repeats)),
+                   sum(d.sightings for d in repeats))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,11 @@
 * personal co-values are shown as "protected" unless the caller asks to reveal them
   (decrypted with the key store); values whose every subject was shredded show as
   "shredded", and a shredded queried value answers only that.
+
+A value not found is either :class:`NotSeen` (HTTP 404) or, when the site's PII policy
+keeps its kind out of every searchable form (``drop``, or ``encrypt`` without a blind
+index), :class:`NotSearchable` (HTTP 422): "not seen" would be a false negative there.
+Both carry the JSON body the HTTP API and ``heimdall query --json`` give.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from heimdall_core.errors import KeyMaterialError, NotFound, PiiError, QueryError
+from heimdall_core.errors import HeimdallError, KeyMaterialError, NotFound, PiiError, QueryError
 from heimdall_core.graph import model
 from heimdall_core.graph.model import CoValue, DumpSeen, ValueInfo
 from heimdall_core.graph.rules import FACT_PREFIX, RuleSet
@@ -32,12 +37,45 @@ from heimdall_core.normalize import KINDS, Canonical, NormalizeOptions, canonica
 from heimdall_core.normalize.model import DEFAULT
 from heimdall_core.pii.blind_index import IndexKeys, blind_index
 from heimdall_core.pii.keystore import KeyStore
+from heimdall_core.pii.policy import OTHER_KIND, Action, PiiPolicy
 from heimdall_core.pii.protect import DataKeyReader, reveal
 
 CO_VALUES_MAX = 1_000
 PROTECTED = "[protected]"
 SHREDDED = "[shredded]"
 FINGERPRINT_ONLY = "[fingerprint only]"
+DEFAULT_POLICY = PiiPolicy.default()
+
+_UNSEARCHABLE = {Action.DROP: "not stored", Action.ENCRYPT: "no blind index"}
+"""Actions that leave no form of a value to look up (sealed copies are not joinable), and why."""
+
+
+class Unanswered(HeimdallError):
+    """A well-formed question this site has no answer to; :attr:`body` is the JSON that
+    says so (HTTP :attr:`status`, and ``heimdall query --json``)."""
+
+    status: ClassVar[int]
+
+    def __init__(self, message: str, query: Mapping[str, str], **extra: str) -> None:
+        super().__init__(message)
+        self.query = dict(query)
+        self.extra = extra
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self), "status": self.status, "query": self.query, **self.extra}
+
+
+class NotSeen(Unanswered, NotFound):
+    """Never seen in any dump or enrichment this graph holds."""
+
+    status = 404
+
+
+class NotSearchable(Unanswered):
+    """The PII policy keeps values of this kind in no form a query can find."""
+
+    status = 422
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +95,23 @@ def open_keystore(data_dir: Path) -> KeyStore | None:
     return KeyStore.open(directory, create=False)
 
 
+def asked(kind: str, value: str, policy: PiiPolicy) -> dict[str, str]:
+    """What a reply says was asked: the value only for a kind the site keeps in clear
+    (an unknown kind's value may be anything, personal data included)."""
+    if kind in KINDS and kind_action(policy, kind) is Action.CLEAR:
+        return {"kind": kind, "value": value}
+    return {"kind": kind}
+
+
+def kind_action(policy: PiiPolicy, kind: str) -> Action:
+    """What ingest does with values of ``kind`` (per-source column overrides aside)."""
+    action = policy.kinds.get(kind)
+    return action if action is not None else policy.kinds[OTHER_KIND]
+
+
 def parse_query(raw: str, kind: str | None, options: NormalizeOptions = DEFAULT) -> Canonical:
     """Kind (given or detected) and canonical value, as ingest would compute them."""
+    _check_utf8(raw)
     if kind is not None and kind not in KINDS:
         raise QueryError(f"unknown kind {kind!r}; use one of: {', '.join(sorted(KINDS))}")
     if kind is None:
@@ -70,6 +123,15 @@ def parse_query(raw: str, kind: str | None, options: NormalizeOptions = DEFAULT)
     if not isinstance(result, Canonical):
         raise QueryError(f"not a valid {kind}: {result.reason}")
     return result
+
+
+def _check_utf8(raw: str) -> None:
+    """A command-line argument that is not UTF-8 arrives with its bad bytes as lone
+    surrogates (PEP 383); every canonicalizer and value id encodes it as UTF-8."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError("the value is not valid UTF-8") from None
 
 
 def candidate_ids(canonical: Canonical, index_keys: IndexKeys | None) -> list[tuple[str, bytes]]:
@@ -84,9 +146,11 @@ def candidate_ids(canonical: Canonical, index_keys: IndexKeys | None) -> list[tu
 async def query_value(store: GraphStore, rules: RuleSet, raw: str, *, kind: str | None = None,
                       keys: QueryKeys | None = None, reveal_values: bool = False,
                       co_values: int = CO_VALUES_DEFAULT,
-                      options: NormalizeOptions = DEFAULT) -> dict[str, Any]:
-    """The answer about one value; :class:`QueryError` for a bad question, :class:`NotFound`
-    when the value was never seen."""
+                      options: NormalizeOptions = DEFAULT,
+                      policy: PiiPolicy = DEFAULT_POLICY) -> dict[str, Any]:
+    """The answer about one value; :class:`QueryError` for a bad question, :class:`NotSeen`
+    when the value was never seen, :class:`NotSearchable` when ``policy`` (the site's)
+    keeps values of its kind unsearchable."""
     if not 1 <= co_values <= CO_VALUES_MAX:
         raise QueryError(f"co-occurring values to list must be 1..{CO_VALUES_MAX}")
     if reveal_values and (keys is None or keys.data is None):
@@ -101,8 +165,22 @@ async def query_value(store: GraphStore, rules: RuleSet, raw: str, *, kind: str 
         if info is not None:
             matches.append(await _match(store, rules, form, info, keys, reveal_values, co_values))
     if not matches:
-        raise NotFound(f"{canonical.kind} value not seen in any dump or enrichment")
+        raise _not_found(canonical, policy)
     return {"query": {"kind": canonical.kind, "value": canonical.value}, "matches": matches}
+
+
+def _not_found(canonical: Canonical, policy: PiiPolicy) -> Unanswered:
+    """Why nothing was found. Looked up first all the same: a value ingested while the
+    policy still indexed its kind is found whatever the policy says now."""
+    kind = canonical.kind
+    action = kind_action(policy, kind)
+    query = asked(kind, canonical.value, policy)
+    why = _UNSEARCHABLE.get(action)
+    if why is not None:
+        key = kind if kind in policy.kinds else OTHER_KIND
+        return NotSearchable(f"{kind} values are not searchable on this site: pii.policy.{key} is "
+                             f"{action.value!r} ({why})", query, policy=action.value)
+    return NotSeen(f"{kind} value not seen in any dump or enrichment", query)
 
 
 async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, keys: QueryKeys,
@@ -115,21 +193,21 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
     dumps = await store.value_dumps(info.vid)
     # A repeat upload (the same bytes from the same source, found to be one only at its
     # end) is listed, marked, but is not new evidence: its records are not counted again.
-    repeats = [d for d in dumps if d.duplicate_of is not None]
-    repeated = sum(d.sightings for d in repeats)
     answer.update({
         "status": "seen",
-        "sightings": info.sightings - repeated,
-        "sightings_in_repeats": repeated,
+        "sightings": info.sightings - dumps.sightings_in_repeats,
+        "sightings_in_repeats": dumps.sightings_in_repeats,
         "first_seen_ms": props.get("first_seen_ms"),
         "last_seen_ms": props.get("last_seen_ms"),
         "attrs": props.get("attrs") or {},
         "facts": {name[len(FACT_PREFIX):]: value for name, value in props.items()
                   if name.startswith(FACT_PREFIX)},
         "enriched_by": props.get("enriched_by") or [],
-        "dumps": [_dump(d) for d in dumps],
+        "dumps": [_dump(d) for d in dumps.items],
+        "dumps_total": dumps.total,
+        "dumps_complete": dumps.complete,
     })
-    co = await store.co_values(info.vid, co_values, skip_dumps=[d.dump for d in repeats])
+    co = await store.co_values(info.vid, co_values, skip_dumps=dumps.repeats)
     answer["co_occurring"] = {
         "values": [_co_value(c, keys, reveal_values) for c in co.items],
         "sightings_scanned": co.sightings_scanned,
@@ -207,7 +285,9 @@ def render_text(answer: Mapping[str, Any]) -> str:
         lines.append(f"  seen in {_records(match['sightings'])}"
                      + (f" (and {repeats} more in repeated uploads)" if repeats else "")
                      + f", first {_when(match['first_seen_ms'])}, last {_when(match['last_seen_ms'])}")
-        lines += ["", "where seen"]
+        listed = ("" if match["dumps_complete"]
+                  else f" (showing {len(match['dumps']):,} of {match['dumps_total']:,} dumps)")
+        lines += ["", f"where seen{listed}"]
         lines += ["  " + line for line in _table(
             ["source", "name", "records", "first seen", "last seen"],
             [[str(d["source"] or "-"), _dump_name(d), str(d["sightings"]),

@@ -54,10 +54,10 @@ from heimdall_core.graph.model import (
     CoValue,
     CoValues,
     Delta,
-    DumpSeen,
     GraphCounts,
     StateEntry,
     ValueDelta,
+    ValueDumps,
     ValueInfo,
 )
 from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_seen, lift, merge
@@ -269,7 +269,8 @@ class SqliteStore:
         self._young: set[bytes] = set()  # committed value ids, of values inserted lately
         self._cells = _Cells(rules)
         self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
-        self._outdated: GraphError | None = None  # the file has another schema version
+        # the file has another schema version or was built under other rules: only reset() works
+        self._outdated: GraphError | None = None
         self._row_numbers = 0  # rows of temp.row_number on this connection (0: not created)
 
     @property
@@ -288,9 +289,9 @@ class SqliteStore:
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure()
-            self._outdated = await self._outdated_schema()
+            self._outdated = await self._outdated_schema() or await self._other_rules()
             if self._outdated is None:
-                await self._check_meta()
+                await self._write_meta()
                 await self._load_ids()
         except sqlite3.Error as exc:
             await self.close()
@@ -338,22 +339,31 @@ class SqliteStore:
         await self._conn.executescript(_SCHEMA)
         self._outdated = None
 
-    async def _check_meta(self) -> None:
+    async def _other_rules(self) -> GraphError | None:
+        """What every use but :meth:`reset` raises when the graph was built under other merge
+        rules: its values would be merged differently from now on (``replay`` rebuilds it)."""
+        assert self._conn is not None
+        rows = await self._conn.execute_fetchall("SELECT value FROM meta WHERE name = 'rules'")
+        held = next((str(value) for (value,) in rows), None)
+        if held is None or held == self.rules.fingerprint() or await self._is_empty(self._conn):
+            return None
+        return GraphError(f"{self.path} was projected under other merge rules (graph.rules or "
+                          "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
+
+    async def _write_meta(self) -> None:
         conn = self._db
         rows: dict[str, str] = {name: value for name, value in
                                 await conn.execute_fetchall("SELECT name, value FROM meta")}
         fingerprint = self.rules.fingerprint()
-        held = rows.get("rules")
-        if held is not None and held != fingerprint and not await self._is_empty():
-            raise GraphError(f"{self.path} was projected under other merge rules (graph.rules or "
-                             "graph.provider_priority changed): run 'heimdall replay' to rebuild it")
         if rows != {"schema_version": str(SCHEMA_VERSION), "rules": fingerprint}:
             await conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?), ('rules', ?)",
                                (str(SCHEMA_VERSION), fingerprint))
 
-    async def _is_empty(self) -> bool:
+    @staticmethod
+    async def _is_empty(conn: aiosqlite.Connection) -> bool:
         for table in ("position", "dump", "value", "sighting", "subject"):
-            if await self._scalar(f"SELECT EXISTS (SELECT 1 FROM {table})"):  # noqa: S608 - fixed names
+            rows = await conn.execute_fetchall(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608 - fixed names
+            if any(held for (held,) in rows):
                 return False
         return True
 
@@ -412,13 +422,15 @@ class SqliteStore:
 
     async def reset(self) -> None:
         try:
-            if self._outdated is not None:
-                await self._rebuild_schema()
+            if self._outdated is not None:  # another schema version, or other merge rules
+                if await self._outdated_schema() is not None:
+                    await self._rebuild_schema()
+                self._outdated = None  # other rules: emptied below, then the new ones written
             await self._db.execute("BEGIN IMMEDIATE")
             for table in _TABLES:
                 await self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             await self._db.execute("COMMIT")
-            await self._check_meta()
+            await self._write_meta()
             await self._load_ids()
         except sqlite3.Error as exc:
             await self._rollback()
@@ -593,7 +605,7 @@ class SqliteStore:
                                  mine, int(n))
         return out
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
         try:
             await self._refresh_for_reading()
             rows = await self._db.execute_fetchall(
@@ -607,8 +619,7 @@ class SqliteStore:
         for dump, props, count, first, last in rows:
             cells = self._cells.unpack(model.DUMP, props)
             out.append(dump_seen(self.rules, bytes(dump), cells, int(count), int(first), int(last)))
-        out.sort(key=lambda d: (-d.sightings, d.dump))
-        return out[:limit]
+        return ValueDumps.ranked(out, limit)
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,
                         sightings_max: int = SIGHTINGS_SCANNED_MAX,

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from heimdall_core.graph.model import CoValues, Delta, DumpSeen, GraphCounts, StateEntry, ValueInfo
+from heimdall_core.graph.model import CoValues, Delta, GraphCounts, StateEntry, ValueDumps, ValueInfo
 
 CO_VALUES_DEFAULT = 20
 """Co-occurring values listed by default."""
@@ -79,8 +79,10 @@ class GraphStore(Protocol):
         """Several value vertices by id (those not held are left out)."""
         ...
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> list[DumpSeen]:
-        """The dumps a value was seen in, most sightings first (ties: dump id)."""
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
+        """The dumps a value was seen in, most sightings first (ties: dump id): the first
+        ``limit`` listed, with how many there are in all and the repeat uploads among all
+        of them (not only the listed ones)."""
         ...
 
     async def co_values(self, vid: bytes, limit: int = CO_VALUES_DEFAULT,

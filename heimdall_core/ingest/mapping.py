@@ -89,6 +89,30 @@ _EXACT_NAMES: Final[Mapping[str, str]] = {
     "middle_name": "name", "real_name": "name",
 }  # fmt: skip
 
+_PLAIN_NAMES: Final = frozenset({
+    "id", "uuid", "guid", "record_id", "row", "index", "key",
+    "created", "created_at", "updated", "updated_at", "modified", "deleted_at", "date", "time",
+    "datetime", "timestamp", "ts", "first_seen", "last_seen", "seen", "expires", "expiry",
+    "last_login", "registered", "signup_date",
+    "country", "country_code", "cc", "city", "region", "state", "province", "zip", "postcode",
+    "postal_code", "latitude", "longitude", "lat", "lon", "timezone", "locale", "lang", "language",
+    "status", "state_code", "type", "kind", "category", "class", "label", "tag", "tags",
+    "description", "comment", "comments", "note", "notes", "title", "message", "reason",
+    "source", "feed", "provider", "reference", "ref", "tlp", "confidence", "severity", "score",
+    "risk", "threat", "threat_type", "malware", "family", "campaign", "actor", "attack",
+    "port", "src_port", "dst_port", "protocol", "proto", "method", "path", "query", "status_code",
+    "asn", "as_number", "as_name", "org", "organization", "organisation", "isp", "company",
+    "user_agent", "useragent", "referrer", "referer", "bytes", "size", "length", "count", "hits",
+    "role", "group", "groups", "plan", "active", "enabled", "verified", "banned",
+    # parts of nested JSON names (ECS-style "source.ip", "event.created", "geo.country"):
+    "geo", "location", "meta", "metadata", "data", "attributes", "properties", "details", "info",
+    "fields", "payload", "event", "record", "entry", "src", "dst", "destination", "client",
+    "request", "response", "http", "dns", "file", "process", "network_info", "full",
+})  # fmt: skip
+"""Column names that say what a column holds and are no kind of indicator: kept as they are
+in the log and the graph (``is_known_name``), as the kinds' names are. A word of this fixed
+list cannot be a value that leaked from a headerless file's first row; any other name may be."""
+
 # For names not in the table: a token of the name decides (src_ip_addr, user_email...).
 # Order matters: the first rule whose tokens all occur wins.
 _TOKEN_RULES: Final[tuple[tuple[frozenset[str], str], ...]] = (
@@ -145,6 +169,16 @@ def _name_hint(column: str) -> str | None:
         if needed <= present:
             return kind
     return None
+
+
+def is_known_name(name: str) -> bool:
+    """Whether ``name`` is, word for word, a column name of the vocabulary above or of
+    :data:`_PLAIN_NAMES` (any case or separator: ``E-Mail``, ``firstName``,
+    ``createdAt``; a dotted JSON name in every part:
+    ``user.email``). Such a name is not data; any other may be (a headerless file's
+    first row, a JSON dump keyed by account: ``jsmith.password``)."""
+    return all(form in _EXACT_NAMES or form in _PLAIN_NAMES
+               for form in (_name_forms(part)[0] for part in name.split(".")))
 
 
 def kind_from_name(column: str) -> str | None:

@@ -8,7 +8,8 @@ records are the same for every split of the same input.
 One malformed record never aborts a file: it becomes a :class:`BadRecord` whose reason is
 PII-safe (it never quotes input) and parsing goes on. Only input that cannot be read at
 all raises :class:`IngestError` (e.g. JSON that is not an array or object, or 1000 bad
-records in a row before any good one: the format is wrong).
+records in a row before any good one: the format is wrong); ``malformed_input()`` after
+``close()`` says the same of input with bad records and no good one at all.
 
 Memory is bounded: one record may span at most ``line_bytes_max`` bytes (JSON: per
 record); a longer one is reported and skipped without being buffered whole.
@@ -22,7 +23,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
@@ -98,6 +99,16 @@ class Parser(Protocol):
 
     def close(self) -> list[Item]: ...
 
+    def malformed_input(self) -> IngestError | None:
+        """After ``close``: why the input as a whole is unusable (bad records and not one
+        good one: probably the wrong format or encoding), or None."""
+        ...
+
+    def cut(self) -> list[Item]:
+        """Instead of ``close``, for input cut off at any byte (an aborted upload): the
+        whole records still held back, never the partial one the cut fell in."""
+        ...
+
 
 # --- shared pieces -----------------------------------------------------------------------
 
@@ -130,12 +141,21 @@ class _BomSkipper:
 
 
 class _LeadGuard:
-    """Stops a file whose first records are all bad: the format is wrong."""
+    """Stops a file whose first records are all bad: the format (or encoding) is wrong.
 
-    __slots__ = ("_bad", "_first", "_format", "_settled")
+    Checked as records come (``LEADING_BAD_RECORDS_MAX`` bad ones before any good one)
+    and, by the caller, at the end (``verdict``: bad records and not one good one), so
+    that a short file in the wrong format fails with a hint instead of ingesting
+    nothing. The end check is
+    left out for a later part of a file (``from_start`` false): its head was judged with
+    the first part, and one bad stretch alone does not make the whole file wrong.
+    """
 
-    def __init__(self, fmt: str) -> None:
+    __slots__ = ("_bad", "_first", "_format", "_from_start", "_settled")
+
+    def __init__(self, fmt: str, *, from_start: bool = True) -> None:
         self._format = fmt
+        self._from_start = from_start
         self._bad = 0
         self._first: BadRecord | None = None
         self._settled = False
@@ -151,13 +171,25 @@ class _LeadGuard:
             self._first = self._first or item
             self._bad += 1
             if self._bad >= LEADING_BAD_RECORDS_MAX:
-                first = self._first
-                raise IngestError(
-                    f"the first {self._bad} records are all malformed (first at position "
-                    f"{first.position}: {first.reason}); the input is probably not "
-                    f"{self._format}: check the format and delimiter"
-                )
+                raise self._error(f"the first {self._bad} records are all malformed")
         return items
+
+    def verdict(self) -> IngestError | None:
+        """Once every item was checked: the error for input with bad records and not one
+        good one (None otherwise)."""
+        if self._from_start and not self._settled and self._bad:
+            return self._error(f"all {self._bad} records are malformed")
+        return None
+
+    def _error(self, what: str) -> IngestError:
+        first = self._first
+        assert first is not None
+        where = f"(first at position {first.position}: {first.reason})"
+        hint = f"the input is probably not {self._format}: check the format and delimiter"
+        if first.reason.startswith(_INVALID_UTF8):
+            hint = (f"the input is probably not {self._format} or not UTF-8: convert it "
+                    "first (iconv -f LATIN1 -t UTF-8)")
+        return IngestError(f"{what} {where}; {hint}")
 
 
 NEWLINE: Final = b"\n"
@@ -167,13 +199,16 @@ def _too_long(limit: int, what: str = "record") -> str:
     return f"{what} longer than {limit} bytes"
 
 
+_INVALID_UTF8: Final = "invalid UTF-8"
+
+
 def _utf8_reason(raw: bytes, error: UnicodeDecodeError) -> str:
     """Where the bad byte is: within the line, or which line of a multi-line record."""
     line_start = raw.rfind(b"\n", 0, error.start) + 1
     where = "the line"
     if line_start:
         where = f"line {raw.count(NEWLINE, 0, line_start) + 1} of the record"
-    return f"invalid UTF-8 at byte {error.start - line_start + 1} of {where}"
+    return f"{_INVALID_UTF8} at byte {error.start - line_start + 1} of {where}"
 
 
 class _LineFramer:
@@ -237,8 +272,9 @@ class _LineFramer:
 _STRAY_CR: Final = re.compile(r"\r(?!\n)")
 _UNKNOWN: Final = -1  # field count before any row was seen; matches no row
 _HEADER_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_ .\-/#()]{0,63}")
-_VALUE_KINDS_NOT_NAMES: Final = frozenset({"email", "ip", "cidr", "url", "hash", "password_hash"})
-_HEADER_SAMPLE_ROWS: Final = 50
+_VALUE_KINDS_NOT_NAMES: Final = frozenset(
+    {"email", "ip", "cidr", "url", "hash", "password_hash", "phone"}
+)
 
 
 def _csv_record_patterns(delimiter: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
@@ -304,19 +340,17 @@ def _looks_like_name(value: str) -> bool:
     return bool(_HEADER_NAME.fullmatch(name)) and sniff_value(name) not in _VALUE_KINDS_NOT_NAMES
 
 
-def looks_like_header(first: Sequence[str], rest: Sequence[Sequence[str]]) -> bool:
-    """First row all non-empty distinct names (none an email, IP, hash, URL), and either a
-    known column name among them or data rows below that do not look like names too."""
+def looks_like_header(first: Sequence[str], declared: Collection[str] = ()) -> bool:
+    """First row all non-empty distinct names (none an email, IP, hash, URL, phone) and at
+    least one a known column name (``kind_from_name``) or one the operator ``declared``
+    (``--map``). Nothing weaker: a headerless file's first row taken for a header would
+    make its values (usernames, passwords) column names, and lose the row as data."""
     names = [f.strip().lower() for f in first]
     if not names or not all(names) or len(set(names)) != len(names):
         return False
     if not all(_looks_like_name(f) for f in first):
         return False
-    if any(kind_from_name(f) for f in first):
-        return True
-    rows = rest[:_HEADER_SAMPLE_ROWS]
-    name_like = sum(1 for row in rows if all(_looks_like_name(v) for v in row))
-    return name_like * 2 < len(rows) or not rows
+    return any(kind_from_name(f) or f.strip() in declared for f in first)
 
 
 class CsvParser:
@@ -341,6 +375,7 @@ class CsvParser:
         columns: Sequence[str] | None = None,
         first_line: int = 1,
         sniff_bytes: int = SNIFF_BYTES,
+        declared: Collection[str] = (),
     ) -> None:
         if delimiter is not None and (len(delimiter) != 1 or delimiter in "\"\r\n"):
             raise IngestError(
@@ -350,11 +385,12 @@ class CsvParser:
         _raise_csv_field_limit(line_bytes_max)
         self._given_delimiter = delimiter
         self._given_header = False if columns is not None else header
+        self._declared = frozenset(declared)  # column names the operator gave (--map)
         self.has_header: bool | None = None  # decided from the sample
         self._limit = line_bytes_max
         self._sniff_bytes = sniff_bytes
         self._bom = _BomSkipper()
-        self._guard = _LeadGuard("csv")
+        self._guard = _LeadGuard("csv", from_start=first_line == 1)
         self._sniff: bytearray | None = bytearray()  # None once configured
         self._buf = bytearray()
         self._line = first_line  # number of the line starting at _buf[0]
@@ -398,6 +434,15 @@ class CsvParser:
         self._push(data, out, final=True)
         return self._guard.check(out)
 
+    def malformed_input(self) -> IngestError | None:
+        return self._guard.verdict()
+
+    def cut(self) -> list[Item]:
+        out: list[Item] = []
+        if self._sniff is not None:  # a short input: decide on what there is, as feed would
+            self._push(self._configure(final=False), out, final=False)
+        return self._guard.check(out)
+
     # configuration from the sample
 
     def _configure(self, *, final: bool) -> bytes:
@@ -418,12 +463,10 @@ class CsvParser:
         if not rows:
             return data
         first = rows[0]
-        # The last row of a cut sample may be cut too; the header must be whole.
-        header_whole = final or first.last_line < sample.count(b"\n")
+        header_whole = final or self._whole_in(sample, first)
         has_header = self._given_header
         if has_header is None:
-            rest = [r.fields for r in rows[1:]]
-            has_header = header_whole and looks_like_header(first.fields, rest)
+            has_header = header_whole and looks_like_header(first.fields, self._declared)
         self.has_header = has_header
         if has_header:
             if not header_whole:
@@ -433,6 +476,15 @@ class CsvParser:
         counts = Counter(len(r.fields) for r in rows)
         self._set_columns(tuple(f"col{i}" for i in range(1, counts.most_common(1)[0][0] + 1)))
         return data
+
+    def _whole_in(self, sample: bytes, row: _SampleRow) -> bool:
+        """Whether ``row`` ends inside the cut sample: its record, from its first line,
+        closes with a newline that is not inside an open quote. (The sample's last row
+        may be cut at any byte, even within a quoted field that spans lines.)"""
+        start = 0
+        for _ in range(row.first_line - 1):
+            start = sample.index(b"\n", start) + 1
+        return self._record_re.match(sample, start) is not None
 
     def _set_columns(self, columns: tuple[str, ...]) -> None:
         self._columns = columns
@@ -613,6 +665,12 @@ class _LineFramed:
     def close(self) -> list[Item]:
         return self._guard.check(self._records(self._framer.finish()))
 
+    def malformed_input(self) -> IngestError | None:
+        return self._guard.verdict()
+
+    def cut(self) -> list[Item]:
+        return []  # whole lines went out as they came
+
 
 class ComboParser(_LineFramed):
     """``login<delim>secret`` lines (``email:password``, ``user;hash``, ``user|pass``).
@@ -636,7 +694,7 @@ class ComboParser(_LineFramed):
             raise IngestError(f"combo delimiter must be one character, got {delimiter!r}")
         self.delimiter = delimiter
         self._framer = _LineFramer(line_bytes_max, first_line)
-        self._guard = _LeadGuard("a combo list")
+        self._guard = _LeadGuard("a combo list", from_start=first_line == 1)
         self._no_delimiter = (
             f"no delimiter ({delimiter!r}) in the line"
             if delimiter
@@ -832,7 +890,7 @@ class NdjsonParser(_JsonRecords, _LineFramed):
     def __init__(self, *, line_bytes_max: int = LINE_BYTES_MAX, first_line: int = 1) -> None:
         super().__init__()
         self._framer = _LineFramer(line_bytes_max, first_line)
-        self._guard = _LeadGuard("NDJSON")
+        self._guard = _LeadGuard("NDJSON", from_start=first_line == 1)
 
     def _records(self, segments: list[tuple[int, bytes] | BadRecord]) -> list[Item]:
         out: list[Item] = []
@@ -947,6 +1005,7 @@ class _ValueScan:
 
 # Parser states between values.
 _TOP, _ARR_FIRST, _ARR_ELEM, _ARR_NEXT = "top", "arr_first", "arr_elem", "arr_next"
+_TRAILING = "trailing"  # after the documents: text that is not JSON, skipped to the end
 _OBJ_FIRST, _OBJ_KEY, _OBJ_COLON, _OBJ_VALUE, _OBJ_NEXT = (
     "obj_first", "obj_key", "obj_colon", "obj_value", "obj_next",
 )  # fmt: skip
@@ -971,7 +1030,8 @@ class JsonParser(_JsonRecords):
     ``record_bytes_max`` bytes, with bad syntax or nested deeper than ``JSON_DEPTH_MAX``
     is a BadRecord; broken structure between records (say, a missing comma) raises
     IngestError, since nothing after it can be trusted. A truncated document gives a
-    final BadRecord.
+    final BadRecord, and so does text that is not JSON after the last document (a stray
+    ``}``, a log line): it is skipped to the end, the records before it are kept.
     """
 
     format: Final = "json"
@@ -993,6 +1053,9 @@ class JsonParser(_JsonRecords):
         self._obj_wrapper = False
         self._obj_too_long = False
         self._index = 0  # records seen (good or bad)
+        self._documents = 0  # top-level values begun
+        self._trailing: tuple[int, int] | None = None  # (byte, line) where non-JSON text began
+        self._trailing_bytes = 0
 
     def feed(self, data: bytes) -> list[Item]:
         self._buf += self._bom.strip(data)
@@ -1004,9 +1067,17 @@ class JsonParser(_JsonRecords):
         self._buf += self._bom.flush()
         out: list[Item] = []
         self._run(out, final=True)
-        if self._state != _TOP or self._scan is not None:
+        if self._trailing is not None:
+            out.append(self._trailing_text())
+        elif self._state != _TOP or self._scan is not None:
             out.append(BadRecord(self._index + 1, "input ends inside the JSON document (truncated?)"))
         return self._guard.check(out)
+
+    def malformed_input(self) -> IngestError | None:
+        return self._guard.verdict()
+
+    def cut(self) -> list[Item]:
+        return []  # whole records went out as they came
 
     # the driver
 
@@ -1020,6 +1091,10 @@ class JsonParser(_JsonRecords):
         if self._scan is not None:
             return self._continue_scan(out, final=final)
         buf = self._buf
+        if self._state == _TRAILING:
+            self._trailing_bytes += len(buf) - self._pos
+            self._pos = len(buf)
+            return False
         match = _WS.match(buf, self._pos)
         self._pos = pos = match.end() if match else self._pos
         if pos >= len(buf):
@@ -1041,10 +1116,23 @@ class JsonParser(_JsonRecords):
             self._state = _OBJ_FIRST
             self._obj_start = self._pos
             self._obj_wrapper = self._obj_too_long = False
+        elif self._documents:
+            self._trailing = (self._offset(), self._line())
+            self._state = _TRAILING
+            return True
         else:
             raise self._syntax_error("the input is not a JSON array or object")
+        self._documents += 1
         self._pos += 1
         return True
+
+    def _trailing_text(self) -> BadRecord:
+        """Text after the last JSON document (a stray bracket, a log line): one bad
+        record for all of it, so that the records before it are kept."""
+        assert self._trailing is not None
+        offset, line = self._trailing
+        return BadRecord(self._index + 1, f"{self._trailing_bytes} bytes after the JSON document, "
+                                          f"from byte {offset} (line {line}), are not JSON: skipped")
 
     # record arrays
 
@@ -1237,10 +1325,14 @@ class JsonParser(_JsonRecords):
         if self._obj_start is not None:
             self._obj_start -= keep
 
+    def _offset(self) -> int:
+        return self._dropped_bytes + self._pos
+
+    def _line(self) -> int:
+        return self._dropped_lines + self._buf.count(b"\n", 0, self._pos) + 1
+
     def _syntax_error(self, what: str) -> IngestError:
-        line = self._dropped_lines + self._buf.count(b"\n", 0, self._pos) + 1
-        offset = self._dropped_bytes + self._pos
-        return IngestError(f"JSON syntax error at byte {offset} (line {line}): {what}")
+        return IngestError(f"JSON syntax error at byte {self._offset()} (line {self._line()}): {what}")
 
 
 # --- factory -----------------------------------------------------------------------------
@@ -1256,6 +1348,7 @@ def make_parser(
     line_bytes_max: int = LINE_BYTES_MAX,
     columns: Sequence[str] | None = None,
     first_line: int = 1,
+    declared: Collection[str] = (),
 ) -> Parser:
     """A parser for ``fmt`` (see ``PARSER_FORMATS``; "tsv" is CSV with a tab).
 
@@ -1264,7 +1357,8 @@ def make_parser(
     whose head was already sniffed: ``columns`` fixes the CSV column names (no header is
     read; other formats take their columns from the records and ignore it) and
     ``first_line`` is the line number of the part's first byte (JSON ignores it: its
-    positions are record indices).
+    positions are record indices). ``declared``: column names the operator gave, which
+    make a CSV first row that has one a header (see ``looks_like_header``).
     """
     if line_bytes_max < 1:
         raise IngestError(f"line_bytes_max must be positive, got {line_bytes_max}")
@@ -1279,6 +1373,7 @@ def make_parser(
             line_bytes_max=line_bytes_max,
             columns=columns,
             first_line=first_line,
+            declared=declared,
         )
     if fmt not in PARSER_FORMATS:
         raise IngestError(f"unknown format {fmt!r}; expected one of {', '.join(PARSER_FORMATS)}")

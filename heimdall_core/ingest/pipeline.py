@@ -21,7 +21,7 @@ import logging
 import operator
 import os
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +36,17 @@ from heimdall_core.ingest.mapping import (
     FIELD_KINDS,
     MappingError,
     infer_mapping,
+    is_known_name,
     merge_mapping,
-    sniff_value,
 )
-from heimdall_core.ingest.parsers import BadRecord, Parser, RawRecord, make_parser
-from heimdall_core.ingest.sources import AutoDecompressor, detect_format
+from heimdall_core.ingest.parsers import (
+    JSON_SCALAR_COLUMN,
+    BadRecord,
+    Parser,
+    RawRecord,
+    make_parser,
+)
+from heimdall_core.ingest.sources import AutoDecompressor, sniff_format
 from heimdall_core.normalize import Canonical, NormalizeOptions, Result, canonicalizer_for
 from heimdall_core.pii.policy import Action, PiiPolicy
 from heimdall_core.pii.protect import BatchSealer, ColumnFields, FieldIn, Protector
@@ -97,7 +103,8 @@ Appender = Callable[[Sequence[bytes]], None]
 @dataclass(frozen=True, slots=True)
 class IngestOptions:
     source: str
-    fmt: str | None = None
+    fmt: str | None = None  # forced: taken as it is (the input must still be text)
+    fmt_hint: str | None = None  # claimed by the sender: checked against the input
     mapping: Mapping[str, str] = field(default_factory=dict)  # overrides: column -> kind
     delimiter: str | None = None
     header: bool | None = None
@@ -151,6 +158,11 @@ class Quarantine:
             self._handle = None
 
 
+class InputCut(IngestError):
+    """The input stopped before its end (an upload aborted or over its limit): the
+    records read so far are kept (:meth:`DumpIngestor.keep_read`), the dump incomplete."""
+
+
 class DumpIngestor:
     """One part of one dump, driven by pushing raw bytes. Not thread-safe."""
 
@@ -182,6 +194,7 @@ class DumpIngestor:
         self._fixed_columns = tuple(columns) if columns is not None else None
         self._fmt = fmt or options.fmt
         self._mapping_fixed = dict(mapping) if mapping is not None else None
+        self._declared = declared_columns(options, policy)
         self._skip_through = skip_through
         self._first_line = first_line
         self._on_progress = on_progress
@@ -248,12 +261,34 @@ class DumpIngestor:
                 raise IngestError("the input is empty: no bytes to ingest")
             self._start_parser()
         assert self._parser is not None
-        self._take(self._parser.close())
-        if self.mapping is None:
-            self._decide_mapping()
-        self._flush_records(force=True)
-        self._quarantine.close()
+        try:
+            self._take(self._parser.close())
+            malformed = self._parser.malformed_input()
+            if malformed is not None:
+                # Not one record: nothing is logged, so the dump is not taken as done
+                # and a retry with the right format or encoding needs no --force.
+                raise malformed
+            if self.mapping is None:
+                self._decide_mapping()
+            self._flush_records(force=True)
+        finally:
+            self._quarantine.close()
         return self.result
+
+    def keep_read(self) -> None:
+        """The input was cut off: make the whole records parsed so far durable, as
+        ``finish`` does, but without ending the input (the record the cut fell in is not
+        one of them). No dump.finished follows, so the dump stays incomplete."""
+        try:
+            if self._parser is None and self._head:
+                self._start_parser()
+            if self._parser is not None:
+                self._take(self._parser.cut())
+                if self.mapping is None:
+                    self._decide_mapping()
+            self._flush_records(force=True)
+        finally:
+            self._quarantine.close()
 
     def _parse(self, data: bytes) -> None:
         if self._parser is None:
@@ -265,14 +300,17 @@ class DumpIngestor:
 
     def _start_parser(self) -> None:
         head = self._head
-        fmt = self._fmt or detect_format(head)
-        self._fmt = fmt
+        fmt = self._fmt
+        # A planned part of a file (columns and format given) was checked with its head.
+        if fmt is None or self._fixed_columns is None:
+            fmt = self._fmt = sniff_format(head, forced=fmt, hint=self.options.fmt_hint)
         header = self.options.header
         if self._fixed_columns is not None:
             header = False
         self._parser = make_parser(fmt, delimiter=self.options.delimiter, header=header,
                                    line_bytes_max=self.options.line_bytes_max,
-                                   columns=self._fixed_columns, first_line=self._first_line)
+                                   columns=self._fixed_columns, first_line=self._first_line,
+                                   declared=self._declared)
         if head:
             self._head = b""
             self._take(self._parser.feed(head))
@@ -296,7 +334,7 @@ class DumpIngestor:
             mapping = dict(self._mapping_fixed)
         else:
             mapping = merge_mapping(infer_from_sample(columns, self._pending), self.options.mapping)
-        check_mapped_columns(self.options.mapping, columns)
+        check_mapped_columns(self.options.mapping, columns, self._declared)
         self.mapping = mapping
         self.columns = columns
         self._plans.clear()
@@ -310,7 +348,7 @@ class DumpIngestor:
         for index, column in enumerate(columns):
             kind = mapping.get(column, "other")
             if kind not in FIELD_KINDS:
-                raise IngestError(f"column {column!r}: unknown kind {kind!r}")
+                raise IngestError(f"column {self._public(column, index)!r}: unknown kind {kind!r}")
             if self._policy.action(self.options.source, column, kind) is Action.DROP:
                 continue
             canon = self._canonicalizers.get(kind)
@@ -318,17 +356,20 @@ class DumpIngestor:
                 canon = self._canonicalizers[kind] = canonicalizer_for(kind, normalize)
             action = self._action(column, kind)
             memo = _ClearMemo() if action is Action.CLEAR else None
-            plan.append((index, public_column(column, index), kind, canon, action, memo))
+            plan.append((index, self._public(column, index), kind, canon, action, memo))
         return plan
+
+    def _public(self, column: str, index: int) -> str:
+        return public_column(column, index, self._declared)
 
     @property
     def public_columns(self) -> list[str]:
-        return [public_column(c, i) for i, c in enumerate(self.columns)]
+        return [self._public(c, i) for i, c in enumerate(self.columns)]
 
     @property
     def public_mapping(self) -> dict[str, str]:
         position = {c: i for i, c in enumerate(self.columns)}
-        return {public_column(c, position.get(c, 0)): k for c, k in (self.mapping or {}).items()}
+        return {self._public(c, position.get(c, 0)): k for c, k in (self.mapping or {}).items()}
 
     def _action(self, column: str, kind: str) -> Action:
         if len(self._actions) >= PLANS_CACHED_MAX:
@@ -763,7 +804,12 @@ SELF_CHECK_EVERY = 64
 _PACKED = 0
 
 
-_PERSONAL_NAME_KINDS = frozenset({"email", "phone", "ip", "cidr", "url", "hash", "password_hash"})
+def declared_columns(options: IngestOptions, policy: PiiPolicy) -> frozenset[str]:
+    """Column names the operator gave for this dump: in ``--map`` and in the PII
+    policy's overrides for its source. The operator calls them columns, so they are
+    not data; and the protector finds a column's override by the name it is written
+    under, so an overridden column must keep its name."""
+    return frozenset(options.mapping) | frozenset(policy.overrides.get(options.source, {}))
 
 
 class UnmappedColumnError(MappingError, IngestError):
@@ -771,26 +817,31 @@ class UnmappedColumnError(MappingError, IngestError):
     the HTTP API, catching ingest errors, still answers with 400."""
 
 
-def check_mapped_columns(mapping: Mapping[str, str], columns: Sequence[str]) -> None:
+def check_mapped_columns(mapping: Mapping[str, str], columns: Sequence[str],
+                         declared: Collection[str]) -> None:
     """Refuse a mapping (``--map``, ``--mapping-file``) naming a column the input does not
     have: a usage error (MappingError, exit 2), most likely a misspelt column name."""
     unknown = sorted(set(mapping) - set(columns))
     if unknown and columns:
-        shown = ", ".join(public_column(c, i) for i, c in enumerate(columns))
+        shown = ", ".join(public_column(c, i, declared) for i, c in enumerate(columns))
         raise UnmappedColumnError(f"the mapping names column {unknown[0]!r}, which the input "
                                   f"does not have; its columns are: {shown}")
 
 
-def public_column(name: str, index: int) -> str:
+def public_column(name: str, index: int, declared: Collection[str]) -> str:
     """The name under which a column is written to the log, errors and summaries.
 
     Column names are data in disguise when a headerless file's first row is taken for a
-    header, or when a JSON dump is keyed by account (``{"alice@example.com": {...}}``): a
-    name that looks like a personal value or an indicator is replaced by ``col<N>``.
+    header, or when a JSON dump is keyed by account (``{"jsmith": {"password": ...}}``
+    gives ``jsmith.password``). Only a name of the column vocabulary (``is_known_name``),
+    one the operator ``declared`` (``declared_columns``) or the parser's own name for the place
+    (``col<N>``, ``value``) is kept; any other is replaced by ``col<N>``, N the column's
+    1-based place in the record.
     """
-    if "@" in name or sniff_value(name) in _PERSONAL_NAME_KINDS:
-        return f"col{index + 1}"
-    return name
+    positional = f"col{index + 1}"
+    if name in (positional, JSON_SCALAR_COLUMN) or name in declared or is_known_name(name):
+        return name
+    return positional
 
 
 def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,

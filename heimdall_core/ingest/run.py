@@ -24,6 +24,7 @@ from heimdall_core.events import encode_body
 from heimdall_core.ingest.pipeline import (
     DumpIngestor,
     IngestOptions,
+    InputCut,
     PartResult,
     Progress,
     Quarantine,
@@ -189,8 +190,12 @@ class _OnePart:
         self._append(bodies)
 
     def run(self, chunks: Iterable[bytes]) -> PartResult:
-        for chunk in chunks:
-            self.ingestor.feed(chunk)
+        try:
+            for chunk in chunks:
+                self.ingestor.feed(chunk)
+        except InputCut:
+            self.ingestor.keep_read()
+            raise
         return self.ingestor.finish()
 
     def finish(self, result: PartResult, *, sha256: str, size: int,

@@ -436,7 +436,7 @@ def detect_format(head: bytes) -> str:
     """
     if head.startswith(UTF8_BOM):
         head = head[len(UTF8_BOM) :]
-    _reject_non_text(head)
+    reject_non_text(head)
     stripped = head.lstrip(b" \t\r\n\f")
     if not stripped:
         raise IngestError("input is empty: nothing to ingest")
@@ -448,7 +448,36 @@ def detect_format(head: bytes) -> str:
     return "combo" if _looks_like_combo(stripped) else "csv"
 
 
-def _reject_non_text(head: bytes) -> None:
+_FAMILY: Final = {"csv": "text", "tsv": "text", "combo": "text", "json": "JSON", "ndjson": "JSON"}
+
+
+def sniff_format(head: bytes, *, forced: str | None = None, hint: str | None = None) -> str:
+    """The format to parse the input as, from its first bytes (ideally 64 KiB).
+
+    The input must be text whatever the format (:func:`reject_non_text`). ``forced`` (an
+    operator's ``--format``) is then taken as it is. ``hint`` (an HTTP Content-Type) is
+    only a claim: the input is still sniffed, and a hint of the other family (text
+    table vs JSON) is refused with :class:`UnsupportedInput`. Within a family the hint
+    decides between CSV and combo (the sender knows its columns), the content between
+    JSON and NDJSON (the JSON parser reads NDJSON too, not the other way round).
+    """
+    if forced is not None:
+        reject_non_text(head)
+        return forced
+    detected = detect_format(head)
+    if hint is None or hint not in _FAMILY:
+        return detected
+    if _FAMILY[hint] != _FAMILY[detected]:
+        raise UnsupportedInput(
+            f"the declared format {hint} does not match the input, which looks like "
+            f"{_FAMILY[detected]} ({detected}): fix the Content-Type or give the format"
+        )
+    return hint if _FAMILY[hint] == "text" else detected
+
+
+def reject_non_text(head: bytes) -> None:
+    """Raise :class:`UnsupportedInput` unless ``head`` looks like UTF-8 text: compressed,
+    UTF-16, NUL bytes, over 1% control bytes or 10% invalid UTF-8 are refused."""
     kind = detect_compression(head[:_MAGIC_BYTES_MAX])
     if kind is not None:
         raise UnsupportedInput(f"input is {kind}-compressed; decompress it before sniffing")

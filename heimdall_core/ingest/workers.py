@@ -47,13 +47,14 @@ from heimdall_core.ingest.pipeline import (
     Progress,
     Quarantine,
     check_mapped_columns,
+    declared_columns,
     dump_finished_body,
     dump_started_body,
     infer_from_sample,
     public_column,
 )
 from heimdall_core.ingest.registry import DumpState
-from heimdall_core.ingest.sources import detect_compression, detect_format
+from heimdall_core.ingest.sources import detect_compression, sniff_format
 
 if TYPE_CHECKING:
     from heimdall_core.ingest.run import IngestSite, IngestSummary
@@ -96,21 +97,21 @@ class PartJob:
     quarantine: str
 
 
-def _head_plan(path: Path, options: IngestOptions) -> tuple[str, str | None, tuple[str, ...],
-                                                               dict[str, str], bool] | None:
+def _head_plan(path: Path, options: IngestOptions, declared: frozenset[str]
+               ) -> tuple[str, str | None, tuple[str, ...], dict[str, str], bool] | None:
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
     if detect_compression(head) is not None:
         return None
-    fmt = options.fmt or detect_format(head)
+    fmt = sniff_format(head, forced=options.fmt, hint=options.fmt_hint)
     if fmt == "json":
         return None
     cut = head.rfind(b"\n") + 1 if len(head) == HEAD_BYTES else len(head)
     parser = make_parser(fmt, delimiter=options.delimiter, header=options.header,
-                         line_bytes_max=options.line_bytes_max)
+                         line_bytes_max=options.line_bytes_max, declared=declared)
     items = parser.feed(head[:cut]) + (parser.close() if cut == len(head) else [])
     columns = tuple(parser.columns)
-    check_mapped_columns(options.mapping, columns)  # before any event is written
+    check_mapped_columns(options.mapping, columns, declared)  # before any event is written
     # The same inference as a single process (records may each have their own keys).
     sample = [item for item in items if isinstance(item, RawRecord)][:SAMPLE_RECORDS]
     mapping = merge_mapping(infer_from_sample(columns, sample), options.mapping)
@@ -190,8 +191,9 @@ def _parity_ranges(path: Path, parts: int, *, quoted: bool) -> list[tuple[int, i
             if end > start]
 
 
-def plan_parts(path: Path, options: IngestOptions, workers: int) -> Plan | None:
-    head = _head_plan(path, options)
+def plan_parts(path: Path, options: IngestOptions, workers: int,
+               declared: frozenset[str]) -> Plan | None:
+    head = _head_plan(path, options, declared)
     if head is None:
         return None
     fmt, delimiter, columns, mapping, header = head
@@ -259,7 +261,9 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                                         resume=resume, pool=own, supersedes=supersedes)
     from heimdall_core.ingest.run import _ingest_single, _summary, superseded_bodies
 
-    plan = plan_parts(path, options, workers) if resume is None else _resume_plan(path, options, resume)
+    declared = declared_columns(options, site.policy)
+    plan = (plan_parts(path, options, workers, declared) if resume is None
+            else _resume_plan(path, options, resume, declared))
     if plan is None or len(plan.ranges) < 2:
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
         return _ingest_single(site, path, options, sha256, size, resume, on_progress, began,
@@ -270,13 +274,14 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     bodies = [encode_body(*kinds.FEED_ANNOUNCED, {"feed": feed, "role": "ingest-worker",
                                                   "dump": dump, "part": part})
               for part, feed in enumerate(feeds)]
+    position = {c: i for i, c in enumerate(plan.columns)}
+    mapping = {public_column(c, position.get(c, 0), declared): k for c, k in plan.mapping.items()}
     if resume is None:
         bodies.append(dump_started_body(
             dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
-            sha256=sha256, size=size, columns=[public_column(c, i) for i, c in enumerate(plan.columns)],
-            mapping={public_column(c, plan.columns.index(c) if c in plan.columns else 0): k
-                     for c, k in plan.mapping.items()},
-            parts=len(plan.ranges), ranges=plan.ranges))
+            sha256=sha256, size=size,
+            columns=[public_column(c, i, declared) for i, c in enumerate(plan.columns)],
+            mapping=mapping, parts=len(plan.ranges), ranges=plan.ranges))
         bodies += superseded_bodies(supersedes, dump)
     append_main(bodies)
     jobs = [PartJob(site.settings, str(path), feed.hex(), dump, part, start, end, line, plan, options,
@@ -292,10 +297,11 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                                     sha256=sha256, size=size)])
     return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
                     resumed=resume is not None, parts=len(plan.ranges), began=began,
-                    quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=plan.mapping)
+                    quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping)
 
 
-def _resume_plan(path: Path, options: IngestOptions, resume: DumpState) -> Plan:
+def _resume_plan(path: Path, options: IngestOptions, resume: DumpState,
+                 declared: frozenset[str]) -> Plan:
     """The parts exactly as the interrupted run cut them (skip positions are per part)."""
     if not resume.ranges or len(resume.ranges) != resume.parts:
         raise IngestError(f"dump {resume.dump} was cut into {resume.parts} parts by a version that "
@@ -303,7 +309,7 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState) -> Plan:
     if resume.size != path.stat().st_size:
         raise IngestError(f"its size changed since dump {resume.dump} started; "
                           "run again with --restart")
-    head = _head_plan(path, options)
+    head = _head_plan(path, options, declared)
     if head is None:
         raise IngestError("cannot be resumed in parts; run again with --restart")
     fmt, delimiter, columns, mapping, header = head
