@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -117,4 +119,27 @@ async def test_a_failed_commit_fails_its_waiters_and_nothing_is_acked(tmp_path: 
         await writer.append([body(1)])
     await writer.close()
     assert feed.state.size == 1
+    store.close()
+
+
+def test_a_failed_write_names_the_feed_directory_and_acknowledges_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk: the operator's message says where, and the feed takes no more appends."""
+    store = make_site(tmp_path / "site")
+    feed = store.writer()
+    feed.append_bodies([body(0)])
+
+    def no_room(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("heimdall_core.log.feed.write_all", no_room)
+    with pytest.raises(OSError) as failed:
+        feed.append_bodies([body(1)])
+    assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(feed.directory)
+    assert failed.value.strerror \
+        == "No space left on device (appending to the log; nothing of this batch was acknowledged)"
+    assert feed.state.size == 1
+    monkeypatch.undo()
+    with pytest.raises(HeimdallError):  # only a reopen (recovery) may touch the files again
+        feed.append_bodies([body(2)])
     store.close()

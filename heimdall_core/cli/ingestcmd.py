@@ -114,11 +114,17 @@ def _unfinished(site: IngestSite, source: str) -> dict[str, DumpState]:
     return {d.dump: d for d in registry.dumps() if not d.finished and d.source == source}
 
 
-def _say_what_was_interrupted(site: IngestSite, source: str, path: Path,
-                              before: dict[str, DumpState]) -> None:
-    """On Ctrl-C: the dump this file's ingest started or resumed (one that is new or grew
-    since the file's ingest began), so the operator knows that running again resumes it."""
-    for dump, state in _unfinished(site, source).items():
+def _say_what_is_incomplete(site: IngestSite, source: str, path: Path,
+                            before: dict[str, DumpState]) -> None:
+    """On Ctrl-C or a failure (a full disk, the key store away): the dump this file's
+    ingest started or resumed (one that is new or grew since the file's ingest began), so
+    the operator knows that running again resumes it. Best effort: the failure itself is
+    what gets reported if even the log cannot be read now."""
+    try:
+        unfinished = _unfinished(site, source)
+    except (OSError, HeimdallError):
+        return
+    for dump, state in unfinished.items():
         earlier = before.get(dump)
         if state.name == path.name and (earlier is None or earlier.records != state.records):
             print(f"heimdall: {path}: dump {dump} is incomplete ({state.records} records logged); "
@@ -151,12 +157,13 @@ def cmd_ingest(ctx: Context) -> int:
                 if bar:
                     bar.done()
                 print(f"heimdall: {path}: {exc}", file=sys.stderr)
+                _say_what_is_incomplete(site, args.source, path, before)
                 status = max(status, EXIT_USAGE if isinstance(exc, MappingError) else EXIT_ERROR)
                 continue
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, OSError, HeimdallError):
                 if bar:
                     bar.done()
-                _say_what_was_interrupted(site, args.source, path, before)
+                _say_what_is_incomplete(site, args.source, path, before)
                 raise
             if bar:
                 bar.done()

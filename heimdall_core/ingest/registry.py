@@ -10,6 +10,7 @@ and resuming them (last acknowledged record position per part).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -94,6 +95,11 @@ def _peek_kind(frame: bytes) -> bytes | None:
     return bytes(body[2:2 + length])
 
 
+def _cache_not_saved(exc: OSError) -> None:
+    log.warning("dump registry: cache not saved (%s); the next look reads the log again",
+                exc.strerror or type(exc).__name__)
+
+
 class DumpRegistry:
     def __init__(self, store: LogStore) -> None:
         self.store = store
@@ -118,10 +124,19 @@ class DumpRegistry:
         data = {"version": REGISTRY_VERSION, "scanned": self._cache.scanned,
                 "dumps": {key: asdict(value) for key, value in self._cache.dumps.items()}}
         # A unique temporary name: `heimdall dumps` and a server may refresh at once.
-        fd, tmp = tempfile.mkstemp(prefix=".registry-", dir=self.path.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data))
-        os.replace(tmp, self.path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".registry-", dir=self.path.parent)
+        except OSError as exc:
+            _cache_not_saved(exc)
+            return
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(data))
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk: the listing still answers, from the log
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            _cache_not_saved(exc)
 
     def refresh(self) -> None:
         """Read the own feeds' events appended since the last refresh."""

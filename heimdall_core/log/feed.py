@@ -665,6 +665,9 @@ class FeedLog:
         except BaseException as exc:
             # The files may now hold part of a batch: only recovery at open may touch them.
             self._broken = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.filename is None:  # a full disk: say where
+                raise OSError(exc.errno, f"{exc.strerror or exc} (appending to the log; nothing "
+                              "of this batch was acknowledged)", str(self.directory)) from exc
             raise
         self.state = after
 
