@@ -14,6 +14,7 @@ quarantine file with its position and a reason that never quotes the input.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -726,7 +727,11 @@ class DumpIngestor:
             self._set_aside()
         self._flush_at = self._batch_max
         while self._aside:
-            bodies = self._bodies_of(*self._aside.pop(0))
+            try:
+                bodies = self._bodies_of(*self._aside.pop(0))
+            except BaseException:  # the key store failed (a full disk): the dump stops here
+                self._settle_appended()
+                raise
             self._wait_appended()  # the keys above are durable already
             if self._appender is None:
                 self._appender = ThreadPoolExecutor(1, thread_name_prefix="ingest-append")
@@ -749,6 +754,16 @@ class DumpIngestor:
                 self._appender.shutdown()
                 self._appender = None
             raise
+
+    def _settle_appended(self) -> None:
+        """After a failure here: let the append in flight end, whatever its outcome, so that
+        what the caller then reports as logged is all the log will hold (its own error, if
+        any, gives way to the one being raised)."""
+        with contextlib.suppress(Exception):
+            self._wait_appended()
+        if self._appender is not None:
+            self._appender.shutdown()
+            self._appender = None
 
     def _bodies_of(self, pieces: list[bytes], starts: list[int], sealer: BatchSealer) -> list[bytes]:
         """Seal a batch's records (one key-store transaction, durable before this
