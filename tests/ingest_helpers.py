@@ -9,8 +9,41 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "heimdall_core" / "samples" / "sample-dump.csv"
+
+
+def ingested_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Path:
+    """A site in ``tmp_path`` that ingested the bundled sample dump, for in-process CLI calls
+    (``main([...])``): the environment holds only its data dir (no fsync) and ``environ``."""
+    from heimdall_core.cli.main import main
+
+    data_dir = tmp_path / "site"
+    for name in [n for n in list(os.environ) if n.startswith("HMD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HMD_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("HMD_LOG__FSYNC", "false")
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["init"]) == 0
+    assert main(["ingest", "--source", "sample", str(SAMPLE), "--no-progress"]) == 0
+    return data_dir
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``heimdall ARGS`` in process: (exit status, stdout, stderr)."""
+    from heimdall_core.cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(out: str) -> Any:
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def site_env(data_dir: Path, **extra: str) -> dict[str, str]:

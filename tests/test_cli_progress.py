@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ingest_helpers import ingested_site
 
 from heimdall_core.cli import graphcmd, ingestcmd
 from heimdall_core.cli.main import main
@@ -20,8 +21,6 @@ from heimdall_core.graph.projector import Progress as ProjectionProgress
 from heimdall_core.ingest.pipeline import Progress as IngestProgress
 from heimdall_core.log.feed import LogOptions
 from heimdall_core.log.store import LogStore
-
-SAMPLE = Path(__file__).resolve().parent.parent / "heimdall_core" / "samples" / "sample-dump.csv"
 
 
 class Terminal(io.StringIO):
@@ -71,14 +70,7 @@ def test_ingest_bar_shows_bytes_rate_quarantined_and_eta(no_redraw_limit: None,
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    data_dir = tmp_path / "site"
-    for name in [n for n in list(os.environ) if n.startswith("HMD_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HMD_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("HMD_LOG__FSYNC", "false")
-    assert main(["init"]) == 0
-    assert main(["ingest", "--source", "sample", str(SAMPLE), "--no-progress"]) == 0
-    return data_dir
+    return ingested_site(tmp_path, monkeypatch)
 
 
 def test_project_exits_1_naming_the_stopped_feed_and_where(site: Path,

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from ingest_helpers import SAMPLE, ingested_site, last_json, run
 from yarl import URL
 
 from heimdall_core import config
 from heimdall_core.api.app import create_app
 from heimdall_core.cli.main import main
-
-SAMPLE = Path(__file__).resolve().parent.parent / "heimdall_core" / "samples" / "sample-dump.csv"
-
-
-def ingested_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Path:
-    data_dir = tmp_path / "site"
-    for name in [n for n in list(os.environ) if n.startswith("HMD_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HMD_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("HMD_LOG__FSYNC", "false")
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    assert main(["init"]) == 0
-    assert main(["ingest", "--source", "sample", str(SAMPLE), "--no-progress"]) == 0
-    return data_dir
 
 
 @pytest.fixture
@@ -38,15 +21,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return ingested_site(tmp_path, monkeypatch)
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> Any:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_project_query_replay_state_hash(site: Path, capsys: pytest.CaptureFixture[str]) -> None:

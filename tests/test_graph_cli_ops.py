@@ -3,19 +3,15 @@ behind its log, changed merge rules, a database that is away when following star
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from ingest_helpers import SAMPLE, site_env
-
-from heimdall_core.cli.main import main
+from ingest_helpers import ingested_site, last_json, run, site_env
 
 FOLLOW_WAIT_S = 30.0
 POLL_S = 0.1
@@ -29,23 +25,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None) -> Path:
-    data_dir = tmp_path / "site"
-    monkeypatch.setenv("HMD_DATA_DIR", str(data_dir))
-    assert main(["init"]) == 0
-    assert main(["ingest", "--source", "sample", str(SAMPLE), "--no-progress"]) == 0
-    return data_dir
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return ingested_site(tmp_path, monkeypatch)
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> Any:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("command", [["state-hash"], ["query", "192.0.2.83"], ["project"], ["replay"],
