@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,24 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def last_json(out: str) -> Any:
     return json.loads(out.strip().splitlines()[-1])
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Any) -> AsyncIterator[str]:
+    """The site's HTTP API on a real socket (a free port of 127.0.0.1): its base URL."""
+    from aiohttp import web
+
+    from heimdall_core.api.app import create_app
+
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def site_env(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from ingest_helpers import SAMPLE, events_of
+from ingest_helpers import SAMPLE, events_of, serving
 
 from heimdall_core import config
-from heimdall_core.api.app import create_app
 from heimdall_core.log.store import init_site
 
 
@@ -24,13 +22,8 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     data = tmp_path / "site"
     init_site(data, "api-test")
     settings = config.load(environ={"HMD_DATA_DIR": str(data), "HMD_INGEST__BODY_BYTES_MAX": "64KiB"})
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", data
-    await runner.cleanup()
+    async with serving(settings) as url:
+        yield url, data
 
 
 async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:

@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
-from ingest_helpers import cli, cli_json, events_of, write_dump
+from ingest_helpers import cli, cli_json, events_of, serving, write_dump
 
 from heimdall_core import config
-from heimdall_core.api.app import create_app
 from heimdall_core.errors import ShreddedError
 from heimdall_core.pii.keystore import KeyStore
 from heimdall_core.pii.protect import reveal
@@ -40,20 +38,11 @@ def _all_files(root: Path) -> list[Path]:
 
 async def _post_and_scrape(data: Path, body: bytes) -> str:
     settings = config.load(environ={"HMD_DATA_DIR": str(data), "HMD_LOG_LEVEL": "debug"})
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{port}/v1/dumps",
-                                    params={"source": "api-leak"}, data=body) as response:
-                assert response.status == 201, await response.text()
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-                return await response.text()
-    finally:
-        await runner.cleanup()
+    async with serving(settings) as url, aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v1/dumps", params={"source": "api-leak"}, data=body) as response:
+            assert response.status == 201, await response.text()
+        async with session.get(f"{url}/metrics") as response:
+            return await response.text()
 
 
 def test_no_plaintext_anywhere_and_shredding_makes_values_unrecoverable(tmp_path: Path) -> None:
@@ -126,22 +115,13 @@ _HEADERLESS = {
 async def _post_all(data: Path, bodies: list[tuple[str, bytes]]) -> str:
     """POST each body (declared format, body); return the replies' text."""
     settings = config.load(environ={"HMD_DATA_DIR": str(data), "HMD_LOG_LEVEL": "debug"})
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     replies = ""
-    try:
-        async with aiohttp.ClientSession() as session:
-            for fmt, body in bodies:
-                async with session.post(f"http://127.0.0.1:{port}/v1/dumps",
-                                        params={"source": "api-headerless", "format": fmt},
-                                        data=body) as response:
-                    replies += await response.text()
-                    assert response.status == 201, replies
-    finally:
-        await runner.cleanup()
+    async with serving(settings) as url, aiohttp.ClientSession() as session:
+        for fmt, body in bodies:
+            async with session.post(f"{url}/v1/dumps", params={"source": "api-headerless", "format": fmt},
+                                    data=body) as response:
+                replies += await response.text()
+                assert response.status == 201, replies
     return replies
 
 
