@@ -325,9 +325,11 @@ def test_csv_header_heuristics() -> None:
 
 
 @pytest.mark.parametrize("first", [
-    b"colour,size",  # names, but none a known column name: --header says so
+    b"colour,shade",  # names, but none a known column name: --header says so
     b"jsmith,Winter2024",  # a headerless user list: its first row is data
     b"email,+44 7700 900123",  # a known name beside a value (a phone number)
+    b"john_email,qwerty",  # a name containing a known word is no known name
+    b"admin.user,hunter2",
 ])
 def test_csv_first_row_is_data_unless_it_has_known_names(first: bytes) -> None:
     parser = CsvParser()

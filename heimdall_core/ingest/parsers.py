@@ -30,7 +30,7 @@ from typing import Final, NamedTuple, Protocol
 import orjson
 
 from heimdall_core.errors import IngestError
-from heimdall_core.ingest.mapping import kind_from_name, sniff_value
+from heimdall_core.ingest.mapping import is_known_name, sniff_value
 from heimdall_core.ingest.sources import HEAD_BYTES, UTF8_BOM
 
 LINE_BYTES_MAX: Final = 1024 * 1024
@@ -342,15 +342,17 @@ def _looks_like_name(value: str) -> bool:
 
 def looks_like_header(first: Sequence[str], declared: Collection[str] = ()) -> bool:
     """First row all non-empty distinct names (none an email, IP, hash, URL, phone) and at
-    least one a known column name (``kind_from_name``) or one the operator ``declared``
-    (``--map``). Nothing weaker: a headerless file's first row taken for a header would
-    make its values (usernames, passwords) column names, and lose the row as data."""
+    least one a column name of the vocabulary word for word (``is_known_name``: ``email``,
+    ``user_name``, ``created_at``; not ``john_email``, which only contains one) or one the
+    operator ``declared`` (``--map``). Nothing weaker: a headerless file's first row taken
+    for a header would make its values (usernames, passwords) column names, and lose the
+    row as data."""
     names = [f.strip().lower() for f in first]
     if not names or not all(names) or len(set(names)) != len(names):
         return False
     if not all(_looks_like_name(f) for f in first):
         return False
-    return any(kind_from_name(f) or f.strip() in declared for f in first)
+    return any(is_known_name(f.strip()) or f.strip() in declared for f in first)
 
 
 class CsvParser:
