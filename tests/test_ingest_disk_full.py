@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,25 @@ ROWS = 120_000
 FILE_BYTES_MAX = 8 << 20
 """Less than the key store needs for ROWS new people (~11 MiB): it fails part way, after
 the log acknowledged several batches (~6 MiB each)."""
+NO_ROOM_BYTES = 64 << 10
+"""No file may grow past this: the first write of the resume fails."""
 SEGMENT_BYTES = 1 << 20
 """Log segments roll after each batch, so no segment reaches the limit."""
 
 
-def _limited() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_BYTES_MAX, FILE_BYTES_MAX))
+def _limit(file_bytes_max: int) -> Callable[[], None]:
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes_max, file_bytes_max))
+    return limited
+
+
+def _ingest_limited(data: Path, dump_file: Path,
+                    file_bytes_max: int = FILE_BYTES_MAX) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "s",
+         "--no-progress"], env=site_env(data, HMD_LOG__SEGMENT_BYTES_MAX=str(SEGMENT_BYTES)),
+        capture_output=True, text=True, timeout=300, preexec_fn=_limit(file_bytes_max))
 
 
 def _dump(path: Path) -> Path:
@@ -48,11 +61,7 @@ def test_a_write_failure_mid_ingest_names_the_dump_and_resuming_finishes_it(tmp_
     data = tmp_path / "site"
     cli(data, "init")
     dump_file = _dump(tmp_path / "users.csv")
-    failed = subprocess.run(
-        [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "s",
-         "--no-progress"], env=site_env(data, HMD_LOG__SEGMENT_BYTES_MAX=str(SEGMENT_BYTES)),
-        capture_output=True, text=True, timeout=300,
-        preexec_fn=_limited)
+    failed = _ingest_limited(data, dump_file)
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert "PII key store" in failed.stderr and str(data) in failed.stderr  # what failed, where
@@ -63,6 +72,11 @@ def test_a_write_failure_mid_ingest_names_the_dump_and_resuming_finishes_it(tmp_
     assert not started.finished and 0 < started.records < ROWS
     assert (f"dump {started.dump} is incomplete ({started.records} records logged); "
             "run the same command again to resume it") in failed.stderr
+
+    # Still no room: the resume fails before it logs a record, and says so just the same.
+    again = _ingest_limited(data, dump_file, NO_ROOM_BYTES)
+    assert again.returncode == 1
+    assert f"dump {started.dump} is incomplete ({started.records} records logged)" in again.stderr
 
     cli(data, "log", "verify")
     summary = cli_json(data, "ingest", str(dump_file), "--source", "s", "--json", "--no-progress")

@@ -12,7 +12,7 @@ from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Context, p
 from heimdall_core.errors import HeimdallError, IngestError
 from heimdall_core.ingest.mapping import MappingError, load_mapping_file, parse_map_args
 from heimdall_core.ingest.pipeline import Progress
-from heimdall_core.ingest.registry import DumpRegistry, DumpState
+from heimdall_core.ingest.registry import DumpRegistry
 from heimdall_core.ingest.run import IngestSite, IngestSummary, ingest_file, record_metrics
 from heimdall_core.units import format_size
 
@@ -107,29 +107,24 @@ def _print_summary(summary: IngestSummary) -> None:
         print(f"  quarantine: {summary.quarantine_file}")
 
 
-def _unfinished(site: IngestSite, source: str) -> dict[str, DumpState]:
-    """Each unfinished dump of ``source``, by dump id."""
-    registry = DumpRegistry(site.store)
-    registry.refresh()
-    return {d.dump: d for d in registry.dumps() if not d.finished and d.source == source}
-
-
-def _say_what_is_incomplete(site: IngestSite, source: str, path: Path,
-                            before: dict[str, DumpState]) -> None:
+def _say_what_is_incomplete(site: IngestSite, source: str, path: Path) -> None:
     """On Ctrl-C or a failure (a full disk, the key store away): the dump this file's
-    ingest started or resumed (one that is new or grew since the file's ingest began), so
-    the operator knows that running again resumes it. Best effort: the failure itself is
-    what gets reported if even the log cannot be read now."""
+    ingest started or resumed, so the operator knows that running again resumes it. Best
+    effort: the failure itself is what gets reported if even the log cannot be read now."""
+    sha256, site.input_sha256 = site.input_sha256, None
+    if sha256 is None:  # failed before the input was hashed: no dump was started
+        return
     try:
-        unfinished = _unfinished(site, source)
+        registry = DumpRegistry(site.store)
+        registry.refresh()
+        unfinished = [d for d in registry.dumps()
+                      if not d.finished and d.source == source and d.sha256 == sha256]
     except (OSError, HeimdallError):
         return
-    for dump, state in unfinished.items():
-        earlier = before.get(dump)
-        if state.name == path.name and (earlier is None or earlier.records != state.records):
-            print(f"heimdall: {path}: dump {dump} is incomplete ({state.records} records logged); "
-                  "run the same command again to resume it (or add --restart to start over)",
-                  file=sys.stderr)
+    for state in unfinished:
+        print(f"heimdall: {path}: dump {state.dump} is incomplete ({state.records} records logged); "
+              "run the same command again to resume it (or add --restart to start over)",
+              file=sys.stderr)
 
 
 def cmd_ingest(ctx: Context) -> int:
@@ -149,7 +144,6 @@ def cmd_ingest(ctx: Context) -> int:
         for path in args.files:
             show = sys.stderr.isatty() and not args.no_progress and not args.json
             bar = ProgressBar(path.name, path.stat().st_size if path.exists() else 0) if show else None
-            before = _unfinished(site, args.source)
             try:
                 summary = ingest_file(site, path, options, force=args.force, workers=workers,
                                       restart=args.restart, on_progress=bar)
@@ -157,13 +151,13 @@ def cmd_ingest(ctx: Context) -> int:
                 if bar:
                     bar.done()
                 print(f"heimdall: {path}: {exc}", file=sys.stderr)
-                _say_what_is_incomplete(site, args.source, path, before)
+                _say_what_is_incomplete(site, args.source, path)
                 status = max(status, EXIT_USAGE if isinstance(exc, MappingError) else EXIT_ERROR)
                 continue
             except (KeyboardInterrupt, OSError, HeimdallError):
                 if bar:
                     bar.done()
-                _say_what_is_incomplete(site, args.source, path, before)
+                _say_what_is_incomplete(site, args.source, path)
                 raise
             if bar:
                 bar.done()

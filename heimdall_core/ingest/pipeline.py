@@ -152,11 +152,13 @@ class Quarantine:
         self._handle.write(json.dumps(entry) + "\n")
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
+        handle, self._handle = self._handle, None  # once, even if the flush fails (a full disk)
+        if handle is not None:
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            finally:
+                handle.close()
 
 
 class InputCut(IngestError):
@@ -288,6 +290,9 @@ class DumpIngestor:
                 if self.mapping is None:
                     self._decide_mapping()
             self._flush_records(force=True)
+        except BaseException:
+            self.abort()
+            raise
         finally:
             self._quarantine.close()
 
@@ -727,20 +732,25 @@ class DumpIngestor:
             self._set_aside()
         self._flush_at = self._batch_max
         while self._aside:
-            try:
-                bodies = self._bodies_of(*self._aside.pop(0))
-            except BaseException:  # the key store failed (a full disk): the dump stops here
-                self._settle_appended()
-                raise
+            bodies = self._bodies_of(*self._aside.pop(0))
             self._wait_appended()  # the keys above are durable already
             if self._appender is None:
                 self._appender = ThreadPoolExecutor(1, thread_name_prefix="ingest-append")
             self._in_flight = self._appender.submit(self._append, bodies)
         if force:
             self._wait_appended()
-            if self._appender is not None:
-                self._appender.shutdown()
-                self._appender = None
+            self._stop_appender()
+
+    def abort(self) -> None:
+        """The dump stops here on a failure the caller raises (a full disk, a broken
+        input, Ctrl-C): the append in flight ends, whatever its outcome, so that what the
+        caller then reports as logged is all the log will hold, and no thread is left
+        behind. Its own error, if any, gives way to the one being raised."""
+        with contextlib.suppress(Exception):
+            self._wait_appended()
+        self._stop_appender()
+        with contextlib.suppress(OSError):
+            self._quarantine.close()
 
     def _wait_appended(self) -> None:
         """Wait for the append in flight; its error, if any, is raised here."""
@@ -750,17 +760,10 @@ class DumpIngestor:
         try:
             in_flight.result()
         except BaseException:
-            if self._appender is not None:  # the dump has failed: no thread is left behind
-                self._appender.shutdown()
-                self._appender = None
+            self._stop_appender()  # the dump has failed: no thread is left behind
             raise
 
-    def _settle_appended(self) -> None:
-        """After a failure here: let the append in flight end, whatever its outcome, so that
-        what the caller then reports as logged is all the log will hold (its own error, if
-        any, gives way to the one being raised)."""
-        with contextlib.suppress(Exception):
-            self._wait_appended()
+    def _stop_appender(self) -> None:
         if self._appender is not None:
             self._appender.shutdown()
             self._appender = None

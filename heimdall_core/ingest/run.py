@@ -95,6 +95,10 @@ class IngestSite:
         self.policy = pii_policy(settings)
         self.protector = Protector(self.policy, self.keystore.index_keys, self.keystore)
         self._append_lock = threading.Lock()
+        # The SHA-256 of the file being ingested, once known: the dump a failure leaves
+        # incomplete is the unfinished one of its source with this digest (the one the same
+        # command resumes).
+        self.input_sha256: str | None = None
 
     def close(self) -> None:
         self.keystore.close()
@@ -193,10 +197,13 @@ class _OnePart:
         try:
             for chunk in chunks:
                 self.ingestor.feed(chunk)
+            return self.ingestor.finish()
         except InputCut:
             self.ingestor.keep_read()
             raise
-        return self.ingestor.finish()
+        except BaseException:
+            self.ingestor.abort()
+            raise
 
     def finish(self, result: PartResult, *, sha256: str, size: int,
                duplicate_of: bytes | None = None) -> None:
@@ -245,6 +252,7 @@ def ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force: 
                 workers: int = 1, restart: bool = False,
                 on_progress: Callable[[Progress], None] | None = None) -> IngestSummary:
     """Ingest one file (any supported format and compression)."""
+    site.input_sha256 = None
     _check_file(path)
     began = time.monotonic()
     with _worker_pool(workers) as pool:
@@ -271,6 +279,7 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
     sha256, size = file_sha256(path)
     if size == 0:
         raise IngestError("the file is empty")
+    site.input_sha256 = sha256
     # Settle every own feed first: a worker killed between writing a signed batch and its
     # head leaves records that recovery keeps; resuming must count them, or they would be
     # written twice.

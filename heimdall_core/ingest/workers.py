@@ -224,15 +224,19 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
             on_progress=functools.partial(_report, job.part),
             keys_busy=site.keystore.write_locked)  # the other workers share the key store
         remaining = job.end - job.start
-        with open(job.path, "rb") as handle:
-            handle.seek(job.start)
-            while remaining > 0:
-                chunk = handle.read(min(remaining, site.settings.ingest.chunk_bytes))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                ingestor.feed(chunk)
-        result: PartResult = ingestor.finish()
+        try:
+            with open(job.path, "rb") as handle:
+                handle.seek(job.start)
+                while remaining > 0:
+                    chunk = handle.read(min(remaining, site.settings.ingest.chunk_bytes))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    ingestor.feed(chunk)
+            result: PartResult = ingestor.finish()
+        except BaseException:
+            ingestor.abort()
+            raise
         return job.part, result.records, result.quarantined, result.rejected_fields
     finally:
         site.close()
