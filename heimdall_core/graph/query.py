@@ -37,7 +37,7 @@ from heimdall_core.normalize import KINDS, Canonical, NormalizeOptions, canonica
 from heimdall_core.normalize.model import DEFAULT
 from heimdall_core.pii.blind_index import IndexKeys, blind_index
 from heimdall_core.pii.keystore import KeyStore
-from heimdall_core.pii.policy import OTHER_KIND, Action, PiiPolicy
+from heimdall_core.pii.policy import Action, PiiPolicy
 from heimdall_core.pii.protect import DataKeyReader, reveal
 
 CO_VALUES_MAX = 1_000
@@ -98,15 +98,9 @@ def open_keystore(data_dir: Path) -> KeyStore | None:
 def asked(kind: str, value: str, policy: PiiPolicy) -> dict[str, str]:
     """What a reply says was asked: the value only for a kind the site keeps in clear
     (an unknown kind's value may be anything, personal data included)."""
-    if kind in KINDS and kind_action(policy, kind) is Action.CLEAR:
+    if kind in KINDS and policy.kind_action(kind) is Action.CLEAR:
         return {"kind": kind, "value": value}
     return {"kind": kind}
-
-
-def kind_action(policy: PiiPolicy, kind: str) -> Action:
-    """What ingest does with values of ``kind`` (per-source column overrides aside)."""
-    action = policy.kinds.get(kind)
-    return action if action is not None else policy.kinds[OTHER_KIND]
 
 
 def parse_query(raw: str, kind: str | None, options: NormalizeOptions = DEFAULT) -> Canonical:
@@ -173,12 +167,12 @@ def _not_found(canonical: Canonical, policy: PiiPolicy) -> Unanswered:
     """Why nothing was found. Looked up first all the same: a value ingested while the
     policy still indexed its kind is found whatever the policy says now."""
     kind = canonical.kind
-    action = kind_action(policy, kind)
+    action = policy.kind_action(kind)
     query = asked(kind, canonical.value, policy)
     why = _UNSEARCHABLE.get(action)
     if why is not None:
-        key = kind if kind in policy.kinds else OTHER_KIND
-        return NotSearchable(f"{kind} values are not searchable on this site: pii.policy.{key} is "
+        return NotSearchable(f"{kind} values are not searchable on this site: "
+                             f"pii.policy.{policy.kind_key(kind)} is "
                              f"{action.value!r} ({why})", query, policy=action.value)
     return NotSeen(f"{kind} value not seen in any dump or enrichment", query)
 

@@ -166,5 +166,14 @@ class PiiPolicy:
                     f"field of kind {kind!r}; use drop, blind_index or encrypt+blind_index"
                 )
             return override
+        return self.kind_action(kind)
+
+    def kind_action(self, kind: str) -> Action:
+        """The action for ``kind`` when no column override applies (`other` for a kind the
+        policy does not name)."""
         action = self.kinds.get(kind)
         return action if action is not None else self.kinds[OTHER_KIND]
+
+    def kind_key(self, kind: str) -> str:
+        """The ``pii.policy`` key that decides ``kind``: itself, or `other`."""
+        return kind if kind in self.kinds else OTHER_KIND
