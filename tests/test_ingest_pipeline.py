@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import lzma
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,77 @@ def test_text_after_a_json_document_is_quarantined_and_the_dump_completes(
     (entry,) = [json.loads(line) for line in Path(summary["quarantine_file"]).read_text().splitlines()]
     assert entry["position"] == count + 1 and "after the JSON document" in entry["reason"]
     assert events_of(site, "dump.finished")[0].payload["records"] == count
+
+
+def _odd_key_records(count: int, late: Sequence[tuple[str, int, int]]) -> list[dict[str, str]]:
+    """NDJSON records each with "ip" and one key that is no column name (it may be data):
+    xa (emails), xb (notes), xc (IPs) in turn; a ``late`` key (name, first, last record)
+    in every fourth record of its stretch."""
+    values = {"xa": "u{}@example.com", "xb": "note {}", "xc": "198.51.100.{}"}
+    rows = []
+    for i in range(count):
+        key = next((name for name, first, last in late if first <= i < last and i % 4 == 3),
+                   ("xa", "xb", "xc")[i % 3])
+        rows.append({key: values.get(key, "late {}").format(i % 250), "ip": f"192.0.2.{i % 250}"})
+    return rows
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_each_json_key_that_may_be_data_keeps_one_name_of_its_own(site: Path, tmp_path: Path,
+                                                                 workers: str) -> None:
+    """A key that may be personal data is written as col<N>, N its place in the dump's
+    columns: the same in dump.started and in every record (and every part), and never
+    shared with another key (it was each record's own place: all three were col1)."""
+    # xd and xe show up past the head the parts are planned from, in part 0 and 1 of 2.
+    count = 20_000
+    rows = _odd_key_records(count, [("xd", 7_000, 9_000), ("xe", 12_000, count)])
+    path = tmp_path / "odd.ndjson"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = cli_json(site, "ingest", str(path), "--source", "odd", "--workers", workers, "--json")
+    assert summary["records"] == count and summary["parts"] == int(workers)
+    started = events_of(site, "dump.started")[0].payload
+    # One process samples a whole first chunk, which may already hold xd: then it is col5.
+    assert started["columns"][:4] == ["col1", "ip", "col3", "col4"]
+    expected = {"col1": "email", "ip": "ip", "col3": "other", "col4": "ip"}
+    assert {c: k for c, k in started["mapping"].items() if c in expected} == expected
+    assert summary["mapping"] == started["mapping"]
+    names: dict[str, set[str]] = {}
+    for event in events_of(site, "records.ingested"):
+        for position, fields in event.payload["records"]:
+            key = next(k for k in rows[position - 1] if k != "ip")
+            names.setdefault(key, set()).update(f["col"] for f in fields if f["col"] != "ip")
+    assert names["xa"] == {"col1"} and names["xb"] == {"col3"} and names["xc"] == {"col4"}
+    (xd,), (xe,) = names["xd"], names["xe"]  # each one name of its own, after the planned ones
+    assert xd != xe and all(c.startswith("col") and int(c[3:]) > 4 for c in (xd, xe))
+    assert set(started["columns"][4:]) <= {xd, xe}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_stretch_at_the_start_fails_no_part(site: Path, tmp_path: Path, workers: str) -> None:
+    """The first part of a file cut for --workers is one stretch of it: bad records only
+    there do not make the file wrong ("all N records are malformed" failed the dump,
+    its resume and --restart forever), as they do not with one process."""
+    bad, good = 20, 2000
+    path = tmp_path / "head.csv"
+    path.write_bytes(b"email,ip\n" + b"".join(b"x" * 10_000 + b",192.0.2.1\n" for _ in range(bad))
+                     + b"".join(b"u%d@example.com,192.0.2.%d\n" % (i, i % 250) for i in range(good)))
+    summary = cli_json(site, "ingest", str(path), "--source", "h", "--workers", workers, "--json",
+                       HMD_INGEST__LINE_BYTES_MAX="4KiB")  # each bad record is too long
+    assert summary["parts"] == int(workers)
+    assert summary["records"] == good and summary["quarantined"] == bad
+    finished = events_of(site, "dump.finished")[0].payload
+    assert finished["records"] == good and finished["quarantined"] == bad
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_part_starting_in_a_bad_stretch_is_no_wrong_format(site: Path, tmp_path: Path,
+                                                            workers: str) -> None:
+    """A later part's first records are not the file's: 1000 bad ones there ("the first
+    1000 records are all malformed") said nothing of the format, and failed the dump."""
+    good = b"".join(b"u%d@example.com,192.0.2.%d\n" % (i, i % 250) for i in range(4000))
+    bad = b"".join(b"a\xffb%d,192.0.2.1\n" % i for i in range(3000))  # invalid UTF-8
+    path = tmp_path / "mid.csv"
+    path.write_bytes(b"email,ip\n" + good + bad + good)  # the cut of 2 parts is in `bad`
+    summary = cli_json(site, "ingest", str(path), "--source", "m", "--workers", workers, "--json")
+    assert summary["parts"] == int(workers)
+    assert summary["records"] == 8000 and summary["quarantined"] == 3000

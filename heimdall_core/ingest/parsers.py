@@ -146,19 +146,21 @@ class _LeadGuard:
     Checked as records come (``LEADING_BAD_RECORDS_MAX`` bad ones before any good one)
     and, by the caller, at the end (``verdict``: bad records and not one good one), so
     that a short file in the wrong format fails with a hint instead of ingesting
-    nothing. The end check is
-    left out for a later part of a file (``from_start`` false): its head was judged with
-    the first part, and one bad stretch alone does not make the whole file wrong.
+    nothing. A planned part of a file is one stretch of it, and a bad stretch alone does
+    not make the whole file wrong (one process reading the file ingests the good records
+    around it): the end check is left out for every part (``whole_input`` false), the
+    first one included, and both checks for a part after the first (``from_start``
+    false), whose first records are not the file's.
     """
 
-    __slots__ = ("_bad", "_first", "_format", "_from_start", "_settled")
+    __slots__ = ("_bad", "_first", "_format", "_settled", "_whole_input")
 
-    def __init__(self, fmt: str, *, from_start: bool = True) -> None:
+    def __init__(self, fmt: str, *, from_start: bool = True, whole_input: bool = True) -> None:
         self._format = fmt
-        self._from_start = from_start
+        self._whole_input = whole_input
         self._bad = 0
         self._first: BadRecord | None = None
-        self._settled = False
+        self._settled = not from_start  # settled: no more checks
 
     def check(self, items: list[Item]) -> list[Item]:
         if self._settled:
@@ -177,7 +179,7 @@ class _LeadGuard:
     def verdict(self) -> IngestError | None:
         """Once every item was checked: the error for input with bad records and not one
         good one (None otherwise)."""
-        if self._from_start and not self._settled and self._bad:
+        if self._whole_input and not self._settled and self._bad:
             return self._error(f"all {self._bad} records are malformed")
         return None
 
@@ -378,6 +380,7 @@ class CsvParser:
         first_line: int = 1,
         sniff_bytes: int = SNIFF_BYTES,
         declared: Collection[str] = (),
+        whole_input: bool = True,
     ) -> None:
         if delimiter is not None and (len(delimiter) != 1 or delimiter in "\"\r\n"):
             raise IngestError(
@@ -392,7 +395,7 @@ class CsvParser:
         self._limit = line_bytes_max
         self._sniff_bytes = sniff_bytes
         self._bom = _BomSkipper()
-        self._guard = _LeadGuard("csv", from_start=first_line == 1)
+        self._guard = _LeadGuard("csv", from_start=first_line == 1, whole_input=whole_input)
         self._sniff: bytearray | None = bytearray()  # None once configured
         self._buf = bytearray()
         self._line = first_line  # number of the line starting at _buf[0]
@@ -691,12 +694,13 @@ class ComboParser(_LineFramed):
         delimiter: str | None = None,
         line_bytes_max: int = LINE_BYTES_MAX,
         first_line: int = 1,
+        whole_input: bool = True,
     ) -> None:
         if delimiter is not None and (len(delimiter) != 1 or delimiter in "\r\n"):
             raise IngestError(f"combo delimiter must be one character, got {delimiter!r}")
         self.delimiter = delimiter
         self._framer = _LineFramer(line_bytes_max, first_line)
-        self._guard = _LeadGuard("a combo list", from_start=first_line == 1)
+        self._guard = _LeadGuard("a combo list", from_start=first_line == 1, whole_input=whole_input)
         self._no_delimiter = (
             f"no delimiter ({delimiter!r}) in the line"
             if delimiter
@@ -889,10 +893,11 @@ class NdjsonParser(_JsonRecords, _LineFramed):
 
     format: Final = "ndjson"
 
-    def __init__(self, *, line_bytes_max: int = LINE_BYTES_MAX, first_line: int = 1) -> None:
+    def __init__(self, *, line_bytes_max: int = LINE_BYTES_MAX, first_line: int = 1,
+                 whole_input: bool = True) -> None:
         super().__init__()
         self._framer = _LineFramer(line_bytes_max, first_line)
-        self._guard = _LeadGuard("NDJSON", from_start=first_line == 1)
+        self._guard = _LeadGuard("NDJSON", from_start=first_line == 1, whole_input=whole_input)
 
     def _records(self, segments: list[tuple[int, bytes] | BadRecord]) -> list[Item]:
         out: list[Item] = []
@@ -1351,6 +1356,7 @@ def make_parser(
     columns: Sequence[str] | None = None,
     first_line: int = 1,
     declared: Collection[str] = (),
+    whole_input: bool = True,
 ) -> Parser:
     """A parser for ``fmt`` (see ``PARSER_FORMATS``; "tsv" is CSV with a tab).
 
@@ -1361,6 +1367,9 @@ def make_parser(
     ``first_line`` is the line number of the part's first byte (JSON ignores it: its
     positions are record indices). ``declared``: column names the operator gave, which
     make a CSV first row that has one a header (see ``looks_like_header``).
+    ``whole_input`` false: the parser reads one planned part of a file (the first one
+    too), so input with bad records only is not taken for the wrong format at its end
+    (see ``_LeadGuard``); JSON is never cut into parts.
     """
     if line_bytes_max < 1:
         raise IngestError(f"line_bytes_max must be positive, got {line_bytes_max}")
@@ -1376,15 +1385,18 @@ def make_parser(
             columns=columns,
             first_line=first_line,
             declared=declared,
+            whole_input=whole_input,
         )
     if fmt not in PARSER_FORMATS:
         raise IngestError(f"unknown format {fmt!r}; expected one of {', '.join(PARSER_FORMATS)}")
     if header:
         raise IngestError(f"a header option applies to csv and tsv, not {fmt}")
     if fmt == "combo":
-        return ComboParser(delimiter=delimiter, line_bytes_max=line_bytes_max, first_line=first_line)
+        return ComboParser(delimiter=delimiter, line_bytes_max=line_bytes_max, first_line=first_line,
+                           whole_input=whole_input)
     if delimiter is not None:
         raise IngestError(f"a delimiter applies to csv, tsv and combo, not {fmt}")
     if fmt == "ndjson":
-        return NdjsonParser(line_bytes_max=line_bytes_max, first_line=first_line)
+        return NdjsonParser(line_bytes_max=line_bytes_max, first_line=first_line,
+                            whole_input=whole_input)
     return JsonParser(record_bytes_max=line_bytes_max)

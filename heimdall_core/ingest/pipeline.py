@@ -67,6 +67,7 @@ CLEAR_HEADS_MAX = 4_096  # packed heads of clear fields (column, kind, attribute
 COLUMNWISE_RECORDS_MIN = 64  # fewer records alike are not worth the column pass's set-up
 BATCHES_ASIDE_MAX = 2  # full batches held while another process holds the key store (~20 MB each)
 KEYS_BUSY_RECHECK_RECORDS = 1024  # records packed between two looks at a busy key store
+LATE_COLUMNS_NAMED_MAX = 4096  # JSON keys new after the mapping, each given its own name
 
 
 class _ClearMemo(dict[str, bytes]):
@@ -184,6 +185,7 @@ class DumpIngestor:
         mapping: Mapping[str, str] | None = None,
         skip_through: int = 0,
         first_line: int = 1,
+        parts: int = 1,
         on_progress: Callable[[Progress], None] | None = None,
         keys_busy: Callable[[], bool] | None = None,
     ) -> None:
@@ -200,6 +202,8 @@ class DumpIngestor:
         self._declared = declared_columns(options, policy)
         self._skip_through = skip_through
         self._first_line = first_line
+        # How many parts the dump was cut into: one of several reads a stretch of the file.
+        self._parts = parts
         self._on_progress = on_progress
         self.result = PartResult(part)
         self.progress = Progress()
@@ -211,6 +215,8 @@ class DumpIngestor:
         self._pending: list[RawRecord | BadRecord] = []  # held until the mapping is known
         self.mapping: dict[str, str] | None = None
         self.columns: tuple[str, ...] = ()
+        self._public_names: dict[str, str] = {}  # raw column -> public name (see _public)
+        self._planned_names = 0  # of them, those of the dump-wide column list
         self._plans: dict[tuple[str, ...], list[_Step]] = {}
         self._clear_heads: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
         # One packer per ingestor, reused: msgpack.packb builds a new one per call, which
@@ -316,7 +322,7 @@ class DumpIngestor:
         self._parser = make_parser(fmt, delimiter=self.options.delimiter, header=header,
                                    line_bytes_max=self.options.line_bytes_max,
                                    columns=self._fixed_columns, first_line=self._first_line,
-                                   declared=self._declared)
+                                   declared=self._declared, whole_input=self._parts == 1)
         if head:
             self._head = b""
             self._take(self._parser.feed(head))
@@ -335,7 +341,11 @@ class DumpIngestor:
 
     def _decide_mapping(self) -> None:
         assert self._parser is not None
-        columns = tuple(self._parser.columns)
+        # A planned part numbers columns by the dump-wide list the parent planned with:
+        # a JSON part's own parser only knows the keys of its stretch of the file.
+        columns = self._fixed_columns
+        if columns is None:
+            columns = tuple(self._parser.columns)
         if self._mapping_fixed is not None:
             mapping = dict(self._mapping_fixed)
         else:
@@ -343,6 +353,8 @@ class DumpIngestor:
         check_mapped_columns(self.options.mapping, columns, self._declared)
         self.mapping = mapping
         self.columns = columns
+        self._public_names = public_names(columns, mapping, self._declared)
+        self._planned_names = len(self._public_names)
         self._plans.clear()
         pending, self._pending = self._pending, []
         self._process(pending)
@@ -354,7 +366,7 @@ class DumpIngestor:
         for index, column in enumerate(columns):
             kind = mapping.get(column, "other")
             if kind not in FIELD_KINDS:
-                raise IngestError(f"column {self._public(column, index)!r}: unknown kind {kind!r}")
+                raise IngestError(f"column {self._public(column)!r}: unknown kind {kind!r}")
             if self._policy.action(self.options.source, column, kind) is Action.DROP:
                 continue
             canon = self._canonicalizers.get(kind)
@@ -362,20 +374,34 @@ class DumpIngestor:
                 canon = self._canonicalizers[kind] = canonicalizer_for(kind, normalize)
             action = self._action(column, kind)
             memo = _ClearMemo() if action is Action.CLEAR else None
-            plan.append((index, self._public(column, index), kind, canon, action, memo))
+            plan.append((index, self._public(column), kind, canon, action, memo))
         return plan
 
-    def _public(self, column: str, index: int) -> str:
-        return public_column(column, index, self._declared)
+    def _public(self, column: str) -> str:
+        """The public name of ``column`` in this whole dump, whatever its place in a record.
+
+        A key first seen after the mapping was decided (JSON records may each have their
+        own) takes the next free place. The parts of a dump cannot see each other's new
+        keys, so part p of P takes places p, p + P, p + 2P... after the planned columns:
+        two keys never share a name (the same new key in two parts gets two). Past
+        ``LATE_COLUMNS_NAMED_MAX`` new keys (a dump keyed by account has one per record)
+        the rest share the next place, so that memory stays bounded."""
+        name = self._public_names.get(column)
+        if name is None:
+            late = len(self._public_names) - self._planned_names
+            index = self._planned_names + self.part + late * self._parts
+            name = public_column(column, index, self._declared)
+            if late < LATE_COLUMNS_NAMED_MAX:
+                self._public_names[column] = name
+        return name
 
     @property
     def public_columns(self) -> list[str]:
-        return [self._public(c, i) for i, c in enumerate(self.columns)]
+        return [self._public(c) for c in self.columns]
 
     @property
     def public_mapping(self) -> dict[str, str]:
-        position = {c: i for i, c in enumerate(self.columns)}
-        return {self._public(c, position.get(c, 0)): k for c, k in (self.mapping or {}).items()}
+        return {self._public(c): k for c, k in (self.mapping or {}).items()}
 
     def _action(self, column: str, kind: str) -> Action:
         if len(self._actions) >= PLANS_CACHED_MAX:
@@ -846,6 +872,17 @@ def check_mapped_columns(mapping: Mapping[str, str], columns: Sequence[str],
                                   f"does not have; its columns are: {shown}")
 
 
+def public_names(columns: Sequence[str], mapping: Mapping[str, str],
+                 declared: Collection[str]) -> dict[str, str]:
+    """Raw column name -> public name (``public_column``) for one dump, by its dump-wide
+    column list: every record and every part writes a column under the same name, and
+    two columns never share one. Mapped columns missing from the list (a JSON key of the
+    sample past the parser's tracked keys) take the next places."""
+    names = dict.fromkeys(columns)
+    names.update(dict.fromkeys(c for c in mapping if c not in names))
+    return {name: public_column(name, index, declared) for index, name in enumerate(names)}
+
+
 def public_column(name: str, index: int, declared: Collection[str]) -> str:
     """The name under which a column is written to the log, errors and summaries.
 
@@ -854,7 +891,7 @@ def public_column(name: str, index: int, declared: Collection[str]) -> str:
     gives ``jsmith.password``). Only a name of the column vocabulary (``is_known_name``),
     one the operator ``declared`` (``declared_columns``) or the parser's own name for the place
     (``col<N>``, ``value``) is kept; any other is replaced by ``col<N>``, N the column's
-    1-based place in the record.
+    1-based place in the dump's column list (see ``public_names``), never in one record.
     """
     positional = f"col{index + 1}"
     if name in (positional, JSON_SCALAR_COLUMN) or name in declared or is_known_name(name):

@@ -51,7 +51,7 @@ from heimdall_core.ingest.pipeline import (
     dump_finished_body,
     dump_started_body,
     infer_from_sample,
-    public_column,
+    public_names,
 )
 from heimdall_core.ingest.registry import DumpState
 from heimdall_core.ingest.sources import detect_compression, sniff_format
@@ -221,6 +221,7 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
             quarantine=Quarantine(Path(job.quarantine), job.dump.hex(), options.source),
             columns=None if job.part == 0 and plan.header else plan.columns, fmt=plan.fmt,
             mapping=plan.mapping, skip_through=job.skip_through, first_line=job.first_line,
+            parts=len(plan.ranges),
             on_progress=functools.partial(_report, job.part),
             keys_busy=site.keystore.write_locked)  # the other workers share the key store
         remaining = job.end - job.start
@@ -278,13 +279,14 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     bodies = [encode_body(*kinds.FEED_ANNOUNCED, {"feed": feed, "role": "ingest-worker",
                                                   "dump": dump, "part": part})
               for part, feed in enumerate(feeds)]
-    position = {c: i for i, c in enumerate(plan.columns)}
-    mapping = {public_column(c, position.get(c, 0), declared): k for c, k in plan.mapping.items()}
+    # The names every part writes its columns under (DumpIngestor._public).
+    names = public_names(plan.columns, plan.mapping, declared)
+    mapping = {names[c]: k for c, k in plan.mapping.items()}
     if resume is None:
         bodies.append(dump_started_body(
             dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
             sha256=sha256, size=size,
-            columns=[public_column(c, i, declared) for i, c in enumerate(plan.columns)],
+            columns=[names[c] for c in plan.columns],
             mapping=mapping, parts=len(plan.ranges), ranges=plan.ranges))
         bodies += superseded_bodies(supersedes, dump)
     append_main(bodies)
