@@ -20,6 +20,9 @@ KNOWN: frozenset[tuple[str, int]] = frozenset({
 })
 KIND_NAMES: frozenset[str] = frozenset(kind for kind, _ in KNOWN)
 
+DUMP_ID_BYTES = 16
+"""A dump id (``dump``, ``duplicate_of`` in the dump events): 16 random bytes."""
+
 
 def latest_version(kind: str) -> int | None:
     versions = [version for name, version in KNOWN if name == kind]

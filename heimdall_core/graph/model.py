@@ -36,12 +36,14 @@ from typing import Any
 
 import msgpack
 
+from heimdall_core import kinds
+
 ID_BYTES = 16
 """Vertex and edge ids: 128 bits, collision-free at any realistic volume."""
 
 VALUE_PREFIXES_MAX = 1_024  # kinds remembered per form; kinds are a short list
 
-DUMP_ID_BYTES = 16
+DUMP_ID_BYTES = kinds.DUMP_ID_BYTES
 BLIND_INDEX_BYTES = 16
 SUBJECT_ID_BYTES = 16
 FEED_ID_BYTES = 32

@@ -27,7 +27,6 @@ from heimdall_core.log.store import LogStore
 # 3: compression and mapping of each dump; 4: superseded dumps, and a finished dump's
 # counts no longer grown by its workers' feeds read after it (caches of 3 over-count)
 REGISTRY_VERSION = 4
-DUMP_ID_BYTES = 16
 # Header slices of a frame (see heimdall_core.events): feed id, sequence, HLC time in ms.
 _FEED = slice(4, 36)
 _SEQ = slice(36, 44)
@@ -81,8 +80,8 @@ def _typed(payload: dict[str, Any], key: str, kind: type[_T]) -> _T:
 
 def _bin16(payload: dict[str, Any], key: str) -> str:
     value = payload.get(key)
-    if type(value) is not bytes or len(value) != DUMP_ID_BYTES:
-        raise _Malformed(f"{key!r} must be {DUMP_ID_BYTES} bytes of binary")
+    if type(value) is not bytes or len(value) != kinds.DUMP_ID_BYTES:
+        raise _Malformed(f"{key!r} must be {kinds.DUMP_ID_BYTES} bytes of binary")
     return value.hex()
 
 

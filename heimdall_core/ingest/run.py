@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from heimdall_core.ingest.workers import WorkerPool
 
 HASH_CHUNK_BYTES = 4 << 20
-DUMP_ID_BYTES = 16
 
 
 @dataclass(slots=True)
@@ -163,7 +162,7 @@ class _OnePart:
                  size: int, resume: DumpState | None = None,
                  supersedes: Sequence[DumpState] = (),
                  on_progress: Callable[[Progress], None] | None = None) -> None:
-        self.dump = bytes.fromhex(resume.dump) if resume else os.urandom(DUMP_ID_BYTES)
+        self.dump = bytes.fromhex(resume.dump) if resume else os.urandom(kinds.DUMP_ID_BYTES)
         self._supersedes = supersedes
         self._options = options
         self._name = name

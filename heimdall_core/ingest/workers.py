@@ -273,7 +273,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
         return _ingest_single(site, path, options, sha256, size, resume, on_progress, began,
                               supersedes=supersedes)
-    dump = bytes.fromhex(resume.dump) if resume else os.urandom(16)
+    dump = bytes.fromhex(resume.dump) if resume else os.urandom(kinds.DUMP_ID_BYTES)
     feeds = _worker_feeds(site, len(plan.ranges))
     append_main = site.appender()
     bodies = [encode_body(*kinds.FEED_ANNOUNCED, {"feed": feed, "role": "ingest-worker",
