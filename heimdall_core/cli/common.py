@@ -14,7 +14,7 @@ from typing import Any
 from heimdall_core import config
 from heimdall_core.errors import ConfigError, HeimdallError
 from heimdall_core.log.feed import LogOptions
-from heimdall_core.log.store import SITE_FILE, LogStore
+from heimdall_core.log.store import LogStore, read_site
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -42,10 +42,11 @@ class Context:
     def require_site(self) -> None:
         """Refuse, before anything is created there, a data directory that holds no site
         (a mistyped --data-dir must not leave graph or database files behind)."""
-        if not (self.data_dir / SITE_FILE).is_file():
-            raise ConfigError(
-                f"data_dir {self.data_dir}: no Heimdall site here; run 'heimdall init' first, "
-                "or name the site's directory (--data-dir or HMD_DATA_DIR)")
+        try:
+            read_site(self.data_dir)  # there, and whole
+        except HeimdallError as exc:
+            raise ConfigError(f"data_dir: {exc}, or name the site's directory (--data-dir or "
+                              "HMD_DATA_DIR)") from None
 
 
 def build_context(args: argparse.Namespace) -> Context:

@@ -117,7 +117,7 @@ def read_site(data_dir: Path) -> SiteInfo:
         record = json.loads(path.read_text())
         return SiteInfo(str(record["name"]), bytes.fromhex(record["feed"]), int(record["created_ms"]))
     except FileNotFoundError:
-        raise HeimdallError(f"no site in {data_dir}; run 'heimdall init' first") from None
+        raise HeimdallError(f"no Heimdall site in {data_dir}; run 'heimdall init' first") from None
     except (ValueError, KeyError, TypeError):
         raise HeimdallError(f"{path} is damaged; it must hold name, feed and created_ms") from None
 
