@@ -218,6 +218,7 @@ def cmd_replay(ctx: Context) -> int:
 
 
 async def _state_hash(ctx: Context) -> dict[str, Any]:
+    from heimdall_core.graph.projector import events_behind, feed_sizes
     from heimdall_core.graph.statehash import StateHasher
 
     rules = rules_from(ctx.settings)
@@ -226,9 +227,9 @@ async def _state_hash(ctx: Context) -> dict[str, Any]:
         async for entry in store.iter_state():
             hasher.add(entry)
         positions = await store.positions()
-        behind = await _unprojected(ctx, store)
         backend = store.backend
     with ctx.store() as log_store:
+        behind = events_behind(feed_sizes(log_store), positions)
         stopped = sorted(feed.hex() for feed in log_store.stopped())
     return {"state_hash": hasher.hexdigest(), "backend": backend, "items": hasher.items,
             "positions": {feed.hex(): seq for feed, seq in sorted(positions.items())},
