@@ -270,7 +270,10 @@ class SqliteStore:
         self._cells = _Cells(rules)
         self._ids_version = self._feeds_version = -1  # data_version our caches were loaded at
         # the file has another schema version or was built under other rules: only reset() works
-        self._outdated: GraphError | None = None
+        # What every use but reset() raises: the file has another schema version, or was
+        # built under other merge rules (replay rebuilds it either way).
+        self._old_schema: GraphError | None = None
+        self._other_rules: GraphError | None = None
         self._row_numbers = 0  # rows of temp.row_number on this connection (0: not created)
 
     @property
@@ -289,8 +292,9 @@ class SqliteStore:
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure()
-            self._outdated = await self._outdated_schema() or await self._other_rules()
-            if self._outdated is None:
+            self._old_schema = await self._outdated_schema()
+            self._other_rules = None if self._old_schema else await self._rules_differ()
+            if self._old_schema is None and self._other_rules is None:
                 await self._write_meta()
                 await self._load_ids()
         except sqlite3.Error as exc:
@@ -337,9 +341,9 @@ class SqliteStore:
         for table in (*_TABLES, "meta"):
             await self._conn.execute(f"DROP TABLE IF EXISTS {table}")  # fixed names
         await self._conn.executescript(_SCHEMA)
-        self._outdated = None
+        self._old_schema = None
 
-    async def _other_rules(self) -> GraphError | None:
+    async def _rules_differ(self) -> GraphError | None:
         """What every use but :meth:`reset` raises when the graph was built under other merge
         rules: its values would be merged differently from now on (``replay`` rebuilds it)."""
         assert self._conn is not None
@@ -400,8 +404,10 @@ class SqliteStore:
     def _db(self) -> aiosqlite.Connection:
         if self._conn is None:
             raise GraphError("the graph store is not open")
-        if self._outdated is not None:
-            raise self._outdated
+        if self._old_schema is not None:
+            raise self._old_schema
+        if self._other_rules is not None:
+            raise self._other_rules
         return self._conn
 
     async def _create_row_numbers(self) -> None:
@@ -422,10 +428,9 @@ class SqliteStore:
 
     async def reset(self) -> None:
         try:
-            if self._outdated is not None:  # another schema version, or other merge rules
-                if await self._outdated_schema() is not None:
-                    await self._rebuild_schema()
-                self._outdated = None  # other rules: emptied below, then the new ones written
+            if self._old_schema is not None:
+                await self._rebuild_schema()
+            self._other_rules = None  # emptied below, then the new rules written
             await self._db.execute("BEGIN IMMEDIATE")
             for table in _TABLES:
                 await self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
