@@ -55,15 +55,22 @@ def _wait_for_acknowledged_records(data: Path, timeout_s: float = 90.0) -> None:
     raise AssertionError(f"no records acknowledged within {timeout_s} s")
 
 
+def _ingest_in_background(data: Path, *args: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """``heimdall ingest ARGS`` in its own process group (its workers included), returned
+    once it has acknowledged records: killed then, it leaves an incomplete dump."""
+    command = [sys.executable, "-m", "heimdall_core.cli.main", "ingest", *args, "--no-progress"]
+    proc = subprocess.Popen(command, env=site_env(data), stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True, start_new_session=True)
+    _wait_for_acknowledged_records(data)
+    return proc
+
+
 def test_killed_ingest_is_reported_incomplete_and_resumes(tmp_path: Path) -> None:
     data = tmp_path / "site"
     cli(data, "init")
     rows = 120_000
     dump_file = _make_csv(tmp_path / "big.csv", rows)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "big",
-         "--no-progress"], env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_acknowledged_records(data)
+    proc = _ingest_in_background(data, str(dump_file), "--source", "big")
     os.kill(proc.pid, signal.SIGKILL)  # without warning
     proc.wait()
     dumps = cli_json(data, "dumps", "--json")
@@ -115,11 +122,7 @@ def test_killed_parallel_ingest_resumes_each_part_exactly_once(tmp_path: Path) -
     cli(data, "init")
     rows = 160_000
     dump_file = _make_csv(tmp_path / "p.csv", rows, quoted_every=101)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heimdall_core.cli.main", "ingest", str(dump_file), "--source", "p",
-         "--workers", "2", "--no-progress"], env=site_env(data), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for_acknowledged_records(data)
+    proc = _ingest_in_background(data, str(dump_file), "--source", "p", "--workers", "2")
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker processes
     proc.wait()
     dumps = cli_json(data, "dumps", "--json")
@@ -146,10 +149,7 @@ def test_restart_closes_the_interrupted_dump_as_superseded(tmp_path: Path, worke
     rows = 120_000
     dump_file = _make_csv(tmp_path / "r.csv", rows)
     ingest = ["ingest", str(dump_file), "--source", "r", "--workers", workers]
-    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", *ingest, "--no-progress"],
-                            env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    _wait_for_acknowledged_records(data)
+    proc = _ingest_in_background(data, *ingest[1:])
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     [old] = cli_json(data, "dumps", "--json")
@@ -184,10 +184,7 @@ def test_ctrl_c_names_the_incomplete_dump_and_how_to_resume(tmp_path: Path, work
     rows = 120_000
     dump_file = _make_csv(tmp_path / "c.csv", rows)
     ingest = ["ingest", str(dump_file), "--source", "c", "--workers", workers]
-    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", *ingest, "--no-progress"],
-                            env=site_env(data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    _wait_for_acknowledged_records(data)
+    proc = _ingest_in_background(data, *ingest[1:], stderr=subprocess.PIPE)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the parent and its workers
     _, err = proc.communicate(timeout=120)
     [dump] = cli_json(data, "dumps", "--json")
