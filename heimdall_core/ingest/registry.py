@@ -21,16 +21,12 @@ from typing import Any, TypeVar
 import msgpack
 
 from heimdall_core import kinds
-from heimdall_core.events import HEADER_BYTES
+from heimdall_core.events import HEADER_BYTES, decode_header
 from heimdall_core.log.store import LogStore
 
 # 3: compression and mapping of each dump; 4: superseded dumps, and a finished dump's
 # counts no longer grown by its workers' feeds read after it (caches of 3 over-count)
 REGISTRY_VERSION = 4
-# Header slices of a frame (see heimdall_core.events): feed id, sequence, HLC time in ms.
-_FEED = slice(4, 36)
-_SEQ = slice(36, 44)
-_HLC_MS = slice(44, 52)
 log = logging.getLogger("heimdall.ingest")
 _T = TypeVar("_T")
 _PEEK = {kinds.DUMP_STARTED[0].encode(), kinds.DUMP_FINISHED[0].encode(),
@@ -159,6 +155,7 @@ class DumpRegistry:
         """Fold one event into the cache; a malformed one is skipped with a warning (it is
         read once: the scanned position moves past it), never allowed to stop the listing
         of every other dump or an ingest."""
+        header = decode_header(frame)
         try:
             # Own feeds only, already verified when written: a plain unpack is enough here,
             # but the payload's shape is checked before anything is changed.
@@ -166,15 +163,14 @@ class DumpRegistry:
             if not isinstance(payload, dict):
                 raise _Malformed("the payload is not a map")
             if kind == b"dump.started":
-                self._started(payload, int.from_bytes(frame[_HLC_MS], "big"))
+                self._started(payload, header.hlc.physical_ms)
             elif kind == b"records.ingested":
                 self._records(payload)
             else:
                 self._finished(payload)
         except (_Malformed, ValueError, TypeError, msgpack.UnpackException) as exc:
             log.warning("dump registry: feed %s seq %d: %s event skipped: %s",
-                        frame[_FEED].hex(), int.from_bytes(frame[_SEQ], "big"),
-                        kind.decode(errors="replace"), exc)
+                        header.feed.hex(), header.seq, kind.decode(errors="replace"), exc)
 
     def _started(self, payload: dict[str, Any], started_ms: int) -> None:
         dump = _bin16(payload, "dump")
