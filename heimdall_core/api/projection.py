@@ -35,8 +35,6 @@ from heimdall_core.log.store import LogStore
 
 log = logging.getLogger("heimdall.api")
 
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 60.0
 STOP_WAIT_S = 30.0  # for the pass in hand when the server stops, before it is cancelled
 
 
@@ -114,7 +112,9 @@ async def _follow(store: GraphStore, projector: Projector, status: ProjectionSta
     """Catch up, wait a poll interval, again, until ``stop``. The server must never go on
     answering from a graph nobody updates: any failure of a pass is logged and recorded in
     ``status``, and the store is opened again after a backoff."""
-    delay = RETRY_FIRST_S
+    # The projector's own backoff limits: one pair for every way of following the log.
+    first_s, max_s = projector.options.retry_initial_s, projector.options.retry_max_s
+    delay = first_s
     opened = False
     try:
         while not stop.is_set():
@@ -132,14 +132,14 @@ async def _follow(store: GraphStore, projector: Projector, status: ProjectionSta
                 log.exception("projector failed; retrying in %.0f s", delay)
             else:
                 status.passed(report)
-                delay = RETRY_FIRST_S
+                delay = first_s
                 if report.events:
                     log.info("projected %d events (%d records) in %.2fs", report.events, report.records,
                              report.seconds)
             if status.database_away or status.failing:
                 await store.close()  # the next attempt opens afresh
                 opened = False
-                wait_s, delay = delay, min(delay * 2, RETRY_MAX_S)
+                wait_s, delay = delay, min(delay * 2, max_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait_s)
     finally:
