@@ -359,6 +359,9 @@ async def test_contract_queries_equal_reference(make_store: Opened) -> None:
         assert await store.value(vid) == await ref.value(vid)
         assert await store.value_dumps(vid) == await ref.value_dumps(vid)
         assert await store.value_dumps(vid, limit=1) == await ref.value_dumps(vid, limit=1)
+        for newest in (1, 2):  # the dumps of only the newest sightings: the same ones everywhere
+            assert (await store.value_dumps(vid, sightings_max=newest)
+                    == await ref.value_dumps(vid, sightings_max=newest))
         assert await store.co_values(vid, limit=5) == await ref.co_values(vid, limit=5)
         skipping = {"limit": 5, "skip_dumps": [fake_bytes("dump:b")]}
         assert await store.co_values(vid, **skipping) == await ref.co_values(vid, **skipping)
@@ -385,7 +388,11 @@ async def test_contract_query_answers(make_store: Opened) -> None:
     first = await store.value_dumps(ip, limit=1)
     assert first.items == dumps[:1] and first.total == 2 and not first.complete
     assert first.repeats == (fake_bytes("dump:b"),) and first.sightings_in_repeats == 1
-    assert info.sightings == 3
+    assert info.sightings == 3 and seen.sightings_scanned == 3
+    # Reading only the newest sightings (a value in millions of records): the dumps of those.
+    newest = await store.value_dumps(ip, sightings_max=2)
+    assert newest.sightings_scanned == 2 and sum(d.sightings for d in newest.items) == 2
+    assert newest.items[0].sightings <= 2 and newest.total <= 2
     # Leaving out a (repeat) dump: its sightings are neither read nor counted.
     everything = await store.co_values(ip)
     without_b = await store.co_values(ip, skip_dumps=[fake_bytes("dump:b")])

@@ -13,6 +13,7 @@ from graph_contract import Feeds, clear_field, dump_started, fake_bytes, fold
 from heimdall_core import kinds
 from heimdall_core.errors import NotFound, QueryError
 from heimdall_core.events import Event
+from heimdall_core.graph import query
 from heimdall_core.graph.memory import MemoryStore
 from heimdall_core.graph.query import NotSearchable, NotSeen, QueryKeys, query_value, render_text
 from heimdall_core.graph.rules import RuleSet
@@ -244,3 +245,29 @@ async def test_value_not_utf8_is_refused(keystore: KeyStore, raw: str, kind: str
     store = await graph(events(keystore)[2])
     with pytest.raises(QueryError, match="the value is not valid UTF-8"):
         await ask(store, raw, keystore, kind=kind)
+
+
+async def test_a_value_in_more_records_than_read_has_its_dumps_counted_over_the_newest(
+        keystore: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webmail domain in millions of records: the query reads only its newest sightings
+    to find its dumps (DUMP_SIGHTINGS_SCANNED_MAX), and says so; its totals stay exact."""
+    monkeypatch.setattr(query, "DUMP_SIGHTINGS_SCANNED_MAX", 3)
+    feeds = Feeds()
+    feed = feeds.feed("main")
+    evs = []
+    for name, count in (("older", 4), ("newer", 2)):
+        dump = fake_bytes(f"dump:{name}")
+        started = dump_started(dump, "leak", name, ["ip"], {"ip": "ip"})
+        evs.append(feeds.event(feed, kinds.DUMP_STARTED, started))
+        records = [[pos, [clear_field("ip", "ip", "192.0.2.1")]] for pos in range(1, count + 1)]
+        evs.append(feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": dump, "part": 0, "records": records}))
+    answer = await ask(await graph(evs), "192.0.2.1", keystore)
+    (match,) = answer["matches"]
+    assert match["sightings"] == 6 and match["dumps_sightings_scanned"] == 3
+    assert [(d["name"], d["sightings"]) for d in match["dumps"]] == [("newer", 2), ("older", 1)]
+    assert match["dumps_complete"] is False and match["dumps_total"] == 2
+    assert "where seen (counted over the latest 3 records)" in render_text(answer)
+    monkeypatch.setattr(query, "DUMP_SIGHTINGS_SCANNED_MAX", 6)
+    whole = (await ask(await graph(evs), "192.0.2.1", keystore))["matches"][0]
+    assert whole["dumps_complete"] is True and whole["dumps_sightings_scanned"] == 6
+    assert [(d["name"], d["sightings"]) for d in whole["dumps"]] == [("older", 4), ("newer", 2)]

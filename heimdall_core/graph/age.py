@@ -72,7 +72,12 @@ from heimdall_core.graph.model import (
     ValueInfo,
 )
 from heimdall_core.graph.rules import FACT_PREFIX, Rule, RuleSet, dump_seen, lift, merge, visible
-from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+from heimdall_core.graph.store import (
+    CO_VALUES_DEFAULT,
+    DUMP_SIGHTINGS_SCANNED_MAX,
+    DUMPS_LISTED_MAX,
+    SIGHTINGS_SCANNED_MAX,
+)
 from heimdall_core.pgdsn import FORM as DSN_FORM
 from heimdall_core.pgdsn import dsn_problem, redact_dsn
 
@@ -679,18 +684,21 @@ class AgeStore:
                                  int(n))
         return out
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX,
+                          sightings_max: int = DUMP_SIGHTINGS_SCANNED_MAX) -> ValueDumps:
         q = self._q
         async with self._conn("reading where a value was seen") as conn:
-            # Sightings by index lookups whatever the statistics say (OFFSET 0 keeps the
-            # planner from turning them into a scan of every sighting: right after a bulk
-            # load, before ANALYZE, it guessed thousands of rows per value and did).
+            # The newest sightings, as co_values reads them; then each one's dump by index
+            # lookups whatever the statistics say (OFFSET 0 keeps the planner from turning
+            # them into a scan of every sighting: right after a bulk load, before ANALYZE,
+            # it guessed thousands of rows per value and did).
             rows = await conn.fetch(
                 f"SELECT d.id, d.cells, c.n, c.first, c.last FROM (SELECT s.dump, count(*) AS n, "
-                f"min(s.seen_ms) AS first, max(s.seen_ms) AS last FROM {q}.hm_value v "
-                f"JOIN {q}.has_value e ON e.end_id = v.gid CROSS JOIN LATERAL (SELECT dump, seen_ms "
-                f"FROM {q}.hm_sighting WHERE gid = e.start_id OFFSET 0) s WHERE v.id = $1 GROUP BY s.dump) c "
-                f"JOIN {q}.hm_dump d ON d.gid = c.dump", vid)
+                f"min(s.seen_ms) AS first, max(s.seen_ms) AS last FROM (SELECT e.start_id "
+                f"FROM {q}.has_value e WHERE e.end_id = (SELECT gid FROM {q}.hm_value WHERE id = $1) "
+                f"ORDER BY 1 DESC LIMIT $2) h CROSS JOIN LATERAL (SELECT dump, seen_ms "
+                f"FROM {q}.hm_sighting WHERE gid = h.start_id OFFSET 0) s GROUP BY s.dump) c "
+                f"JOIN {q}.hm_dump d ON d.gid = c.dump", vid, sightings_max)
         out = []
         for dump, cells, count, first, last in rows:
             props = _unpackb(cells)

@@ -23,7 +23,12 @@ from heimdall_core.graph.model import (
     ValueInfo,
 )
 from heimdall_core.graph.rules import Rule, RuleSet, dump_seen, lift, merge
-from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+from heimdall_core.graph.store import (
+    CO_VALUES_DEFAULT,
+    DUMP_SIGHTINGS_SCANNED_MAX,
+    DUMPS_LISTED_MAX,
+    SIGHTINGS_SCANNED_MAX,
+)
 
 
 @dataclass(slots=True)
@@ -149,12 +154,13 @@ class MemoryStore:
     async def values(self, vids: Sequence[bytes]) -> dict[bytes, ValueInfo]:
         return {vid: self._info(vid, self._values[vid]) for vid in vids if vid in self._values}
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX,
+                          sightings_max: int = DUMP_SIGHTINGS_SCANNED_MAX) -> ValueDumps:
         held = self._values.get(vid)
         if held is None:
             return ValueDumps.ranked((), limit)
         per_dump: dict[bytes, list[int]] = {}
-        for key in held.sightings:
+        for key in held.sightings[max(0, len(held.sightings) - sightings_max):]:  # the newest
             per_dump.setdefault(key[0], []).append(self._sightings[key].seen_ms)
         out = [dump_seen(self.rules, dump, self._dumps.get(dump, {}), len(times), min(times), max(times))
                for dump, times in per_dump.items()]

@@ -280,9 +280,13 @@ class ValueDumps:
     repeats: tuple[bytes, ...]
     """Every repeat-upload dump (``duplicate_of`` set) the value was seen in, by id."""
     sightings_in_repeats: int
+    sightings_scanned: int = 0
+    """Sightings read, summed over every dump listed or not: fewer than the value's own
+    count when the store read only the newest (``value_dumps(sightings_max=...)``)."""
 
     @property
     def complete(self) -> bool:
+        """Every dump of the sightings read is listed (see ``sightings_scanned``)."""
         return len(self.items) == self.total
 
     @classmethod
@@ -291,7 +295,7 @@ class ValueDumps:
         ordered = sorted(seen, key=lambda d: (-d.sightings, d.dump))
         repeats = [d for d in ordered if d.duplicate_of is not None]
         return cls(tuple(ordered[:limit]), len(ordered), tuple(sorted(d.dump for d in repeats)),
-                   sum(d.sightings for d in repeats))
+                   sum(d.sightings for d in repeats), sum(d.sightings for d in ordered))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from heimdall_core.errors import HeimdallError, KeyMaterialError, NotFound, PiiE
 from heimdall_core.graph import model
 from heimdall_core.graph.model import CoValue, DumpSeen, ValueInfo
 from heimdall_core.graph.rules import FACT_PREFIX, RuleSet
-from heimdall_core.graph.store import CO_VALUES_DEFAULT, GraphStore
+from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMP_SIGHTINGS_SCANNED_MAX, GraphStore
 from heimdall_core.normalize import KINDS, Canonical, NormalizeOptions, canonicalize, detect_kind
 from heimdall_core.normalize.model import DEFAULT
 from heimdall_core.pii.blind_index import IndexKeys, blind_index
@@ -184,7 +184,7 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
         answer["status"] = "shredded"
         return answer
     props = rules.visible_props(model.VALUE, info.props)
-    dumps = await store.value_dumps(info.vid)
+    dumps = await store.value_dumps(info.vid, sightings_max=DUMP_SIGHTINGS_SCANNED_MAX)
     # A repeat upload (the same bytes from the same source, found to be one only at its
     # end) is listed, marked, but is not new evidence: its records are not counted again.
     answer.update({
@@ -199,7 +199,10 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
         "enriched_by": props.get("enriched_by") or [],
         "dumps": [_dump(d) for d in dumps.items],
         "dumps_total": dumps.total,
-        "dumps_complete": dumps.complete,
+        # Listed every dump of every sighting (a value in more records than
+        # DUMP_SIGHTINGS_SCANNED_MAX has its dumps counted over the newest of them).
+        "dumps_complete": dumps.complete and dumps.sightings_scanned >= info.sightings,
+        "dumps_sightings_scanned": dumps.sightings_scanned,
     })
     co = await store.co_values(info.vid, co_values, skip_dumps=dumps.repeats)
     answer["co_occurring"] = {
@@ -265,6 +268,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _dumps_listed(match: Mapping[str, Any]) -> str:
+    """What the "where seen" table leaves out, if anything."""
+    if match["dumps_complete"]:
+        return ""
+    notes = []
+    if len(match["dumps"]) < match["dumps_total"]:
+        notes.append(f"showing {len(match['dumps']):,} of {match['dumps_total']:,} dumps")
+    scanned = match["dumps_sightings_scanned"]
+    if scanned < match["sightings"] + match["sightings_in_repeats"]:
+        notes.append(f"counted over the latest {_records(scanned)}")
+    return f" ({'; '.join(notes)})"
+
+
 def render_text(answer: Mapping[str, Any]) -> str:
     """The human-readable form of an answer (``heimdall query`` without ``--json``)."""
     query = answer["query"]
@@ -279,8 +295,7 @@ def render_text(answer: Mapping[str, Any]) -> str:
         lines.append(f"  seen in {_records(match['sightings'])}"
                      + (f" (and {repeats} more in repeated uploads)" if repeats else "")
                      + f", first {_when(match['first_seen_ms'])}, last {_when(match['last_seen_ms'])}")
-        listed = ("" if match["dumps_complete"]
-                  else f" (showing {len(match['dumps']):,} of {match['dumps_total']:,} dumps)")
+        listed = _dumps_listed(match)
         lines += ["", f"where seen{listed}"]
         lines += ["  " + line for line in _table(
             ["source", "name", "records", "first seen", "last seen"],

@@ -61,7 +61,12 @@ from heimdall_core.graph.model import (
     ValueInfo,
 )
 from heimdall_core.graph.rules import DUMP_PROPS, ORDER, Rule, RuleSet, dump_seen, lift, merge
-from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMPS_LISTED_MAX, SIGHTINGS_SCANNED_MAX
+from heimdall_core.graph.store import (
+    CO_VALUES_DEFAULT,
+    DUMP_SIGHTINGS_SCANNED_MAX,
+    DUMPS_LISTED_MAX,
+    SIGHTINGS_SCANNED_MAX,
+)
 
 SCHEMA_VERSION = 2  # 2: sighting pairs hold value ids; value holds its first sighting
 PAGE_BYTES = 16_384  # fewer B-tree levels and page writes per random insert than 4 KiB
@@ -610,14 +615,15 @@ class SqliteStore:
                                  mine, int(n))
         return out
 
-    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX) -> ValueDumps:
+    async def value_dumps(self, vid: bytes, limit: int = DUMPS_LISTED_MAX,
+                          sightings_max: int = DUMP_SIGHTINGS_SCANNED_MAX) -> ValueDumps:
         try:
             await self._refresh_for_reading()
             rows = await self._db.execute_fetchall(
-                f"WITH hits (si) AS ({_SIGHTINGS_OF}) "  # noqa: S608 - a fixed fragment
+                f"WITH hits (si) AS ({_SIGHTINGS_OF} ORDER BY 1 DESC LIMIT ?2) "  # noqa: S608 - a fixed fragment
                 "SELECT d.id, d.props, count(*), min(s.seen_ms), max(s.seen_ms) "
                 "FROM hits h JOIN sighting s ON s.si = h.si JOIN dump d ON d.di = s.di GROUP BY s.di",
-                (vid,))
+                (vid, sightings_max))
         except sqlite3.Error as exc:
             raise _translate(exc, "reading where a value was seen") from exc
         out = []
