@@ -294,3 +294,10 @@ async def test_follow_survives_a_failed_pass(tmp_path: Path, caplog: pytest.LogC
         await asyncio.wait_for(task, 5)
         await store.close()
         log.close()
+
+
+def test_backoff_doubles_to_its_cap_and_starts_again_after_a_success() -> None:
+    backoff = ProjectorOptions(retry_initial_s=0.5, retry_max_s=3.0).backoff()
+    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.next() == 0.5

@@ -112,9 +112,7 @@ async def _follow(store: GraphStore, projector: Projector, status: ProjectionSta
     """Catch up, wait a poll interval, again, until ``stop``. The server must never go on
     answering from a graph nobody updates: any failure of a pass is logged and recorded in
     ``status``, and the store is opened again after a backoff."""
-    # The projector's own backoff limits: one pair for every way of following the log.
-    first_s, max_s = projector.options.retry_initial_s, projector.options.retry_max_s
-    delay = first_s
+    backoff = projector.options.backoff()
     opened = False
     try:
         while not stop.is_set():
@@ -126,20 +124,21 @@ async def _follow(store: GraphStore, projector: Projector, status: ProjectionSta
                 report = await projector.catch_up()
             except DatabaseUnavailable as exc:
                 status.database_away, status.failing = True, False
-                log.warning("graph database unavailable (%s); retrying in %.0fs", exc, delay)
+                wait_s = backoff.next()
+                log.warning("graph database unavailable (%s); retrying in %.0fs", exc, wait_s)
             except Exception:
                 status.database_away, status.failing = False, True
-                log.exception("projector failed; retrying in %.0f s", delay)
+                wait_s = backoff.next()
+                log.exception("projector failed; retrying in %.0f s", wait_s)
             else:
                 status.passed(report)
-                delay = first_s
+                backoff.reset()
                 if report.events:
                     log.info("projected %d events (%d records) in %.2fs", report.events, report.records,
                              report.seconds)
             if status.database_away or status.failing:
                 await store.close()  # the next attempt opens afresh
                 opened = False
-                wait_s, delay = delay, min(delay * 2, max_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait_s)
     finally:

@@ -175,11 +175,12 @@ async def _open_when_reachable(store: GraphStore, stop: asyncio.Event, options: 
     False when ``stop`` was set first."""
     import asyncio
 
-    delay = options.retry_initial_s
+    backoff = options.backoff()
     while True:
         try:
             await store.open()
         except DatabaseUnavailable as exc:
+            delay = backoff.next()
             log.warning("graph database unavailable (%s); retrying in %.1fs", exc, delay)
         else:
             return True
@@ -187,7 +188,6 @@ async def _open_when_reachable(store: GraphStore, stop: asyncio.Event, options: 
             await asyncio.wait_for(stop.wait(), delay)
         if stop.is_set():
             return False
-        delay = min(delay * 2, options.retry_max_s)
 
 
 def _report(ctx: Context, report: ProjectionReport, verb: str) -> int:

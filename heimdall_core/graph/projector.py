@@ -66,6 +66,33 @@ class ProjectorOptions:
     def from_settings(cls, graph: GraphSettings) -> ProjectorOptions:
         return cls(batch_events=graph.batch_events, batch_records=graph.batch_records)
 
+    def backoff(self) -> Backoff:
+        """The waits between attempts to reach the graph database, for every way of
+        following the log (a pass, ``project --follow``, the server's projection loop)."""
+        return Backoff(self.retry_initial_s, self.retry_max_s)
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff: ``initial_s``, doubling, at most ``max_s``."""
+
+    initial_s: float
+    max_s: float
+    _next_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._next_s = self.initial_s
+
+    def next(self) -> float:
+        """The wait before the next attempt (each one twice the last, up to the cap)."""
+        wait_s = self._next_s
+        self._next_s = min(wait_s * 2, self.max_s)
+        return wait_s
+
+    def reset(self) -> None:
+        """After a success: the next failure waits ``initial_s`` again."""
+        self._next_s = self.initial_s
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -146,7 +173,7 @@ class Projector:
     async def _catch_up(self) -> ProjectionReport:
         report = ProjectionReport()
         started = time.perf_counter()
-        delay = self.options.retry_initial_s
+        backoff = self.options.backoff()
         reopen = False
         while True:
             try:
@@ -159,11 +186,11 @@ class Projector:
                 report.retries += 1
                 if self.options.attempts_max is not None and report.retries >= self.options.attempts_max:
                     raise
+                delay = backoff.next()
                 log.warning("graph database unavailable (%s); retrying in %.1fs", exc, delay)
                 await self.store.close()
                 reopen = True
                 await self._sleep(delay)
-                delay = min(delay * 2, self.options.retry_max_s)
         report.seconds = time.perf_counter() - started
         return report
 
