@@ -271,3 +271,26 @@ async def test_a_value_in_more_records_than_read_has_its_dumps_counted_over_the_
     whole = (await ask(await graph(evs), "192.0.2.1", keystore))["matches"][0]
     assert whole["dumps_complete"] is True and whole["dumps_sightings_scanned"] == 6
     assert [(d["name"], d["sightings"]) for d in whole["dumps"]] == [("older", 4), ("newer", 2)]
+
+
+async def test_internationalized_values_are_shown_in_their_u_label_form_too(keystore: KeyStore) -> None:
+    """The graph holds A-labels (the canonical form); analysts read the U-label beside it."""
+    domain = canonicalize("domain", "bücher.example")
+    url = canonicalize("url", "https://münchen.example/a")
+    assert isinstance(domain, Canonical) and isinstance(url, Canonical)
+    feeds = Feeds()
+    feed = feeds.feed("main")
+    started = dump_started(DUMP, "feed", "idn", ["domain", "url"], {"domain": "domain", "url": "url"})
+    record = [1, [clear_field("domain", "domain", domain.value), clear_field("url", "url", url.value)]]
+    evs = [feeds.event(feed, kinds.DUMP_STARTED, started),
+           feeds.event(feed, kinds.RECORDS_INGESTED, {"dump": DUMP, "part": 0, "records": [record]})]
+    answer = await ask(await graph(evs), "BÜCHER.example", keystore)
+    assert answer["query"] == {"kind": "domain", "value": "xn--bcher-kva.example",
+                               "display": "bücher.example"}
+    (co,) = answer["matches"][0]["co_occurring"]["values"]
+    assert co["value"] == "https://xn--mnchen-3ya.example/a" and co["display"] == "https://münchen.example/a"
+    text = render_text(answer)
+    assert "domain xn--bcher-kva.example (bücher.example)" in text
+    assert "https://xn--mnchen-3ya.example/a (https://münchen.example/a)" in text
+    plain = await ask(await graph(evs), "https://xn--mnchen-3ya.example/a", keystore)
+    assert plain["query"]["display"] == "https://münchen.example/a"

@@ -160,7 +160,20 @@ async def query_value(store: GraphStore, rules: RuleSet, raw: str, *, kind: str 
             matches.append(await _match(store, rules, form, info, keys, reveal_values, co_values))
     if not matches:
         raise _not_found(canonical, policy)
-    return {"query": {"kind": canonical.kind, "value": canonical.value}, "matches": matches}
+    asked_for = {"kind": canonical.kind, "value": canonical.value}
+    if canonical.display:
+        asked_for["display"] = canonical.display
+    return {"query": asked_for, "matches": matches}
+
+
+def display_form(kind: str, value: str | None) -> str | None:
+    """The form for people (U-labels) of an internationalized domain, e-mail or URL held
+    in its canonical A-label form; None for any other value. Canonicalizing is idempotent,
+    so this is the ``display`` ingest computed and did not store."""
+    if value is None or "xn--" not in value:
+        return None
+    result = canonicalize(kind, value)
+    return result.display if isinstance(result, Canonical) else None
 
 
 def _not_found(canonical: Canonical, policy: PiiPolicy) -> Unanswered:
@@ -227,6 +240,9 @@ def _co_value(co: CoValue, keys: QueryKeys, reveal_values: bool) -> dict[str, An
                            "shredded": info.is_shredded}
     if info.is_protected and reveal_values and not info.is_shredded:
         out["value"] = _reveal(info, keys.data)
+    display = display_form(info.kind, out["value"]) if info.kind in KINDS else None
+    if display is not None:
+        out["display"] = display
     return out
 
 
@@ -257,7 +273,7 @@ def _shown(value: Mapping[str, Any]) -> str:
     if value.get("shredded"):
         return SHREDDED
     if value.get("value") is not None:
-        return str(value["value"])
+        return str(value["value"]) + (f" ({value['display']})" if value.get("display") else "")
     return PROTECTED if value.get("protected") else FINGERPRINT_ONLY
 
 
@@ -284,7 +300,7 @@ def _dumps_listed(match: Mapping[str, Any]) -> str:
 def render_text(answer: Mapping[str, Any]) -> str:
     """The human-readable form of an answer (``heimdall query`` without ``--json``)."""
     query = answer["query"]
-    lines = [f"{query['kind']} {query['value']}"]
+    lines = [f"{query['kind']} {query['value']}" + (f" ({query['display']})" if query.get("display") else "")]
     for match in answer["matches"]:
         lines.append("")
         lines.append(f"as {match['form'].replace('_', ' ')} value {match['id'][:16]}…")
