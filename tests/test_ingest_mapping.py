@@ -143,7 +143,8 @@ def test_headerless_columns_by_majority_vote() -> None:
 
 
 def test_no_majority_means_other() -> None:
-    sample = [["a@b.example"], ["1.2.3.4"], ["hello"], ["x.example"]]
+    # Half of the values are no indicator: neither one kind nor a column of indicators.
+    sample = [["a@b.example"], ["words"], ["hello"], ["x.example"]]
     assert infer_mapping(["col1"], sample) == {"col1": "other"}
 
 
@@ -174,8 +175,11 @@ def test_json_records_pooled_by_column() -> None:
 
 
 def test_repeated_columns_pool_their_values() -> None:
-    mapping = infer_mapping(["ioc", "ioc"], [["1.2.3.4", "evil.example"], ["5.6.7.8", "1.1.1.1"]])
+    mapping = infer_mapping(["ioc", "ioc"], [["1.2.3.4", "192.0.2.9"], ["5.6.7.8", "1.1.1.1"]])
     assert mapping == {"ioc": "ip"}
+    # Pooled, the values of both are of two kinds: each value gets its own.
+    mapping = infer_mapping(["ioc", "ioc"], [["1.2.3.4", "evil.example"], ["5.6.7.8", "1.1.1.1"]])
+    assert mapping == {"ioc": "auto"}
 
 
 # --- overrides ---------------------------------------------------------------------------
