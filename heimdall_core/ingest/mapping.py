@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Final
 
 from heimdall_core.errors import ConfigError
-from heimdall_core.normalize import NormalizeOptions, Result, canonicalizer_for, detect_kind, refang
+from heimdall_core.normalize import (
+    Canonical,
+    NormalizeOptions,
+    Result,
+    canonicalize,
+    canonicalizer_for,
+    detect_kind,
+    refang,
+)
 
 FIELD_KINDS: Final = (
     "email",
@@ -266,12 +274,19 @@ def sniff_value(value: str) -> str | None:
         return "cidr" if _is_network(v) else None
     if _IP_CHARS.fullmatch(v) and _is_ip(v):
         return "ip"
-    if _DOMAIN.fullmatch(v) or (not v.isascii() and detect_kind(v) == "domain"):
+    if _DOMAIN.fullmatch(v) or (not v.isascii() and _is_idn_domain(v)):
         return "domain"
     if _PHONE.fullmatch(v) and _DIGITS_MIN <= sum(c.isdigit() for c in v) <= _DIGITS_MAX \
             and not is_date(v):
         return "phone"
     return None
+
+
+def _is_idn_domain(v: str) -> bool:
+    """A name in Unicode (U-labels) whose IDNA form is a domain by ``_DOMAIN``, the rule
+    an ASCII name must pass (so ``müller.k``, like ``maria.k``, is none)."""
+    result = canonicalize("domain", v)
+    return isinstance(result, Canonical) and _DOMAIN.fullmatch(result.value) is not None
 
 
 def is_date(value: str) -> bool:
