@@ -319,6 +319,8 @@ def test_a_column_of_indicators_of_several_kinds_is_auto(column: str) -> None:
         ([f"bücher{i}.example" for i in range(9)], "domain"),
         # Indicators of several kinds, but not most of the values: nothing to detect.
         (["a.example", "1.2.3.4", "x", "y", "z"], "other"),
+        # Digests and crypt hashes: password hashes, none of them a file hash kept in clear.
+        ([*BCRYPTS, *BCRYPTS, *MD5S], "password_hash"),
     ],
 )
 def test_single_kind_lists_keep_their_kind(values: list[str], kind: str) -> None:

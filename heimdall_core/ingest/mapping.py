@@ -384,9 +384,12 @@ def _decide(hint: str | None, values: Sequence[str]) -> str:
 
 def _mixed_indicators(votes: Counter[str | None], total: int) -> bool:
     """Whether more than ``MAJORITY_FRACTION_MIN`` of the values are indicators, of more
-    than one kind: mapping the column to one kind would reject the values of the others."""
-    indicators = [count for kind, count in votes.items() if kind in _DETECTED_KINDS]
-    return len(indicators) > 1 and sum(indicators) > MAJORITY_FRACTION_MIN * total
+    than one kind: mapping the column to one kind would reject the values of the others.
+    Digests and crypt hashes count as one kind: a column of both is a column of password
+    hashes (``_decide``), whose bare digests must not be kept in clear as file hashes."""
+    kinds = {"hash" if kind in _HASHED_KINDS else kind for kind in votes if kind in _DETECTED_KINDS}
+    indicators = sum(count for kind, count in votes.items() if kind in _DETECTED_KINDS)
+    return len(kinds) > 1 and indicators > MAJORITY_FRACTION_MIN * total
 
 
 def per_value_canonicalizer(kind: str, options: NormalizeOptions) -> Callable[[str], Result]:
@@ -400,6 +403,8 @@ def per_value_canonicalizer(kind: str, options: NormalizeOptions) -> Callable[[s
     fallback_canonicalizer = canonicalizer_for(fallback, options)
 
     def canonicalize_value(raw: str) -> Result:
+        # detect_kind canonicalizes to tell the kind but returns only the kind: the value
+        # is canonicalized again, with this site's options, by its kind's canonicalizer.
         detected = detect_kind(raw)
         canonicalizer = by_kind.get(detected) if detected is not None else None
         return (canonicalizer or fallback_canonicalizer)(raw)

@@ -379,7 +379,8 @@ class DumpIngestor:
                 make = per_value_canonicalizer if kind in PER_VALUE_KINDS else canonicalizer_for
                 canon = self._canonicalizers[kind] = make(kind, normalize)
             action = self._action(column, kind)
-            memo = _ClearMemo() if action is Action.CLEAR else None
+            # A per-value column's step action is not its values' (each has its own kind).
+            memo = _ClearMemo() if action is Action.CLEAR and kind not in PER_VALUE_KINDS else None
             plan.append((index, self._public(column), kind, canon, action, memo))
         return plan
 
