@@ -8,9 +8,11 @@ import json
 import os
 from pathlib import Path
 
+import aiohttp
 import pytest
-from ingest_helpers import events_of, last_json, run
+from ingest_helpers import events_of, last_json, run, serving
 
+from heimdall_core import config
 from heimdall_core.errors import ShreddedError
 from heimdall_core.normalize import Canonical, canonicalize
 from heimdall_core.pii.keystore import KeyStore
@@ -107,6 +109,24 @@ def test_a_combo_list_of_email_and_username_logins_loses_no_line(
     assert seen_in(capsys, "user4", "username") == ["combo.txt"]
     code, _, _ = run(capsys, "query", "user4@example.com")
     assert code == 4  # user4 is a user name, not an e-mail
+
+
+async def test_a_per_value_kind_can_be_asked_for_over_http(site: Path) -> None:
+    """``map=COL=auto`` on POST /v1/dumps: a column of mostly one kind (which inference
+    would give that kind, rejecting the rest) is decided value by value."""
+    body = "".join(f"bad{i}.example.org\n" for i in range(30)) + "192.0.2.7\nnot an indicator\n"
+    settings = config.load(environ={"HMD_DATA_DIR": str(site)})
+    params = {"source": "http-feed", "map": "col1=auto"}
+    async with serving(settings) as url, aiohttp.ClientSession() as session, \
+            session.post(f"{url}/v1/dumps", params=params, data=body.encode()) as response:
+        assert response.status == 201, await response.text()
+        summary = await response.json()
+    assert summary["mapping"] == {"col1": "auto"}
+    assert summary["records"] == 32 and summary["quarantined"] == 0
+    assert summary["undetected_values"] == 1 and summary["rejected_fields"] == 0
+    kinds = sorted(f["kind"] for e in events_of(site, "records.ingested") for _, fs in e.payload["records"]
+                   for f in fs)
+    assert kinds == ["domain"] * 30 + ["ip", "other"]
 
 
 def _name_subject(keys: KeyStore, name: str) -> bytes:
