@@ -239,6 +239,10 @@ def test_iter_file_chunks(tmp_path: Path) -> None:
         (b'{"records": [{"a": 1}, {"a": 2}]}', "json"),
         (b'{"a": 1}\n{"a": 2}\n', "ndjson"),
         (b'{"a": 1}', "ndjson"),
+        (b'["a@b.example", "1.2.3.4"]\n["c@d.example", "5.6.7.8"]\n', "ndjson"),  # rows
+        (b'["a@b.example", "1.2.3.4"]\n', "json"),  # one array of scalar records
+        (b'[{"a": 1}]\n[{"a": 2}]\n', "json"),
+        (b'[["a", "b"],\n ["c", "d"]]\n', "json"),
     ],
 )
 def test_detect_format(head: bytes, fmt: str) -> None:
@@ -527,13 +531,32 @@ def test_json_array_of_records() -> None:
         (2, ("email", "tags", "tags"), ('c"d@e.example', "t1", "t2")),
         (3, ("value",), ("bare-string",)),
         (4, ("value",), ("42",)),
-        (5, ("value", "value"), ("x", "y")),
+        (5, ("col1", "col2"), ("x", "y")),  # a row: one column per place
         (6, ("a.b.c.d.e.f.g",), ("deep",)),
     ]
     assert bad(items) == [
         (7, "JSON syntax error at line 1, column 9 of the record"),
         (8, "record has no values"),
     ]
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_an_array_of_scalars_is_a_row_with_a_column_per_place(fmt: str) -> None:
+    rows = [["a1@example.com", "192.0.2.1", 7, True], ["a2@example.com", None, "x"],
+            ["a3@example.com", "192.0.2.3", 1.50], ["nested", ["no"]], []]
+    if fmt == "json":
+        data = orjson.dumps(rows).replace(b"1.5", b"1.50")
+    else:
+        data = b"".join(orjson.dumps(r).replace(b"1.5", b"1.50") + b"\n" for r in rows)
+    items = parse_fmt(fmt, data)
+    assert [(i.position, i.columns, i.values) for i in items if isinstance(i, RawRecord)] == [
+        (1, ("col1", "col2", "col3", "col4"), ("a1@example.com", "192.0.2.1", "7", "true")),
+        (2, ("col1", "col3"), ("a2@example.com", "x")),  # null: absent, the places stay
+        (3, ("col1", "col2", "col3"), ("a3@example.com", "192.0.2.3", "1.50")),
+        # Not a row of scalars: flattened as before, one column "value".
+        (4, ("value", "value"), ("nested", "no")),
+    ]
+    assert bad(items) == [(5, "record has no values")]
 
 
 def test_json_wrapper_object_streams_its_record_arrays() -> None:

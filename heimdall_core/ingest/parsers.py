@@ -814,13 +814,22 @@ _ONLY_STR: Final = {str}
 
 
 def flatten_json(value: object) -> tuple[list[str], list[str]]:
-    """Columns and values of a parsed JSON record. Numbers must arrive as text or int."""
+    """Columns and values of a parsed JSON record. Numbers must arrive as text or int.
+
+    A record that is an array of scalars (``["a@example.com", "192.0.2.1"]``) is a row,
+    as in a headerless CSV: its values are columns ``col1``..``colN`` by position, each
+    mapped on its own. As one column, a dump of such rows had all its values under one
+    kind (the majority's), and every value of the other kinds rejected.
+    """
     cols: list[str] = []
     vals: list[str] = []
     if isinstance(value, dict):
         if set(map(type, value.values())) == _ONLY_STR:
             return list(value), list(value.values())  # flat strings: all in C
         _walk_object(value, "", cols, vals, 0)
+    elif isinstance(value, list) and not any(isinstance(e, list | dict) for e in value):
+        for place, element in enumerate(value, start=1):
+            _walk(element, f"col{place}", cols, vals, 1)  # null: absent, the places stay
     else:
         _walk(value, JSON_SCALAR_COLUMN, cols, vals, 0)
     return cols, vals
