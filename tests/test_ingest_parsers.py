@@ -328,7 +328,23 @@ def test_csv_header_heuristics() -> None:
     assert known.columns == ("colour", "size", "email")
 
 
+@pytest.mark.parametrize("trailing", [b",", b",,", b", "])
+def test_csv_header_with_empty_last_names_is_a_header(trailing: bytes) -> None:
+    """A spreadsheet's CSV writes a delimiter after the last name (``email,ip,``): still a
+    header; the unnamed columns are named by their place."""
+    parser = CsvParser()
+    rows = b"a@b.example,192.0.2.1" + trailing + b"\nc@d.example,192.0.2.2" + trailing + b"\n"
+    items = parse(parser, b"email,ip" + trailing + b"\n" + rows)
+    assert parser.has_header is True
+    assert parser.columns == ("email", "ip", *(f"col{i}" for i in range(3, 3 + trailing.count(b","))))
+    assert [(p, r["email"], r["ip"]) for p, r in good(items)] == [
+        (2, "a@b.example", "192.0.2.1"), (3, "c@d.example", "192.0.2.2")]
+
+
 @pytest.mark.parametrize("first", [
+    b",email,ip",  # an empty name first or in the middle is no trailing delimiter
+    b"email,,ip",
+    b",,",
     b"colour,shade",  # names, but none a known column name: --header says so
     b"jsmith,Winter2024",  # a headerless user list: its first row is data
     b"email,+44 7700 900123",  # a known name beside a value (a phone number)

@@ -348,13 +348,20 @@ def looks_like_header(first: Sequence[str], declared: Collection[str] = ()) -> b
     ``user_name``, ``created_at``; not ``john_email``, which only contains one) or one the
     operator ``declared`` (``--map``). Nothing weaker: a headerless file's first row taken
     for a header would make its values (usernames, passwords) column names, and lose the
-    row as data."""
-    names = [f.strip().lower() for f in first]
+    row as data.
+
+    Empty names at the end of the row are allowed: a spreadsheet saved as CSV writes a
+    delimiter after the last name (``email,ip,``) for a column that was ever touched;
+    those columns are named by their place (``col3``)."""
+    named = list(first)
+    while named and not named[-1].strip():
+        named.pop()
+    names = [f.strip().lower() for f in named]
     if not names or not all(names) or len(set(names)) != len(names):
         return False
-    if not all(_looks_like_name(f) for f in first):
+    if not all(_looks_like_name(f) for f in named):
         return False
-    return any(is_known_name(f.strip()) or f.strip() in declared for f in first)
+    return any(is_known_name(f.strip()) or f.strip() in declared for f in named)
 
 
 class CsvParser:
