@@ -341,10 +341,15 @@ def test_csv_header_with_empty_last_names_is_a_header(trailing: bytes) -> None:
         (2, "a@b.example", "192.0.2.1"), (3, "c@d.example", "192.0.2.2")]
 
 
+def test_csv_header_with_an_empty_name_in_the_middle_is_data() -> None:
+    parser = CsvParser()
+    items = parse(parser, b"email,,ip\na@b.example,x,192.0.2.1\nc@d.example,y,192.0.2.2\n")
+    assert parser.has_header is False
+    assert [p for p, _ in good(items)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("first", [
-    b",email,ip",  # an empty name first or in the middle is no trailing delimiter
-    b"email,,ip",
-    b",,",
+    b",email",  # an empty name first is no trailing delimiter
     b"colour,shade",  # names, but none a known column name: --header says so
     b"jsmith,Winter2024",  # a headerless user list: its first row is data
     b"email,+44 7700 900123",  # a known name beside a value (a phone number)

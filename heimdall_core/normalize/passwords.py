@@ -119,7 +119,8 @@ def _found(scheme: str, value: str) -> Canonical:
 
 
 def _modular(text: str) -> Result:
-    ident = re.split(r"[$,]", text[1:], maxsplit=1)[0]
+    # The id ends at the next "$", or at "," in Sun's "$md5,rounds=N$".
+    ident = text[1:].partition("$")[0].partition(",")[0]
     known = _MODULAR.get(ident)
     if known is None or not known[1].fullmatch(text):
         return _UNKNOWN_SCHEME
