@@ -80,6 +80,8 @@ def test_not_detected(raw: str) -> None:
         ("2001:db8::1::2", "ip", "invalid"),
         ("10.1.2.3/8", "cidr", "host_bits_set"),
         ("2001:db8::1/32", "cidr", "host_bits_set"),
+        ("2001:db8:0:0:0:0:0:1/64", "cidr", "host_bits_set"),
+        ("2001:db8:0:0:0:0:0:1%eth0", "ip", "zone_id"),
         ("10.0.0.0/08", "cidr", "bad_prefix"),
         ("10.0.0.0/33", "cidr", "bad_prefix"),
     ],

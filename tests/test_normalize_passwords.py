@@ -150,7 +150,7 @@ def test_hex_digests_in_a_password_column_are_unsalted_password_hashes(digits: i
     result = canonicalize("password_hash", raw)
     assert isinstance(result, Canonical), result
     assert result.value == raw.lower()
-    assert result.attr("scheme", ) == {32: "raw-md5", 40: "raw-sha1", 56: "raw-sha224", 64: "raw-sha256",
+    assert result.attr("scheme") == {32: "raw-md5", 40: "raw-sha1", 56: "raw-sha224", 64: "raw-sha256",
                                        96: "raw-sha384", 128: "raw-sha512"}[digits]
     assert canonicalize("password_hash", result.value) == result
 

@@ -50,7 +50,7 @@ _IPV4_PART: Final = r"(?:0[xX][0-9a-fA-F]{1,2}|[0-9]{1,3})"
 _IPV4_SHAPE: Final = rf"{_IPV4_PART}(?:\.{_IPV4_PART}){{3}}\.?"
 # IPv6 with a "::" or eight groups (seven colons), maybe bracketed, maybe with a zone id:
 # a MAC address (five colons, no "::") or a time of day is not shaped like one.
-_IPV6_SHAPE: Final = (r"\[?(?=[0-9A-Fa-f:.]*::|(?:[0-9A-Fa-f.]*:){7}[0-9A-Fa-f.]*(?:[%\]]|$))"
+_IPV6_SHAPE: Final = (r"\[?(?=[0-9A-Fa-f:.]*::|(?:[0-9A-Fa-f.]*:){7}[0-9A-Fa-f.]*(?:[%\]/]|$))"
                       r"[0-9A-Fa-f:.]+(?:%[^\s/%\]]+)?\]?")
 _IP_SHAPE: Final = re.compile(f"{_IPV4_SHAPE}|{_IPV6_SHAPE}")
 _CIDR_SHAPE: Final = re.compile(rf"(?:{_IPV4_SHAPE}|{_IPV6_SHAPE})/[0-9]+")
