@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import logging
@@ -140,6 +141,33 @@ async def test_declared_format_is_a_hint_and_the_body_is_still_sniffed(api: tupl
         async with session.post(f"{base}/v1/dumps", params={"source": "hint"}, data=ndjson,
                                 headers={"Content-Type": "application/json"}) as r:
             assert r.status == 201 and (await r.json())["records"] == 20
+
+
+async def test_curls_default_content_type_is_no_hint(api: tuple[str, Path]) -> None:
+    """``curl --data-binary @c.csv.gz URL`` says application/x-www-form-urlencoded: no claim
+    about the body, which is sniffed (and decompressed) as without a Content-Type."""
+    base, _ = api
+    body = gzip.compress(b"email,ip\n" + b"".join(b"u%d@example.com,192.0.2.%d\n" % (i, i)
+                                                  for i in range(1, 31)))
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{base}/v1/dumps", params={"source": "curl"}, data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+        assert r.status == 201, await r.text()
+        summary = await r.json()
+    assert summary["records"] == 30 and summary["compression"] == "gzip"
+
+
+@pytest.mark.parametrize("content_type", ["image/png", 'text/x-"odd"', "multipart/form-data"])
+async def test_a_refused_content_type_says_what_is_accepted(api: tuple[str, Path],
+                                                            content_type: str) -> None:
+    base, _ = api
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{base}/v1/dumps", params={"source": "x"}, data=b"email\na@b.example\n",
+            headers={"Content-Type": content_type}) as r:
+        assert r.status == 415
+        error = (await r.json())["error"]
+    assert "text/csv" in error and "application/x-ndjson" in error and "?format=" in error
+    assert "combo" in error
 
 
 async def test_reply_names_the_quarantine_file_relative_to_the_data_dir(api: tuple[str, Path]) -> None:

@@ -239,6 +239,10 @@ def test_iter_file_chunks(tmp_path: Path) -> None:
         (b'{"records": [{"a": 1}, {"a": 2}]}', "json"),
         (b'{"a": 1}\n{"a": 2}\n', "ndjson"),
         (b'{"a": 1}', "ndjson"),
+        (b'["a@b.example", "1.2.3.4"]\n["c@d.example", "5.6.7.8"]\n', "ndjson"),  # rows
+        (b'["a@b.example", "1.2.3.4"]\n', "json"),  # one array of scalar records
+        (b'[{"a": 1}]\n[{"a": 2}]\n', "json"),
+        (b'[["a", "b"],\n ["c", "d"]]\n', "json"),
     ],
 )
 def test_detect_format(head: bytes, fmt: str) -> None:
@@ -324,7 +328,28 @@ def test_csv_header_heuristics() -> None:
     assert known.columns == ("colour", "size", "email")
 
 
+@pytest.mark.parametrize("trailing", [b",", b",,", b", "])
+def test_csv_header_with_empty_last_names_is_a_header(trailing: bytes) -> None:
+    """A spreadsheet's CSV writes a delimiter after the last name (``email,ip,``): still a
+    header; the unnamed columns are named by their place."""
+    parser = CsvParser()
+    rows = b"a@b.example,192.0.2.1" + trailing + b"\nc@d.example,192.0.2.2" + trailing + b"\n"
+    items = parse(parser, b"email,ip" + trailing + b"\n" + rows)
+    assert parser.has_header is True
+    assert parser.columns == ("email", "ip", *(f"col{i}" for i in range(3, 3 + trailing.count(b","))))
+    assert [(p, r["email"], r["ip"]) for p, r in good(items)] == [
+        (2, "a@b.example", "192.0.2.1"), (3, "c@d.example", "192.0.2.2")]
+
+
+def test_csv_header_with_an_empty_name_in_the_middle_is_data() -> None:
+    parser = CsvParser()
+    items = parse(parser, b"email,,ip\na@b.example,x,192.0.2.1\nc@d.example,y,192.0.2.2\n")
+    assert parser.has_header is False
+    assert [p for p, _ in good(items)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("first", [
+    b",email",  # an empty name first is no trailing delimiter
     b"colour,shade",  # names, but none a known column name: --header says so
     b"jsmith,Winter2024",  # a headerless user list: its first row is data
     b"email,+44 7700 900123",  # a known name beside a value (a phone number)
@@ -527,13 +552,32 @@ def test_json_array_of_records() -> None:
         (2, ("email", "tags", "tags"), ('c"d@e.example', "t1", "t2")),
         (3, ("value",), ("bare-string",)),
         (4, ("value",), ("42",)),
-        (5, ("value", "value"), ("x", "y")),
+        (5, ("col1", "col2"), ("x", "y")),  # a row: one column per place
         (6, ("a.b.c.d.e.f.g",), ("deep",)),
     ]
     assert bad(items) == [
         (7, "JSON syntax error at line 1, column 9 of the record"),
         (8, "record has no values"),
     ]
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_an_array_of_scalars_is_a_row_with_a_column_per_place(fmt: str) -> None:
+    rows = [["a1@example.com", "192.0.2.1", 7, True], ["a2@example.com", None, "x"],
+            ["a3@example.com", "192.0.2.3", 1.50], ["nested", ["no"]], []]
+    if fmt == "json":
+        data = orjson.dumps(rows).replace(b"1.5", b"1.50")
+    else:
+        data = b"".join(orjson.dumps(r).replace(b"1.5", b"1.50") + b"\n" for r in rows)
+    items = parse_fmt(fmt, data)
+    assert [(i.position, i.columns, i.values) for i in items if isinstance(i, RawRecord)] == [
+        (1, ("col1", "col2", "col3", "col4"), ("a1@example.com", "192.0.2.1", "7", "true")),
+        (2, ("col1", "col3"), ("a2@example.com", "x")),  # null: absent, the places stay
+        (3, ("col1", "col2", "col3"), ("a3@example.com", "192.0.2.3", "1.50")),
+        # Not a row of scalars: flattened as before, one column "value".
+        (4, ("value", "value"), ("nested", "no")),
+    ]
+    assert bad(items) == [(5, "record has no values")]
 
 
 def test_json_wrapper_object_streams_its_record_arrays() -> None:

@@ -312,3 +312,20 @@ def test_a_part_starting_in_a_bad_stretch_is_no_wrong_format(site: Path, tmp_pat
     summary = cli_json(site, "ingest", str(path), "--source", "m", "--workers", workers, "--json")
     assert summary["parts"] == int(workers)
     assert summary["records"] == 8000 and summary["quarantined"] == 3000
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_json_rows_of_scalars_map_each_place_on_its_own(site: Path, tmp_path: Path, fmt: str) -> None:
+    """``[["aa1@example.com", "5.6.7.1"], ...]``: each place is a column of its own kind, so
+    neither the emails nor the addresses are rejected as the other's kind."""
+    rows = [[f"aa{i}@example.com", f"5.6.7.{i}"] for i in range(1, 41)]
+    path = tmp_path / f"rows.{fmt}"
+    path.write_text(json.dumps(rows) if fmt == "json" else "".join(json.dumps(r) + "\n" for r in rows))
+    summary = cli_json(site, "ingest", str(path), "--source", f"rows-{fmt}", "--json")
+    assert summary["mapping"] == {"col1": "email", "col2": "ip"}
+    assert summary["records"] == 40 and summary["rejected_fields"] == 0 and summary["quarantined"] == 0
+    cli(site, "project")
+    for value, kind in (("5.6.7.3", "ip"), ("AA3@example.com", "email")):
+        answer = json.loads(cli(site, "query", value, "--json").stdout)
+        assert answer["query"]["kind"] == kind
+        assert answer["matches"][0]["dumps"][0]["name"] == path.name

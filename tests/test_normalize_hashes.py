@@ -75,7 +75,7 @@ def test_password_hashes_keep_their_exact_text(raw: str, scheme: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        MD5,
+        MD5[:-1],  # a whole MD5 is an unsalted password hash (raw-md5): tests/test_normalize_passwords.py
         "",
         BCRYPT.replace("$12$", "$03$"),
         BCRYPT[:-1],

@@ -87,6 +87,8 @@ HASHES = st.builds(
         "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",
         "$1$saltsalt$qjXMvbEw8oaL.CzflDugX/",
         "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$aGFzaA",
+        "{ssha}6kAEvjAvfE6aV4D+nZQDCDnbcWlOYUNsNHUhAA==",
+        "sha1$Salt$E0980E3C00F304F6C36C2DED0C6ADE83C41704E3",
     ]
 )
 PHONES = st.from_regex(r"\s*\+?[0-9][0-9 ().\-]{3,20}", fullmatch=True) | st.text(

@@ -5,7 +5,8 @@ Query parameters: ``source`` (required), ``name``, ``format`` (csv, json, ndjson
 record is read). The body is read chunk by chunk, handed to the pipeline through a
 small bounded queue (backpressure: at most QUEUE_CHUNKS_MAX chunks in memory), and
 never held whole. Over ``ingest.body_bytes_max``: 413 (before reading when
-Content-Length says so). A format that is unknown or not text: 415.
+Content-Length says so). A format that is unknown or not text: 415, naming the accepted
+Content-Types and ``format=``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ CONTENT_TYPES = {
     "application/x-ndjson": "ndjson", "application/ndjson": "ndjson", "text/plain": None,
     "application/octet-stream": None, "application/gzip": None, "application/x-gzip": None,
     "application/x-bzip2": None, "application/x-xz": None, "application/zstd": None, "": None,
+    # curl --data-binary sends this unless told otherwise: it says nothing about the body.
+    "application/x-www-form-urlencoded": None,
 }
+_ECHOED_CHARS_MAX = 40
+"""Of a client's format or Content-Type, at most this much is quoted back in an error."""
 CHUNK_BYTES = 1 << 20
 QUEUE_CHUNKS_MAX = 4
 PUT_WAIT_S = 0.5
@@ -76,19 +81,21 @@ async def _site_context(app: web.Application) -> AsyncIterator[None]:
 
 def _format_of(request: web.Request) -> tuple[str | None, str | None]:
     """The format the client chose (``format=``), taken as it is, and the one its
-    Content-Type claims, only a hint that the pipeline checks against the body."""
+    Content-Type claims, only a hint that the pipeline checks against the body.
+    Raises :class:`UnsupportedInput` (415) naming what is accepted."""
     fmt = request.query.get("format")
     if fmt is not None:
         if fmt not in FORMATS:
-            raise web.HTTPUnsupportedMediaType(
-                text=f'{{"error": "unknown format {fmt[:20]!r}; use one of: {", ".join(FORMATS)}", '
-                     '"status": 415}', content_type="application/json")
+            raise UnsupportedInput(f"unknown format {fmt[:_ECHOED_CHARS_MAX]!r}; use one of: "
+                                   f"{', '.join(FORMATS)}")
         return fmt, None
     content_type = request.content_type if request.headers.get("Content-Type") else ""
     if content_type not in CONTENT_TYPES:
-        raise web.HTTPUnsupportedMediaType(
-            text=f'{{"error": "content type {content_type[:40]!r} is not a dump format", '
-                 '"status": 415}', content_type="application/json")
+        accepted = ", ".join(sorted(t for t in CONTENT_TYPES if t))
+        raise UnsupportedInput(
+            f"content type {content_type[:_ECHOED_CHARS_MAX]!r} is not a dump format; send one "
+            f"of: {accepted}, or none (the body is sniffed either way), or give the format with "
+            f"?format= ({', '.join(FORMATS)})")
     return None, CONTENT_TYPES[content_type]
 
 
@@ -98,7 +105,10 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
     source = request.query.get("source", "")
     if not SOURCE_RE.match(source):
         return error_body(400, "query parameter 'source' is required (1-128 letters, digits, . - _ : @)")
-    fmt, fmt_hint = _format_of(request)
+    try:
+        fmt, fmt_hint = _format_of(request)
+    except UnsupportedInput as exc:
+        return error_body(415, str(exc))
     if request.content_length is not None and request.content_length > limit:
         return error_body(413, f"body of {request.content_length} bytes exceeds the limit of {limit}")
     try:

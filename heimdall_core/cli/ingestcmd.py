@@ -187,6 +187,14 @@ def _replaced_by(row: dict[str, Any]) -> str:
     return f"  (replaced by {row['duplicate_of']})" if row["superseded"] else ""
 
 
+def _rejected(row: dict[str, Any]) -> str:
+    """Rejected field values: "-" while there is no final count (unfinished, or abandoned
+    by --restart), "?" for a dump whose dump.finished does not say (an older version)."""
+    if not row["finished"] or row["superseded"]:
+        return "-"
+    return "?" if row["rejected_fields"] is None else str(row["rejected_fields"])
+
+
 def cmd_dumps(ctx: Context) -> int:
     registry = DumpRegistry(ctx.store())
     registry.refresh()
@@ -194,10 +202,11 @@ def cmd_dumps(ctx: Context) -> int:
     if ctx.args.json:
         print_json(rows)
         return EXIT_OK
-    print(f"{'dump':<32} {'state':<10} {'records':>10} {'quar.':>6}  source / name")
+    print(f"{'dump':<32} {'state':<10} {'records':>10} {'quar.':>6} {'rejected':>8}  source / name")
     for row in rows:
-        print(f"{row['dump']:<32} {_state(row):<10} {row['records']:>10} {row['quarantined']:>6}  "
-              f"{row['source']} / {row['name']}" + _replaced_by(row))
+        print(f"{row['dump']:<32} {_state(row):<10} {row['records']:>10} {row['quarantined']:>6} "
+              f"{_rejected(row):>8}  {row['source']} / {row['name']}" + _replaced_by(row))
+    _say_what_was_lost(rows)
     incomplete = [r for r in rows if not r["finished"]]
     streamed = [r for r in incomplete if not r["sha256"]]
     if len(incomplete) > len(streamed):
@@ -206,3 +215,13 @@ def cmd_dumps(ctx: Context) -> int:
     if streamed:
         print(f"{len(streamed)} incomplete HTTP upload(s): a stream cannot be resumed; upload it again")
     return EXIT_OK
+
+
+def _say_what_was_lost(rows: list[dict[str, Any]]) -> None:
+    """A dump "complete" with field values thrown away must not look lossless."""
+    lossy = [r for r in rows if r["finished"] and not r["superseded"] and r["rejected_fields"]]
+    if lossy:
+        total = sum(r["rejected_fields"] for r in lossy)
+        print(f"\n{total} field value(s) rejected in {len(lossy)} dump(s) (not a valid value of "
+              "their column's kind): the reasons are in quarantine/<dump>.jsonl under the data "
+              "directory; a wrong column kind is fixed with --map COL=KIND and --force")

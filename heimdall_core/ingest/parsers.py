@@ -348,13 +348,20 @@ def looks_like_header(first: Sequence[str], declared: Collection[str] = ()) -> b
     ``user_name``, ``created_at``; not ``john_email``, which only contains one) or one the
     operator ``declared`` (``--map``). Nothing weaker: a headerless file's first row taken
     for a header would make its values (usernames, passwords) column names, and lose the
-    row as data."""
-    names = [f.strip().lower() for f in first]
+    row as data.
+
+    Empty names at the end of the row are allowed: a spreadsheet saved as CSV writes a
+    delimiter after the last name (``email,ip,``) for a column that was ever touched;
+    those columns are named by their place (``col3``)."""
+    named = list(first)
+    while named and not named[-1].strip():
+        named.pop()
+    names = [f.strip().lower() for f in named]
     if not names or not all(names) or len(set(names)) != len(names):
         return False
-    if not all(_looks_like_name(f) for f in first):
+    if not all(_looks_like_name(f) for f in named):
         return False
-    return any(is_known_name(f.strip()) or f.strip() in declared for f in first)
+    return any(is_known_name(f.strip()) or f.strip() in declared for f in named)
 
 
 class CsvParser:
@@ -814,13 +821,22 @@ _ONLY_STR: Final = {str}
 
 
 def flatten_json(value: object) -> tuple[list[str], list[str]]:
-    """Columns and values of a parsed JSON record. Numbers must arrive as text or int."""
+    """Columns and values of a parsed JSON record. Numbers must arrive as text or int.
+
+    A record that is an array of scalars (``["a@example.com", "192.0.2.1"]``) is a row,
+    as in a headerless CSV: its values are columns ``col1``..``colN`` by position, each
+    mapped on its own. As one column, a dump of such rows had all its values under one
+    kind (the majority's), and every value of the other kinds rejected.
+    """
     cols: list[str] = []
     vals: list[str] = []
     if isinstance(value, dict):
         if set(map(type, value.values())) == _ONLY_STR:
             return list(value), list(value.values())  # flat strings: all in C
         _walk_object(value, "", cols, vals, 0)
+    elif isinstance(value, list) and not any(isinstance(e, list | dict) for e in value):
+        for place, element in enumerate(value, start=1):
+            _walk(element, f"col{place}", cols, vals, 1)  # null: absent, the places stay
     else:
         _walk(value, JSON_SCALAR_COLUMN, cols, vals, 0)
     return cols, vals

@@ -25,8 +25,9 @@ from heimdall_core.events import HEADER_BYTES, decode_header
 from heimdall_core.log.store import LogStore
 
 # 3: compression and mapping of each dump; 4: superseded dumps, and a finished dump's
-# counts no longer grown by its workers' feeds read after it (caches of 3 over-count)
-REGISTRY_VERSION = 4
+# counts no longer grown by its workers' feeds read after it (caches of 3 over-count);
+# 5: rejected field values of finished dumps
+REGISTRY_VERSION = 5
 log = logging.getLogger("heimdall.ingest")
 _T = TypeVar("_T")
 _PEEK = {kinds.DUMP_STARTED[0].encode(), kinds.DUMP_FINISHED[0].encode(),
@@ -45,6 +46,9 @@ class DumpState:
     finished: bool = False
     records: int = 0  # records acknowledged in the log
     quarantined: int = 0
+    # Field values rejected by their kind's canonicalizer, from dump.finished; None while
+    # unfinished, or when its dump.finished does not say (written by an older version).
+    rejected_fields: int | None = None
     duplicate_of: str | None = None
     # Abandoned by `ingest --restart`: duplicate_of names the dump that replaced it.
     superseded: bool = False
@@ -215,10 +219,14 @@ class DumpRegistry:
         superseded = payload.get("superseded", False)
         if type(superseded) is not bool or (superseded and duplicate_of is None):
             raise _Malformed("'superseded' must be a boolean, true only with 'duplicate_of'")
+        rejected = payload.get("rejected_fields")
+        if rejected is not None and (type(rejected) is not int or rejected < 0):
+            raise _Malformed("'rejected_fields' must be a non-negative integer")
         if state is None:
             return
         state.finished = True
         state.records, state.quarantined = records, quarantined
+        state.rejected_fields = rejected
         state.sha256 = sha256 or state.sha256
         state.duplicate_of = duplicate_of
         state.superseded = superseded

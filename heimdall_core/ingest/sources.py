@@ -442,7 +442,7 @@ def detect_format(head: bytes) -> str:
         raise IngestError("input is empty: nothing to ingest")
     first = stripped[:1]
     if first == b"[":
-        return "json"
+        return "ndjson" if _is_row_per_line(stripped) else "json"
     if first == b"{":
         return _json_or_ndjson(stripped)
     return "combo" if _looks_like_combo(stripped) else "csv"
@@ -508,6 +508,18 @@ def _json_or_ndjson(text: bytes) -> str:
     if not newline or not rest.strip():
         return "json" if _is_wrapper(value) else "ndjson"
     return "ndjson"
+
+
+def _is_row_per_line(text: bytes) -> bool:
+    """A first line that is a whole array of scalars, with more lines after it: rows one
+    per line (NDJSON of arrays), not one array of scalar records followed by others."""
+    first, _, rest = text.partition(b"\n")
+    try:
+        value = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return bool(rest.strip()) and isinstance(value, list) and not any(
+        isinstance(element, list | dict) for element in value)
 
 
 def _is_wrapper(value: object) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from heimdall_core.normalize.domain import canonicalize_domain
 from heimdall_core.normalize.email import canonicalize_email, canonicalize_plain_email
-from heimdall_core.normalize.hashes import canonicalize_hash, canonicalize_password_hash
+from heimdall_core.normalize.hashes import canonicalize_hash
 from heimdall_core.normalize.ip import canonicalize_cidr, canonicalize_ip, canonicalize_plain_ip
 from heimdall_core.normalize.model import (
     DEFAULT,
@@ -36,6 +36,7 @@ from heimdall_core.normalize.model import (
     UnknownKind,
     rejected,
 )
+from heimdall_core.normalize.passwords import canonicalize_password_hash
 from heimdall_core.normalize.refang import SCHEME_HEADS, refang
 from heimdall_core.normalize.text import (
     canonicalize_name,
