@@ -80,3 +80,17 @@ def test_a_malformed_rejected_count_is_skipped_with_a_warning(tmp_path: Path) ->
         store.writer().append_bodies(_dump_events(b"\x04" * 16, {"rejected_fields": -1}))
     listed = cli(data, "dumps", "--json")
     assert "rejected_fields" in listed.stderr and "dump.finished" in listed.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_ingest_logs_its_rejected_count_for_dumps(tmp_path: Path, workers: str) -> None:
+    data = tmp_path / "site"
+    cli(data, "init")
+    dump = tmp_path / "d.csv"
+    dump.write_text("email,ip\n" + "".join(f"u{i}@example.com,{'192.0.2.1' if i % 4 else 'x.y'}\n"
+                                            for i in range(400)))
+    summary = cli_json(data, "ingest", str(dump), "--source", "r", "--map", "ip=ip", "--json",
+                       "--workers", workers)
+    assert summary["rejected_fields"] == 100
+    [row] = cli_json(data, "dumps", "--json")
+    assert row["rejected_fields"] == 100

@@ -935,10 +935,10 @@ def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: st
     return encode_body(*kinds.DUMP_STARTED, payload)
 
 
-def dump_finished_body(*, dump: bytes, records: int, quarantined: int, sha256: str, size: int,
-                       duplicate_of: bytes | None = None) -> bytes:
+def dump_finished_body(*, dump: bytes, records: int, quarantined: int, rejected_fields: int,
+                       sha256: str, size: int, duplicate_of: bytes | None = None) -> bytes:
     payload: dict[str, Any] = {"dump": dump, "records": records, "quarantined": quarantined,
-                               "sha256": sha256, "bytes": size}
+                               "rejected_fields": rejected_fields, "sha256": sha256, "bytes": size}
     if duplicate_of is not None:
         payload["duplicate_of"] = duplicate_of
     return encode_body(*kinds.DUMP_FINISHED, payload)

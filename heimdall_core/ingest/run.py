@@ -211,7 +211,8 @@ class _OnePart:
         bodies = [] if self._started else self._started_bodies()
         self._started = True
         bodies.append(dump_finished_body(dump=self.dump, records=result.records,
-                                         quarantined=result.quarantined, sha256=sha256, size=size,
+                                         quarantined=result.quarantined,
+                                         rejected_fields=result.rejected_fields, sha256=sha256, size=size,
                                          duplicate_of=duplicate_of))
         self._append(bodies)
 
@@ -389,7 +390,8 @@ def _duplicate_summary(done: DumpState, options: IngestOptions, name: str, size:
                        began: float) -> IngestSummary:
     return IngestSummary(
         dump_id=done.dump, source=options.source, name=name, format=done.format, compression=done.compression,
-        records=done.records, quarantined=done.quarantined, rejected_fields=0, sha256=done.sha256,
+        records=done.records, quarantined=done.quarantined, rejected_fields=done.rejected_fields or 0,
+        sha256=done.sha256,
         bytes=size, duplicate=True, duplicate_of=done.dump, resumed=False,
         elapsed_s=round(time.monotonic() - began, 3), records_per_s=0.0, parts=done.parts,
         quarantine_file=None, mapping=dict(done.mapping))

@@ -302,7 +302,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     undetected = sum(r[4] for r in results)
     quarantine = _merge_quarantine(site.quarantine_path(dump), [Path(j.quarantine) for j in jobs])
     append_main([dump_finished_body(dump=dump, records=records, quarantined=quarantined,
-                                    sha256=sha256, size=size)])
+                                    rejected_fields=rejected, sha256=sha256, size=size)])
     return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
                     resumed=resume is not None, parts=len(plan.ranges), began=began,
                     quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping,
