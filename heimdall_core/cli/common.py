@@ -23,6 +23,12 @@ EXIT_INTEGRITY = 3
 EXIT_NOT_SEEN = 4  # `heimdall query`: a well-formed question about a value never seen
 FEED_PREFIX_CHARS_MIN = 8
 
+# The loggers `log_level` applies to: Heimdall's own (all named heimdall.*), and the HTTP
+# access log, one line per request whose format names the route template, never the values
+# in the path (heimdall_core.api.app.RouteAccessLogger).
+LOGGERS_AT_LOG_LEVEL = ("heimdall", "aiohttp.access")
+THIRD_PARTY_LOG_LEVEL = logging.WARNING
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -56,9 +62,19 @@ def build_context(args: argparse.Namespace) -> Context:
         environ = dict(os.environ)
         environ["HMD_DATA_DIR"] = str(args.data_dir)
     settings = config.load(Path(args.config) if args.config else None, environ)
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     return Context(settings, args)
+
+
+def configure_logging(level: str) -> None:
+    """Apply ``log_level`` to Heimdall's own loggers only. Every other library logs at
+    WARNING whatever the level: at DEBUG aiosqlite logs each SQL statement with its
+    parameters (blind indexes, subject ids, ciphertexts), and asyncio, asyncpg and aiohttp's
+    internals add volume, never anything an operator acts on."""
+    logging.basicConfig(level=THIRD_PARTY_LOG_LEVEL, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in LOGGERS_AT_LOG_LEVEL:
+        logging.getLogger(name).setLevel(level.upper())
 
 
 def resolve_feed(store: LogStore, text: str | None) -> bytes:
