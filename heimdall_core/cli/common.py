@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,18 @@ EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
 EXIT_NOT_SEEN = 4  # `heimdall query`: a well-formed question about a value never seen
 FEED_PREFIX_CHARS_MIN = 8
+FEED_ID_HEX_CHARS = 64  # a feed id is its Ed25519 public key: 32 bytes
+_FEED_NAME = re.compile(f"[0-9a-f]{{{FEED_PREFIX_CHARS_MIN},{FEED_ID_HEX_CHARS}}}")
 
 # The loggers `log_level` applies to: Heimdall's own (all named heimdall.*), and the HTTP
 # access log, one line per request whose format names the route template, never the values
 # in the path (heimdall_core.api.app.RouteAccessLogger).
 LOGGERS_AT_LOG_LEVEL = ("heimdall", "aiohttp.access")
 THIRD_PARTY_LOG_LEVEL = logging.WARNING
+
+
+class UsageError(HeimdallError):
+    """The command line asks for something it cannot mean (exit 2, like argparse's errors)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +85,14 @@ def configure_logging(level: str) -> None:
 
 
 def resolve_feed(store: LogStore, text: str | None) -> bytes:
-    """A feed from its hex id or a unique prefix of at least 8 hex digits (default: the site's)."""
+    """A feed from its hex id or a unique prefix of at least 8 hex digits (default: the site's).
+    Text that cannot name a feed is a usage error; a well-formed name no feed has is not."""
     if text is None:
         return store.site.feed
     text = text.lower()
-    if len(text) < FEED_PREFIX_CHARS_MIN:
-        raise HeimdallError(f"feed {text!r}: give at least {FEED_PREFIX_CHARS_MIN} hex digits")
+    if not _FEED_NAME.fullmatch(text):
+        raise UsageError(f"--feed {text!r}: not a feed id; give its {FEED_ID_HEX_CHARS} hex digits or "
+                         f"a unique prefix of at least {FEED_PREFIX_CHARS_MIN} (see 'heimdall log stats')")
     matches = [feed for feed in store.feeds() if feed.hex().startswith(text)]
     if not matches:
         raise HeimdallError(f"feed {text!r}: no such feed on this site (see 'heimdall log stats')")
