@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_core.cli.common import configure_logging
+from heimdall_core.cli.common import READ_ONLY_COMMANDS, configure_logging
+from heimdall_core.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "heimdall_core" / "samples" / "sample-dump.csv"
@@ -102,3 +103,89 @@ def test_readme_documents_every_setting_config_show_lists(tmp_path: Path) -> Non
     result = _heimdall("config", "show", "--json", env=dict(os.environ, HMD_DATA_DIR=str(tmp_path)))
     assert result.returncode == 0, result.stderr
     assert _undocumented(json.loads(result.stdout), _readme_config_keys()) == []
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under root with its owner, size and modification time."""
+    return {str(path.relative_to(root)): (st.st_uid, st.st_size, st.st_mtime_ns)
+            for path in [root, *root.rglob("*")] for st in [path.lstat()]}
+
+
+# Each with the command name the refusal names (never its arguments).
+WRITING_COMMANDS = [
+    ("ingest", ("ingest", str(SAMPLE), "--source", "again", "--force", "--no-progress")),
+    ("init", ("init", "--exist-ok")),
+    ("log verify", ("log", "verify")),
+    ("dumps", ("dumps",)),
+    ("project", ("project",)),
+    ("state-hash", ("state-hash",)),
+    ("query", ("query", "login.example.com")),
+    ("pii shred", ("pii", "shred", "--kind", "email", "alice.0@example.com")),
+    ("serve", ("serve",)),
+]
+
+
+@pytest.mark.parametrize(("command", "args"), WRITING_COMMANDS, ids=[name for name, _ in WRITING_COMMANDS])
+def test_a_command_that_writes_refuses_a_data_dir_another_user_owns(
+        site: dict[str, str], command: str, args: tuple[str, ...], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Root (or anyone) writing the service's data dir leaves files the service cannot read:
+    refused before anything is written, with the command line that runs it as the owner."""
+    data_dir = Path(site["HMD_DATA_DIR"])
+    config_file = tmp_path / "heimdall.toml"
+    config_file.write_text("[log]\nfsync = false\n")
+    monkeypatch.setenv("HMD_DATA_DIR", site["HMD_DATA_DIR"])
+    monkeypatch.setenv("HMD_CONFIG", str(config_file))
+    owner = data_dir.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+    before = _snapshot(data_dir)
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"uid {owner + 1}" in err and "run it as the owner: sudo -u " in err
+    assert f"HMD_DATA_DIR={data_dir} HMD_CONFIG={config_file} " in err
+    assert err.endswith(f" heimdall {command} ...\n"), err
+    assert "alice" not in err and "login.example" not in err  # arguments can be personal data
+    assert _snapshot(data_dir) == before
+
+
+# Each read-only command with its arguments and its exit status here.
+READ_ONLY_CASES = [
+    ("config show", ("config", "show"), 0), ("keys show", ("keys", "show"), 0),
+    ("log tail", ("log", "tail"), 0), ("log stats", ("log", "stats"), 0),
+    ("export", ("export", "{out}"), 0),
+    ("db status", ("db", "status"), 1),  # 1: no database was started here
+]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the site to another user")
+@pytest.mark.parametrize(("command", "args", "status"), READ_ONLY_CASES,
+                         ids=[name for name, _, _ in READ_ONLY_CASES])
+def test_read_only_commands_run_as_another_user_and_write_nothing(
+        site: dict[str, str], command: str, args: tuple[str, ...], status: int, tmp_path: Path) -> None:
+    data_dir = Path(site["HMD_DATA_DIR"])
+    assert _heimdall("project", env=site).returncode == 0  # a graph, as the service keeps one
+    for path in [data_dir, *data_dir.rglob("*")]:
+        os.chown(path, 65534, 65534, follow_symlinks=False)
+    before = _snapshot(data_dir)
+    out = tmp_path / "out.bundle"
+    result = _heimdall(*(arg.format(out=out) for arg in args), env=site)
+    assert result.returncode == status, result.stderr
+    assert _snapshot(data_dir) == before
+
+
+def test_every_read_only_command_is_tested_above() -> None:
+    assert {name for name, _, _ in READ_ONLY_CASES} == READ_ONLY_COMMANDS
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the site to another user")
+def test_root_ingesting_into_the_service_site_is_refused_and_writes_nothing(site: dict[str, str]) -> None:
+    """The reproduction: `chown -R 65534 DIR; heimdall ingest` as root left root-owned
+    segments, index, heads and a 0700 pii/ the service could no longer read."""
+    data_dir = Path(site["HMD_DATA_DIR"])
+    for path in [data_dir, *data_dir.rglob("*")]:
+        os.chown(path, 65534, 65534, follow_symlinks=False)
+    result = _heimdall("ingest", str(SAMPLE), "--source", "x", "--no-progress", env=site)
+    assert result.returncode == 2, result.stderr
+    assert "run it as the owner: sudo -u " in result.stderr
+    assert not [path for path in data_dir.rglob("*") if path.lstat().st_uid == 0]

@@ -28,9 +28,11 @@ from heimdall_core.cli.common import (
     EXIT_ERROR,
     EXIT_INTEGRITY,
     EXIT_USAGE,
+    READ_ONLY_COMMANDS,
     Context,
     UsageError,
     build_context,
+    command_name,
 )
 from heimdall_core.errors import (
     ConfigError,
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[Context], int] = args.func
     try:
         ctx = build_context(args)
+        if command_name(args) not in READ_ONLY_COMMANDS:
+            ctx.require_owner()
         return func(ctx)
     except ConfigError as exc:
         print(f"heimdall: configuration error: {exc}", file=sys.stderr)
