@@ -105,8 +105,8 @@ def build_context(args: argparse.Namespace) -> Context:
 
 
 def configure_logging(level: str) -> None:
-    """Apply ``log_level`` to Heimdall's own loggers only. Every other library logs at
-    WARNING whatever the level: at DEBUG aiosqlite logs each SQL statement with its
+    """Apply ``log_level`` to Heimdall's own loggers and its route-only access log. Every
+    other library logs at WARNING whatever the level: at DEBUG aiosqlite logs each SQL statement with its
     parameters (blind indexes, subject ids, ciphertexts), and asyncio, asyncpg and aiohttp's
     internals add volume, never anything an operator acts on."""
     logging.basicConfig(level=THIRD_PARTY_LOG_LEVEL, stream=sys.stderr,
