@@ -11,7 +11,8 @@ start with a reserved prefix (``HMD_CONFIG``, ``HMD_PG_``, ``HMD_TEST_``) belong
 tools and tests, not to the configuration, and are ignored here.
 
 Any unknown key, wrong type or bad value stops the program with one line naming the
-key, the value and what is allowed (``ConfigError``). Secrets are marked in the schema
+key, the value, what is allowed and where the value came from: ``(in FILE)`` or
+``(from HMD_...)`` (``ConfigError``). Secrets are marked in the schema
 and redacted by :func:`redacted` and in every error message; the value of an unknown
 key is shown only when it cannot be a mistyped secret.
 """
@@ -152,17 +153,19 @@ def load(
     if path is not None:
         layered = _read_toml(path)
     _merge(layered, _env_layer(env))
-    settings: Settings = _build(Settings, layered, "")
-    _check_postgres_dsn(settings.graph.postgres_dsn)
+    settings: Settings = _build(Settings, layered, "", path)
+    graph = layered.get("graph")
+    raw_dsn = graph.get("postgres_dsn") if isinstance(graph, Mapping) else None
+    _check_postgres_dsn(settings.graph.postgres_dsn, _origin(raw_dsn, path))
     return settings
 
 
-def _check_postgres_dsn(dsn: str) -> None:
+def _check_postgres_dsn(dsn: str, origin: str) -> None:
     """At start, not at the first connection: a DSN the driver cannot parse would otherwise
     fail later, inside a request or the projector, in the driver's words (which may quote it)."""
     problem = dsn_problem(dsn)
     if problem is not None:
-        raise ConfigError(f"graph.postgres_dsn = {REDACTED}: {problem}")
+        raise ConfigError(f"graph.postgres_dsn = {REDACTED}: {problem} {origin}".rstrip())
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -190,14 +193,41 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"environment {name}: {part!r} is a value, not a section")
-        node[parts[-1]] = _EnvText(value)
+        node[parts[-1]] = _EnvText(value, name)
     return layer
 
 
 class _EnvText(str):
-    """A value that came from the environment: always text, coerced by the schema."""
+    """A value that came from the environment: always text, coerced by the schema. It keeps
+    the name of its variable, so that an error can say where the bad value came from."""
 
-    __slots__ = ()
+    var: str
+
+    def __new__(cls, value: str, var: str) -> _EnvText:
+        text = super().__new__(cls, value)
+        text.var = var
+        return text
+
+
+class _LocatedError(ConfigError):
+    """A configuration error whose message already says where the value came from."""
+
+
+def _origin(value: Any, config_file: Path | None) -> str:
+    """Where a value came from, for an error message: its environment variable, or the file
+    (a table is located by its first value: the only layer that can hold a bad one)."""
+    while isinstance(value, Mapping) and value:
+        value = next(iter(value.values()))
+    if isinstance(value, _EnvText):
+        return f"(from {value.var})"
+    return f"(in {config_file})" if config_file is not None else ""
+
+
+def _located(exc: ConfigError, value: Any, config_file: Path | None) -> ConfigError:
+    if isinstance(exc, _LocatedError):
+        return exc
+    origin = _origin(value, config_file)
+    return _LocatedError(f"{exc} {origin}") if origin else exc
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
@@ -208,11 +238,12 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
             base[key] = dict(value) if isinstance(value, Mapping) else value
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type[Any], data: Mapping[str, Any], prefix: str, config_file: Path | None) -> Any:
     if not isinstance(data, Mapping):
         where = prefix.rstrip(".") or "config"
         raise ConfigError(f"{where}: {str(data)!r} is not allowed here; {where} is a table of "
-                          f"settings (in the environment: HMD_{where.upper().replace('.', '__')}__<KEY>)")
+                          f"settings (in the environment: HMD_{where.upper().replace('.', '__')}__<KEY>) "
+                          f"{_origin(data, config_file)}".rstrip())
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -220,16 +251,20 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
         key = prefix + unknown[0]
         raise ConfigError(
             f"{key} = {_show_unknown(key, data[unknown[0]])}: unknown key; allowed in "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}"
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))} "
+            f"{_origin(data[unknown[0]], config_file)}".rstrip()
         )
     values: dict[str, Any] = {}
     for name, value in data.items():
         key = prefix + name
         hint = hints[name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, key + ".")
-        else:
-            values[name] = _coerce(key, value, hint, fields[name].metadata)
+            values[name] = _build(hint, value, key + ".", config_file)
+            continue
+        try:
+            values[name] = _coerce(key, value, hint, fields[name].metadata, config_file)
+        except ConfigError as exc:
+            raise _located(exc, value, config_file) from None
     return cls(**values)
 
 
@@ -245,7 +280,7 @@ def _show_unknown(key: str, value: Any) -> str:
     return shown if len(shown) <= _SHOWN_CHARS_MAX else shown[:_SHOWN_CHARS_MAX] + "…"
 
 
-def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any], config_file: Path | None) -> Any:
     from_env = isinstance(value, _EnvText)
     shown = REDACTED if meta.get(_SECRET) else repr(str(value) if from_env else value)
     origin = typing.get_origin(hint)
@@ -276,23 +311,28 @@ def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
         result = tuple(_as_str(key, item.strip() if from_env else item, shown) for item in items
                        if not from_env or item.strip())
     elif origin is dict:
-        result = _as_map(key, value, typing.get_args(hint)[1], shown)
+        result = _as_map(key, value, typing.get_args(hint)[1], shown, config_file)
     else:  # pragma: no cover - a schema bug, not a user error
         raise AssertionError(f"config schema type {hint!r} for {key} not supported")
     _check_range(key, result, meta, shown)
     return result
 
 
-def _as_map(key: str, value: Any, value_hint: Any, shown: str) -> dict[str, Any]:
+def _as_map(key: str, value: Any, value_hint: Any, shown: str, config_file: Path | None) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: {shown} is not a table")
     nested = typing.get_origin(value_hint) is dict
     out: dict[str, Any] = {}
+    # A table may mix the file's entries and the environment's: each bad one says its own origin.
     for sub, item in value.items():
-        if nested:
-            out[sub] = _as_map(f"{key}.{sub}", item, typing.get_args(value_hint)[1], repr(item))
-        else:
-            out[sub] = _as_str(f"{key}.{sub}", item, repr(str(item)))
+        try:
+            if nested:
+                out[sub] = _as_map(f"{key}.{sub}", item, typing.get_args(value_hint)[1], repr(item),
+                                   config_file)
+            else:
+                out[sub] = _as_str(f"{key}.{sub}", item, repr(str(item)))
+        except ConfigError as exc:
+            raise _located(exc, item, config_file) from None
     return out
 
 

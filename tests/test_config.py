@@ -122,6 +122,35 @@ def test_bad_toml_values_name_key_value_and_allowed(tmp_path: Path, text: str, p
         assert part in message, (part, message)
 
 
+def test_an_error_names_the_file_or_the_variable_the_bad_value_came_from(tmp_path: Path) -> None:
+    path = _toml(tmp_path, '[api]\nport = "abc"\n')
+    from_file = _error(toml=path)
+    assert from_file.startswith("api.port: 'abc' is not an integer")
+    assert from_file.endswith(f"(in {path})"), from_file
+    # The environment outranks the file: its bad value is the one named, with its variable.
+    from_env = _error({"HMD_API__PORT": "x"}, toml=path)
+    assert from_env.startswith("api.port: 'x' is not an integer")
+    assert from_env.endswith("(from HMD_API__PORT)") and str(path) not in from_env, from_env
+
+
+@pytest.mark.parametrize(("text", "env", "origin"), [
+    ("[lgo]\nfsync = true\n", {}, "file"),  # unknown key
+    ("log = 1\n", {}, "file"),  # a value where a table belongs
+    ("", {"HMD_LOG": "1"}, "HMD_LOG"),
+    ("[pii.overrides.src]\ncol = 3\n", {"HMD_PII__OVERRIDES__OTHER": "x"}, "file"),  # a table mixing both
+    ("[pii.overrides.src]\ncol = \"drop\"\n", {"HMD_PII__OVERRIDES__OTHER": "x"},
+     "HMD_PII__OVERRIDES__OTHER"),
+    ('[graph]\npostgres_dsn = "postgresql://h:port/x"\n', {}, "file"),
+    ("", {"HMD_GRAPH__POSTGRES_DSN": "postgresql://h:port/x"}, "HMD_GRAPH__POSTGRES_DSN"),
+    ('[log]\nsegment_bytes_max = "big"\n', {}, "file"),
+])
+def test_every_kind_of_error_says_where(tmp_path: Path, text: str, env: dict[str, str], origin: str) -> None:
+    path = _toml(tmp_path, text)
+    message = _error(env, toml=path)
+    expected = f"(in {path})" if origin == "file" else f"(from {origin})"
+    assert message.endswith(expected), message
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     assert "not found" in _error(toml=tmp_path / "nope.toml")
 

@@ -5,8 +5,9 @@ Exit status (scripts and monitoring rely on these):
     0    success
     1    an operational error: missing site, key or file, I/O error, bad input line
          (the message says what and where, and what to do)
-    2    a usage or configuration error (argparse, or one line naming key, value and
-         what is allowed)
+    2    a usage or configuration error (argparse; a malformed argument such as a --feed
+         that is not hex; a command that would write a data directory another user owns;
+         or one line naming key, value, what is allowed and where it came from)
     3    an integrity problem: a damaged, tampered or stale log, a rejected bundle, a
          stopped feed, or a FORK (``heimdall log verify`` prints FORK lines)
     4    ``heimdall query``: the value was never seen (a well-formed question; with
@@ -23,7 +24,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from heimdall_core import __version__
-from heimdall_core.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_USAGE, Context, build_context
+from heimdall_core.cli.common import (
+    EXIT_ERROR,
+    EXIT_INTEGRITY,
+    EXIT_USAGE,
+    READ_ONLY_COMMANDS,
+    Context,
+    UsageError,
+    build_context,
+    command_name,
+)
 from heimdall_core.errors import (
     ConfigError,
     FeedStopped,
@@ -63,9 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[Context], int] = args.func
     try:
         ctx = build_context(args)
+        if command_name(args) not in READ_ONLY_COMMANDS:
+            ctx.require_owner()
         return func(ctx)
     except ConfigError as exc:
         print(f"heimdall: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"heimdall: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (IntegrityError, StaleLogError, FeedStopped) as exc:
         print(f"heimdall: integrity error: {exc}", file=sys.stderr)
