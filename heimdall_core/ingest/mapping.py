@@ -371,6 +371,8 @@ def _decide(hint: str | None, values: Sequence[str]) -> str:
         return AUTO if _mixed_indicators(votes, total) else _majority(votes, total) or "other"
     if hint == _LOGIN and 0 < votes["email"] < total:
         return EMAIL_OR_USERNAME  # a combo list of email:pass and user;hash lines
+    if hint in (_HOST, _ADDRESS) and _mixed_indicators(votes, total):
+        return AUTO  # "host": names and addresses; "ip": addresses and networks
     kind = _majority(votes, total)
     if hint == _PW_OR_HASH and kind in _HASHED_KINDS:
         return "password_hash"  # a "password" column full of hashes is hashed passwords
