@@ -153,6 +153,63 @@ def test_a_payload_the_projector_would_refuse_is_not_appended(cli: Cli) -> None:
     assert code == 0, err
 
 
+def _enrichment(kind: str, value: str) -> str:
+    return json.dumps({"kind": kind, "value": value, "provider": "hibp", "facts": {"breaches": 3},
+                       "observed_ms": 1795619000000}) + "\n"
+
+
+def _files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
+
+
+@pytest.mark.parametrize(("kind", "value"), [("email", "carol@example.com"),
+                                             ("username", "carol"), ("phone", "+31201234567"),
+                                             ("url", "https://carol:pw@example.com/")])
+def test_an_enrichment_about_a_person_is_refused_and_nothing_of_it_kept(
+        cli: Cli, kind: str, value: str) -> None:
+    """Facts keyed on a person's value in clear would be signed into the log, where no
+    shredding reaches them: refused before signing, as a usage error, without the value."""
+    cli("init")
+    stdin = _enrichment("ip", "192.0.2.1") + _enrichment(kind, value)
+    code, out, err = cli("log", "append", "--kind", "enrichment.received", stdin=stdin)
+    assert code == 2 and "stdin line 2" in err and "never about a person" in err
+    assert "ip, cidr, domain, hash" in err and "the 1 events before it were appended" in err
+    assert "carol" not in out + err and "+3120" not in out + err
+    assert _files_holding(cli.data_dir, b"carol") == [] and _files_holding(cli.data_dir, b"+3120") == []
+    code, out, _ = cli("log", "tail", "--json")
+    assert code == 0 and [json.loads(line)["payload"]["value"] for line in out.splitlines()] == \
+        ["192.0.2.1"]
+
+
+def test_an_enrichment_value_is_written_in_canonical_form(cli: Cli) -> None:
+    """A query canonicalizes what it is asked: facts on any other spelling were never found."""
+    cli("init")
+    stdin = _enrichment("domain", "EVIL.example.") + _enrichment("ip", "192.0.2[.]7") + \
+        _enrichment("hash", " D41D8CD98F00B204E9800998ECF8427E")
+    code, _, err = cli("log", "append", "--kind", "enrichment.received", stdin=stdin)
+    assert code == 0, err
+    code, out, _ = cli("log", "tail", "--json")
+    assert [json.loads(line)["payload"]["value"] for line in out.splitlines()] == \
+        ["evil.example", "192.0.2.7", "d41d8cd98f00b204e9800998ecf8427e"]
+    assert cli("project")[0] == 0
+    code, out, err = cli("query", "EVIL.example.", "--json")
+    assert code == 0, err
+    assert json.loads(out)["matches"][0]["facts"] == {"breaches": 3}
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), [
+    ("ip", "10.000.0.01", "not a valid ip (leading_zero"),
+    ("domain", "evil..example", "not a valid domain (empty_label"),
+    ("hash", "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234", "is a password_hash"),
+])
+def test_an_enrichment_value_that_is_not_valid_is_refused(cli: Cli, kind: str, value: str,
+                                                          reason: str) -> None:
+    cli("init")
+    code, _, err = cli("log", "append", "--kind", "enrichment.received", stdin=_enrichment(kind, value))
+    assert code == 2 and "stdin line 1" in err and reason in err and value not in err
+    assert "0 events verified" in cli("log", "verify")[1]
+
+
 def test_verify_exit_codes(cli: Cli) -> None:
     cli("init")
     cli("log", "append", stdin=_lines(4))
