@@ -89,7 +89,7 @@ class ProgressBar:
 
 
 def _print_summary(summary: IngestSummary) -> None:
-    if summary.duplicate and summary.records_per_s == 0.0:
+    if summary.duplicate and summary.dump_id == summary.duplicate_of:  # no new dump
         print(f"{summary.name}: already ingested as dump {summary.dump_id} from source "
               f"{summary.source!r} (same SHA-256); nothing done (use --force to ingest again)")
         return
@@ -101,6 +101,9 @@ def _print_summary(summary: IngestSummary) -> None:
           f"{summary.rejected_fields} rejected field values, {format_size(summary.bytes)} in "
           f"{summary.elapsed_s:.1f}s ({summary.records_per_s:.0f} records/s)")
     print(f"  sha256 {summary.sha256}")
+    if summary.duplicate_of is not None:
+        print(f"  a repeat of dump {summary.duplicate_of} (same SHA-256 and source): listed, its "
+              "records not counted again as sightings or co-occurrences")
     if summary.mapping:
         print("  mapping: " + ", ".join(f"{c}={k}" for c, k in summary.mapping.items()))
     if summary.quarantine_file:
