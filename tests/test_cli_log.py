@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from logutil import segment_path
 
 from heimdall_core.cli.main import main
+from heimdall_core.errors import FeedBusy
 from heimdall_core.log.store import LogStore
 
 
@@ -323,3 +326,60 @@ def test_the_command_line_leaves_the_server_and_graph_stacks_unimported() -> Non
             "'heimdall_core.dbctl', 'heimdall_core.graph.projector') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+_HOLDER = """import fcntl, sys, time
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_feed(cli: Cli, tmp_path: Path) -> Iterator[int]:
+    """The site's feed, its writer lock held by a process that looks like 'heimdall serve'
+    (the pid of which is yielded)."""
+    cli("init")
+    store = LogStore(cli.data_dir)
+    script = tmp_path / "heimdall_holder.py"
+    script.write_text(_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(store.feed_dir(store.site.feed) / "lock"),
+                               "serve"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_a_busy_feed_gives_each_command_its_own_advice(cli: Cli, held_feed: int, tmp_path: Path) -> None:
+    """An erasure request was told to upload a dump: each command says who holds the feed
+    and what to do for itself."""
+    holder = f"pid {held_feed}, 'heimdall serve'"
+    code, _, err = cli("pii", "shred", "--kind", "email", "carol@example.com")
+    assert code == 1 and holder in err and "nothing was shredded" in err
+    assert "systemctl stop heimdall" in err and "run this shred again" in err
+    assert "POST /v1/dumps" not in err and "carol" not in err
+    assert cli("pii", "subject", "--kind", "email", "carol@example.com")[1].count("shredded") == 0
+    code, _, err = cli("log", "append", stdin=_lines(1))
+    assert code == 1 and holder in err and "nothing was appended" in err
+    assert "systemctl stop heimdall" in err and "POST /v1/dumps" not in err
+    dump = tmp_path / "d.csv"
+    dump.write_text("ip\n192.0.2.1\n")
+    code, _, err = cli("ingest", str(dump), "--source", "s")
+    assert code == 1 and holder in err and "POST /v1/dumps" in err
+    code, _, err = cli("log", "reindex")  # any other writer: the general advice
+    assert code == 1 and holder in err and "wait for that process to end" in err
+    assert "0 events verified" in cli("log", "verify")[1]
+
+
+def test_feed_busy_keeps_its_parts_across_processes() -> None:
+    """An ingest worker's refusal reaches the parent pickled: it must arrive whole."""
+    busy = FeedBusy("feed ab is being written by another process (pid 7)", "wait")
+    again = pickle.loads(pickle.dumps(busy))
+    assert (again.held, again.advice, str(again)) == (busy.held, busy.advice, str(busy))
+    assert str(busy.advise("stop it")) == "feed ab is being written by another process (pid 7); stop it"

@@ -26,6 +26,7 @@ from heimdall_core.cli.common import (
 from heimdall_core.clock import Hlc, SystemClock
 from heimdall_core.errors import (
     EncodingError,
+    FeedBusy,
     FeedStopped,
     ForkDetected,
     HeimdallError,
@@ -41,6 +42,9 @@ STDIN_LINE_BYTES_MAX = 1 << 20
 # event the projector and the dump registry can never read.
 APPENDABLE_KINDS: frozenset[tuple[str, int]] = frozenset({kinds.NOTE, kinds.ENRICHMENT_RECEIVED})
 _APPENDABLE_NAMES = ", ".join(sorted(kind for kind, _ in APPENDABLE_KINDS))
+APPEND_WHILE_BUSY = ("nothing was appended. To append now: stop the service (systemctl stop "
+                     "heimdall) or wait for that process to end, run this append again, then "
+                     "start the service again (docs/operations.md)")
 
 
 def _count(text: str) -> int:
@@ -208,7 +212,10 @@ def cmd_append(ctx: Context) -> int:
     batch_max = ctx.settings.log.batch_events_max
     total = 0
     with ctx.store() as store:
-        writer = store.writer()
+        try:
+            writer = store.writer()
+        except FeedBusy as exc:
+            raise exc.advise(APPEND_WHILE_BUSY) from None
         check = _PayloadCheck(ctx, store.site.feed, writer.state.size)
         batch: list[bytes] = []
         try:
