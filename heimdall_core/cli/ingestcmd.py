@@ -110,6 +110,9 @@ def _print_summary(summary: IngestSummary) -> None:
     if summary.duplicate_of is not None:
         print(f"  a repeat of dump {summary.duplicate_of} (same SHA-256 and source): listed, its "
               "records not counted again as sightings or co-occurrences")
+    if summary.undetected_values:
+        print(f"  {summary.undetected_values} values of an auto column of no detectable kind, "
+              "kept as kind other (pii.policy.other)")
     if summary.mapping:
         print("  mapping: " + ", ".join(f"{c}={k}" for c, k in summary.mapping.items()))
     if summary.quarantine_file:
