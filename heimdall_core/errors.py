@@ -62,7 +62,24 @@ class FeedStopped(HeimdallError):
 
 
 class FeedBusy(HeimdallError):
-    """Another process holds the feed's writer lock (one writer per feed)."""
+    """Another process holds the feed's writer lock (one writer per feed).
+
+    ``held`` says which feed and who holds it; ``advice`` what to do, which a command
+    replaces with advice for itself (:meth:`advise`): an erasure request is not told to
+    upload a dump.
+    """
+
+    def __init__(self, held: str, advice: str) -> None:
+        super().__init__(f"{held}; {advice}")
+        self.held = held
+        self.advice = advice
+
+    def __reduce__(self) -> tuple[type[FeedBusy], tuple[str, str]]:
+        return type(self), (self.held, self.advice)  # from a worker process, whole
+
+    def advise(self, advice: str) -> FeedBusy:
+        """The same refusal with ``advice`` instead."""
+        return FeedBusy(self.held, advice)
 
 
 class StaleLogError(HeimdallError):

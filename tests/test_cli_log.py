@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from logutil import segment_path
 
 from heimdall_core.cli.main import main
+from heimdall_core.errors import FeedBusy
 from heimdall_core.log.store import LogStore
 
 
@@ -153,6 +156,63 @@ def test_a_payload_the_projector_would_refuse_is_not_appended(cli: Cli) -> None:
     assert code == 0, err
 
 
+def _enrichment(kind: str, value: str) -> str:
+    return json.dumps({"kind": kind, "value": value, "provider": "hibp", "facts": {"breaches": 3},
+                       "observed_ms": 1795619000000}) + "\n"
+
+
+def _files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
+
+
+@pytest.mark.parametrize(("kind", "value"), [("email", "carol@example.com"),
+                                             ("username", "carol"), ("phone", "+31201234567"),
+                                             ("url", "https://carol:pw@example.com/")])
+def test_an_enrichment_about_a_person_is_refused_and_nothing_of_it_kept(
+        cli: Cli, kind: str, value: str) -> None:
+    """Facts keyed on a person's value in clear would be signed into the log, where no
+    shredding reaches them: refused before signing, as a usage error, without the value."""
+    cli("init")
+    stdin = _enrichment("ip", "192.0.2.1") + _enrichment(kind, value)
+    code, out, err = cli("log", "append", "--kind", "enrichment.received", stdin=stdin)
+    assert code == 2 and "stdin line 2" in err and "never about a person" in err
+    assert "ip, cidr, domain, hash" in err and "the 1 events before it were appended" in err
+    assert "carol" not in out + err and "+3120" not in out + err
+    assert _files_holding(cli.data_dir, b"carol") == [] and _files_holding(cli.data_dir, b"+3120") == []
+    code, out, _ = cli("log", "tail", "--json")
+    assert code == 0 and [json.loads(line)["payload"]["value"] for line in out.splitlines()] == \
+        ["192.0.2.1"]
+
+
+def test_an_enrichment_value_is_written_in_canonical_form(cli: Cli) -> None:
+    """A query canonicalizes what it is asked: facts on any other spelling were never found."""
+    cli("init")
+    stdin = _enrichment("domain", "EVIL.example.") + _enrichment("ip", "192.0.2[.]7") + \
+        _enrichment("hash", " D41D8CD98F00B204E9800998ECF8427E")
+    code, _, err = cli("log", "append", "--kind", "enrichment.received", stdin=stdin)
+    assert code == 0, err
+    code, out, _ = cli("log", "tail", "--json")
+    assert [json.loads(line)["payload"]["value"] for line in out.splitlines()] == \
+        ["evil.example", "192.0.2.7", "d41d8cd98f00b204e9800998ecf8427e"]
+    assert cli("project")[0] == 0
+    code, out, err = cli("query", "EVIL.example.", "--json")
+    assert code == 0, err
+    assert json.loads(out)["matches"][0]["facts"] == {"breaches": 3}
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), [
+    ("ip", "10.000.0.01", "not a valid ip (leading_zero"),
+    ("domain", "evil..example", "not a valid domain (empty_label"),
+    ("hash", "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234", "is a password_hash"),
+])
+def test_an_enrichment_value_that_is_not_valid_is_refused(cli: Cli, kind: str, value: str,
+                                                          reason: str) -> None:
+    cli("init")
+    code, _, err = cli("log", "append", "--kind", "enrichment.received", stdin=_enrichment(kind, value))
+    assert code == 2 and "stdin line 1" in err and reason in err and value not in err
+    assert "0 events verified" in cli("log", "verify")[1]
+
+
 def test_verify_exit_codes(cli: Cli) -> None:
     cli("init")
     cli("log", "append", stdin=_lines(4))
@@ -266,3 +326,60 @@ def test_the_command_line_leaves_the_server_and_graph_stacks_unimported() -> Non
             "'heimdall_core.dbctl', 'heimdall_core.graph.projector') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+_HOLDER = """import fcntl, sys, time
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_feed(cli: Cli, tmp_path: Path) -> Iterator[int]:
+    """The site's feed, its writer lock held by a process that looks like 'heimdall serve'
+    (the pid of which is yielded)."""
+    cli("init")
+    store = LogStore(cli.data_dir)
+    script = tmp_path / "heimdall_holder.py"
+    script.write_text(_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(store.feed_dir(store.site.feed) / "lock"),
+                               "serve"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_a_busy_feed_gives_each_command_its_own_advice(cli: Cli, held_feed: int, tmp_path: Path) -> None:
+    """An erasure request was told to upload a dump: each command says who holds the feed
+    and what to do for itself."""
+    holder = f"pid {held_feed}, 'heimdall serve'"
+    code, _, err = cli("pii", "shred", "--kind", "email", "carol@example.com")
+    assert code == 1 and holder in err and "nothing was shredded" in err
+    assert "systemctl stop heimdall" in err and "run this shred again" in err
+    assert "POST /v1/dumps" not in err and "carol" not in err
+    assert cli("pii", "subject", "--kind", "email", "carol@example.com")[1].count("shredded") == 0
+    code, _, err = cli("log", "append", stdin=_lines(1))
+    assert code == 1 and holder in err and "nothing was appended" in err
+    assert "systemctl stop heimdall" in err and "POST /v1/dumps" not in err
+    dump = tmp_path / "d.csv"
+    dump.write_text("ip\n192.0.2.1\n")
+    code, _, err = cli("ingest", str(dump), "--source", "s")
+    assert code == 1 and holder in err and "POST /v1/dumps" in err
+    code, _, err = cli("log", "reindex")  # any other writer: the general advice
+    assert code == 1 and holder in err and "wait for that process to end" in err
+    assert "0 events verified" in cli("log", "verify")[1]
+
+
+def test_feed_busy_keeps_its_parts_across_processes() -> None:
+    """An ingest worker's refusal reaches the parent pickled: it must arrive whole."""
+    busy = FeedBusy("feed ab is being written by another process (pid 7)", "wait")
+    again = pickle.loads(pickle.dumps(busy))
+    assert (again.held, again.advice, str(again)) == (busy.held, busy.advice, str(busy))
+    assert str(busy.advise("stop it")) == "feed ab is being written by another process (pid 7); stop it"

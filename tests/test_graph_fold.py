@@ -197,3 +197,46 @@ def test_a_bad_record_late_in_a_stepped_event_leaves_nothing_of_it() -> None:
     delta = f.take()
     assert set(delta.values) == {model.clear_value_vid("ip", "10.9.9.9")}
     assert delta.positions == {feed: 1} and delta.records == 1
+
+
+def _enrichment(feeds: Feeds, feed: bytes, kind: str, value: str) -> Event:
+    return feeds.event(feed, kinds.ENRICHMENT_RECEIVED, {
+        "provider": "hibp", "kind": kind, "value": value, "observed_ms": 1,
+        "facts": {"breaches": 3}})
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), [
+    ("email", "carol@example.com", "never about a person"),
+    ("username", "carol", "never about a person"),
+    ("url", "https://carol:secret@example.com/", "never about a person"),
+    ("carol@example.com", "x", "not an indicator kind"),
+    ("hash", "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234", "is a password_hash"),
+    ("domain", "EVIL.example.", "not the canonical form"),
+    ("ip", "10.000.0.01", "not a valid ip"),
+    ("ip", "", "not a valid ip"),
+])
+def test_enrichment_only_about_canonical_indicators(kind: str, value: str, reason: str) -> None:
+    """Facts keyed on a person's value in clear could never be shredded, and facts on a
+    spelling no query produces could never be found: both stop the feed, like any
+    malformed event, and the message quotes neither the value nor an unknown kind."""
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(_enrichment(feeds, feed, "domain", "evil.example"))
+    with pytest.raises(PayloadError, match=reason) as caught:
+        f.add(_enrichment(feeds, feed, kind, value))
+    assert "carol" not in str(caught.value) and (not value or value not in str(caught.value))
+    delta = f.take()
+    assert set(delta.values) == {model.clear_value_vid("domain", "evil.example")}
+    assert delta.positions == {feed: 1}
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("ip", "2001:db8::1"), ("cidr", "10.0.0.0/8"), ("domain", "xn--bcher-kva.example"),
+    ("hash", "d41d8cd98f00b204e9800998ecf8427e")])
+def test_enrichment_about_each_enrichable_kind_is_folded(kind: str, value: str) -> None:
+    feeds = Feeds()
+    feed = feeds.feed("a")
+    f = folder()
+    f.add(_enrichment(feeds, feed, kind, value))
+    assert f.take().values[model.clear_value_vid(kind, value)].props["fact.breaches"][2] == 3

@@ -60,8 +60,35 @@ def test_reingest_is_a_noop_unless_forced(site: Path) -> None:
     other_source = cli_json(site, "ingest", str(SAMPLE), "--source", "other", "--json")
     assert other_source["duplicate"] is False
     forced = cli_json(site, "ingest", str(SAMPLE), "--source", "sample", "--force", "--json")
-    assert forced["duplicate"] is False and forced["dump_id"] != first["dump_id"]
+    # A new dump, but a repeat of the first (the same bytes of the same source).
+    assert forced["duplicate"] is True and forced["duplicate_of"] == first["dump_id"]
+    assert forced["dump_id"] != first["dump_id"]
     assert len(events_of(site, "dump.started")) == 3
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_forced_reingest_is_listed_as_a_repeat_and_not_counted_again(
+        site: Path, tmp_path: Path, workers: str) -> None:
+    """The same bytes POSTed without a sha256 are a repeat (duplicate_of); the same bytes
+    forced in from the command line were a new dump whose records counted again."""
+    path = tmp_path / "ips.csv"
+    path.write_bytes(b"ip,domain\n" + b"".join(b"192.0.2.%d,h%d.example\n" % (i % 250, i)
+                                               for i in range(4000)))
+    first = cli_json(site, "ingest", str(path), "--source", "feed", "--workers", workers, "--json")
+    forced = cli_json(site, "ingest", str(path), "--source", "feed", "--workers", workers,
+                      "--force", "--json")
+    assert forced["parts"] == int(workers)
+    assert forced["duplicate"] is True and forced["duplicate_of"] == first["dump_id"]
+    finished = {e.payload["dump"].hex(): e.payload for e in events_of(site, "dump.finished")}
+    assert "duplicate_of" not in finished[first["dump_id"]]
+    assert finished[forced["dump_id"]]["duplicate_of"].hex() == first["dump_id"]
+    text = cli(site, "ingest", str(path), "--source", "feed", "--force").stdout
+    assert f"a repeat of dump {first['dump_id']}" in text
+    cli(site, "project")
+    match = cli_json(site, "query", "192.0.2.7", "--json")["matches"][0]
+    assert match["sightings"] == 16 and match["sightings_in_repeats"] == 32
+    assert match["co_occurring"]["sightings_scanned"] == 16
+    assert sorted(d["duplicate_of"] or "" for d in match["dumps"]) == ["", *[first["dump_id"]] * 2]
 
 
 @pytest.mark.parametrize("compress", ["gzip", "bz2", "xz", "zstd"])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from heimdall_core.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Context, print_json
-from heimdall_core.errors import HeimdallError, IngestError
+from heimdall_core.errors import FeedBusy, HeimdallError, IngestError
 from heimdall_core.ingest.mapping import MappingError, load_mapping_file, parse_map_args
 from heimdall_core.ingest.pipeline import Progress
 from heimdall_core.ingest.registry import DumpRegistry
@@ -17,6 +17,12 @@ from heimdall_core.ingest.run import IngestSite, IngestSummary, ingest_file, rec
 from heimdall_core.units import format_size
 
 FORMATS = ("csv", "json", "ndjson", "combo")
+# While the service runs it is the writer of the site's feed, and it ingests too.
+INGEST_WHILE_BUSY = (
+    "nothing was ingested. If it is the service ('heimdall serve'), send the dump to it "
+    "(POST /v1/dumps, e.g. curl --data-binary @FILE -H 'Content-Type: application/octet-stream' "
+    "'http://127.0.0.1:PORT/v1/dumps?source=NAME', PORT = api.port, default 8740), or stop it "
+    "for this run and start it again after (docs/operations.md)")
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -89,7 +95,7 @@ class ProgressBar:
 
 
 def _print_summary(summary: IngestSummary) -> None:
-    if summary.duplicate and summary.records_per_s == 0.0:
+    if summary.duplicate and summary.dump_id == summary.duplicate_of:  # no new dump
         print(f"{summary.name}: already ingested as dump {summary.dump_id} from source "
               f"{summary.source!r} (same SHA-256); nothing done (use --force to ingest again)")
         return
@@ -101,6 +107,9 @@ def _print_summary(summary: IngestSummary) -> None:
           f"{summary.rejected_fields} rejected field values, {format_size(summary.bytes)} in "
           f"{summary.elapsed_s:.1f}s ({summary.records_per_s:.0f} records/s)")
     print(f"  sha256 {summary.sha256}")
+    if summary.duplicate_of is not None:
+        print(f"  a repeat of dump {summary.duplicate_of} (same SHA-256 and source): listed, its "
+              "records not counted again as sightings or co-occurrences")
     if summary.undetected_values:
         print(f"  {summary.undetected_values} values of an auto column of no detectable kind, "
               "kept as kind other (pii.policy.other)")
@@ -157,6 +166,10 @@ def cmd_ingest(ctx: Context) -> int:
                 _say_what_is_incomplete(site, args.source, path)
                 status = max(status, EXIT_USAGE if isinstance(exc, MappingError) else EXIT_ERROR)
                 continue
+            except FeedBusy as exc:
+                if bar:
+                    bar.done()
+                raise exc.advise(INGEST_WHILE_BUSY) from None
             except (KeyboardInterrupt, OSError, HeimdallError):
                 if bar:
                     bar.done()

@@ -26,6 +26,7 @@ from heimdall_core.cli.common import (
 from heimdall_core.clock import Hlc, SystemClock
 from heimdall_core.errors import (
     EncodingError,
+    FeedBusy,
     FeedStopped,
     ForkDetected,
     HeimdallError,
@@ -41,6 +42,9 @@ STDIN_LINE_BYTES_MAX = 1 << 20
 # event the projector and the dump registry can never read.
 APPENDABLE_KINDS: frozenset[tuple[str, int]] = frozenset({kinds.NOTE, kinds.ENRICHMENT_RECEIVED})
 _APPENDABLE_NAMES = ", ".join(sorted(kind for kind, _ in APPENDABLE_KINDS))
+APPEND_WHILE_BUSY = ("nothing was appended. To append now: stop the service (systemctl stop "
+                     "heimdall) or wait for that process to end, run this append again, then "
+                     "start the service again (docs/operations.md)")
 
 
 def _count(text: str) -> int:
@@ -99,6 +103,10 @@ class _BadLine(HeimdallError):
     """A line of standard input that is not one event payload."""
 
 
+class _UnusableLine(_BadLine):
+    """A well-formed payload that asks for what is not allowed (exit 2, a usage error)."""
+
+
 # The end of a fold error message, which is about a projection and not about this refusal.
 _FOLD_STOPS = "; projection of this feed stops here"
 
@@ -145,11 +153,38 @@ def _read_bodies(stream: Any, kind: str, version: int,
             raise _BadLine(f"stdin line {number}: must be a JSON object, got "
                            f"{type(payload).__name__}")
         try:
+            if (kind, version) == kinds.ENRICHMENT_RECEIVED:
+                payload = _canonical_enrichment(payload)
             body = encode_body(kind, version, payload)
             check(kind, version, payload)
+        except _Unusable as exc:
+            raise _UnusableLine(f"stdin line {number}: {exc}") from None
         except EncodingError as exc:
             raise _BadLine(f"stdin line {number}: {exc}") from None
         yield number, body
+
+
+class _Unusable(HeimdallError):
+    """Why one payload cannot be appended (never quotes a value)."""
+
+
+def _canonical_enrichment(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with its indicator value in canonical form, as a query would write it
+    (the operator may type any form, defanged included); ``_Unusable`` if it is about a
+    person or is no valid value of its kind. Another shape error is left to the fold."""
+    from heimdall_core.graph.fold import ENRICHABLE_KINDS, enrichment_refusal
+    from heimdall_core.normalize import Canonical, canonicalize
+
+    kind, value = payload.get("kind"), payload.get("value")
+    if type(kind) is not str or type(value) is not str:
+        return payload
+    if kind in ENRICHABLE_KINDS:
+        result = canonicalize(kind, value)
+        if isinstance(result, Canonical) and result.kind == kind:
+            return {**payload, "value": result.value}
+    refusal = enrichment_refusal(kind, value)
+    assert refusal is not None  # only a canonical value of an enrichable kind passes
+    raise _Unusable(refusal)
 
 
 def _appendable(kind: str) -> int | None:
@@ -177,7 +212,10 @@ def cmd_append(ctx: Context) -> int:
     batch_max = ctx.settings.log.batch_events_max
     total = 0
     with ctx.store() as store:
-        writer = store.writer()
+        try:
+            writer = store.writer()
+        except FeedBusy as exc:
+            raise exc.advise(APPEND_WHILE_BUSY) from None
         check = _PayloadCheck(ctx, store.site.feed, writer.state.size)
         batch: list[bytes] = []
         try:
@@ -189,8 +227,11 @@ def cmd_append(ctx: Context) -> int:
         except _BadLine as exc:
             if batch:
                 total += writer.append_bodies(batch).count
-            raise HeimdallError(f"{exc}; the {total} events before it were appended, "
-                                "nothing from this line on") from None
+            message = f"{exc}; the {total} events before it were appended, nothing from this line on"
+            if not isinstance(exc, _UnusableLine):
+                raise HeimdallError(message) from None
+            print(f"heimdall: {message}", file=sys.stderr)
+            return EXIT_USAGE
         if batch:
             total += writer.append_bodies(batch).count
         size = writer.state.size

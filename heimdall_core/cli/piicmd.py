@@ -8,7 +8,7 @@ import sys
 
 from heimdall_core import kinds
 from heimdall_core.cli.common import EXIT_OK, Context, print_json
-from heimdall_core.errors import HeimdallError
+from heimdall_core.errors import FeedBusy, HeimdallError
 from heimdall_core.events import encode_body
 from heimdall_core.ingest.run import normalize_options
 from heimdall_core.normalize import Canonical, canonicalize
@@ -17,6 +17,12 @@ from heimdall_core.pii.policy import SUBJECT_KINDS as POLICY_SUBJECT_KINDS
 
 SUBJECT_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 SUBJECT_KINDS = POLICY_SUBJECT_KINDS
+
+# A shred logs its event in the site's feed, whose one writer is the service while it
+# runs: an erasure cannot wait for a dump upload, it needs the feed for a moment.
+SHRED_WHILE_BUSY = ("nothing was shredded. To shred now: stop the service (systemctl stop "
+                    "heimdall) or wait for that process to end, run this shred again, then start "
+                    "the service again (docs/operations.md)")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +72,10 @@ def cmd_shred(ctx: Context) -> int:
     # Take the feed first: if another process writes it, fail before destroying anything,
     # so a shred is never left without its shredding event.
     with ctx.store() as store:
-        writer = store.writer()
+        try:
+            writer = store.writer()
+        except FeedBusy as exc:
+            raise exc.advise(SHRED_WHILE_BUSY) from None
         with KeyStore.open(ctx.data_dir / "pii", create=True) as keystore:
             subject = _subject(ctx, keystore, _argument(ctx.args.subject), ctx.args.kind)
             existed = keystore.shred(subject)

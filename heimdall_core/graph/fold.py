@@ -41,6 +41,7 @@ from heimdall_core.graph.rules import (
     order_key,
     same,
 )
+from heimdall_core.normalize import KINDS, Canonical, canonicalize
 
 VID_CACHE_ENTRIES_MAX = 262_144
 """Value ids remembered between batches (hot values: domains, popular addresses)."""
@@ -53,6 +54,14 @@ _STEP_MASK = FOLD_STEP_RECORDS - 1  # FOLD_STEP_RECORDS is a power of two
 KIND_CHARS_MAX = 32
 COLUMN_CHARS_MAX = 1024
 FACTS_PER_EVENT_MAX = 256
+
+ENRICHABLE_KINDS: tuple[str, ...] = ("ip", "cidr", "domain", "hash")
+"""The indicator kinds an ``enrichment.received`` may be about: kinds whose values name
+infrastructure or content, never a person. The list is fixed here, not read from the
+site's PII policy: every site must fold the same events the same way, and an enrichment
+keys its facts on the value in clear, which shredding cannot remove. ``url`` is left out:
+a URL can carry a user name and password (userinfo) and people's addresses or tokens in
+its path and query; enrich its host (a domain or ip) instead."""
 
 _PERSON_RANK: Mapping[str, int] = {kind: rank for rank, kind in enumerate(PERSON_KINDS)}
 _NO_RANK = len(PERSON_KINDS)
@@ -346,8 +355,9 @@ class Folder:
         if not isinstance(facts, dict) or len(facts) > FACTS_PER_EVENT_MAX:
             raise PayloadError(f"{where(event)}: 'facts' must be a map of at most "
                                f"{FACTS_PER_EVENT_MAX} entries")
-        if not value or len(kind) > KIND_CHARS_MAX:
-            raise PayloadError(f"{where(event)}: 'kind' and 'value' must name an indicator")
+        refusal = enrichment_refusal(kind, value)
+        if refusal is not None:
+            raise PayloadError(f"{where(event)}: {refusal}")
         rules = self.rules
         rank = rules.rank(provider)
         props: dict[str, Any] = {
@@ -365,6 +375,28 @@ class Folder:
             self.delta.values[vid] = ValueDelta(kind, value, None, props)
         else:
             held.props = rules.merge_props(model.VALUE, held.props, props)
+
+
+def enrichment_refusal(kind: str, value: str) -> str | None:
+    """Why an enrichment cannot be about (``kind``, ``value``), or None if it can.
+
+    The value must be the canonical form of its kind (a query finds only canonical values,
+    so facts on any other spelling could never be seen). The reason never quotes the value;
+    it quotes the kind only when the kind is one the normalizer knows (a kind is a short
+    identifier, but a mistyped payload could hold anything there).
+    """
+    if kind not in ENRICHABLE_KINDS:
+        named = repr(kind) if kind in KINDS else "not an indicator kind"
+        return (f"'kind' ({named}) must be one of {', '.join(ENRICHABLE_KINDS)}: an enrichment "
+                "is about an indicator, never about a person")
+    result = canonicalize(kind, value)
+    if not isinstance(result, Canonical):
+        return f"'value' is not a valid {kind} ({result.reason})"
+    if result.kind != kind:
+        return f"'value' is a {result.kind}, not a {kind}"
+    if result.value != value:
+        return f"'value' is not the canonical form of its {kind} (see docs/canonicalization.md)"
+    return None
 
 
 def _merge_sighting(held: SightingDelta, new: SightingDelta, values: Mapping[bytes, ValueDelta]) -> None:

@@ -292,33 +292,48 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
     done = registry.find_complete(options.source, sha256)
     if done is not None and not force:
         return _duplicate_summary(done, options, path.name, size, began)
+    # A forced run reads the same bytes of the same source again: its dump is a repeat of
+    # the complete one (duplicate_of), listed but not counted again as sightings, exactly
+    # as the same bytes uploaded without a declared sha256.
+    repeats = bytes.fromhex(done.dump) if done is not None else None
     incomplete = None if restart else registry.find_incomplete(options.source, sha256)
     abandoned = registry.incomplete(options.source, sha256) if restart else []
     if workers > 1 and incomplete is None:
         from heimdall_core.ingest.workers import ingest_file_parallel
 
-        return ingest_file_parallel(site, path, options, sha256=sha256, size=size, workers=workers,
-                                    on_progress=on_progress, began=began, pool=pool,
-                                    supersedes=abandoned)
-    if incomplete is not None and incomplete.parts > 1:
+        summary = ingest_file_parallel(site, path, options, sha256=sha256, size=size,
+                                       workers=workers, on_progress=on_progress, began=began,
+                                       pool=pool, supersedes=abandoned, duplicate_of=repeats)
+    elif incomplete is not None and incomplete.parts > 1:
         from heimdall_core.ingest.workers import resume_parallel
 
-        return resume_parallel(site, path, options, incomplete, size=size, on_progress=on_progress,
-                               began=began, pool=pool if pool is not None and pool.size >= incomplete.parts
-                               else None)
-    with _fewer_gc_passes():
-        return _ingest_single(site, path, options, sha256, size, incomplete, on_progress, began,
-                              supersedes=abandoned)
+        summary = resume_parallel(site, path, options, incomplete, size=size,
+                                  on_progress=on_progress, began=began, duplicate_of=repeats,
+                                  pool=pool if pool is not None and pool.size >= incomplete.parts
+                                  else None)
+    else:
+        with _fewer_gc_passes():
+            summary = _ingest_single(site, path, options, sha256, size, incomplete, on_progress,
+                                     began, supersedes=abandoned, duplicate_of=repeats)
+    return _marked_repeat(summary, done)
+
+
+def _marked_repeat(summary: IngestSummary, earlier: DumpState | None) -> IngestSummary:
+    """The summary of a new dump that repeats ``earlier`` (if any) says so."""
+    if earlier is not None:
+        summary.duplicate, summary.duplicate_of = True, earlier.dump
+    return summary
 
 
 def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256: str, size: int,
                    incomplete: DumpState | None,
                    on_progress: Callable[[Progress], None] | None, began: float, *,
-                   supersedes: Sequence[DumpState] = ()) -> IngestSummary:
+                   supersedes: Sequence[DumpState] = (),
+                   duplicate_of: bytes | None = None) -> IngestSummary:
     part = _OnePart(site, options, path.name, sha256=sha256, size=size, resume=incomplete,
                     supersedes=supersedes, on_progress=on_progress)
     result = part.run(_file_chunks(path, site.settings.ingest.chunk_bytes))
-    part.finish(result, sha256=sha256, size=size)
+    part.finish(result, sha256=sha256, size=size, duplicate_of=duplicate_of)
     return _summary(part.dump, options, path.name, part.ingestor, result.records, result.quarantined,
                     result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1,
                     began=began, quarantine=part.quarantine_path,
@@ -349,9 +364,7 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
                        result.rejected_fields, sha256, size, resumed=False, parts=1,
                        began=began, quarantine=part.quarantine_path,
                        undetected=result.undetected_values)
-    if earlier is not None:
-        summary.duplicate, summary.duplicate_of = True, earlier.dump
-    return summary
+    return _marked_repeat(summary, earlier)
 
 
 def record_metrics(summary: IngestSummary) -> None:
@@ -359,7 +372,7 @@ def record_metrics(summary: IngestSummary) -> None:
 
     outcome = "duplicate" if summary.duplicate else ("resumed" if summary.resumed else "complete")
     metrics.INGEST_DUMPS.labels(summary.source, outcome).inc()
-    if summary.duplicate and summary.records_per_s == 0.0:
+    if summary.duplicate and summary.dump_id == summary.duplicate_of:  # nothing ingested
         return
     metrics.INGEST_RECORDS.labels(summary.source).inc(summary.records)
     metrics.INGEST_QUARANTINED.labels(summary.source).inc(summary.quarantined)

@@ -256,15 +256,18 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                          workers: int, on_progress: Callable[[Progress], None] | None,
                          began: float, resume: DumpState | None = None,
                          pool: WorkerPool | None = None,
-                         supersedes: Sequence[DumpState] = ()) -> IngestSummary:
+                         supersedes: Sequence[DumpState] = (),
+                         duplicate_of: bytes | None = None) -> IngestSummary:
     """Ingest ``path`` in parts, one worker process each; ``pool``, if given, is used
     (and left open), otherwise one is started here. ``supersedes``: the dumps of this
-    input that ``--restart`` abandons (closed with this dump's start)."""
+    input that ``--restart`` abandons (closed with this dump's start); ``duplicate_of``:
+    the complete dump that a forced run repeats (recorded in dump.finished)."""
     if pool is None:
         with WorkerPool(workers) as own:
             return ingest_file_parallel(site, path, options, sha256=sha256, size=size,
                                         workers=workers, on_progress=on_progress, began=began,
-                                        resume=resume, pool=own, supersedes=supersedes)
+                                        resume=resume, pool=own, supersedes=supersedes,
+                                        duplicate_of=duplicate_of)
     from heimdall_core.ingest.run import _ingest_single, _summary, superseded_bodies
 
     declared = declared_columns(options, site.policy)
@@ -273,7 +276,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     if plan is None or len(plan.ranges) < 2:
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
         return _ingest_single(site, path, options, sha256, size, resume, on_progress, began,
-                              supersedes=supersedes)
+                              supersedes=supersedes, duplicate_of=duplicate_of)
     dump = bytes.fromhex(resume.dump) if resume else os.urandom(kinds.DUMP_ID_BYTES)
     feeds = _worker_feeds(site, len(plan.ranges))
     append_main = site.appender()
@@ -302,7 +305,8 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     undetected = sum(r[4] for r in results)
     quarantine = _merge_quarantine(site.quarantine_path(dump), [Path(j.quarantine) for j in jobs])
     append_main([dump_finished_body(dump=dump, records=records, quarantined=quarantined,
-                                    rejected_fields=rejected, sha256=sha256, size=size)])
+                                    rejected_fields=rejected, sha256=sha256, size=size,
+                                    duplicate_of=duplicate_of)])
     return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
                     resumed=resume is not None, parts=len(plan.ranges), began=began,
                     quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping,
@@ -328,10 +332,11 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState,
 
 def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,
                     size: int, on_progress: Callable[[Progress], None] | None,
-                    began: float, pool: WorkerPool | None = None) -> IngestSummary:
+                    began: float, pool: WorkerPool | None = None,
+                    duplicate_of: bytes | None = None) -> IngestSummary:
     return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
                                 workers=incomplete.parts, on_progress=on_progress, began=began,
-                                resume=incomplete, pool=pool)
+                                resume=incomplete, pool=pool, duplicate_of=duplicate_of)
 
 
 _COUNTERS: Any = None  # in a worker process: the shared progress counters

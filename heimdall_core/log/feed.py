@@ -147,6 +147,54 @@ class _Position:
     hlc: Hlc
 
 
+_PROC_LOCKS = Path("/proc/locks")
+"""Linux's table of file locks: who holds the flock of a feed's lock file."""
+
+# The commands that write a feed: the only words of a holder's command line a message
+# names (its other arguments may be personal data: `pii shred --kind email VALUE`).
+_WRITING_COMMANDS = frozenset({"serve", "ingest", "log", "pii", "import", "init"})
+_GLOBAL_OPTIONS = frozenset({b"--config", b"--data-dir"})
+_PROGRAM_WORDS_MAX = 3
+"""Words of a command line that may name the program: `heimdall`, or `python -m
+heimdall_core.cli.main`."""
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the flock on ``fd``, for a message: its pid and heimdall command if
+    known (Linux), else "pid unknown"."""
+    stat = os.fstat(fd)
+    key = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        table = _PROC_LOCKS.read_text()
+    except OSError:
+        return "pid unknown"
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1312 0 EOF"; a waiter's line has "->"
+        words = line.split()
+        if "FLOCK" in words and "->" not in words and key in words[1:]:
+            pid = words[words.index(key) - 1]
+            if pid.isdigit() and pid != "0":  # 0: a process of another pid namespace
+                return f"pid {pid}{_command_of(int(pid))}"
+    return "pid unknown"
+
+
+def _command_of(pid: int) -> str:
+    """", 'heimdall serve'" when ``pid`` runs a heimdall command that writes; else ""."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    if not any(b"heimdall" in word for word in argv[:_PROGRAM_WORDS_MAX]):
+        return ""  # another program holds it: its words mean nothing here
+    words = iter(argv[1:])
+    for word in words:
+        if word in _GLOBAL_OPTIONS:
+            next(words, None)  # its value (a path), never a command
+        elif (name := word.decode("ascii", "replace")) in _WRITING_COMMANDS:
+            return f", 'heimdall {name}'"
+    return ""
+
+
 class FeedLog:
     """A feed's files. Reading is safe from any process; writing needs ``open_for_writing``."""
 
@@ -224,13 +272,13 @@ class FeedLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _lock_holder(fd)
             os.close(fd)
             raise FeedBusy(
-                f"feed {self.feed_hex} is being written by another process "
-                f"(lock {self.directory / LOCK_FILE}); one writer per feed. If 'heimdall serve' "
-                "is running, send dumps to it (POST /v1/dumps, e.g. curl --data-binary @FILE -H "
-                "'Content-Type: application/octet-stream' 'http://127.0.0.1:PORT/v1/dumps?source=NAME', "
-                "PORT = api.port, default 8740) or stop it first") from None
+                f"feed {self.feed_hex} is being written by another process ({holder}; lock "
+                f"{self.directory / LOCK_FILE}); one writer per feed",
+                "wait for that process to end, or stop it (the service: systemctl stop heimdall), "
+                "then run this command again (docs/operations.md)") from None
         self._lock_fd = fd
 
     def close(self) -> None:
