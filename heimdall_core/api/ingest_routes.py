@@ -24,10 +24,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
 
-from heimdall_core.api.app import SETTINGS_KEY, error_body
-from heimdall_core.errors import ConfigError, IngestError, UnsupportedInput
+from heimdall_core.api.app import SETTINGS_KEY, STOPPING_KEY, error_body, fault_reply, server_fault
+from heimdall_core.errors import ConfigError, HeimdallError, IngestError, UnsupportedInput
 from heimdall_core.ingest.mapping import parse_map_args
-from heimdall_core.ingest.pipeline import InputCut
+from heimdall_core.ingest.pipeline import DumpIngestor, InputCut
 from heimdall_core.ingest.registry import DumpRegistry
 from heimdall_core.ingest.run import IngestSite, ingest_chunks, record_metrics
 
@@ -127,11 +127,12 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
             yield chunk
 
     name = request.query.get("name", "-")[:255]
+    parts: list[DumpIngestor] = []  # the dump's ingestor, once the pipeline made it
     work = loop.run_in_executor(executor, functools.partial(
-        ingest_chunks, site, body(), options, name=name, expected_sha256=declared))
+        ingest_chunks, site, body(), options, name=name, expected_sha256=declared, on_part=parts.append))
     received = 0
     try:
-        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+        async for chunk in _body_chunks(request):
             received += len(chunk)
             if received > limit:
                 return error_body(413, f"body exceeds the limit of {limit} bytes; the records "
@@ -146,16 +147,27 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         return error_body(400, str(exc))
     except CLIENT_GONE:
         # Not a server fault: one line, no traceback, nothing of the body.
-        log.warning("POST /v1/dumps: the client went away after %d bytes; the records read "
-                    "so far stay as an incomplete dump", received)
+        await _cut(chunks, work)
+        log.warning("POST /v1/dumps: the client went away after %d bytes; %s", received, _kept(parts))
         return error_body(400, "upload cut off by the client")
+    except ServerStopping:
+        await _cut(chunks, work)
+        log.warning("POST /v1/dumps: upload cut off after %d bytes, the server is stopping; %s",
+                    received, _kept(parts))
+        return error_body(503, "the server is stopping: upload cut off; " + _kept(parts)
+                          + "; send the dump again once the server is back")
+    except (HeimdallError, OSError) as exc:
+        # The server's own failures (storage, its log or key store, another writer): a
+        # status the client may retry on, and one warning line; anything else is bad input.
+        fault = server_fault(exc)
+        if fault is None:
+            return error_body(400, str(exc))
+        return fault_reply(fault, exc, request)
     finally:
         if not work.done():
-            # Over the limit, or the client went away: the dump stays incomplete (no
+            # Over the limit, or a failure above: the dump stays incomplete (no
             # dump.finished), and `heimdall dumps` reports it.
-            await _put(chunks, _ABORT, work)
-            with contextlib.suppress(Exception):
-                await work
+            await _cut(chunks, work)
     record_metrics(summary)
     reply = summary.as_json()
     if summary.quarantine_file is not None:
@@ -163,6 +175,42 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         quarantine = Path(summary.quarantine_file)
         reply["quarantine_file"] = str(quarantine.relative_to(site.settings.data_dir))
     return web.json_response(reply, status=200 if summary.duplicate else 201)
+
+
+class ServerStopping(Exception):
+    """The server began to stop while an upload was being read."""
+
+
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body chunk by chunk, until its end or until the server begins to stop
+    (``ServerStopping``): an upload must not hold a stopping server for minutes."""
+    stopping = asyncio.ensure_future(request.app[STOPPING_KEY].wait())
+    try:
+        while True:
+            read = asyncio.ensure_future(request.content.read(CHUNK_BYTES))
+            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                raise ServerStopping
+            if not (chunk := read.result()):
+                return
+            yield chunk
+    finally:
+        stopping.cancel()
+
+
+async def _cut(chunks: queue.Queue[bytes], work: asyncio.Future[Any]) -> None:
+    """End an upload cut off: the pipeline keeps the whole records read so far."""
+    await _put(chunks, _ABORT, work)
+    with contextlib.suppress(Exception):
+        await work
+
+
+def _kept(parts: list[DumpIngestor]) -> str:
+    """What a cut-off upload left in the log, in words for the log and the client."""
+    if not parts or not parts[0].result.records:
+        return "no record was logged"
+    return f"dump {parts[0].dump.hex()} stays incomplete with {parts[0].result.records} records"
 
 
 async def _put(chunks: queue.Queue[bytes], chunk: bytes, work: asyncio.Future[Any]) -> bool:
