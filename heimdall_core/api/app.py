@@ -109,9 +109,8 @@ def server_fault(exc: BaseException) -> ServerFault | None:
                                "operator freed space")
         return ServerFault(503, "an I/O error on the server's storage; see the server log")
     if isinstance(exc, KeyMaterialError):
-        cause = exc.__cause__
-        full = (isinstance(cause, sqlite3.Error)
-                and cause.sqlite_errorcode & SQLITE_PRIMARY_CODE_MASK == sqlite3.SQLITE_FULL)
+        code = getattr(exc.__cause__, "sqlite_errorcode", None)  # set by SQLite, if it failed
+        full = isinstance(code, int) and code & SQLITE_PRIMARY_CODE_MASK == sqlite3.SQLITE_FULL
         if full:
             return ServerFault(507, "the PII key store has no room left; retry once an operator "
                                "freed space")
