@@ -232,7 +232,13 @@ def test_an_upload_the_disk_cannot_hold_is_507_and_logged(tmp_path: Path) -> Non
             raise AssertionError("the upload was accepted beyond the file-size limit")
         except urllib.error.HTTPError as exc:
             status, reply = exc.code, json.loads(exc.read())
+        # A small one fits: the server recovered its feed instead of refusing until a restart.
+        small = urllib.request.Request(f"{base}/v1/dumps?source=small", data=b"ip\n10.9.9.9\n",
+                                       method="POST", headers={"Content-Type": "text/csv"})
+        with urllib.request.urlopen(small, timeout=60) as response:
+            assert response.status == 201
         text = log.read_text()
+    cli(data, "log", "verify")
     assert status == 507, reply
     assert "no room left" in reply["error"] and str(data) not in reply["error"]
     (warning,) = [line for line in text.splitlines() if "POST /v1/dumps failed" in line]

@@ -162,6 +162,10 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         fault = server_fault(exc)
         if fault is None:
             return error_body(400, str(exc))
+        # A failed append leaves the feed's writer refusing every later one: close it in
+        # the thread that owns it, and the next upload reopens it (its recovery cuts a torn
+        # batch back to the last signed checkpoint) instead of failing until a restart.
+        await loop.run_in_executor(executor, site.store.close)
         return fault_reply(fault, exc, request)
     finally:
         if not work.done():
