@@ -132,7 +132,7 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         ingest_chunks, site, body(), options, name=name, expected_sha256=declared, on_part=parts.append))
     received = 0
     try:
-        async for chunk in _body_chunks(request):
+        while chunk := await _read_chunk(request):
             received += len(chunk)
             if received > limit:
                 return error_body(413, f"body exceeds the limit of {limit} bytes; the records "
@@ -185,22 +185,19 @@ class ServerStopping(Exception):
     """The server began to stop while an upload was being read."""
 
 
-async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body chunk by chunk, until its end or until the server begins to stop
-    (``ServerStopping``): an upload must not hold a stopping server for minutes."""
+async def _read_chunk(request: web.Request) -> bytes:
+    """The body's next chunk (b"" at its end), or ``ServerStopping`` when the server begins
+    to stop first: an upload must not hold a stopping server for minutes."""
+    read = asyncio.ensure_future(request.content.read(CHUNK_BYTES))
     stopping = asyncio.ensure_future(request.app[STOPPING_KEY].wait())
     try:
-        while True:
-            read = asyncio.ensure_future(request.content.read(CHUNK_BYTES))
-            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                read.cancel()
-                raise ServerStopping
-            if not (chunk := read.result()):
-                return
-            yield chunk
+        await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
+            raise ServerStopping
+        return read.result()
     finally:
         stopping.cancel()
+        read.cancel()  # nothing once it is done
 
 
 async def _cut(chunks: queue.Queue[bytes], work: asyncio.Future[Any]) -> None:
