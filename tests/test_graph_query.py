@@ -117,11 +117,14 @@ async def test_repeat_upload_is_listed_but_not_counted_again(keystore: KeyStore)
     (alone,) = (await ask(await graph(evs[:-3]), "192.0.2.1", keystore))["matches"]
     assert match["co_occurring"] == alone["co_occurring"]
     assert match["co_occurring"]["sightings_scanned"] == 2
+    # Nor does the repeat (uploaded later) move when the value was last seen.
+    assert (match["first_seen_ms"], match["last_seen_ms"]) == (alone["first_seen_ms"], alone["last_seen_ms"])
     assert sorted((d["name"], d["sightings"], d["duplicate_of"]) for d in match["dumps"]) == [
         ("leak.csv", 2, None), ("upload", 2, DUMP.hex())]
     text = render_text({"query": {"kind": "ip", "value": "192.0.2.1"}, "matches": [match]})
     assert "seen in 2 records (and 2 more in repeated uploads)" in text
     assert f"upload (repeat of {DUMP.hex()[:16]}" in text
+    assert f"{DUMP.hex()[:16]}  leak " in text  # each row names its dump: two can share a name
 
 
 async def test_personal_value_found_by_blind_index_and_revealed_on_request(keystore: KeyStore) -> None:

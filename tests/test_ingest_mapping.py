@@ -11,18 +11,22 @@ from hypothesis import strategies as st
 from heimdall_core.errors import ConfigError
 from heimdall_core.ingest.mapping import (
     FIELD_KINDS,
+    MAPPING_KINDS,
     MappingError,
     infer_mapping,
     infer_mapping_from_values,
+    is_date,
     is_known_name,
     kind_from_name,
     load_mapping_file,
     merge_mapping,
     parse_map_args,
     parse_mapping_document,
+    per_value_canonicalizer,
     sample_by_column,
     sniff_value,
 )
+from heimdall_core.normalize import Canonical, NormalizeOptions, detect_kind
 
 EMAILS = ["alice@example.com", "bob.smith+x@mail.example.org", "c@d.co"]
 USERNAMES = ["alice", "bob_smith", "c0olguy"]
@@ -143,7 +147,8 @@ def test_headerless_columns_by_majority_vote() -> None:
 
 
 def test_no_majority_means_other() -> None:
-    sample = [["a@b.example"], ["1.2.3.4"], ["hello"], ["x.example"]]
+    # Half of the values are no indicator: neither one kind nor a column of indicators.
+    sample = [["a@b.example"], ["words"], ["hello"], ["x.example"]]
     assert infer_mapping(["col1"], sample) == {"col1": "other"}
 
 
@@ -174,8 +179,11 @@ def test_json_records_pooled_by_column() -> None:
 
 
 def test_repeated_columns_pool_their_values() -> None:
-    mapping = infer_mapping(["ioc", "ioc"], [["1.2.3.4", "evil.example"], ["5.6.7.8", "1.1.1.1"]])
+    mapping = infer_mapping(["ioc", "ioc"], [["1.2.3.4", "192.0.2.9"], ["5.6.7.8", "1.1.1.1"]])
     assert mapping == {"ioc": "ip"}
+    # Pooled, the values of both are of two kinds: each value gets its own.
+    mapping = infer_mapping(["ioc", "ioc"], [["1.2.3.4", "evil.example"], ["5.6.7.8", "1.1.1.1"]])
+    assert mapping == {"ioc": "auto"}
 
 
 # --- overrides ---------------------------------------------------------------------------
@@ -208,7 +216,14 @@ def test_parse_map_args_errors(args: list[str], message: str) -> None:
 def test_unknown_kind_error_lists_every_kind() -> None:
     with pytest.raises(MappingError) as raised:
         parse_map_args(["c=bogus"])
-    assert all(kind in str(raised.value) for kind in FIELD_KINDS)
+    assert all(kind in str(raised.value) for kind in (*FIELD_KINDS, *MAPPING_KINDS))
+    assert "auto" in MAPPING_KINDS and "email_or_username" in MAPPING_KINDS
+
+
+def test_per_value_kinds_can_be_given() -> None:
+    assert parse_map_args(["indicator=auto", "login=email_or_username"]) == {
+        "indicator": "auto", "login": "email_or_username"}
+    assert parse_mapping_document('[columns]\nioc = "auto"\n', "toml") == {"ioc": "auto"}
 
 
 def test_merge_mapping() -> None:
@@ -266,3 +281,116 @@ def test_inference_is_total(values: list[str], column: str) -> None:
     mapping = infer_mapping([column], [[v] for v in values])
     assert mapping[column] in FIELD_KINDS
     assert all(sniff_value(v) in (*FIELD_KINDS, None) for v in values)
+
+
+# --- indicator feeds: refanged and IDN values, columns of several kinds --------------------
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("evil[.]com", "domain"), ("evil7[.]example[.]org", "domain"), ("1.2.3[.]4", "ip"),
+        ("45.9.20[.]7", "ip"), ("hxxps[:]//evil[.]example/x", "url"), ("a[@]b[.]example", "email"),
+        ("10.0.0[.]0/8", "cidr"), ("münchen.de", "domain"), ("bücher3.example", "domain"),
+        ("BÜCHER.example", "domain"), ("ünïcode words", None), ("名前", None), ("müller.k", None),
+        ("maria.k", None),
+    ],
+)  # fmt: skip
+def test_sniff_value_refangs_and_maps_idn(value: str, kind: str | None) -> None:
+    assert sniff_value(value) == kind
+
+
+IOC_MIX = ["http://evil.example/a", "bad.example.org", "10.0.0.0/8", "2001:db8::1",
+           "phish@mail.example.net", "198.51.100.3", "5f4dcc3b5aa765d61d8327deb882cf99"]
+
+
+@pytest.mark.parametrize("column", ["indicator", "ioc", "value", "col1", "observable"])
+def test_a_column_of_indicators_of_several_kinds_is_auto(column: str) -> None:
+    assert infer_mapping([column], [[v] for v in IOC_MIX * 3]) == {column: "auto"}
+    # Two kinds are enough (the STIX bundle's "value"), and a minority of non-indicators.
+    assert infer_mapping([column], [["198.51.100.3"], ["example.com"]]) == {column: "auto"}
+    assert infer_mapping([column], [[v] for v in [*IOC_MIX, "n/a", "unknown"]]) == {column: "auto"}
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        ([f"evil{i}[.]example[.]org" for i in range(9)], "domain"),
+        ([f"45.9.20[.]{i}" for i in range(9)], "ip"),
+        ([f"bücher{i}.example" for i in range(9)], "domain"),
+        # Indicators of several kinds, but not most of the values: nothing to detect.
+        (["a.example", "1.2.3.4", "x", "y", "z"], "other"),
+        # Digests and crypt hashes: password hashes, none of them a file hash kept in clear.
+        ([*BCRYPTS, *BCRYPTS, *MD5S], "password_hash"),
+    ],
+)
+def test_single_kind_lists_keep_their_kind(values: list[str], kind: str) -> None:
+    assert infer_mapping(["col1"], [[v] for v in values]) == {"col1": kind}
+
+
+def test_a_named_column_keeps_its_kind_whatever_its_values() -> None:
+    assert infer_mapping(["domain"], [[v] for v in IOC_MIX]) == {"domain": "domain"}
+
+
+def _kinds_of(kind: str, values: list[str]) -> list[tuple[str, str]]:
+    canonicalize = per_value_canonicalizer(kind, NormalizeOptions())
+    results = [canonicalize(v) for v in values]
+    assert all(isinstance(r, Canonical) for r in results)
+    return [(r.kind, r.value) for r in results if isinstance(r, Canonical)]
+
+
+def test_auto_values_take_the_kind_query_detects() -> None:
+    values = [*IOC_MIX, "evil[.]example[.]org", "Phish@Mail.Example.NET", "bücher.example",
+              "$2b$12$KIXQJQJ5Z9u6mD7xq0aQeOqVYQ1q2J8GkGZrQ9yZ6E1w5m8pS7bG.", "a campaign name"]
+    kinds = _kinds_of("auto", values)
+    assert [k for k, _ in kinds] == [detect_kind(v) or "other" for v in values]
+    assert [k for k, _ in kinds] == ["url", "domain", "cidr", "ip", "email", "ip", "hash", "domain",
+                                     "email", "domain", "password_hash", "other"]
+    assert kinds[7] == ("domain", "evil.example.org") and kinds[9][1] == "xn--bcher-kva.example"
+
+
+def test_email_or_username_values() -> None:
+    assert _kinds_of("email_or_username", ["Bob@Example.com", "bob", "bob.example", "x@localhost"]) == [
+        ("email", "bob@example.com"), ("username", "bob"), ("username", "bob.example"),
+        ("email", "x@localhost")]
+
+
+def test_a_login_column_of_emails_and_usernames_is_decided_per_value() -> None:
+    mixed = [[e] for e in EMAILS] + [[u] for u in USERNAMES]
+    assert infer_mapping(["login"], mixed) == {"login": "email_or_username"}
+    assert infer_mapping(["login"], [[e] for e in EMAILS]) == {"login": "email"}
+    assert infer_mapping(["login"], [[u] for u in USERNAMES]) == {"login": "username"}
+    assert infer_mapping(["email"], mixed) == {"email": "email"}  # the name is trusted
+
+
+# --- dates and times are no phone numbers; plain names no identity kinds -----------------
+
+DATES = ["2024-01-01", "2024.01.01", "01.02.2024", "10.01.2024", "31.12.2024", "2024/01/31",
+         "01/31/2024", "31-01-24", "2024-01-01 12:00", "2024-01-01 12:00:00",
+         "2024-01-01T12:00:00Z", "2024-01-01T12:00:00.123+01:00", "01.02.2024 10:30",
+         "1/2/2024 10:30:00 PM", "2024-1-5"]
+
+
+@pytest.mark.parametrize("value", DATES)
+def test_dates_and_times_are_never_phones(value: str) -> None:
+    assert is_date(value)
+    assert sniff_value(value) is None
+
+
+@pytest.mark.parametrize("value", ["+1 555 010 9999", "(555) 010-9999", "555-010-9999",
+                                   "030 1234 5678", "12-34-5678", "+49 30 12345678"])
+def test_phone_numbers_are_still_phones(value: str) -> None:
+    assert not is_date(value)
+    assert sniff_value(value) == "phone"
+
+
+@pytest.mark.parametrize("column", ["created", "first_seen", "last_seen", "last_login", "lastLogin",
+                                    "signup_date", "as_name", "user.last_login", "date"])
+def test_plain_names_are_no_identity_kind(column: str) -> None:
+    assert kind_from_name(column) is None
+    assert infer_mapping([column], [[v] for v in DATES]) == {column: "other"}
+
+
+def test_a_date_column_beside_a_name_stays_other() -> None:
+    sample = [[f"Person {i}", f"2024-01-0{i % 3 + 1}", f"192.0.2.{i}"] for i in range(9)]
+    assert infer_mapping(["full_name", "created", "ip"], sample) == {
+        "full_name": "name", "created": "other", "ip": "ip"}

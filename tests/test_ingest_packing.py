@@ -239,9 +239,25 @@ def _dump_without_a_person(rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _dump_of_indicators(rows: int) -> str:
+    """An indicator feed: an ``auto`` column (values of several kinds, an e-mail, a
+    defanged one, one of no detectable kind) and a login column of e-mails and user
+    names, between runs of records without them (the column pass takes those)."""
+    lines = ["ip,indicator,login,note"]
+    iocs = ["http://evil{i}.example/a", "bad{i}[.]example[.]org", "10.{j}.0.0/16",
+            "2001:db8::{i:x}", "phish{i}@mail.example.net", "a campaign {j}", "{i:032x}"]
+    for i in range(rows):
+        ioc = iocs[i % len(iocs)].format(i=i, j=i % 250)
+        login = f"user{i}@example.com" if i % 4 else f"user{i}"
+        line = f"192.0.2.{i % 250},{ioc},{login},n{i % 3}"
+        lines.append(line if (i // 700) % 2 == 0 else f"192.0.2.{i % 250},,,n{i % 3}")
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.parametrize(("dump", "rows"), [(_dump_with_every_case, 40), (_dump_with_every_case, 1000),
                                             (_dump_with_every_case, 3000),
-                                            (_dump_without_a_person, 6000)])
+                                            (_dump_without_a_person, 6000),
+                                            (_dump_of_indicators, 3000)])
 def test_the_column_pass_writes_what_the_record_path_writes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dump: Any, rows: int) -> None:
     text = dump(rows)
@@ -253,6 +269,23 @@ def test_the_column_pass_writes_what_the_record_path_writes(
     quarantined = [(tmp_path / run / "q.jsonl") for run in ("columns", "records")]
     assert [q.read_bytes() if q.exists() else None for q in quarantined] == \
         [quarantined[1].read_bytes() if quarantined[1].exists() else None] * 2
+
+
+def test_columns_of_per_value_kinds_are_decided_value_by_value(tmp_path: Path) -> None:
+    payloads = ingest(tmp_path, _dump_of_indicators(140), per_event=16)
+    fields = [f for p in payloads for _, fs in p["records"] for f in fs]
+    kinds: dict[str, set[str]] = {f["col"]: set() for f in fields}
+    for f in fields:
+        kinds[f["col"]].add(f["kind"])
+    assert kinds["indicator"] == {"url", "domain", "cidr", "ip", "email", "other", "hash"}
+    assert kinds["login"] == {"email", "username"}
+    # Each value protected by its own kind's policy: e-mails sealed and indexed, the
+    # undetected value sealed without an index (pii.policy.other), indicators in clear.
+    by_kind = {(f["col"], f["kind"]): f for f in fields}
+    assert "v" not in by_kind["indicator", "email"] and "bi" in by_kind["indicator", "email"]
+    assert "ct" in by_kind["indicator", "other"] and "bi" not in by_kind["indicator", "other"]
+    assert "bad1.example.org" in {f.get("v") for f in fields if f["kind"] == "domain"}
+    assert "bi" in by_kind["login", "username"] and "v" not in by_kind["login", "username"]
 
 
 def test_alike_records_take_the_column_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

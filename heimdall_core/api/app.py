@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from heimdall_core import __version__
 from heimdall_core.config import Settings
@@ -132,11 +133,37 @@ def fault_reply(fault: ServerFault, exc: BaseException, request: web.BaseRequest
 
 def route_of(request: web.BaseRequest) -> str:
     """The template of the route a request matched (``/v1/indicators/{kind}/{value}``),
-    or "-" when none did: what logs may say of a request."""
-    match = getattr(request, "match_info", None)
+    or "-" when none did (a request aiohttp refused before routing, e.g. a request line
+    over its limit, has no match at all): what logs may say of a request."""
+    try:
+        match = getattr(request, "match_info", None)
+    except AssertionError:  # web.Request.match_info of a request that was never routed
+        return "-"
     if match is not None and match.route.resource is not None:
         return str(match.route.resource.canonical)
     return "-"
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line or header over its limit,
+    bad syntax) at ERROR with a traceback whose message quotes the raw bytes: the path,
+    and so the value asked about (``GET /v1/indicators/email/...``). Such a record is
+    rewritten to one warning line naming the error's kind and status only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a malformed request (%s, HTTP %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -198,6 +225,7 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, project: bool = False) -> web.Application:
     """The API; with ``project`` it also follows the log into the graph (``heimdall serve``)."""
+    _quiet_malformed_requests()
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=1 << 20)  # streamed routes read bodies themselves
     app[SETTINGS_KEY] = settings

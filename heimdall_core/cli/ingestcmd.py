@@ -101,6 +101,9 @@ def _print_summary(summary: IngestSummary) -> None:
           f"{summary.rejected_fields} rejected field values, {format_size(summary.bytes)} in "
           f"{summary.elapsed_s:.1f}s ({summary.records_per_s:.0f} records/s)")
     print(f"  sha256 {summary.sha256}")
+    if summary.undetected_values:
+        print(f"  {summary.undetected_values} values of an auto column of no detectable kind, "
+              "kept as kind other (pii.policy.other)")
     if summary.mapping:
         print("  mapping: " + ", ".join(f"{c}={k}" for c, k in summary.mapping.items()))
     if summary.quarantine_file:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from heimdall_core.errors import HeimdallError, KeyMaterialError, NotFound, PiiError, QueryError
 from heimdall_core.graph import model
-from heimdall_core.graph.model import CoValue, DumpSeen, ValueInfo
+from heimdall_core.graph.model import CoValue, DumpSeen, ValueDumps, ValueInfo
 from heimdall_core.graph.rules import FACT_PREFIX, RuleSet
 from heimdall_core.graph.store import CO_VALUES_DEFAULT, DUMP_SIGHTINGS_SCANNED_MAX, GraphStore
 from heimdall_core.normalize import KINDS, Canonical, NormalizeOptions, canonicalize, detect_kind
@@ -200,12 +200,13 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
     dumps = await store.value_dumps(info.vid, sightings_max=DUMP_SIGHTINGS_SCANNED_MAX)
     # A repeat upload (the same bytes from the same source, found to be one only at its
     # end) is listed, marked, but is not new evidence: its records are not counted again.
+    first_seen, last_seen = _seen_span(props, dumps, info.sightings)
     answer.update({
         "status": "seen",
         "sightings": info.sightings - dumps.sightings_in_repeats,
         "sightings_in_repeats": dumps.sightings_in_repeats,
-        "first_seen_ms": props.get("first_seen_ms"),
-        "last_seen_ms": props.get("last_seen_ms"),
+        "first_seen_ms": first_seen,
+        "last_seen_ms": last_seen,
         "attrs": props.get("attrs") or {},
         "facts": {name[len(FACT_PREFIX):]: value for name, value in props.items()
                   if name.startswith(FACT_PREFIX)},
@@ -224,6 +225,17 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
         "complete": co.complete,
     }
     return answer
+
+
+def _seen_span(props: Mapping[str, Any], dumps: ValueDumps, sightings: int) -> tuple[Any, Any]:
+    """First and last seen, leaving out repeat uploads as the counts do: a repeat is the
+    same records again, not a later sighting. From the per-dump spans when every dump of
+    every sighting was read, else the value's own (which include repeats)."""
+    whole = dumps.complete and dumps.sightings_scanned >= sightings
+    evidence = [d for d in dumps.items if d.duplicate_of is None]
+    if not dumps.repeats or not whole or not evidence:
+        return props.get("first_seen_ms"), props.get("last_seen_ms")
+    return min(d.first_seen_ms for d in evidence), max(d.last_seen_ms for d in evidence)
 
 
 def _dump(seen: DumpSeen) -> dict[str, Any]:
@@ -314,8 +326,8 @@ def render_text(answer: Mapping[str, Any]) -> str:
         listed = _dumps_listed(match)
         lines += ["", f"where seen{listed}"]
         lines += ["  " + line for line in _table(
-            ["source", "name", "records", "first seen", "last seen"],
-            [[str(d["source"] or "-"), _dump_name(d), str(d["sightings"]),
+            ["dump", "source", "name", "records", "first seen", "last seen"],
+            [[d["dump"][:16], str(d["source"] or "-"), _dump_name(d), str(d["sightings"]),
               _when(d["first_seen_ms"]), _when(d["last_seen_ms"])] for d in match["dumps"]])]
         co = match["co_occurring"]
         scanned = "" if co["complete"] else f" (from the latest {_records(co['sightings_scanned'])})"

@@ -2,9 +2,13 @@
 
 Inference looks first at the column name (header or JSON key), then, when the name says
 nothing or needs a value to decide (``login``: email or username? ``password``: clear
-or hashed?), at a sample of values, by majority vote of a few fast regexes. Operators
-override it with ``--map col=kind`` or a mapping file; unknown kinds are rejected with the
-column and the allowed kinds named. Column names are not values, so errors may name them.
+or hashed?), at a sample of values, by majority vote of a few fast regexes run on the
+refanged values. A column whose values are of several kinds (an indicator feed's
+``indicator`` column; a combo list's logins, e-mails and user names) is mapped to a
+*per-value* kind (``PER_VALUE_KINDS``): each value then gets its own kind at ingest
+(:func:`per_value_canonicalizer`). Operators override it with ``--map col=kind`` or a
+mapping file; unknown kinds are rejected with the column and the allowed kinds named.
+Column names are not values, so errors may name them.
 
 Everything here is pure except :func:`load_mapping_file`, the thin file edge.
 """
@@ -16,11 +20,20 @@ import json
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 from heimdall_core.errors import ConfigError
+from heimdall_core.normalize import (
+    Canonical,
+    NormalizeOptions,
+    Result,
+    canonicalize,
+    canonicalizer_for,
+    detect_kind,
+    refang,
+)
 
 FIELD_KINDS: Final = (
     "email",
@@ -36,6 +49,22 @@ FIELD_KINDS: Final = (
     "name",
     "other",
 )
+"""The kinds a field has (in the log, the graph and the PII policy)."""
+
+AUTO: Final = "auto"
+"""Mapping kind of a column of indicators of several kinds (a feed's ``indicator``
+column): each value's kind is what ``heimdall query`` would detect for it (normalize's
+``detect_kind``, after refanging); a value of no detectable kind is of kind ``other``."""
+EMAIL_OR_USERNAME: Final = "email_or_username"
+"""Mapping kind of a login column holding both: an e-mail address is an ``email``, any
+other value a ``username``."""
+PER_VALUE_KINDS: Final = (AUTO, EMAIL_OR_USERNAME)
+"""Mapping kinds decided value by value (never the kind of a field)."""
+MAPPING_KINDS: Final = FIELD_KINDS + PER_VALUE_KINDS
+"""What a column may be mapped to (``--map COL=KIND``, a mapping file)."""
+
+UNDETECTED_KIND: Final = "other"
+"""The kind of a value of an ``auto`` column whose kind cannot be detected."""
 
 SAMPLE_VALUES_MAX: Final = 1000
 """Values per column looked at when sniffing; more only costs time."""
@@ -98,6 +127,7 @@ _PLAIN_NAMES: Final = frozenset({
     "postal_code", "latitude", "longitude", "lat", "lon", "timezone", "locale", "lang", "language",
     "status", "state_code", "type", "kind", "category", "class", "label", "tag", "tags",
     "description", "comment", "comments", "note", "notes", "title", "message", "reason",
+    "indicator", "ioc", "observable",
     "source", "feed", "provider", "reference", "ref", "tlp", "confidence", "severity", "score",
     "risk", "threat", "threat_type", "malware", "family", "campaign", "actor", "attack",
     "port", "src_port", "dst_port", "protocol", "proto", "method", "path", "query", "status_code",
@@ -164,6 +194,8 @@ def _name_hint(column: str) -> str | None:
     exact = _EXACT_NAMES.get(joined)
     if exact is not None:
         return exact
+    if joined in _PLAIN_NAMES:
+        return None  # "last_login", "first_seen": their tokens do not say what they hold
     present = set(tokens)
     for needed, kind in _TOKEN_RULES:
         if needed <= present:
@@ -210,13 +242,26 @@ _DOMAIN: Final = re.compile(
 _PHONE: Final = re.compile(r"\+[1-9][\d\s().-]{6,20}\d|\(?\d{2,5}\)?[\s.-]\d{2,5}[\s.-]\d{2,8}")
 _DIGITS_MIN: Final = 7
 _DIGITS_MAX: Final = 15
+# Dates, with or without a time: ISO 2024-01-31 (also with dots or slashes), European
+# 31.01.2024 / 31-01-24 and US 01/31/2024. Their digits and separators fit _PHONE, and a
+# date taken for a phone number becomes the subject of every record of that day.
+_DATE: Final = re.compile(
+    r"(?:(?P<year>\d{4})[-./](?P<month>\d{1,2})[-./](?P<day>\d{1,2})"
+    r"|(?P<first>\d{1,2})[-./](?P<second>\d{1,2})[-./](?:\d{4}|\d{2}))"
+    r"(?:[T\s]\d{1,2}[:.]\d{2}(?:[:.]\d{2}(?:[.,]\d{1,9})?)?\s*(?:Z|[+-]\d{2}:?\d{2}|[AaPp][Mm])?)?"
+)
+_MONTHS: Final = 12
+_DAYS_MAX: Final = 31
 
 
 def sniff_value(value: str) -> str | None:
-    """The kind one value looks like, or None. Cheap: a few anchored regexes."""
+    """The kind one value looks like, or None. Cheap: a few anchored regexes, on the value
+    refanged (``evil[.]example`` is a domain); a non-ASCII name (``münchen.de``) is a
+    domain if it maps to one under IDNA. A date or time is never a phone number."""
     v = value.strip()
     if not v or len(v) > VALUE_CHARS_MAX:
         return None
+    v = refang(v)
     if "@" in v:
         return "email" if _EMAIL.fullmatch(v) else None
     if _URL.fullmatch(v):
@@ -229,11 +274,36 @@ def sniff_value(value: str) -> str | None:
         return "cidr" if _is_network(v) else None
     if _IP_CHARS.fullmatch(v) and _is_ip(v):
         return "ip"
-    if _DOMAIN.fullmatch(v):
+    if _DOMAIN.fullmatch(v) or (not v.isascii() and _is_idn_domain(v)):
         return "domain"
-    if _PHONE.fullmatch(v) and _DIGITS_MIN <= sum(c.isdigit() for c in v) <= _DIGITS_MAX:
+    if _PHONE.fullmatch(v) and _DIGITS_MIN <= sum(c.isdigit() for c in v) <= _DIGITS_MAX \
+            and not is_date(v):
         return "phone"
     return None
+
+
+def _is_idn_domain(v: str) -> bool:
+    """A name in Unicode (U-labels) whose IDNA form is a domain by ``_DOMAIN``, the rule
+    an ASCII name must pass (so ``müller.k``, like ``maria.k``, is none)."""
+    result = canonicalize("domain", v)
+    return isinstance(result, Canonical) and _DOMAIN.fullmatch(result.value) is not None
+
+
+def is_date(value: str) -> bool:
+    """Whether ``value`` is a calendar date, with or without a time of day (see ``_DATE``):
+    a month of 1 to 12 and a day of 1 to 31, in either order for the day-first and
+    month-first forms."""
+    match = _DATE.fullmatch(value.strip())
+    if match is None:
+        return False
+    if match["year"] is not None:
+        return _is_day_month(int(match["day"]), int(match["month"]))
+    first, second = int(match["first"]), int(match["second"])
+    return _is_day_month(first, second) or _is_day_month(second, first)
+
+
+def _is_day_month(day: int, month: int) -> bool:
+    return 1 <= month <= _MONTHS and 1 <= day <= _DAYS_MAX
 
 
 def _is_ip(v: str) -> bool:
@@ -252,8 +322,9 @@ def _is_network(v: str) -> bool:
     return True
 
 
-def _vote(values: Iterable[str]) -> tuple[str | None, float]:
-    """Majority kind of the non-empty values and the fraction that voted for it."""
+def _votes(values: Iterable[str]) -> tuple[Counter[str | None], int]:
+    """How many of the first ``SAMPLE_VALUES_MAX`` non-empty values sniff as each kind
+    (None: no kind), and how many were looked at."""
     votes: Counter[str | None] = Counter()
     total = 0
     for value in values:
@@ -263,10 +334,15 @@ def _vote(values: Iterable[str]) -> tuple[str | None, float]:
         total += 1
         if total >= SAMPLE_VALUES_MAX:
             break
+    return votes, total
+
+
+def _majority(votes: Counter[str | None], total: int) -> str | None:
+    """The kind of more than ``MAJORITY_FRACTION_MIN`` of the values, if any."""
     if not total:
-        return None, 0.0
+        return None
     kind, count = votes.most_common(1)[0]
-    return kind, count / total
+    return kind if count / total > MAJORITY_FRACTION_MIN else None
 
 
 # --- inference ---------------------------------------------------------------------------
@@ -285,14 +361,17 @@ _MARKER_CHOICES: Final[Mapping[str, frozenset[str]]] = {
     _ADDRESS: frozenset({"ip", "cidr"}),
 }
 _HASHED_KINDS: Final = frozenset({"hash", "password_hash"})
+_DETECTED_KINDS: Final = frozenset({"url", "email", "cidr", "ip", "domain", "hash", "password_hash"})
+"""The kinds ``detect_kind`` tells apart (those an ``auto`` column's values may take)."""
 
 
 def _decide(hint: str | None, values: Sequence[str]) -> str:
-    kind, fraction = _vote(values)
-    if fraction <= MAJORITY_FRACTION_MIN:
-        kind = None
+    votes, total = _votes(values)
     if hint is None:
-        return kind or "other"
+        return AUTO if _mixed_indicators(votes, total) else _majority(votes, total) or "other"
+    if hint == _LOGIN and 0 < votes["email"] < total:
+        return EMAIL_OR_USERNAME  # a combo list of email:pass and user;hash lines
+    kind = _majority(votes, total)
     if hint == _PW_OR_HASH and kind in _HASHED_KINDS:
         return "password_hash"  # a "password" column full of hashes is hashed passwords
     if hint == "hash" and kind == "password_hash":
@@ -301,6 +380,44 @@ def _decide(hint: str | None, values: Sequence[str]) -> str:
     if choices is None:
         return hint
     return kind if kind in choices else _MARKER_DEFAULTS[hint]
+
+
+def _mixed_indicators(votes: Counter[str | None], total: int) -> bool:
+    """Whether more than ``MAJORITY_FRACTION_MIN`` of the values are indicators, of more
+    than one kind: mapping the column to one kind would reject the values of the others.
+    Digests and crypt hashes count as one kind: a column of both is a column of password
+    hashes (``_decide``), whose bare digests must not be kept in clear as file hashes."""
+    kinds = {"hash" if kind in _HASHED_KINDS else kind for kind in votes if kind in _DETECTED_KINDS}
+    indicators = sum(count for kind, count in votes.items() if kind in _DETECTED_KINDS)
+    return len(kinds) > 1 and indicators > MAJORITY_FRACTION_MIN * total
+
+
+def per_value_canonicalizer(kind: str, options: NormalizeOptions) -> Callable[[str], Result]:
+    """The canonicalizer of a column mapped to a per-value kind (``PER_VALUE_KINDS``):
+    each value is canonicalized as the kind ``detect_kind`` finds for it (what
+    ``heimdall query`` does with a value), if ``kind`` allows that kind; any other value
+    as ``other`` (``auto``) or ``username`` (``email_or_username``). The result's kind
+    is the value's own, so the PII policy applies per value."""
+    allowed, fallback = _PER_VALUE_RULES[kind]
+    by_kind = {k: canonicalizer_for(k, options) for k in allowed}
+    fallback_canonicalizer = canonicalizer_for(fallback, options)
+
+    def canonicalize_value(raw: str) -> Result:
+        # detect_kind canonicalizes to tell the kind but returns only the kind: the value
+        # is canonicalized again, with this site's options, by its kind's canonicalizer.
+        detected = detect_kind(raw)
+        canonicalizer = by_kind.get(detected) if detected is not None else None
+        return (canonicalizer or fallback_canonicalizer)(raw)
+
+    return canonicalize_value
+
+
+# Per-value kind -> (the detected kinds it takes, the kind of any other value).
+_PER_VALUE_RULES: Final[Mapping[str, tuple[frozenset[str], str]]] = {
+    AUTO: (_DETECTED_KINDS, UNDETECTED_KIND),
+    EMAIL_OR_USERNAME: (frozenset({"email"}), "username"),
+}
+assert frozenset(_PER_VALUE_RULES) == frozenset(PER_VALUE_KINDS)
 
 
 def infer_mapping_from_values(values_by_column: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -338,11 +455,11 @@ def sample_by_column(
 
 
 def check_kind(column: str, kind: str) -> str:
-    """Return ``kind`` if it is a field kind, else raise naming the column and the kinds."""
-    if kind not in FIELD_KINDS:
+    """Return ``kind`` if it is a mapping kind, else raise naming the column and the kinds."""
+    if kind not in MAPPING_KINDS:
         raise MappingError(
             f"column {column!r}: unknown field kind {kind!r}; "
-            f"allowed kinds: {', '.join(FIELD_KINDS)}"
+            f"allowed kinds: {', '.join(MAPPING_KINDS)}"
         )
     return kind
 
@@ -358,7 +475,7 @@ def parse_map_args(args: Sequence[str]) -> dict[str, str]:
         column, kind = column.strip(), kind.strip()
         if not sep or not column:
             raise MappingError(
-                f"mapping {arg!r} is not COLUMN=KIND (kinds: {', '.join(FIELD_KINDS)})"
+                f"mapping {arg!r} is not COLUMN=KIND (kinds: {', '.join(MAPPING_KINDS)})"
             )
         _add(mapping, column, kind)
     return mapping

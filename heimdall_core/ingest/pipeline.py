@@ -34,11 +34,15 @@ from heimdall_core import kinds
 from heimdall_core.errors import IngestError
 from heimdall_core.events import CanonicalBody, encode_body
 from heimdall_core.ingest.mapping import (
-    FIELD_KINDS,
+    AUTO,
+    MAPPING_KINDS,
+    PER_VALUE_KINDS,
+    UNDETECTED_KIND,
     MappingError,
     infer_mapping,
     is_known_name,
     merge_mapping,
+    per_value_canonicalizer,
 )
 from heimdall_core.ingest.parsers import (
     JSON_SCALAR_COLUMN,
@@ -122,6 +126,7 @@ class PartResult:
     records: int = 0  # records written (or already written before a resume)
     quarantined: int = 0
     rejected_fields: int = 0
+    undetected_values: int = 0  # values of an ``auto`` column of no detectable kind (see mapping.AUTO)
     events: int = 0
 
 
@@ -365,17 +370,27 @@ class DumpIngestor:
         normalize = self.options.normalize
         for index, column in enumerate(columns):
             kind = mapping.get(column, "other")
-            if kind not in FIELD_KINDS:
+            if kind not in MAPPING_KINDS:
                 raise IngestError(f"column {self._public(column)!r}: unknown kind {kind!r}")
-            if self._policy.action(self.options.source, column, kind) is Action.DROP:
+            if self._dropped(column, kind):
                 continue
             canon = self._canonicalizers.get(kind)
             if canon is None:
-                canon = self._canonicalizers[kind] = canonicalizer_for(kind, normalize)
+                make = per_value_canonicalizer if kind in PER_VALUE_KINDS else canonicalizer_for
+                canon = self._canonicalizers[kind] = make(kind, normalize)
             action = self._action(column, kind)
-            memo = _ClearMemo() if action is Action.CLEAR else None
+            # A per-value column's step action is not its values' (each has its own kind).
+            memo = _ClearMemo() if action is Action.CLEAR and kind not in PER_VALUE_KINDS else None
             plan.append((index, self._public(column), kind, canon, action, memo))
         return plan
+
+    def _dropped(self, column: str, kind: str) -> bool:
+        """Whether the policy drops every value of this column. A per-value kind's values
+        each have their own kind, so only a column override drops them all; the record
+        path drops the values whose own kind the policy drops."""
+        if kind in PER_VALUE_KINDS:
+            return self._policy.overrides.get(self.options.source, {}).get(column) is Action.DROP
+        return self._policy.action(self.options.source, column, kind) is Action.DROP
 
     def _public(self, column: str) -> str:
         """The public name of ``column`` in this whole dump, whatever its place in a record.
@@ -444,7 +459,7 @@ class DumpIngestor:
         bad_type = BadRecord
         last_columns: tuple[str, ...] | None = None
         plan: list[_Step] = []
-        records = quarantined = rejected = 0
+        records = quarantined = rejected = undetected = 0
         try:
             for item in items:
                 if type(item) is bad_type:
@@ -478,9 +493,13 @@ class DumpIngestor:
                         self._quarantine.add(item.position, f"{kind} value rejected: "
                                              f"{getattr(result, 'reason', 'invalid')}", column)
                         continue
-                    final_kind = result.kind  # a "hash" column may hold a crypt password hash
+                    # A "hash" column may hold a crypt password hash; an "auto" column's
+                    # values each have their own kind.
+                    final_kind = result.kind
                     action: Action | None = kind_action
                     if final_kind != kind:
+                        if final_kind == UNDETECTED_KIND and kind == AUTO:
+                            undetected += 1
                         action = actions.get((column, final_kind))
                         if action is None:
                             action = self._action(column, final_kind)
@@ -517,12 +536,13 @@ class DumpIngestor:
                 if len(starts) >= flush_at:
                     pieces, starts, pack_protected, flush_at = self._batch_full_rebound()
         finally:
-            self._count(records, quarantined, rejected)
+            self._count(records, quarantined, rejected, undetected)
 
     def _process_columns(self, items: list[RawRecord | BadRecord]) -> bool:
         """The records of ``items`` column by column, if they are all alike: good records
         of one layout, every planned field present and accepted as its column's kind,
-        none written before a resume. False, with nothing written, for any other input:
+        no column of a per-value kind (each value has its own), none written before a
+        resume. False, with nothing written, for any other input:
         :meth:`_process_records` then takes it, and writes exactly the same records.
 
         A column's values are canonicalized and packed by ``map`` (iterated in C), its
@@ -541,8 +561,10 @@ class DumpIngestor:
                 or set(map(len, rows)) != {len(columns)}:
             return False
         plan = self._plan_for(columns)
+        if not plan or any(step[2] in PER_VALUE_KINDS for step in plan):
+            return False
         raws = [list(map(operator.itemgetter(step[0]), rows)) for step in plan]
-        if not plan or any("" in values for values in raws):
+        if any("" in values for values in raws):
             return False
         protected: list[tuple[str, str, list[str]]] = []
         clear: list[list[bytes]] = []
@@ -709,13 +731,14 @@ class DumpIngestor:
                 if step[5] is memo:
                     plan[position] = (*step[:5], None)
 
-    def _count(self, records: int, quarantined: int, rejected: int) -> None:
+    def _count(self, records: int, quarantined: int, rejected: int, undetected: int = 0) -> None:
         result, progress = self.result, self.progress
         result.records += records
         progress.records += records
         result.quarantined += quarantined
         progress.quarantined += quarantined
         result.rejected_fields += rejected
+        result.undetected_values += undetected
 
     def _batch_full(self) -> None:
         """The held records reached ``_flush_at``. A full batch is set aside, and the

@@ -65,6 +65,8 @@ class IngestSummary:
     parts: int
     quarantine_file: str | None
     mapping: dict[str, str] = field(default_factory=dict)
+    # Values of an ``auto`` column of no detectable kind, kept as kind ``other``.
+    undetected_values: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -318,7 +320,8 @@ def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256:
     part.finish(result, sha256=sha256, size=size)
     return _summary(part.dump, options, path.name, part.ingestor, result.records, result.quarantined,
                     result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1,
-                    began=began, quarantine=part.quarantine_path)
+                    began=began, quarantine=part.quarantine_path,
+                    undetected=result.undetected_values)
 
 
 def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOptions, *,
@@ -348,7 +351,8 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
                 duplicate_of=bytes.fromhex(earlier.dump) if earlier else None)
     summary = _summary(part.dump, options, name, part.ingestor, result.records, result.quarantined,
                        result.rejected_fields, sha256, size, resumed=False, parts=1,
-                       began=began, quarantine=part.quarantine_path)
+                       began=began, quarantine=part.quarantine_path,
+                       undetected=result.undetected_values)
     if earlier is not None:
         summary.duplicate, summary.duplicate_of = True, earlier.dump
     return summary
@@ -370,7 +374,8 @@ def record_metrics(summary: IngestSummary) -> None:
 def _summary(dump: bytes, options: IngestOptions, name: str, ingestor: DumpIngestor | None,
              records: int, quarantined: int, rejected: int, sha256: str, size: int, *, resumed: bool,
              parts: int, began: float, quarantine: Path | None, fmt: str | None = None,
-             compression: str | None = None, mapping: dict[str, str] | None = None) -> IngestSummary:
+             compression: str | None = None, mapping: dict[str, str] | None = None,
+             undetected: int = 0) -> IngestSummary:
     elapsed = time.monotonic() - began
     return IngestSummary(
         dump_id=dump.hex(), source=options.source, name=name,
@@ -381,7 +386,8 @@ def _summary(dump: bytes, options: IngestOptions, name: str, ingestor: DumpInges
         elapsed_s=round(elapsed, 3), records_per_s=round(records / elapsed, 1) if elapsed else 0.0,
         parts=parts,
         quarantine_file=str(quarantine) if quarantine and quarantine.exists() else None,
-        mapping=ingestor.public_mapping if ingestor else dict(mapping or {}))
+        mapping=ingestor.public_mapping if ingestor else dict(mapping or {}),
+        undetected_values=undetected)
 
 
 def _duplicate_summary(done: DumpState, options: IngestOptions, name: str, size: int,

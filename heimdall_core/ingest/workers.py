@@ -202,7 +202,7 @@ def plan_parts(path: Path, options: IngestOptions, workers: int,
     return Plan(fmt, delimiter, columns, mapping, header, ranges)
 
 
-def _run_part(job: PartJob) -> tuple[int, int, int, int]:
+def _run_part(job: PartJob) -> tuple[int, int, int, int, int]:
     """In a worker process: ingest one byte range into this worker's own feed."""
     import gc
 
@@ -238,7 +238,8 @@ def _run_part(job: PartJob) -> tuple[int, int, int, int]:
         except BaseException:
             ingestor.abort()
             raise
-        return job.part, result.records, result.quarantined, result.rejected_fields
+        return (job.part, result.records, result.quarantined, result.rejected_fields,
+                result.undetected_values)
     finally:
         site.close()
 
@@ -298,12 +299,14 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     records = sum(r[1] for r in results)
     quarantined = sum(r[2] for r in results)
     rejected = sum(r[3] for r in results)
+    undetected = sum(r[4] for r in results)
     quarantine = _merge_quarantine(site.quarantine_path(dump), [Path(j.quarantine) for j in jobs])
     append_main([dump_finished_body(dump=dump, records=records, quarantined=quarantined,
                                     sha256=sha256, size=size)])
     return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
                     resumed=resume is not None, parts=len(plan.ranges), began=began,
-                    quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping)
+                    quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping,
+                    undetected=undetected)
 
 
 def _resume_plan(path: Path, options: IngestOptions, resume: DumpState,
@@ -385,7 +388,7 @@ class WorkerPool:
 
 
 def _run_jobs(pool: WorkerPool, jobs: list[PartJob],
-              on_progress: Callable[[Progress], None] | None) -> list[tuple[int, int, int, int]]:
+              on_progress: Callable[[Progress], None] | None) -> list[tuple[int, int, int, int, int]]:
     if len(jobs) > pool.size:
         raise IngestError(f"{len(jobs)} parts for {pool.size} worker processes")
     counters = pool.counters
