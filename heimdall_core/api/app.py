@@ -119,13 +119,12 @@ def server_fault(exc: BaseException) -> ServerFault | None:
     return None
 
 
-def fault_reply(fault: ServerFault, exc: BaseException, request: web.BaseRequest,
-                **extra: object) -> web.Response:
+def fault_reply(fault: ServerFault, exc: BaseException, request: web.BaseRequest) -> web.Response:
     """Log one warning line for a server-side failure (our own message: it names files
     and positions, never a value) and answer with its status and cause."""
     log.warning("%s %s failed (HTTP %d): %s: %s", request.method, route_of(request), fault.status,
                 type(exc).__name__, exc)
-    reply = error_body(fault.status, fault.message, **extra)
+    reply = error_body(fault.status, fault.message)
     if fault.retry_after_s is not None:
         reply.headers["Retry-After"] = str(fault.retry_after_s)
     return reply
@@ -204,7 +203,6 @@ def log_problems(data_dir: Path) -> list[str]:
 async def metrics_text(request: web.Request) -> web.Response:
     from heimdall_core import metrics
     from heimdall_core.api.projection import PROJECTION_KEY
-    from heimdall_core.log.store import LogStore
 
     with LogStore(request.app[SETTINGS_KEY].data_dir) as store:
         metrics.LOG_FORKS.set(len(store.forks()))
