@@ -25,10 +25,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
 
-from heimdall_core.api.app import SETTINGS_KEY, error_body
-from heimdall_core.errors import ConfigError, IngestError, UnsupportedInput
+from heimdall_core.api.app import SETTINGS_KEY, STOPPING_KEY, error_body, fault_reply, server_fault
+from heimdall_core.errors import ConfigError, HeimdallError, IngestError, UnsupportedInput
 from heimdall_core.ingest.mapping import parse_map_args
-from heimdall_core.ingest.pipeline import InputCut
+from heimdall_core.ingest.pipeline import DumpIngestor, InputCut
 from heimdall_core.ingest.registry import DumpRegistry
 from heimdall_core.ingest.run import IngestSite, ingest_chunks, record_metrics
 
@@ -137,11 +137,12 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
             yield chunk
 
     name = request.query.get("name", "-")[:255]
+    parts: list[DumpIngestor] = []  # the dump's ingestor, once the pipeline made it
     work = loop.run_in_executor(executor, functools.partial(
-        ingest_chunks, site, body(), options, name=name, expected_sha256=declared))
+        ingest_chunks, site, body(), options, name=name, expected_sha256=declared, on_part=parts.append))
     received = 0
     try:
-        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+        while chunk := await _read_chunk(request):
             received += len(chunk)
             if received > limit:
                 return error_body(413, f"body exceeds the limit of {limit} bytes; the records "
@@ -156,16 +157,31 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         return error_body(400, str(exc))
     except CLIENT_GONE:
         # Not a server fault: one line, no traceback, nothing of the body.
-        log.warning("POST /v1/dumps: the client went away after %d bytes; the records read "
-                    "so far stay as an incomplete dump", received)
+        await _cut(chunks, work)
+        log.warning("POST /v1/dumps: the client went away after %d bytes; %s", received, _kept(parts))
         return error_body(400, "upload cut off by the client")
+    except ServerStopping:
+        await _cut(chunks, work)
+        log.warning("POST /v1/dumps: upload cut off after %d bytes, the server is stopping; %s",
+                    received, _kept(parts))
+        return error_body(503, "the server is stopping: upload cut off; " + _kept(parts)
+                          + "; send the dump again once the server is back")
+    except (HeimdallError, OSError) as exc:
+        # The server's own failures (storage, its log or key store, another writer): a
+        # status the client may retry on, and one warning line; anything else is bad input.
+        fault = server_fault(exc)
+        if fault is None:
+            return error_body(400, str(exc))
+        # A failed append leaves the feed's writer refusing every later one: close it in
+        # the thread that owns it, and the next upload reopens it (its recovery cuts a torn
+        # batch back to the last signed checkpoint) instead of failing until a restart.
+        await loop.run_in_executor(executor, site.store.close)
+        return fault_reply(fault, exc, request)
     finally:
         if not work.done():
-            # Over the limit, or the client went away: the dump stays incomplete (no
+            # Over the limit, or a failure above: the dump stays incomplete (no
             # dump.finished), and `heimdall dumps` reports it.
-            await _put(chunks, _ABORT, work)
-            with contextlib.suppress(Exception):
-                await work
+            await _cut(chunks, work)
     record_metrics(summary)
     reply = summary.as_json()
     if summary.quarantine_file is not None:
@@ -173,6 +189,39 @@ async def post_dump(request: web.Request) -> web.StreamResponse:
         quarantine = Path(summary.quarantine_file)
         reply["quarantine_file"] = str(quarantine.relative_to(site.settings.data_dir))
     return web.json_response(reply, status=200 if summary.duplicate else 201)
+
+
+class ServerStopping(Exception):
+    """The server began to stop while an upload was being read."""
+
+
+async def _read_chunk(request: web.Request) -> bytes:
+    """The body's next chunk (b"" at its end), or ``ServerStopping`` when the server begins
+    to stop first: an upload must not hold a stopping server for minutes."""
+    read = asyncio.ensure_future(request.content.read(CHUNK_BYTES))
+    stopping = asyncio.ensure_future(request.app[STOPPING_KEY].wait())
+    try:
+        await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
+            raise ServerStopping
+        return read.result()
+    finally:
+        stopping.cancel()
+        read.cancel()  # nothing once it is done
+
+
+async def _cut(chunks: queue.Queue[bytes], work: asyncio.Future[Any]) -> None:
+    """End an upload cut off: the pipeline keeps the whole records read so far."""
+    await _put(chunks, _ABORT, work)
+    with contextlib.suppress(Exception):
+        await work
+
+
+def _kept(parts: list[DumpIngestor]) -> str:
+    """What a cut-off upload left in the log, in words for the log and the client."""
+    if not parts or not parts[0].result.records:
+        return "no record was logged"
+    return f"dump {parts[0].dump.hex()} stays incomplete with {parts[0].result.records} records"
 
 
 async def _put(chunks: queue.Queue[bytes], chunk: bytes, work: asyncio.Future[Any]) -> bool:

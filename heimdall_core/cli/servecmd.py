@@ -17,5 +17,6 @@ def cmd_serve(ctx: Context) -> int:
     # and every other command (an ingest's worker processes too) would pay for it.
     from heimdall_core.api.app import serve
 
+    ctx.require_site()  # before serve.lock is created in a mistyped data directory
     serve(ctx.settings)
     return EXIT_OK

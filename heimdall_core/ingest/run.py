@@ -341,14 +341,19 @@ def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256:
 
 
 def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOptions, *,
-                  name: str = "-", expected_sha256: str | None = None) -> IngestSummary:
+                  name: str = "-", expected_sha256: str | None = None,
+                  on_part: Callable[[DumpIngestor], None] | None = None) -> IngestSummary:
     """Ingest a stream (an HTTP body). The SHA-256 is known only at the end, so a repeat
     of an earlier dump is recorded as a duplicate (``duplicate_of``) unless the caller
-    gave ``expected_sha256`` and it was caught up front (see the API)."""
+    gave ``expected_sha256`` and it was caught up front (see the API). ``on_part`` is
+    given the dump's ingestor before any record is read: after a cut-off stream the
+    caller can name the dump left incomplete and the records it kept."""
     began = time.monotonic()
     # The digest of a stream is known (and checked) only at the end; dump.finished carries
     # it. An unchecked one in dump.started could make a CLI run "resume" other content.
     part = _OnePart(site, options, name, sha256="", size=-1)
+    if on_part is not None:
+        on_part(part.ingestor)
     result = part.run(chunks)
     sha256 = part.ingestor.sha256.hexdigest()
     if expected_sha256 and expected_sha256 != sha256:
