@@ -186,6 +186,8 @@ def test_case_is_folded_only_where_it_means_nothing(raw: str, canonical: str) ->
         "d41d8cd98f00b204e9800998ecf8427",  # 31 hex digits
         "z" * 32,
         "$y$j9T$salt",
+        "{SSHA}é",  # not ASCII: the base64 decoder raises ValueError, not binascii.Error
+        "{SHA}\u00e9\u00e9\u00e9\u00e9",
     ],
 )
 def test_malformed_password_hashes_are_rejected_without_the_value(raw: str) -> None:

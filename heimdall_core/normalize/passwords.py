@@ -179,6 +179,8 @@ def _is_crypt(body: str) -> bool:
 def _is_digest_base64(body: str, size: int, *, salted: bool) -> bool:
     """Whether ``body`` is padded base64 of a ``size``-byte digest, followed by a salt
     of at least one byte when ``salted`` and by nothing otherwise."""
+    if not body.isascii():  # a2b_base64 raises ValueError, not binascii.Error, on other text
+        return False
     try:
         decoded = binascii.a2b_base64(body, strict_mode=True)
     except binascii.Error:
