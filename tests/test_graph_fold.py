@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import msgpack
 import pytest
@@ -215,20 +216,25 @@ def _enrichment(feeds: Feeds, feed: bytes, kind: str, value: str) -> Event:
     ("ip", "10.000.0.01", "not a valid ip"),
     ("ip", "", "not a valid ip"),
 ])
-def test_enrichment_only_about_canonical_indicators(kind: str, value: str, reason: str) -> None:
+def test_enrichment_only_about_canonical_indicators(kind: str, value: str, reason: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Facts keyed on a person's value in clear could never be shredded, and facts on a
-    spelling no query produces could never be found: both stop the feed, like any
-    malformed event, and the message quotes neither the value nor an unknown kind."""
+    spelling no query produces could never be found: such an enrichment adds nothing.
+    It is skipped with a warning, not a stop: older versions accepted them, and a feed
+    is append-only, so a stop would keep every later event of the feed out for ever.
+    The warning quotes neither the value nor an unknown kind."""
     feeds = Feeds()
     feed = feeds.feed("a")
     f = folder()
     f.add(_enrichment(feeds, feed, "domain", "evil.example"))
-    with pytest.raises(PayloadError, match=reason) as caught:
-        f.add(_enrichment(feeds, feed, kind, value))
-    assert "carol" not in str(caught.value) and (not value or value not in str(caught.value))
+    f.add(_enrichment(feeds, feed, kind, value))
+    f.add(_enrichment(feeds, feed, "ip", "192.0.2.1"))  # the feed goes on
     delta = f.take()
-    assert set(delta.values) == {model.clear_value_vid("domain", "evil.example")}
-    assert delta.positions == {feed: 1}
+    assert set(delta.values) == {model.clear_value_vid("domain", "evil.example"),
+                                 model.clear_value_vid("ip", "192.0.2.1")}
+    assert delta.positions == {feed: 3} and delta.events == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "enrichment skipped" in r.getMessage()]
+    assert re.search(reason, warning) and "carol" not in warning and (not value or value not in warning)
 
 
 @pytest.mark.parametrize(("kind", "value"), [

@@ -12,6 +12,7 @@ and carries on with the others. Nothing is ever skipped silently.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -62,6 +63,8 @@ site's PII policy: every site must fold the same events the same way, and an enr
 keys its facts on the value in clear, which shredding cannot remove. ``url`` is left out:
 a URL can carry a user name and password (userinfo) and people's addresses or tokens in
 its path and query; enrich its host (a domain or ip) instead."""
+
+log = logging.getLogger("heimdall.graph.fold")
 
 _PERSON_RANK: Mapping[str, int] = {kind: rank for rank, kind in enumerate(PERSON_KINDS)}
 _NO_RANK = len(PERSON_KINDS)
@@ -357,7 +360,13 @@ class Folder:
                                f"{FACTS_PER_EVENT_MAX} entries")
         refusal = enrichment_refusal(kind, value)
         if refusal is not None:
-            raise PayloadError(f"{where(event)}: {refusal}")
+            # Skipped, not a stop: versions before this check accepted such enrichments
+            # (`log append`), and a feed is append-only, so stopping at one would keep
+            # every later event of that feed out of the graph for ever. The rule is pure,
+            # so every site skips the same events; the event adds nothing and is counted
+            # as applied. `log append` refuses them up front.
+            log.warning("%s: enrichment skipped: %s", where(event), refusal)
+            return
         rules = self.rules
         rank = rules.rank(provider)
         props: dict[str, Any] = {
