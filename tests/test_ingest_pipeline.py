@@ -91,6 +91,27 @@ def test_a_forced_reingest_is_listed_as_a_repeat_and_not_counted_again(
     assert sorted(d["duplicate_of"] or "" for d in match["dumps"]) == ["", *[first["dump_id"]] * 2]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_forced_reingest_with_a_corrected_mapping_is_new_evidence(
+        site: Path, tmp_path: Path, workers: str) -> None:
+    """The summary advises `--map COL=KIND --force` for a mis-mapped column: that run
+    reads the bytes another way, holds values the first did not, and must count."""
+    path = tmp_path / "addrs.csv"
+    path.write_bytes(b"addr,domain\n" + b"".join(b"10.1.2.%d,h%d.example\n" % (i % 250, i)
+                                                 for i in range(4000)))
+    wrong = cli_json(site, "ingest", str(path), "--source", "s", "--map", "addr=domain",
+                     "--workers", workers, "--json")
+    assert wrong["rejected_fields"] == 4000
+    fixed = cli_json(site, "ingest", str(path), "--source", "s", "--map", "addr=ip", "--force",
+                     "--workers", workers, "--json")
+    assert fixed["duplicate"] is False and fixed["duplicate_of"] is None
+    finished = {e.payload["dump"].hex(): e.payload for e in events_of(site, "dump.finished")}
+    assert "duplicate_of" not in finished[fixed["dump_id"]]
+    cli(site, "project")
+    match = cli_json(site, "query", "10.1.2.3", "--json")["matches"][0]
+    assert match["sightings"] == 16 and match["sightings_in_repeats"] == 0
+
+
 @pytest.mark.parametrize("compress", ["gzip", "bz2", "xz", "zstd"])
 def test_compressed_input_is_read_transparently(site: Path, tmp_path: Path, compress: str) -> None:
     raw = SAMPLE.read_bytes()

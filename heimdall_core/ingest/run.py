@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -292,10 +292,10 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
     done = registry.find_complete(options.source, sha256)
     if done is not None and not force:
         return _duplicate_summary(done, options, path.name, size, began)
-    # A forced run reads the same bytes of the same source again: its dump is a repeat of
-    # the complete one (duplicate_of), listed but not counted again as sightings, exactly
-    # as the same bytes uploaded without a declared sha256.
-    repeats = bytes.fromhex(done.dump) if done is not None else None
+    # A forced run reads the same bytes of the same source again: read the same way, its
+    # dump is a repeat of the complete one (duplicate_of), listed but not counted again as
+    # sightings, exactly as the same bytes uploaded without a declared sha256 (repeat_id).
+    repeats = done
     incomplete = None if restart else registry.find_incomplete(options.source, sha256)
     abandoned = registry.incomplete(options.source, sha256) if restart else []
     if workers > 1 and incomplete is None:
@@ -303,25 +303,38 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
 
         summary = ingest_file_parallel(site, path, options, sha256=sha256, size=size,
                                        workers=workers, on_progress=on_progress, began=began,
-                                       pool=pool, supersedes=abandoned, duplicate_of=repeats)
+                                       pool=pool, supersedes=abandoned, repeat_of=repeats)
     elif incomplete is not None and incomplete.parts > 1:
         from heimdall_core.ingest.workers import resume_parallel
 
         summary = resume_parallel(site, path, options, incomplete, size=size,
-                                  on_progress=on_progress, began=began, duplicate_of=repeats,
+                                  on_progress=on_progress, began=began, repeat_of=repeats,
                                   pool=pool if pool is not None and pool.size >= incomplete.parts
                                   else None)
     else:
         with _fewer_gc_passes():
             summary = _ingest_single(site, path, options, sha256, size, incomplete, on_progress,
-                                     began, supersedes=abandoned, duplicate_of=repeats)
+                                     began, supersedes=abandoned, repeat_of=repeats)
     return _marked_repeat(summary, done)
+
+
+def repeat_id(earlier: DumpState | None, fmt: str, mapping: Mapping[str, str]) -> bytes | None:
+    """The id of the complete dump a forced run of the same bytes repeats, or None.
+
+    Only a run that read them the same way (format, and every column to the same kind)
+    repeats it: a re-ingest with a corrected mapping (``--map COL=KIND --force``, as the
+    summary advises for a mis-mapped column) holds values the earlier dump did not, and
+    is new evidence."""
+    if earlier is None or earlier.format != fmt or earlier.mapping != dict(mapping):
+        return None
+    return bytes.fromhex(earlier.dump)
 
 
 def _marked_repeat(summary: IngestSummary, earlier: DumpState | None) -> IngestSummary:
     """The summary of a new dump that repeats ``earlier`` (if any) says so."""
-    if earlier is not None:
-        summary.duplicate, summary.duplicate_of = True, earlier.dump
+    repeated = repeat_id(earlier, summary.format, summary.mapping)
+    if repeated is not None:
+        summary.duplicate, summary.duplicate_of = True, repeated.hex()
     return summary
 
 
@@ -329,11 +342,13 @@ def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256:
                    incomplete: DumpState | None,
                    on_progress: Callable[[Progress], None] | None, began: float, *,
                    supersedes: Sequence[DumpState] = (),
-                   duplicate_of: bytes | None = None) -> IngestSummary:
+                   repeat_of: DumpState | None = None) -> IngestSummary:
     part = _OnePart(site, options, path.name, sha256=sha256, size=size, resume=incomplete,
                     supersedes=supersedes, on_progress=on_progress)
     result = part.run(_file_chunks(path, site.settings.ingest.chunk_bytes))
-    part.finish(result, sha256=sha256, size=size, duplicate_of=duplicate_of)
+    ing = part.ingestor
+    part.finish(result, sha256=sha256, size=size,
+                duplicate_of=repeat_id(repeat_of, ing.format or "?", ing.public_mapping))
     return _summary(part.dump, options, path.name, part.ingestor, result.records, result.quarantined,
                     result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1,
                     began=began, quarantine=part.quarantine_path,
@@ -363,8 +378,9 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
     registry.refresh()
     earlier = registry.find_complete(options.source, sha256)
     size = part.ingestor.bytes_in
+    ing = part.ingestor
     part.finish(result, sha256=sha256, size=size,
-                duplicate_of=bytes.fromhex(earlier.dump) if earlier else None)
+                duplicate_of=repeat_id(earlier, ing.format or "?", ing.public_mapping))
     summary = _summary(part.dump, options, name, part.ingestor, result.records, result.quarantined,
                        result.rejected_fields, sha256, size, resumed=False, parts=1,
                        began=began, quarantine=part.quarantine_path,

@@ -257,18 +257,18 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                          began: float, resume: DumpState | None = None,
                          pool: WorkerPool | None = None,
                          supersedes: Sequence[DumpState] = (),
-                         duplicate_of: bytes | None = None) -> IngestSummary:
+                         repeat_of: DumpState | None = None) -> IngestSummary:
     """Ingest ``path`` in parts, one worker process each; ``pool``, if given, is used
     (and left open), otherwise one is started here. ``supersedes``: the dumps of this
-    input that ``--restart`` abandons (closed with this dump's start); ``duplicate_of``:
-    the complete dump that a forced run repeats (recorded in dump.finished)."""
+    input that ``--restart`` abandons (closed with this dump's start); ``repeat_of``:
+    the complete dump of the same bytes a forced run may repeat (``run.repeat_id``)."""
     if pool is None:
         with WorkerPool(workers) as own:
             return ingest_file_parallel(site, path, options, sha256=sha256, size=size,
                                         workers=workers, on_progress=on_progress, began=began,
                                         resume=resume, pool=own, supersedes=supersedes,
-                                        duplicate_of=duplicate_of)
-    from heimdall_core.ingest.run import _ingest_single, _summary, superseded_bodies
+                                        repeat_of=repeat_of)
+    from heimdall_core.ingest.run import _ingest_single, _summary, repeat_id, superseded_bodies
 
     declared = declared_columns(options, site.policy)
     plan = (plan_parts(path, options, workers, declared) if resume is None
@@ -276,7 +276,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     if plan is None or len(plan.ranges) < 2:
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
         return _ingest_single(site, path, options, sha256, size, resume, on_progress, began,
-                              supersedes=supersedes, duplicate_of=duplicate_of)
+                              supersedes=supersedes, repeat_of=repeat_of)
     dump = bytes.fromhex(resume.dump) if resume else os.urandom(kinds.DUMP_ID_BYTES)
     feeds = _worker_feeds(site, len(plan.ranges))
     append_main = site.appender()
@@ -306,7 +306,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     quarantine = _merge_quarantine(site.quarantine_path(dump), [Path(j.quarantine) for j in jobs])
     append_main([dump_finished_body(dump=dump, records=records, quarantined=quarantined,
                                     rejected_fields=rejected, sha256=sha256, size=size,
-                                    duplicate_of=duplicate_of)])
+                                    duplicate_of=repeat_id(repeat_of, plan.fmt, mapping))])
     return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
                     resumed=resume is not None, parts=len(plan.ranges), began=began,
                     quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping,
@@ -333,10 +333,10 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState,
 def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,
                     size: int, on_progress: Callable[[Progress], None] | None,
                     began: float, pool: WorkerPool | None = None,
-                    duplicate_of: bytes | None = None) -> IngestSummary:
+                    repeat_of: DumpState | None = None) -> IngestSummary:
     return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
                                 workers=incomplete.parts, on_progress=on_progress, began=began,
-                                resume=incomplete, pool=pool, duplicate_of=duplicate_of)
+                                resume=incomplete, pool=pool, repeat_of=repeat_of)
 
 
 _COUNTERS: Any = None  # in a worker process: the shared progress counters
