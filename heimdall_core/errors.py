@@ -57,6 +57,12 @@ class ForkDetected(IntegrityError):
     """A feed presented two histories; the proof is kept on disk."""
 
 
+class FeedBroken(HeimdallError):
+    """A write to this feed failed (a full disk, an I/O error) and its writer refuses
+    every later one until the feed is closed and reopened (recovery then cuts a torn
+    batch back to the last signed checkpoint)."""
+
+
 class FeedStopped(HeimdallError):
     """A feed was stopped after an integrity failure or a fork; nothing more is accepted."""
 

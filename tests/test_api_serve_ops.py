@@ -27,7 +27,7 @@ from ingest_helpers import SAMPLE, cli, site_env
 from heimdall_core import __version__, config
 from heimdall_core.api.app import SHUTDOWN_TIMEOUT_S, create_app, server_fault
 from heimdall_core.api.projection import STOP_WAIT_S
-from heimdall_core.errors import IngestError, KeyMaterialError
+from heimdall_core.errors import FeedBroken, IngestError, KeyMaterialError
 from heimdall_core.events import encode_body
 from heimdall_core.log.feed import LogOptions
 from heimdall_core.log.store import LogStore, init_site
@@ -263,5 +263,9 @@ def test_a_full_key_store_is_507_and_its_other_failures_503() -> None:
 
     assert (status_of(full), status_of(broken)) == (507, 503)
     assert status_of(ValueError("no sqlite code")) == 503
+    # An upload queued behind a failed one meets the writer that failed, before it is
+    # reopened: the server's fault, and worth a retry.
+    behind = server_fault(FeedBroken("feed 51: an earlier write failed (OSError: ...)"))
+    assert behind is not None and behind.status == 503 and behind.retry_after_s is not None
     assert server_fault(IngestError("not a dump")) is None  # the client's: 400
     assert server_fault(ConnectionResetError()) is None  # the client went away

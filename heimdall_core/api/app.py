@@ -27,6 +27,7 @@ from heimdall_core import __version__
 from heimdall_core.config import Settings
 from heimdall_core.errors import (
     DatabaseUnavailable,
+    FeedBroken,
     FeedBusy,
     FeedStopped,
     HeimdallError,
@@ -99,6 +100,9 @@ def server_fault(exc: BaseException) -> ServerFault | None:
     if isinstance(exc, FeedBusy):
         return ServerFault(503, "the site's feed is being written by another process (a CLI "
                            "ingest?); retry later", FEED_BUSY_RETRY_AFTER_S)
+    if isinstance(exc, FeedBroken):  # the upload before this one failed to write: reopened next
+        return ServerFault(503, "the site's log could not be written just now (see the server "
+                           "log); retry", FEED_BUSY_RETRY_AFTER_S)
     if isinstance(exc, FeedStopped | IntegrityError | StaleLogError):
         return ServerFault(503, "the site's log refuses writes after an integrity failure until "
                            "an operator repairs it (docs/operations.md)")

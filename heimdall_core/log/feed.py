@@ -51,6 +51,7 @@ from heimdall_core.clock import ZERO, Clock, Hlc, HybridClock
 from heimdall_core.config import LogSettings
 from heimdall_core.errors import (
     EncodingError,
+    FeedBroken,
     FeedBusy,
     FeedStopped,
     HeimdallError,
@@ -339,8 +340,8 @@ class FeedLog:
         if self._seg_fd is None and self._index_fd is None:
             raise HeimdallError(f"feed {self.feed_hex} is not open for writing")
         if self._broken is not None:
-            raise HeimdallError(f"feed {self.feed_hex}: an earlier write failed ({self._broken}); "
-                                "close and reopen the feed to recover")
+            raise FeedBroken(f"feed {self.feed_hex}: an earlier write failed ({self._broken}); "
+                             "close and reopen the feed to recover")
         self._check_not_stopped()
 
     # ----------------------------------------------------------------- recovery
