@@ -12,9 +12,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from ingest_helpers import SAMPLE, events_of, serving
 
 from heimdall_core import config
+from heimdall_core.api.app import STOPPING_KEY
+from heimdall_core.api.ingest_routes import ServerStopping, _read_chunk
 from heimdall_core.log.store import init_site
 
 
@@ -184,3 +188,26 @@ async def test_reply_names_the_quarantine_file_relative_to_the_data_dir(api: tup
     assert reply["quarantine_file"] == f"quarantine/{reply['dump_id']}.jsonl"
     assert (data / reply["quarantine_file"]).is_file()
     assert str(data) not in json.dumps(reply)
+
+
+class _Buffered:
+    """A request body whose next chunk is already there: a read completes at once."""
+
+    async def read(self, size: int) -> bytes:
+        return b"email\na@b.example\n"[:size]
+
+
+def _upload(stopping: bool) -> web.Request:
+    app = web.Application()
+    app[STOPPING_KEY] = asyncio.Event()
+    if stopping:
+        app[STOPPING_KEY].set()
+    return make_mocked_request("POST", "/v1/dumps", app=app, payload=_Buffered())
+
+
+async def test_a_stopping_server_cuts_off_an_upload_even_with_data_buffered() -> None:
+    """A read and the stop both ready at once: the stop wins, or a client that keeps the
+    buffer full would hold a stopping server until its shutdown timeout."""
+    assert await _read_chunk(_upload(stopping=False)) == b"email\na@b.example\n"
+    with pytest.raises(ServerStopping):
+        await _read_chunk(_upload(stopping=True))

@@ -197,12 +197,17 @@ class ServerStopping(Exception):
 
 async def _read_chunk(request: web.Request) -> bytes:
     """The body's next chunk (b"" at its end), or ``ServerStopping`` when the server begins
-    to stop first: an upload must not hold a stopping server for minutes."""
+    to stop first: an upload must not hold a stopping server for minutes. The stop is
+    checked before and after the read: with the body already buffered the read is ready at
+    once, and would otherwise win every time the two are ready together."""
+    stop = request.app[STOPPING_KEY]
+    if stop.is_set():
+        raise ServerStopping
     read = asyncio.ensure_future(request.content.read(CHUNK_BYTES))
-    stopping = asyncio.ensure_future(request.app[STOPPING_KEY].wait())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-        if not read.done():
+        if stop.is_set():
             raise ServerStopping
         return read.result()
     finally:
