@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from heimdall_core.errors import ConfigError
 from heimdall_core.pgdsn import dsn_problem
+from heimdall_core.pii.policy import PiiPolicy, PolicyError
 from heimdall_core.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX = "HMD_"
@@ -157,7 +158,20 @@ def load(
     graph = layered.get("graph")
     raw_dsn = graph.get("postgres_dsn") if isinstance(graph, Mapping) else None
     _check_postgres_dsn(settings.graph.postgres_dsn, _origin(raw_dsn, path))
+    _check_pii_policy(settings.pii, layered.get("pii"), path)
     return settings
+
+
+def _check_pii_policy(pii: PiiSettings, raw: Any, config_file: Path | None) -> None:
+    """At load, like every other setting, so that a bad action or kind says where it came
+    from (the policy itself knows only its key) and fails ``config show``, not an ingest."""
+    try:
+        PiiPolicy.from_config(pii.policy, pii.overrides)
+    except PolicyError as exc:
+        entry = raw
+        for part in exc.key:
+            entry = entry.get(part) if isinstance(entry, Mapping) else None
+        raise _located(exc, entry, config_file) from None
 
 
 def _check_postgres_dsn(dsn: str, origin: str) -> None:

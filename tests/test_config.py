@@ -143,12 +143,30 @@ def test_an_error_names_the_file_or_the_variable_the_bad_value_came_from(tmp_pat
     ('[graph]\npostgres_dsn = "postgresql://h:port/x"\n', {}, "file"),
     ("", {"HMD_GRAPH__POSTGRES_DSN": "postgresql://h:port/x"}, "HMD_GRAPH__POSTGRES_DSN"),
     ('[log]\nsegment_bytes_max = "big"\n', {}, "file"),
+    ('[pii.policy]\nemail = "clearr"\n', {}, "file"),  # checked by the PII policy, not the schema
+    ("", {"HMD_PII__POLICY__EMAIL": "clearr"}, "HMD_PII__POLICY__EMAIL"),
+    ('[pii.policy]\nemail = "drop"\n', {"HMD_PII__POLICY__PASSWORD": "clear"}, "HMD_PII__POLICY__PASSWORD"),
+    ('[pii.overrides.src]\ncol = "clearr"\n', {"HMD_PII__OVERRIDES__OTHER__COL": "drop"}, "file"),
 ])
 def test_every_kind_of_error_says_where(tmp_path: Path, text: str, env: dict[str, str], origin: str) -> None:
     path = _toml(tmp_path, text)
     message = _error(env, toml=path)
     expected = f"(in {path})" if origin == "file" else f"(from {origin})"
     assert message.endswith(expected), message
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    ('[pii.policy]\nemail = "clearr"\n', "pii.policy.email", "'clearr' is not an action"),
+    ('[pii.policy]\nemial = "clear"\n', "pii.policy.emial", "'emial' is not a field kind"),
+    ('[pii.policy]\npassword = "clear"\n', "pii.policy.password",
+     "kind 'password' may never be kept in clear"),
+    ('[pii.overrides.src]\ncol = "clearr"\n', "pii.overrides.src.col", "'clearr' is not an action"),
+])
+def test_a_bad_pii_policy_names_its_config_key_and_file(tmp_path: Path, text: str, key: str,
+                                                         problem: str) -> None:
+    path = _toml(tmp_path, text)
+    message = _error(toml=path)
+    assert message.startswith(f"{key}: {problem}") and message.endswith(f"(in {path})"), message
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

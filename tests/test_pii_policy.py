@@ -62,7 +62,7 @@ def test_bad_action_names_key_and_allowed_actions() -> None:
     with pytest.raises(ConfigError) as e:
         PiiPolicy.from_config({"email": "hide"})
     message = str(e.value)
-    assert "kinds.email" in message and "'hide'" in message
+    assert message.startswith("pii.policy.email: 'hide'"), message
     for action in Action:
         assert action.value in message
 
@@ -70,12 +70,12 @@ def test_bad_action_names_key_and_allowed_actions() -> None:
 def test_bad_override_action_names_source_and_column() -> None:
     with pytest.raises(ConfigError) as e:
         PiiPolicy.from_config({}, {"dump1": {"mail": "encrypted"}})
-    assert "overrides.dump1.mail" in str(e.value)
+    assert str(e.value).startswith("pii.overrides.dump1.mail: 'encrypted'"), e.value
     assert "encrypt+blind_index" in str(e.value)
 
 
 def test_non_string_action_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"kinds\.email"):
+    with pytest.raises(ConfigError, match=r"^pii\.policy\.email: 1 "):
         PiiPolicy.from_config({"email": 1})  # type: ignore[dict-item]
 
 
@@ -83,7 +83,7 @@ def test_non_string_action_is_refused() -> None:
 def test_clear_is_refused_for_secret_kinds(kind: str) -> None:
     with pytest.raises(ConfigError) as e:
         PiiPolicy.from_config({kind: "clear"})
-    assert f"kinds.{kind}" in str(e.value)
+    assert str(e.value).startswith(f"pii.policy.{kind}: "), e.value
     assert "never be kept in clear" in str(e.value)
     assert "encrypt+blind_index" in str(e.value)
 
@@ -92,7 +92,7 @@ def test_clear_override_on_a_password_column_is_refused_when_met() -> None:
     policy = PiiPolicy.from_config({}, {"dump1": {"pw": "clear"}})
     with pytest.raises(PiiError) as e:
         policy.action("dump1", "pw", "password")
-    assert "overrides.dump1.pw" in str(e.value) and "'password'" in str(e.value)
+    assert str(e.value).startswith("pii.overrides.dump1.pw: ") and "'password'" in str(e.value)
     # The same override on a column of a public kind is fine.
     assert policy.action("dump1", "pw", "other") is Action.CLEAR
 
@@ -104,7 +104,7 @@ def test_bad_kind_names_are_refused(kind: str) -> None:
 
 
 def test_override_table_must_be_a_mapping() -> None:
-    with pytest.raises(ConfigError, match=r"overrides\.dump1"):
+    with pytest.raises(ConfigError, match=r"^pii\.overrides\.dump1: "):
         PiiPolicy.from_config({}, {"dump1": "drop"})  # type: ignore[dict-item]
 
 

@@ -76,37 +76,45 @@ DEFAULT_ACTIONS: Mapping[str, Action] = MappingProxyType(
 )
 
 
-def _parse_action(value: object, where: str) -> Action:
+class PolicyError(ConfigError):
+    """A bad entry of the policy, named by its configuration key (``pii.policy.email``,
+    ``pii.overrides.SOURCE.COLUMN``). ``key`` is that key's path under ``pii``, so that the
+    configuration can add where the entry came from (its file or environment variable)."""
+
+    def __init__(self, key: tuple[str, ...], problem: str) -> None:
+        super().__init__(f"pii.{'.'.join(key)}: {problem}")
+        self.key = key
+
+
+def _parse_action(value: object, key: tuple[str, ...]) -> Action:
     if isinstance(value, str):
         try:
             return Action(value.strip().lower())
         except ValueError:
             pass
-    raise ConfigError(f"pii policy {where}: {value!r} is not an action; allowed: {ALLOWED_ACTIONS}")
+    raise PolicyError(key, f"{value!r} is not an action; allowed: {ALLOWED_ACTIONS}")
 
 
-def _check_name(name: object, what: str, bytes_max: int) -> str:
+def _check_name(name: object, what: str, bytes_max: int, key: tuple[str, ...]) -> str:
     if not isinstance(name, str) or not name or len(name.encode()) > bytes_max:
-        raise ConfigError(
-            f"pii policy: {what} {name!r} must be a non-empty string of at most {bytes_max} bytes"
-        )
+        raise PolicyError(key, f"{what} {name!r} must be a non-empty string of at most {bytes_max} bytes")
     return name
 
 
 def _check_kind(kind: object) -> str:
     """A field kind of the mapping vocabulary: a typo (``emial``) would otherwise be kept
     as a rule for a kind no field ever has, while the intended kind keeps its default."""
-    name = _check_name(kind, "kind", KIND_NAME_BYTES_MAX)
+    name = _check_name(kind, "kind", KIND_NAME_BYTES_MAX, ("policy", str(kind)))
     if name not in DEFAULT_ACTIONS:
-        raise ConfigError(f"pii.policy.{name}: {name!r} is not a field kind; allowed kinds: "
-                          f"{', '.join(DEFAULT_ACTIONS)}")
+        raise PolicyError(("policy", name),
+                          f"{name!r} is not a field kind; allowed kinds: {', '.join(DEFAULT_ACTIONS)}")
     return name
 
 
-def _refuse_clear_secret(kind: str, action: Action, where: str) -> None:
+def _refuse_clear_secret(kind: str, action: Action) -> None:
     if action is Action.CLEAR and kind in SECRET_KINDS:
         allowed = ", ".join(a.value for a in Action if a is not Action.CLEAR)
-        raise ConfigError(f"pii policy {where}: kind {kind!r} may never be kept in clear; allowed: {allowed}")
+        raise PolicyError(("policy", kind), f"kind {kind!r} may never be kept in clear; allowed: {allowed}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,27 +136,24 @@ class PiiPolicy:
     ) -> PiiPolicy:
         """Merge ``mapping`` (kind → action) over the defaults; add column overrides.
 
-        Raises :class:`ConfigError` naming the key and the allowed actions.
+        Raises :class:`PolicyError` naming the configuration key and what is allowed.
         """
         kinds = dict(DEFAULT_ACTIONS)
         for kind, value in mapping.items():
             name = _check_kind(kind)
-            action = _parse_action(value, f"kinds.{name}")
-            _refuse_clear_secret(name, action, f"kinds.{name}")
+            action = _parse_action(value, ("policy", name))
+            _refuse_clear_secret(name, action)
             kinds[name] = action
         parsed: dict[str, Mapping[str, Action]] = {}
         for source, columns in (overrides or {}).items():
-            src = _check_name(source, "source", SOURCE_NAME_BYTES_MAX)
+            src = _check_name(source, "source", SOURCE_NAME_BYTES_MAX, ("overrides", str(source)))
             if not isinstance(columns, Mapping):
-                raise ConfigError(f"pii policy overrides.{src}: expected a table of column = action")
-            parsed[src] = MappingProxyType(
-                {
-                    _check_name(col, "column", COLUMN_NAME_BYTES_MAX): _parse_action(
-                        value, f"overrides.{src}.{col}"
-                    )
-                    for col, value in columns.items()
-                }
-            )
+                raise PolicyError(("overrides", src), "expected a table of column = action")
+            parsed[src] = MappingProxyType({
+                _check_name(col, "column", COLUMN_NAME_BYTES_MAX, ("overrides", src, str(col))):
+                    _parse_action(value, ("overrides", src, col))
+                for col, value in columns.items()
+            })
         return cls(kinds=MappingProxyType(kinds), overrides=MappingProxyType(parsed))
 
     def action(self, source: str, column: str, kind: str) -> Action:
@@ -162,7 +167,7 @@ class PiiPolicy:
         if override is not None:
             if override is Action.CLEAR and kind in SECRET_KINDS:
                 raise PiiError(
-                    f"pii policy overrides.{source}.{column}: 'clear' refused for a "
+                    f"pii.overrides.{source}.{column}: 'clear' refused for a "
                     f"field of kind {kind!r}; use drop, blind_index or encrypt+blind_index"
                 )
             return override
