@@ -341,6 +341,24 @@ def test_csv_header_with_empty_last_names_is_a_header(trailing: bytes) -> None:
         (2, "a@b.example", "192.0.2.1"), (3, "c@d.example", "192.0.2.2")]
 
 
+@pytest.mark.parametrize(("header", "forced", "columns"), [
+    (b"email,col3,", None, ("email", "col3", "col4")),  # col3 is the second's: the next free place
+    (b"email,col3,,", None, ("email", "col3", "col5", "col4")),  # past the row: col5
+    (b"email,col4,,", None, ("email", "col4", "col3", "col5")),
+    (b"email,email", True, ("email", "col2")),  # a repeated name, only with --header
+    (b"email,,ip,col2", True, ("email", "col5", "ip", "col2")),
+])
+def test_csv_header_names_are_distinct(header: bytes, forced: bool | None,
+                                       columns: tuple[str, ...]) -> None:
+    """Two columns under one name would be merged in every record: a cell with no name of
+    its own is named by a place no cell of the header has."""
+    parser = CsvParser(header=forced)
+    row = b",".join(b"v%d" % i for i in range(len(columns)))
+    parse(parser, header + b"\n" + row.replace(b"v0", b"a@b.example") + b"\n")
+    assert parser.has_header is True
+    assert parser.columns == columns
+
+
 def test_csv_header_with_an_empty_name_in_the_middle_is_data() -> None:
     parser = CsvParser()
     items = parse(parser, b"email,,ip\na@b.example,x,192.0.2.1\nc@d.example,y,192.0.2.2\n")

@@ -377,3 +377,37 @@ def test_json_rows_of_scalars_map_each_place_on_its_own(site: Path, tmp_path: Pa
         answer = json.loads(cli(site, "query", value, "--json").stdout)
         assert answer["query"]["kind"] == kind
         assert answer["matches"][0]["dumps"][0]["name"] == path.name
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_unnamed_header_cell_never_takes_a_name_of_the_header(site: Path, tmp_path: Path,
+                                                               workers: str) -> None:
+    """``email,col3,``: the trailing unnamed cell is the third column, but ``col3`` is the
+    second's name; it was named ``col3`` too, and the two columns were merged under one
+    public name (columns email, col2, col2) that --map could not tell apart."""
+    count = 4000
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(b"email,col3,\n" + b"".join(b"u%d@example.com,x%d,y%d\n" % (i, i, i)
+                                                  for i in range(count)))
+    summary = cli_json(site, "ingest", str(path), "--source", "t", "--workers", workers, "--json")
+    assert summary["records"] == count and summary["parts"] == int(workers)
+    started = events_of(site, "dump.started")[0].payload
+    columns = started["columns"]
+    assert len(columns) == 3 and len(set(columns)) == 3, columns
+    assert summary["mapping"] == started["mapping"] and len(started["mapping"]) == 3
+    names = {f["col"] for event in events_of(site, "records.ingested")
+             for _, fields in event.payload["records"] for f in fields}
+    assert names == set(columns)
+
+
+def test_a_place_name_of_the_header_is_kept_only_at_its_place(site: Path, tmp_path: Path) -> None:
+    """``col3`` named in --map but first in the header was kept as ``col3``, and the third
+    column, whose name may be data, was written as ``col3`` too: one public name for two
+    columns, and the mapping lost ``email`` (``col3=other``). It is ``col1`` now."""
+    path = tmp_path / "places.csv"
+    path.write_bytes(b"col3,foo,bar\n" + b"".join(b"u%d@example.com,x%d,y%d\n" % (i, i, i)
+                                                   for i in range(50)))
+    summary = cli_json(site, "ingest", str(path), "--source", "p", "--map", "col3=email", "--json")
+    started = events_of(site, "dump.started")[0].payload
+    assert started["columns"] == ["col1", "col2", "col3"]
+    assert summary["mapping"] == started["mapping"] == {"col1": "email", "col2": "other", "col3": "other"}

@@ -654,7 +654,24 @@ class CsvParser:
 
 
 def _column_names(fields: Sequence[str]) -> list[str]:
-    return [f.strip() or f"col{i}" for i, f in enumerate(fields, start=1)]
+    """A header's column names, all distinct: two columns under one name would be merged
+    in every record, and --map could not tell them apart. A cell without a name of its
+    own (empty, as a spreadsheet's trailing delimiter leaves it: ``email,ip,``; or a name
+    an earlier cell has, which only ``--header`` lets through) is named by its place,
+    ``col<N>``; when a cell of the header already has that name (``email,col3,``), by the
+    first place past the row that none has (``col4``)."""
+    names = [f.strip() for f in fields]
+    taken = set(names)
+    spare = (name for name in map("col{}".format, itertools.count(len(names) + 1)) if name not in taken)
+    named: set[str] = set()  # the names of the cells so far
+    out: list[str] = []
+    for place, name in enumerate(names, start=1):
+        if not name or name in named:
+            name = f"col{place}" if f"col{place}" not in taken else next(spare)
+            taken.add(name)
+        named.add(name)
+        out.append(name)
+    return out
 
 
 # --- combo lists -------------------------------------------------------------------------

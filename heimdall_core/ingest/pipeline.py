@@ -915,11 +915,21 @@ def public_column(name: str, index: int, declared: Collection[str]) -> str:
     one the operator ``declared`` (``declared_columns``) or the parser's own name for the place
     (``col<N>``, ``value``) is kept; any other is replaced by ``col<N>``, N the column's
     1-based place in the dump's column list (see ``public_names``), never in one record.
+    A ``col<N>`` name at another place than N is replaced too, even declared: it is the
+    N-th column's public name, and two columns must never share one.
     """
     positional = f"col{index + 1}"
-    if name in (positional, JSON_SCALAR_COLUMN) or name in declared or is_known_name(name):
+    if name in (positional, JSON_SCALAR_COLUMN):
+        return name
+    if (name in declared or is_known_name(name)) and not _names_a_place(name):
         return name
     return positional
+
+
+def _names_a_place(name: str) -> bool:
+    """Whether ``name`` is ``col<N>``, the public name of the dump's N-th column."""
+    digits = name.removeprefix("col")
+    return digits != name and digits.isascii() and digits.isdigit() and not digits.startswith("0")
 
 
 def dump_started_body(*, dump: bytes, options: IngestOptions, name: str, fmt: str, compression: str,
