@@ -141,3 +141,68 @@ def test_the_install_script_is_valid_shell_and_refuses_a_stray_argument() -> Non
     subprocess.run(["bash", "-n", str(INSTALL_SCRIPT)], check=True)
     result = subprocess.run([str(INSTALL_SCRIPT), "--bogus"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+VENDOR_UNITS = "/usr/lib/systemd/system"
+ADMIN_UNITS = "/etc/systemd/system"
+
+
+def _script_value(name: str) -> str:
+    """A variable the install script sets on a line of its own (``name=value``)."""
+    values = [line.partition("=")[2] for line in INSTALL_SCRIPT.read_text().splitlines()
+              if line.startswith(f"{name}=")]
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+def _install_section() -> str:
+    docs = OPERATIONS.read_text()
+    return docs[docs.index("## Installing a site"):docs.index("## Running under systemd")]
+
+
+def test_the_unit_is_installed_where_an_upgrade_keeps_local_settings() -> None:
+    """The unit goes where vendor units go, so that rerunning the install (the documented
+    upgrade) replaces it without touching the administrator's /etc/systemd/system, where
+    local settings live as drop-ins (it overwrote a unit edited there)."""
+    unit = _script_value("unit")
+    assert unit == f"{VENDOR_UNITS}/heimdall.service"
+    section = _install_section()
+    assert f"install -m 0644 systemd/heimdall.service {unit}\n" in section
+    assert f"systemd-analyze verify {unit}\n" in section
+    assert 'install -m 0644 systemd/heimdall.service "$unit"' in INSTALL_SCRIPT.read_text()
+    for text in (section, INSTALL_SCRIPT.read_text()):
+        installs = [line for line in text.splitlines() if line.startswith("install ")]
+        assert not [line for line in installs if ADMIN_UNITS in line], installs
+    assert "systemctl edit heimdall" in section and f"{ADMIN_UNITS}/heimdall.service.d/" in section
+    assert "systemctl edit heimdall" in UNIT.read_text()
+
+
+def _retire_admin_unit(unit: Path, admin_unit: Path) -> subprocess.CompletedProcess[str]:
+    """The script's retire_admin_unit, run on these paths (not as root, nothing installed)."""
+    text = INSTALL_SCRIPT.read_text()
+    start = text.index("settings_of() {")
+    end = text.index("\n}\n", text.index("retire_admin_unit() {")) + 3
+    program = f"unit={shlex.quote(str(unit))}\nadmin_unit={shlex.quote(str(admin_unit))}\n"
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", program + text[start:end] + "retire_admin_unit"],
+                          capture_output=True, text=True, check=True, timeout=60)
+
+
+def test_a_copy_of_the_unit_in_etc_is_removed_only_when_it_has_no_setting_of_its_own(
+        tmp_path: Path) -> None:
+    """Earlier versions installed the unit in /etc, where it hides the one an upgrade
+    installs: removed when only comments differ, kept (never lose an edit) with a warning
+    that says what to do otherwise; a masked unit (a symlink) is left alone, unnamed."""
+    unit, admin_unit = tmp_path / "vendor.service", tmp_path / "admin.service"
+    unit.write_text(UNIT.read_text())
+    admin_unit.write_text("# an older comment\n" + UNIT.read_text() + "\n")
+    assert "removed" in _retire_admin_unit(unit, admin_unit).stdout
+    assert not admin_unit.exists()
+    edited = UNIT.read_text() + "Environment=HMD_API__PORT=9000\n"
+    admin_unit.write_text(edited)
+    result = _retire_admin_unit(unit, admin_unit)
+    assert admin_unit.read_text() == edited
+    assert "warning" in result.stderr and "systemctl edit heimdall" in result.stderr
+    assert _retire_admin_unit(unit, tmp_path / "none.service").stderr == ""
+    masked = tmp_path / "masked.service"
+    masked.symlink_to("/dev/null")
+    assert _retire_admin_unit(unit, masked).stderr == "" and masked.is_symlink()
