@@ -90,7 +90,8 @@ def test_other_names_may_be_data_and_are_not(name: str) -> None:
         ("host", ["1.2.3.4", "10.0.0.1"], "ip"),
         ("host", ["a.example", "b.example.org"], "domain"),
         # Of both kinds, each value is its own: one kind would reject the other's values.
-        ("host", ["1.2.3.4", "a.example", "b.example.org"], "auto"),
+        ("host", ["1.2.3.4", "a.example", "b.example.org"], "domain_or_ip"),
+        ("host", ["1.2.3.4", "10.0.0.1", "dc01", "localhost"], "domain_or_ip"),
         ("ip", ["1.2.3.4", "10.0.0.0/8", "2001:db8::/32"], "auto"),
         ("ip", ["10.0.0.0/8", "2001:db8::/32"], "cidr"),
         ("ip", ["1.2.3.4", "::1"], "ip"),
