@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heimdall_core.errors import ConfigError
+from heimdall_core.ingest import mapping
 from heimdall_core.ingest.mapping import (
     FIELD_KINDS,
     MAPPING_KINDS,
+    SAMPLE_VALUES_MAX,
     MappingError,
     infer_mapping,
     infer_mapping_from_values,
@@ -22,12 +24,10 @@ from heimdall_core.ingest.mapping import (
     merge_mapping,
     parse_map_args,
     parse_mapping_document,
-    SAMPLE_VALUES_MAX,
     per_value_canonicalizer,
     sample_by_column,
     sniff_value,
 )
-from heimdall_core.ingest import mapping
 from heimdall_core.normalize import Canonical, NormalizeOptions, Rejected, detect_kind
 
 EMAILS = ["alice@example.com", "bob.smith+x@mail.example.org", "c@d.co"]
