@@ -3,10 +3,11 @@
 Inference looks first at the column name (header or JSON key), then, when the name says
 nothing or needs a value to decide (``login``: email or username? ``password``: clear
 or hashed?), at a sample of values, by majority vote of a few fast regexes run on the
-refanged values. A column whose values are of several kinds (an indicator feed's
-``indicator`` column; a combo list's logins, e-mails and user names) is mapped to a
-*per-value* kind (``PER_VALUE_KINDS``): each value then gets its own kind at ingest
-(:func:`per_value_canonicalizer`). Operators override it with ``--map col=kind`` or a
+refanged values. A column whose values are of several kinds, each a real share of the
+sample (``MINORITY_FRACTION_MIN``), is mapped to a *per-value* kind
+(``PER_VALUE_KINDS``): an indicator feed's ``indicator`` column, a combo list's logins
+(e-mails and user names), a host column of names and addresses. Each value then gets
+its own kind at ingest (:func:`per_value_canonicalizer`). Operators override it with ``--map col=kind`` or a
 mapping file; unknown kinds are rejected with the column and the allowed kinds named.
 Column names are not values, so errors may name them.
 
