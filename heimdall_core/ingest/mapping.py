@@ -7,8 +7,9 @@ refanged values. A column whose values are of several kinds, each a real share o
 sample (``MINORITY_FRACTION_MIN``), is mapped to a *per-value* kind
 (``PER_VALUE_KINDS``): an indicator feed's ``indicator`` column, a combo list's logins
 (e-mails and user names), a host column of names and addresses. Each value then gets
-its own kind at ingest (:func:`per_value_canonicalizer`). Operators override it with ``--map col=kind`` or a
-mapping file; unknown kinds are rejected with the column and the allowed kinds named.
+its own kind at ingest (:func:`per_value_canonicalizer`). Operators override it with
+``--map col=kind`` or a mapping file; unknown kinds are rejected with the column and the
+allowed kinds named.
 Column names are not values, so errors may name them.
 
 Everything here is pure except :func:`load_mapping_file`, the thin file edge.
@@ -425,7 +426,7 @@ def _decide(hint: str | None, values: Sequence[str]) -> str:
     votes, total = sample.votes, sample.total
     if hint is None:
         if _is_login_column(sample):
-            return EMAIL_OR_USERNAME  # e-mails beside user names, which may look like names
+            return EMAIL_OR_USERNAME  # e-mails beside user names, which may look like domains
         return AUTO if _mixed_indicators(votes, total) else _majority(votes, total) or "other"
     if hint == _LOGIN and _real_share(votes["email"], total) \
             and _real_share(total - votes["email"], total):

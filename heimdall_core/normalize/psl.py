@@ -22,6 +22,7 @@ given install always gives the same answer.
 from __future__ import annotations
 
 import functools
+from typing import Final
 
 from publicsuffixlist import PublicSuffixList
 
@@ -41,7 +42,7 @@ def registrable_domain(name: str) -> str | None:
     return result if isinstance(result, str) else None
 
 
-DOCUMENTATION_SUFFIXES = frozenset({"example", "test"})
+DOCUMENTATION_SUFFIXES: Final = frozenset({"example", "test"})
 """Top-level names RFC 2606 reserves for documentation and testing. No registry lists
 them, but feeds, samples and test data use them for the names they show."""
 
