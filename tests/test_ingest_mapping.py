@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heimdall_core.errors import ConfigError
+from heimdall_core.ingest import mapping
 from heimdall_core.ingest.mapping import (
     FIELD_KINDS,
     MAPPING_KINDS,
+    SAMPLE_VALUES_MAX,
     MappingError,
     infer_mapping,
     infer_mapping_from_values,
@@ -26,7 +28,7 @@ from heimdall_core.ingest.mapping import (
     sample_by_column,
     sniff_value,
 )
-from heimdall_core.normalize import Canonical, NormalizeOptions, detect_kind
+from heimdall_core.normalize import Canonical, NormalizeOptions, Rejected, detect_kind
 
 EMAILS = ["alice@example.com", "bob.smith+x@mail.example.org", "c@d.co"]
 USERNAMES = ["alice", "bob_smith", "c0olguy"]
@@ -90,7 +92,8 @@ def test_other_names_may_be_data_and_are_not(name: str) -> None:
         ("host", ["1.2.3.4", "10.0.0.1"], "ip"),
         ("host", ["a.example", "b.example.org"], "domain"),
         # Of both kinds, each value is its own: one kind would reject the other's values.
-        ("host", ["1.2.3.4", "a.example", "b.example.org"], "auto"),
+        ("host", ["1.2.3.4", "a.example", "b.example.org"], "domain_or_ip"),
+        ("host", ["1.2.3.4", "10.0.0.1", "dc01", "localhost"], "domain_or_ip"),
         ("ip", ["1.2.3.4", "10.0.0.0/8", "2001:db8::/32"], "auto"),
         ("ip", ["10.0.0.0/8", "2001:db8::/32"], "cidr"),
         ("ip", ["1.2.3.4", "::1"], "ip"),
@@ -296,6 +299,9 @@ def test_inference_is_total(values: list[str], column: str) -> None:
         ("10.0.0[.]0/8", "cidr"), ("münchen.de", "domain"), ("bücher3.example", "domain"),
         ("BÜCHER.example", "domain"), ("ünïcode words", None), ("名前", None), ("müller.k", None),
         ("maria.k", None),
+        # A domain ends in a known public suffix (or a documentation name, RFC 2606).
+        ("john.smith", None), ("JOHN.SMITH", None), ("srv01.corp.internal", None),
+        ("maria.de", "domain"), ("a.b.github.io", "domain"), ("evil.test", "domain"),
     ],
 )  # fmt: skip
 def test_sniff_value_refangs_and_maps_idn(value: str, kind: str | None) -> None:
@@ -363,6 +369,95 @@ def test_a_login_column_of_emails_and_usernames_is_decided_per_value() -> None:
     assert infer_mapping(["login"], [[e] for e in EMAILS]) == {"login": "email"}
     assert infer_mapping(["login"], [[u] for u in USERNAMES]) == {"login": "username"}
     assert infer_mapping(["email"], mixed) == {"email": "email"}  # the name is trusted
+
+
+LOGINS = ["alice@example.com", "bob@example.org", "carol@example.net", "john.smith", "maria.k"]
+
+
+@pytest.mark.parametrize("column", ["col1", "value", "who"])
+def test_emails_beside_user_names_are_a_login_column_whatever_its_name(column: str) -> None:
+    """User names shaped like domains must not make the column ``auto`` (which kept them
+    in clear as domains, with no subject to shred)."""
+    assert infer_mapping([column], [[v] for v in LOGINS]) == {column: "email_or_username"}
+    # Names under a real suffix (maria.de) are still user names beside them.
+    assert infer_mapping([column], [[v] for v in [*LOGINS, "maria.de"]]) == {
+        column: "email_or_username"}
+    # Not a login column: one stray token, repeated placeholders, free text, indicators.
+    assert infer_mapping([column], [[v] for v in [*EMAILS, "junk"]]) == {column: "email"}
+    assert infer_mapping([column], [[v] for v in [*EMAILS * 20, *["n/a"] * 20]]) == {column: "email"}
+    notes = [*EMAILS, "hello", "world", "some words", "more words", "and more", "still more"]
+    assert infer_mapping([column], [[v] for v in notes]) == {column: "other"}
+    assert infer_mapping([column], [[v] for v in [*IOC_MIX, "n/a", "unknown"]]) == {column: "auto"}
+
+
+@pytest.mark.parametrize("value", ["john.smith", "maria.k", "http://john.smith/a", "x@localhost",
+                                   "JOHN.SMITH", "evil.corp.internal"])
+def test_an_auto_value_naming_no_known_suffix_is_other(value: str) -> None:
+    assert detect_kind(value) is not None  # heimdall query would take it for an indicator
+    assert _kinds_of("auto", [value]) == [("other", value)]
+
+
+def test_an_auto_value_naming_a_known_suffix_or_an_address_keeps_its_kind() -> None:
+    assert _kinds_of("auto", ["maria.de", "http://198.51.100.3/a", "http://[2001:db8::1]/", "a@b.co"]) == [
+        ("domain", "maria.de"), ("url", "http://198.51.100.3/a"), ("url", "http://[2001:db8::1]/"),
+        ("email", "a@b.co")]
+
+
+def _sample(common: str, odd: str, odd_count: int) -> list[list[str]]:
+    """A full sample: ``odd_count`` odd values spread among the common ones."""
+    step = SAMPLE_VALUES_MAX // max(odd_count, 1)
+    return [[odd.format(i % 250) if odd_count and i % step == 0 and i // step < odd_count
+             else common.format(i % 250)]
+            for i in range(SAMPLE_VALUES_MAX)]
+
+
+@pytest.mark.parametrize(
+    ("column", "common", "odd", "kind"),
+    [
+        ("username", "user{}", "user{}@example.com", "email_or_username"),
+        ("login", "user{}@example.com", "user{}", "email_or_username"),
+        ("ip", "10.0.{}.1", "10.{}.0.0/16", "auto"),
+        ("host", "host{}.example.org", "192.0.2.{}", "domain_or_ip"),
+        ("col1", "198.51.100.{}", "bad{}.example.org", "auto"),
+    ],
+)
+def test_a_few_odd_values_do_not_make_a_column_per_value(
+        column: str, common: str, odd: str, kind: str) -> None:
+    """A per-value column is decided value by value and never takes the column pass:
+    below ``MINORITY_FRACTION_MIN`` of the sample the odd values are rejected instead."""
+    few = round(mapping.MINORITY_FRACTION_MIN * SAMPLE_VALUES_MAX) - 1
+    single = infer_mapping([column], _sample(common, odd, 0))[column]
+    assert infer_mapping([column], _sample(common, odd, 1)) == {column: single}
+    assert infer_mapping([column], _sample(common, odd, few)) == {column: single}
+    assert infer_mapping([column], _sample(common, odd, few + 1)) == {column: kind}
+
+
+def test_email_or_username_is_told_by_the_at_sign_without_detection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_detection(raw: str) -> None:
+        raise AssertionError(f"detect_kind called on {raw!r}")
+
+    monkeypatch.setattr(mapping, "detect_kind", no_detection)
+    canonicalize = per_value_canonicalizer("email_or_username", NormalizeOptions())
+    assert _kinds_of("email_or_username", ["Bob@Example.com", "bob", "john.smith"]) == [
+        ("email", "bob@example.com"), ("username", "bob"), ("username", "john.smith")]
+    rejected = canonicalize("bob@")
+    assert isinstance(rejected, Rejected) and rejected.kind == "email"
+
+
+def test_domain_or_ip_values() -> None:
+    """A host column of names and addresses: single-label host names stay domains."""
+    assert _kinds_of("domain_or_ip", ["192.0.2.7", "2001:DB8::1", "10.0.0.0/8", "server01", "DC01",
+                                      "localhost", "Mail.Example.ORG", "cafe.bad", "john.smith"]) == [
+        ("ip", "192.0.2.7"), ("ip", "2001:db8::1"), ("cidr", "10.0.0.0/8"), ("domain", "server01"),
+        ("domain", "dc01"), ("domain", "localhost"), ("domain", "mail.example.org"),
+        ("domain", "cafe.bad"), ("domain", "john.smith")]
+    canonicalize = per_value_canonicalizer("domain_or_ip", NormalizeOptions())
+    for value, kind in (("010.0.0.1", "ip"), ("fe80::1%eth0", "ip"), ("10.1.2.3/8", "cidr"),
+                        ("bad_name!", "domain")):
+        result = canonicalize(value)
+        assert isinstance(result, Rejected) and result.kind == kind, value
+    assert parse_map_args(["host=domain_or_ip"]) == {"host": "domain_or_ip"}
 
 
 # --- dates and times are no phone numbers; plain names no identity kinds -----------------

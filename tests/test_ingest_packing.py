@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -254,15 +255,44 @@ def _dump_of_indicators(rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize(("dump", "rows"), [(_dump_with_every_case, 40), (_dump_with_every_case, 1000),
-                                            (_dump_with_every_case, 3000),
-                                            (_dump_without_a_person, 6000),
-                                            (_dump_of_indicators, 3000)])
+def _json_of_indicators(rows: int) -> str:
+    """NDJSON records of two layouts, in runs: with an ``auto`` and an
+    ``email_or_username`` key (the record path takes them), and without (the column pass
+    takes those: their plan holds no per-value column)."""
+    lines = []
+    for i in range(rows):
+        record: dict[str, str] = {"ip": f"192.0.2.{i % 250}", "note": f"n{i % 3}"}
+        if (i // 700) % 2 == 0:
+            record["indicator"] = ["http://evil{i}.example/a", "bad{i}[.]example[.]org", "10.{j}.0.0/16",
+                                   "a campaign {j}", "john.smith{j}"][i % 5].format(i=i, j=i % 250)
+            record["login"] = f"user{i}@example.com" if i % 4 else f"user{i}"
+        lines.append(json.dumps(record))
+    return "\n".join(lines) + "\n"
+
+
+# The last item: whether the column pass takes some of the records. If it takes none, the
+# case compares the record path with itself: 40 records are fewer than
+# COLUMNWISE_RECORDS_MIN, and a CSV with a per-value column has it in every record's plan.
+@pytest.mark.parametrize(("dump", "rows", "column_pass"), [
+    (_dump_with_every_case, 40, False), (_dump_with_every_case, 1000, True),
+    (_dump_with_every_case, 3000, True), (_dump_without_a_person, 6000, True),
+    (_dump_of_indicators, 3000, False), (_json_of_indicators, 3000, True)])
 def test_the_column_pass_writes_what_the_record_path_writes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dump: Any, rows: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dump: Any, rows: int, column_pass: bool) -> None:
     text = dump(rows)
     monkeypatch.setattr(pipeline, "MEMO_VALUES_MAX", 64)  # memos fill and start over
+    taken: list[int] = []
+    real = DumpIngestor._process_columns
+
+    def counted(self: DumpIngestor, items: list[Any]) -> bool:
+        done = real(self, items)
+        if done:
+            taken.append(len(items))
+        return done
+
+    monkeypatch.setattr(DumpIngestor, "_process_columns", counted)
     by_columns = ingest(tmp_path / "columns", text, per_event=16, chunk=12_000)
+    assert bool(taken) is column_pass
     monkeypatch.setattr(pipeline, "COLUMNWISE_RECORDS_MIN", 10**9)
     by_records = ingest(tmp_path / "records", text, per_event=16, chunk=12_000)
     assert by_columns == by_records

@@ -158,3 +158,59 @@ def test_a_date_column_is_no_subject_and_shredding_a_person_erases_that_person_o
         assert {reveal(f, keys) for f in others if f["kind"] == "name"} == {
             f"Person {i}" for i in range(1, 30)}
         assert {f["sub"] for f in others} == {_name_subject(keys, f"Person {i}") for i in range(1, 30)}
+
+
+LOGINS = "alice@example.com,10.0.0.1\nbob@example.org,10.0.0.2\ncarol@example.net,10.0.0.3\n" \
+         "john.smith,10.0.0.4\nmaria.k,10.0.0.5\n"
+
+
+def test_user_names_shaped_like_domains_are_never_written_in_clear(
+        site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A headerless login column of e-mails and user names is ``email_or_username``;
+    asked for as ``auto``, the names with no known public suffix are ``other`` (sealed):
+    neither writes ``john.smith`` or ``maria.k`` anywhere in the data dir."""
+    logins = tmp_path / "logins.csv"
+    logins.write_text(LOGINS)
+    as_auto = tmp_path / "as-auto.csv"
+    as_auto.write_text(LOGINS)
+    assert ingest(capsys, logins)["mapping"] == {"col1": "email_or_username", "col2": "ip"}
+    summary = ingest(capsys, as_auto, "--map", "col1=auto")
+    assert summary["undetected_values"] == 2 and summary["rejected_fields"] == 0
+    assert run(capsys, "project")[0] == 0
+    code, out, _ = run(capsys, "log", "tail", "--json")
+    assert code == 0 and "10.0.0.4" in out
+    for path in (p for p in site.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        assert b"john.smith" not in data and b"maria.k" not in data, path
+    fields = [f for e in events_of(site, "records.ingested") for _, fs in e.payload["records"] for f in fs]
+    assert sorted(f["kind"] for f in fields if f["col"] == "col1") == [
+        "email"] * 6 + ["other"] * 2 + ["username"] * 2
+    assert all("v" not in f and "sub" in f for f in fields if f["col"] == "col1")
+    assert seen_in(capsys, "john.smith", "username") == ["logins.csv"]
+
+
+def test_single_label_host_names_beside_addresses_stay_domains(
+        site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hosts = tmp_path / "hosts.csv"
+    hosts.write_text("host,port\n" + "".join(f"{h},443\n" for h in (
+        "server01", "192.0.2.7", "DC01", "mail.example.org", "10.0.0.0/8", "localhost", "2001:db8::1")))
+    summary = ingest(capsys, hosts)
+    assert summary["mapping"] == {"host": "domain_or_ip", "port": "other"}
+    assert summary["rejected_fields"] == 0 and summary["undetected_values"] == 0
+    assert run(capsys, "project")[0] == 0
+    for value in ("server01", "dc01", "localhost", "mail.example.org"):
+        assert seen_in(capsys, value, "domain") == ["hosts.csv"], value
+    for value in ("192.0.2.7", "10.0.0.0/8", "2001:db8::1"):
+        assert seen_in(capsys, value) == ["hosts.csv"], value
+
+
+def test_a_few_odd_values_are_rejected_not_decided_per_value(
+        site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One network among a full sample of addresses does not make the column per-value
+    (each value decided, no column pass): it is rejected and counted, as before."""
+    addresses = tmp_path / "addresses.csv"
+    addresses.write_text("ip,note\n" + "".join(
+        f"{'10.9.0.0/16' if i == 500 else f'10.0.{i % 250}.{i // 250}'},n{i}\n" for i in range(1500)))
+    summary = ingest(capsys, addresses)
+    assert summary["mapping"] == {"ip": "ip", "note": "other"}
+    assert summary["records"] == 1500 and summary["rejected_fields"] == 1

@@ -3,11 +3,13 @@
 Inference looks first at the column name (header or JSON key), then, when the name says
 nothing or needs a value to decide (``login``: email or username? ``password``: clear
 or hashed?), at a sample of values, by majority vote of a few fast regexes run on the
-refanged values. A column whose values are of several kinds (an indicator feed's
-``indicator`` column; a combo list's logins, e-mails and user names) is mapped to a
-*per-value* kind (``PER_VALUE_KINDS``): each value then gets its own kind at ingest
-(:func:`per_value_canonicalizer`). Operators override it with ``--map col=kind`` or a
-mapping file; unknown kinds are rejected with the column and the allowed kinds named.
+refanged values. A column whose values are of several kinds, each a real share of the
+sample (``MINORITY_FRACTION_MIN``), is mapped to a *per-value* kind
+(``PER_VALUE_KINDS``): an indicator feed's ``indicator`` column, a combo list's logins
+(e-mails and user names), a host column of names and addresses. Each value then gets
+its own kind at ingest (:func:`per_value_canonicalizer`). Operators override it with
+``--map col=kind`` or a mapping file; unknown kinds are rejected with the column and the
+allowed kinds named.
 Column names are not values, so errors may name them.
 
 Everything here is pure except :func:`load_mapping_file`, the thin file edge.
@@ -22,7 +24,7 @@ import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from heimdall_core.errors import ConfigError
 from heimdall_core.normalize import (
@@ -34,6 +36,7 @@ from heimdall_core.normalize import (
     detect_kind,
     refang,
 )
+from heimdall_core.normalize.psl import has_known_suffix
 
 FIELD_KINDS: Final = (
     "email",
@@ -54,11 +57,17 @@ FIELD_KINDS: Final = (
 AUTO: Final = "auto"
 """Mapping kind of a column of indicators of several kinds (a feed's ``indicator``
 column): each value's kind is what ``heimdall query`` would detect for it (normalize's
-``detect_kind``, after refanging); a value of no detectable kind is of kind ``other``."""
+``detect_kind``, after refanging); a value of no detectable kind is of kind ``other``,
+and so is a domain, URL or e-mail whose host name has no known public suffix
+(``john.smith``: more likely a user name than a domain, never kept in clear)."""
 EMAIL_OR_USERNAME: Final = "email_or_username"
-"""Mapping kind of a login column holding both: an e-mail address is an ``email``, any
-other value a ``username``."""
-PER_VALUE_KINDS: Final = (AUTO, EMAIL_OR_USERNAME)
+"""Mapping kind of a login column holding both: a value with an ``@`` is an ``email``,
+any other a ``username``."""
+DOMAIN_OR_IP: Final = "domain_or_ip"
+"""Mapping kind of a host column holding both names and addresses: an address is an
+``ip``, a network a ``cidr``, any other value a ``domain`` (single-label host names such
+as ``dc01`` included, as in a column mapped ``domain``)."""
+PER_VALUE_KINDS: Final = (AUTO, EMAIL_OR_USERNAME, DOMAIN_OR_IP)
 """Mapping kinds decided value by value (never the kind of a field)."""
 MAPPING_KINDS: Final = FIELD_KINDS + PER_VALUE_KINDS
 """What a column may be mapped to (``--map COL=KIND``, a mapping file)."""
@@ -72,6 +81,20 @@ VALUE_CHARS_MAX: Final = 2048
 """Longer values are not sniffed (none of the kinds is that long)."""
 MAJORITY_FRACTION_MIN: Final = 0.5
 """A kind must hold for more than this fraction of a column's non-empty sample values."""
+MINORITY_FRACTION_MIN: Final = 0.02
+"""A second kind of value makes a column per-value only if it holds at least this
+fraction of the non-empty sample values (20 of a full sample of 1,000): a per-value
+column costs a decision per value and keeps the dump off the column pass (20-40% slower
+measured), which a few odd values are not worth; they are rejected as the column's kind
+and counted (``rejected_fields``). A smaller sample is a small dump, where a single odd
+value is a real share and is kept."""
+LOGIN_VALUES_MIN: Final = 2
+"""E-mails and distinct user names a column with no telling name needs, each, to be a
+login column: a bare token carries no mark of its kind (an address or a URL does), so one
+beside a few e-mails is more likely junk than a user name."""
+USERNAME_CHARS_MAX: Final = 64
+"""Longest value taken for a user name when telling a login column (an e-mail's local
+part may be as long, RFC 5321)."""
 MAPPING_FILE_BYTES_MAX: Final = 1024 * 1024
 
 
@@ -235,6 +258,8 @@ _CRYPT: Final = re.compile(
     r"|\{(?:SSHA|SHA|SMD5|MD5|CRYPT|SSHA256|SSHA512|PBKDF2[\w-]*)\}\S+"
     r"|pbkdf2_sha\d+\$\S+|sha1\$\S+"
 )
+# A candidate user name: one token, no "@" (else an e-mail), not too long.
+_USERNAME: Final = re.compile(rf"[^\s@]{{1,{USERNAME_CHARS_MAX}}}")
 _DOMAIN: Final = re.compile(
     r"(?=.{4,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+"
     r"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})\.?"
@@ -257,7 +282,9 @@ _DAYS_MAX: Final = 31
 def sniff_value(value: str) -> str | None:
     """The kind one value looks like, or None. Cheap: a few anchored regexes, on the value
     refanged (``evil[.]example`` is a domain); a non-ASCII name (``münchen.de``) is a
-    domain if it maps to one under IDNA. A date or time is never a phone number."""
+    domain if it maps to one under IDNA. A domain ends in a known public suffix
+    (``has_known_suffix``: ``john.smith`` is none, as in an ``auto`` column). A date or
+    time is never a phone number."""
     v = value.strip()
     if not v or len(v) > VALUE_CHARS_MAX:
         return None
@@ -274,7 +301,7 @@ def sniff_value(value: str) -> str | None:
         return "cidr" if _is_network(v) else None
     if _IP_CHARS.fullmatch(v) and _is_ip(v):
         return "ip"
-    if _DOMAIN.fullmatch(v) or (not v.isascii() and _is_idn_domain(v)):
+    if _is_domain(v):
         return "domain"
     if _PHONE.fullmatch(v) and _DIGITS_MIN <= sum(c.isdigit() for c in v) <= _DIGITS_MAX \
             and not is_date(v):
@@ -282,11 +309,14 @@ def sniff_value(value: str) -> str | None:
     return None
 
 
-def _is_idn_domain(v: str) -> bool:
-    """A name in Unicode (U-labels) whose IDNA form is a domain by ``_DOMAIN``, the rule
-    an ASCII name must pass (so ``müller.k``, like ``maria.k``, is none)."""
+def _is_domain(v: str) -> bool:
+    """Whether ``v`` is shaped as a domain (``_DOMAIN``; a name in Unicode if its IDNA
+    form is, so ``müller.k``, like ``maria.k``, is none) under a known public suffix."""
+    if v.isascii():
+        return _DOMAIN.fullmatch(v) is not None and has_known_suffix(v.lower().rstrip("."))
     result = canonicalize("domain", v)
-    return isinstance(result, Canonical) and _DOMAIN.fullmatch(result.value) is not None
+    return isinstance(result, Canonical) and _DOMAIN.fullmatch(result.value) is not None \
+        and has_known_suffix(result.value)
 
 
 def is_date(value: str) -> bool:
@@ -322,19 +352,35 @@ def _is_network(v: str) -> bool:
     return True
 
 
-def _votes(values: Iterable[str]) -> tuple[Counter[str | None], int]:
-    """How many of the first ``SAMPLE_VALUES_MAX`` non-empty values sniff as each kind
-    (None: no kind), and how many were looked at."""
+class _Sample(NamedTuple):
+    """What the first ``SAMPLE_VALUES_MAX`` non-empty values of a column look like."""
+
+    votes: Counter[str | None]
+    """How many sniff as each kind (None: no kind)."""
+    total: int
+    """How many were looked at."""
+    words: int
+    """How many of no kind are one token shaped like a user name (``_USERNAME``)."""
+    distinct_words: int
+    """How many different such tokens (a placeholder such as ``n/a`` repeats)."""
+
+
+def _sample(values: Iterable[str]) -> _Sample:
     votes: Counter[str | None] = Counter()
+    words: Counter[str] = Counter()
     total = 0
     for value in values:
-        if not value.strip():
+        v = value.strip()
+        if not v:
             continue
-        votes[sniff_value(value)] += 1
+        kind = sniff_value(v)
+        votes[kind] += 1
+        if kind is None and _USERNAME.fullmatch(v):
+            words[v] += 1
         total += 1
         if total >= SAMPLE_VALUES_MAX:
             break
-    return votes, total
+    return _Sample(votes, total, words.total(), len(words))
 
 
 def _majority(votes: Counter[str | None], total: int) -> str | None:
@@ -343,6 +389,12 @@ def _majority(votes: Counter[str | None], total: int) -> str | None:
         return None
     kind, count = votes.most_common(1)[0]
     return kind if count / total > MAJORITY_FRACTION_MIN else None
+
+
+def _real_share(count: int, total: int) -> bool:
+    """Whether ``count`` of ``total`` sampled values are enough to make a column
+    per-value (``MINORITY_FRACTION_MIN``)."""
+    return count > 0 and count >= MINORITY_FRACTION_MIN * total
 
 
 # --- inference ---------------------------------------------------------------------------
@@ -363,16 +415,26 @@ _MARKER_CHOICES: Final[Mapping[str, frozenset[str]]] = {
 _HASHED_KINDS: Final = frozenset({"hash", "password_hash"})
 _DETECTED_KINDS: Final = frozenset({"url", "email", "cidr", "ip", "domain", "hash", "password_hash"})
 """The kinds ``detect_kind`` tells apart (those an ``auto`` column's values may take)."""
+_NAMED_HOST_KINDS: Final = frozenset({"domain", "url", "email"})
+"""Detected kinds whose value names a host: a domain, or holds one (see ``_HOST_ATTR``)."""
+_HOST_ATTR: Final[Mapping[str, str]] = {"url": "host", "email": "domain"}
+_ADDRESS_KINDS: Final = frozenset({"ip", "cidr"})
 
 
 def _decide(hint: str | None, values: Sequence[str]) -> str:
-    votes, total = _votes(values)
+    sample = _sample(values)
+    votes, total = sample.votes, sample.total
     if hint is None:
+        if _is_login_column(sample):
+            return EMAIL_OR_USERNAME  # e-mails beside user names, which may look like domains
         return AUTO if _mixed_indicators(votes, total) else _majority(votes, total) or "other"
-    if hint == _LOGIN and 0 < votes["email"] < total:
+    if hint == _LOGIN and _real_share(votes["email"], total) \
+            and _real_share(total - votes["email"], total):
         return EMAIL_OR_USERNAME  # a combo list of email:pass and user;hash lines
-    if hint in (_HOST, _ADDRESS) and _mixed_indicators(votes, total):
-        return AUTO  # "host": names and addresses; "ip": addresses and networks
+    if hint == _HOST and _is_names_and_addresses(sample):
+        return DOMAIN_OR_IP
+    if hint == _ADDRESS and _mixed_indicators(votes, total):
+        return AUTO  # addresses and networks
     kind = _majority(votes, total)
     if hint == _PW_OR_HASH and kind in _HASHED_KINDS:
         return "password_hash"  # a "password" column full of hashes is hashed passwords
@@ -385,41 +447,123 @@ def _decide(hint: str | None, values: Sequence[str]) -> str:
 
 
 def _mixed_indicators(votes: Counter[str | None], total: int) -> bool:
-    """Whether more than ``MAJORITY_FRACTION_MIN`` of the values are indicators, of more
-    than one kind: mapping the column to one kind would reject the values of the others.
-    Digests and crypt hashes count as one kind: a column of both is a column of password
-    hashes (``_decide``), whose bare digests must not be kept in clear as file hashes."""
-    kinds = {"hash" if kind in _HASHED_KINDS else kind for kind in votes if kind in _DETECTED_KINDS}
-    indicators = sum(count for kind, count in votes.items() if kind in _DETECTED_KINDS)
-    return len(kinds) > 1 and indicators > MAJORITY_FRACTION_MIN * total
+    """Whether more than ``MAJORITY_FRACTION_MIN`` of the values are indicators, with more
+    than one kind of them a real share (``_real_share``): mapping the column to one kind
+    would reject the values of the others. Digests and crypt hashes count as one kind: a
+    column of both is a column of password hashes (``_decide``), whose bare digests must
+    not be kept in clear as file hashes."""
+    by_kind: Counter[str] = Counter()
+    for kind, count in votes.items():
+        if kind in _DETECTED_KINDS:
+            by_kind["hash" if kind in _HASHED_KINDS else kind] += count
+    shares = sum(1 for count in by_kind.values() if _real_share(count, total))
+    return shares > 1 and by_kind.total() > MAJORITY_FRACTION_MIN * total
 
 
-def per_value_canonicalizer(kind: str, options: NormalizeOptions) -> Callable[[str], Result]:
-    """The canonicalizer of a column mapped to a per-value kind (``PER_VALUE_KINDS``):
-    each value is canonicalized as the kind ``detect_kind`` finds for it (what
-    ``heimdall query`` does with a value), if ``kind`` allows that kind; any other value
-    as ``other`` (``auto``) or ``username`` (``email_or_username``). The result's kind
-    is the value's own, so the PII policy applies per value."""
-    allowed, fallback = _PER_VALUE_RULES[kind]
-    by_kind = {k: canonicalizer_for(k, options) for k in allowed}
-    fallback_canonicalizer = canonicalizer_for(fallback, options)
+def _is_login_column(sample: _Sample) -> bool:
+    """Whether a column with no telling name is a login column: e-mails and distinct
+    user-name tokens each a real share, together most of the values, and hardly anything
+    else. Values that look like domains may be user names too (``maria.de``) and do not
+    count against it: mapped ``auto``, they would be written in clear as domains."""
+    votes, total = sample.votes, sample.total
+    emails = votes["email"]
+    others = total - emails - votes["domain"] - sample.words
+    return min(emails, sample.distinct_words) >= LOGIN_VALUES_MIN \
+        and _real_share(emails, total) and _real_share(sample.distinct_words, total) \
+        and not _real_share(others, total) \
+        and emails + sample.words > MAJORITY_FRACTION_MIN * total
+
+
+def _is_names_and_addresses(sample: _Sample) -> bool:
+    """Whether a host column holds addresses (or networks) and names (single-label names
+    such as ``dc01`` sniff as no kind), each a real share."""
+    votes, total = sample.votes, sample.total
+    addresses = sum(votes[kind] for kind in _ADDRESS_KINDS)
+    return _real_share(addresses, total) and _real_share(votes["domain"] + sample.words, total)
+
+
+Canonicalizer = Callable[[str], Result]
+
+
+def per_value_canonicalizer(kind: str, options: NormalizeOptions) -> Canonicalizer:
+    """The canonicalizer of a column mapped to a per-value kind (``PER_VALUE_KINDS``; see
+    each kind's rule there). The result's kind is the value's own, so the PII policy
+    applies per value."""
+    return _PER_VALUE_CANONICALIZERS[kind](options)
+
+
+def _auto_canonicalizer(options: NormalizeOptions) -> Canonicalizer:
+    """Each value as the kind ``detect_kind`` finds for it (what ``heimdall query`` does
+    with a value); a value of no kind, or naming a host with no known public suffix
+    (``_has_known_host``), as ``other``."""
+    by_kind = {kind: canonicalizer_for(kind, options) for kind in _DETECTED_KINDS}
+    undetected = canonicalizer_for(UNDETECTED_KIND, options)
 
     def canonicalize_value(raw: str) -> Result:
         # detect_kind canonicalizes to tell the kind but returns only the kind: the value
         # is canonicalized again, with this site's options, by its kind's canonicalizer.
         detected = detect_kind(raw)
-        canonicalizer = by_kind.get(detected) if detected is not None else None
-        return (canonicalizer or fallback_canonicalizer)(raw)
+        if detected is None:
+            return undetected(raw)
+        result = by_kind[detected](raw)
+        if isinstance(result, Canonical) and not _has_known_host(result):
+            return undetected(raw)
+        return result
 
     return canonicalize_value
 
 
-# Per-value kind -> (the detected kinds it takes, the kind of any other value).
-_PER_VALUE_RULES: Final[Mapping[str, tuple[frozenset[str], str]]] = {
-    AUTO: (_DETECTED_KINDS, UNDETECTED_KIND),
-    EMAIL_OR_USERNAME: (frozenset({"email"}), "username"),
+def _has_known_host(result: Canonical) -> bool:
+    """Whether a domain, URL or e-mail names its host under a known public suffix (or by
+    address): ``john.smith`` or ``maria.k`` in a column of several kinds is more likely a
+    user name than a domain, and a domain is kept in clear, with no subject to shred."""
+    if result.kind not in _NAMED_HOST_KINDS:
+        return True
+    attr = _HOST_ATTR.get(result.kind)
+    host = result.value if attr is None else result.attr(attr)
+    return host is None or _is_ip(host) or has_known_suffix(host)
+
+
+def _email_or_username_canonicalizer(options: NormalizeOptions) -> Canonicalizer:
+    """A value with an ``@`` as an e-mail (rejected if it is none), any other as a user
+    name: one test per value, no detection."""
+    email = canonicalizer_for("email", options)
+    username = canonicalizer_for("username", options)
+
+    def canonicalize_value(raw: str) -> Result:
+        return email(raw) if "@" in raw else username(raw)
+
+    return canonicalize_value
+
+
+def _domain_or_ip_canonicalizer(options: NormalizeOptions) -> Canonicalizer:
+    """A network (a value with a ``/``) as a ``cidr``, an address as an ``ip``, any other
+    value as a ``domain``. A value that is neither, with no letter or with a ``:``
+    (``010.0.0.1``, ``fe80::1%eth0``), is rejected with the address's reason."""
+    ip = canonicalizer_for("ip", options)
+    cidr = canonicalizer_for("cidr", options)
+    domain = canonicalizer_for("domain", options)
+
+    def canonicalize_value(raw: str) -> Result:
+        if "/" in raw:
+            return cidr(raw)
+        address = ip(raw)
+        if isinstance(address, Canonical):
+            return address
+        name = domain(raw)
+        if isinstance(name, Canonical) or (":" not in raw and any(map(str.isalpha, raw))):
+            return name
+        return address
+
+    return canonicalize_value
+
+
+_PER_VALUE_CANONICALIZERS: Final[Mapping[str, Callable[[NormalizeOptions], Canonicalizer]]] = {
+    AUTO: _auto_canonicalizer,
+    EMAIL_OR_USERNAME: _email_or_username_canonicalizer,
+    DOMAIN_OR_IP: _domain_or_ip_canonicalizer,
 }
-assert frozenset(_PER_VALUE_RULES) == frozenset(PER_VALUE_KINDS)
+assert frozenset(_PER_VALUE_CANONICALIZERS) == frozenset(PER_VALUE_KINDS)
 
 
 def infer_mapping_from_values(values_by_column: Mapping[str, Sequence[str]]) -> dict[str, str]:

@@ -126,7 +126,7 @@ class PartResult:
     records: int = 0  # records written (or already written before a resume)
     quarantined: int = 0
     rejected_fields: int = 0
-    undetected_values: int = 0  # values of an ``auto`` column of no detectable kind (see mapping.AUTO)
+    undetected_values: int = 0  # values of an ``auto`` column kept as ``other`` (see mapping.AUTO)
     events: int = 0
 
 
@@ -493,7 +493,7 @@ class DumpIngestor:
                         self._quarantine.add(item.position, f"{kind} value rejected: "
                                              f"{getattr(result, 'reason', 'invalid')}", column)
                         continue
-                    # A "hash" column may hold a crypt password hash; an "auto" column's
+                    # A "hash" column may hold a crypt password hash; a per-value column's
                     # values each have their own kind.
                     final_kind = result.kind
                     action: Action | None = kind_action

@@ -22,6 +22,7 @@ given install always gives the same answer.
 from __future__ import annotations
 
 import functools
+from typing import Final
 
 from publicsuffixlist import PublicSuffixList
 
@@ -39,3 +40,19 @@ def registrable_domain(name: str) -> str | None:
     """
     result = _suffix_list().privatesuffix(name)
     return result if isinstance(result, str) else None
+
+
+DOCUMENTATION_SUFFIXES: Final = frozenset({"example", "test"})
+"""Top-level names RFC 2606 reserves for documentation and testing. No registry lists
+them, but feeds, samples and test data use them for the names they show."""
+
+
+def has_known_suffix(name: str) -> bool:
+    """Whether a canonical (A-label) domain name ends in a suffix the list names, ICANN
+    or private, or in a documentation name (``DOCUMENTATION_SUFFIXES``): not only the
+    list's default rule ``*``, which makes any last label a suffix (``maria.k``,
+    ``john.smith``). A name with no known suffix is no name anyone can register or
+    resolve on the Internet, so it may well be something else, such as a user name."""
+    if name.rpartition(".")[2] in DOCUMENTATION_SUFFIXES:
+        return True
+    return _suffix_list().publicsuffix(name, accept_unknown=False) is not None
