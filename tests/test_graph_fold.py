@@ -16,6 +16,7 @@ from heimdall_core.events import Event
 from heimdall_core.graph import model
 from heimdall_core.graph.fold import FOLD_STEP_RECORDS, Folder, PayloadError
 from heimdall_core.graph.rules import RuleSet
+from heimdall_core.normalize import Canonical, canonicalize
 
 DUMP = fake_bytes("dump")
 
@@ -211,10 +212,17 @@ def _enrichment(feeds: Feeds, feed: bytes, kind: str, value: str) -> Event:
     ("username", "carol", "never about a person"),
     ("url", "https://carol:secret@example.com/", "never about a person"),
     ("carol@example.com", "x", "not an indicator kind"),
-    ("hash", "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234", "is a password_hash"),
-    ("domain", "EVIL.example.", "not the canonical form"),
-    ("ip", "10.000.0.01", "not a valid ip"),
-    ("ip", "", "not a valid ip"),
+    ("hash", "$2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234", "canonical hash form"),
+    ("hash", "D41D8CD98F00B204E9800998ECF8427E", "canonical hash form"),
+    ("domain", "EVIL.example.", "canonical domain form"),
+    ("domain", "bücher.example", "canonical domain form"),  # its A-label is the form
+    ("ip", "10.000.0.01", "canonical ip form"),
+    ("ip", "", "canonical ip form"),
+    ("ip", "::ffff:192.0.2.1", "canonical ip form"),  # canonical as 192.0.2.1
+    ("ip", "fe80::1%eth0", "canonical ip form"),
+    ("ip", "2001:DB8::1", "canonical ip form"),
+    ("cidr", "10.1.2.3/8", "canonical cidr form"),
+    ("cidr", "10.0.0.0", "canonical cidr form"),
 ])
 def test_enrichment_only_about_canonical_indicators(kind: str, value: str, reason: str,
                                                     caplog: pytest.LogCaptureFixture) -> None:
@@ -241,6 +249,8 @@ def test_enrichment_only_about_canonical_indicators(kind: str, value: str, reaso
     ("ip", "2001:db8::1"), ("cidr", "10.0.0.0/8"), ("domain", "xn--bcher-kva.example"),
     ("hash", "d41d8cd98f00b204e9800998ecf8427e")])
 def test_enrichment_about_each_enrichable_kind_is_folded(kind: str, value: str) -> None:
+    result = canonicalize(kind, value)
+    assert isinstance(result, Canonical) and result.value == value  # canonical already
     feeds = Feeds()
     feed = feeds.feed("a")
     f = folder()

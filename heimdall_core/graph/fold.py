@@ -12,7 +12,9 @@ and carries on with the others. Nothing is ever skipped silently.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -358,7 +360,7 @@ class Folder:
         if not isinstance(facts, dict) or len(facts) > FACTS_PER_EVENT_MAX:
             raise PayloadError(f"{where(event)}: 'facts' must be a map of at most "
                                f"{FACTS_PER_EVENT_MAX} entries")
-        refusal = enrichment_refusal(kind, value)
+        refusal = fold_refusal(kind, value)
         if refusal is not None:
             # Skipped, not a stop: versions before this check accepted such enrichments
             # (`log append`), and a feed is append-only, so stopping at one would keep
@@ -386,18 +388,71 @@ class Folder:
             held.props = rules.merge_props(model.VALUE, held.props, props)
 
 
+def _kind_refusal(kind: str) -> str | None:
+    if kind in ENRICHABLE_KINDS:
+        return None
+    named = repr(kind) if kind in KINDS else "not an indicator kind"
+    return (f"'kind' ({named}) must be one of {', '.join(ENRICHABLE_KINDS)}: an enrichment "
+            "is about an indicator, never about a person")
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_HASH_DIGITS = frozenset({32, 40, 64, 128})
+_DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_DOMAIN_CHARS_MAX = 253
+
+
+def fold_refusal(kind: str, value: str) -> str | None:
+    """What the fold checks of an enrichment's (``kind``, ``value``): its kind, and the
+    *shape* of a canonical value of that kind (lower-case hex of a digest's length; an
+    address or network as ``ipaddress`` prints it, no zone, no IPv4-mapped form; lower-case
+    ASCII labels, no trailing dot). Not the full canonicalizer: its IDNA and Unicode
+    tables differ between Python and ``idna`` versions, and sites that fold the same
+    events must agree whatever they run. ``log append`` (:func:`enrichment_refusal`)
+    writes the full canonical form."""
+    refusal = _kind_refusal(kind)
+    if refusal is not None:
+        return refusal
+    if kind == "hash":
+        shaped = len(value) in _HASH_DIGITS and set(value) <= _HEX_DIGITS
+    elif kind in ("ip", "cidr"):
+        shaped = _address_shaped(kind, value)
+    else:
+        labels = value.split(".")
+        shaped = (len(value) <= _DOMAIN_CHARS_MAX and len(labels) > 1
+                  and all(_DNS_LABEL.fullmatch(label) for label in labels))
+    return None if shaped else f"'value' is not in canonical {kind} form (docs/canonicalization.md)"
+
+
+def _address_shaped(kind: str, value: str) -> bool:
+    if "%" in value:  # a zone: never canonical
+        return False
+    if ("/" in value) != (kind == "cidr"):
+        return False
+    try:
+        if kind == "cidr":
+            network = ipaddress.ip_network(value)  # strict: host bits set is not a network
+            address, printed = network.network_address, str(network)
+        else:
+            address = ipaddress.ip_address(value)
+            printed = str(address)
+    except ValueError:
+        return False
+    mapped = isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
+    return printed == value and not mapped
+
+
 def enrichment_refusal(kind: str, value: str) -> str | None:
-    """Why an enrichment cannot be about (``kind``, ``value``), or None if it can.
+    """Why ``log append`` must not write an enrichment about (``kind``, ``value``), or None.
 
     The value must be the canonical form of its kind (a query finds only canonical values,
     so facts on any other spelling could never be seen). The reason never quotes the value;
     it quotes the kind only when the kind is one the normalizer knows (a kind is a short
     identifier, but a mistyped payload could hold anything there).
     """
-    if kind not in ENRICHABLE_KINDS:
-        named = repr(kind) if kind in KINDS else "not an indicator kind"
-        return (f"'kind' ({named}) must be one of {', '.join(ENRICHABLE_KINDS)}: an enrichment "
-                "is about an indicator, never about a person")
+    refusal = _kind_refusal(kind)
+    if refusal is not None:
+        return refusal
     result = canonicalize(kind, value)
     if not isinstance(result, Canonical):
         return f"'value' is not a valid {kind} ({result.reason})"
