@@ -107,9 +107,13 @@ def test_a_forced_reingest_with_a_corrected_mapping_is_new_evidence(
     assert fixed["duplicate"] is False and fixed["duplicate_of"] is None
     finished = {e.payload["dump"].hex(): e.payload for e in events_of(site, "dump.finished")}
     assert "duplicate_of" not in finished[fixed["dump_id"]]
+    # Run again the corrected way, it repeats the corrected dump, not the first one.
+    again = cli_json(site, "ingest", str(path), "--source", "s", "--map", "addr=ip", "--force",
+                     "--workers", workers, "--json")
+    assert again["duplicate"] is True and again["duplicate_of"] == fixed["dump_id"]
     cli(site, "project")
     match = cli_json(site, "query", "10.1.2.3", "--json")["matches"][0]
-    assert match["sightings"] == 16 and match["sightings_in_repeats"] == 0
+    assert match["sightings"] == 16 and match["sightings_in_repeats"] == 16
 
 
 @pytest.mark.parametrize("compress", ["gzip", "bz2", "xz", "zstd"])

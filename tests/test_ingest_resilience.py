@@ -194,3 +194,26 @@ def test_ctrl_c_names_the_incomplete_dump_and_how_to_resume(tmp_path: Path, work
     assert err.rstrip().endswith("heimdall: interrupted")
     summary = cli_json(data, *ingest, "--json")
     assert summary["resumed"] is True and summary["records"] == rows
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_dump_resumes_only_read_as_it_began(tmp_path: Path, workers: str) -> None:
+    """Resumed with another --map, a dump would mix two mappings under one id (and be
+    judged a repeat, or not, on the wrong one): refused, naming what differs."""
+    data = tmp_path / "site"
+    cli(data, "init")
+    dump_file = _make_csv(tmp_path / "big.csv", 120_000)
+    proc = _ingest_in_background(data, str(dump_file), "--source", "big", "--map", "note=other",
+                                 "--workers", workers)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (incomplete,) = cli_json(data, "dumps", "--json")
+    other = cli(data, "ingest", str(dump_file), "--source", "big", "--map", "note=username",
+                "--workers", workers, check=False)
+    assert other.returncode != 0
+    assert f"dump {incomplete['dump']} began reading this input" in other.stderr
+    assert "note=other" in other.stderr and "note=username" in other.stderr and "--restart" in other.stderr
+    assert cli_json(data, "dumps", "--json")[0]["records"] == incomplete["records"]  # nothing added
+    same = cli_json(data, "ingest", str(dump_file), "--source", "big", "--map", "note=other",
+                    "--workers", workers, "--json")
+    assert same["resumed"] is True and same["records"] == 120_000

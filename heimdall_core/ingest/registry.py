@@ -244,6 +244,13 @@ class DumpRegistry:
                 return state
         return None
 
+    def complete(self, source: str, sha256: str) -> list[DumpState]:
+        """Every complete dump of this input that is not itself a repeat, oldest first:
+        the readings of it (a forced run with another mapping is one more)."""
+        return [state for state in self.dumps()
+                if state.finished and state.source == source and state.sha256 == sha256
+                and state.duplicate_of is None]
+
     def find_incomplete(self, source: str, sha256: str) -> DumpState | None:
         """The latest unfinished dump of this input (the one a re-run resumes)."""
         found = self.incomplete(source, sha256)

@@ -172,6 +172,8 @@ class _OnePart:
         self._size = size
         self._append = site.appender()
         self._started = resume is not None  # a resumed dump's start is already logged
+        self._resume = resume
+        self._reading_checked = False
         self.quarantine_path = site.quarantine_path(self.dump)
         self.ingestor = DumpIngestor(
             dump=self.dump, part=0, options=options, protector=site.protector, policy=site.policy,
@@ -189,6 +191,7 @@ class _OnePart:
         return [started, *superseded_bodies(self._supersedes, self.dump)]
 
     def _append_records(self, bodies: Sequence[bytes]) -> None:
+        self._check_reading()
         if not self._started:
             bodies = [*self._started_bodies(), *bodies]
             self._started = True
@@ -206,8 +209,16 @@ class _OnePart:
             self.ingestor.abort()
             raise
 
+    def _check_reading(self) -> None:
+        """A resumed dump goes on only if read as it began (once its mapping is known)."""
+        if self._resume is not None and not self._reading_checked:
+            ing = self.ingestor
+            check_resumed_reading(self._resume, ing.format or "?", ing.public_mapping)
+            self._reading_checked = True
+
     def finish(self, result: PartResult, *, sha256: str, size: int,
                duplicate_of: bytes | None = None) -> None:
+        self._check_reading()
         bodies = [] if self._started else self._started_bodies()
         self._started = True
         bodies.append(dump_finished_body(dump=self.dump, records=result.records,
@@ -215,6 +226,19 @@ class _OnePart:
                                          rejected_fields=result.rejected_fields, sha256=sha256, size=size,
                                          duplicate_of=duplicate_of))
         self._append(bodies)
+
+
+def check_resumed_reading(dump: DumpState, fmt: str, mapping: Mapping[str, str]) -> None:
+    """Refuse to resume ``dump`` reading its input another way than it began: its records
+    would mix two mappings under one dump, and whether it repeats an earlier dump would
+    be judged on the wrong one. Names columns by their public names only."""
+    if dump.format == fmt and dump.mapping == dict(mapping):
+        return
+    began = ", ".join(f"{c}={k}" for c, k in sorted(dump.mapping.items()))
+    now = ", ".join(f"{c}={k}" for c, k in sorted(mapping.items()))
+    raise IngestError(f"dump {dump.dump} began reading this input as {dump.format} ({began}); this "
+                      f"run reads it as {fmt} ({now}): resume with the options it began with "
+                      "(--format, --map), or start over with --restart")
 
 
 def superseded_bodies(abandoned: Sequence[DumpState], dump: bytes) -> list[bytes]:
@@ -292,10 +316,10 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
     done = registry.find_complete(options.source, sha256)
     if done is not None and not force:
         return _duplicate_summary(done, options, path.name, size, began)
-    # A forced run reads the same bytes of the same source again: read the same way, its
-    # dump is a repeat of the complete one (duplicate_of), listed but not counted again as
+    # A forced run reads the same bytes of the same source again: read the same way as a
+    # complete dump, it is a repeat of it (duplicate_of), listed but not counted again as
     # sightings, exactly as the same bytes uploaded without a declared sha256 (repeat_id).
-    repeats = done
+    repeats = registry.complete(options.source, sha256)
     incomplete = None if restart else registry.find_incomplete(options.source, sha256)
     abandoned = registry.incomplete(options.source, sha256) if restart else []
     if workers > 1 and incomplete is None:
@@ -315,23 +339,23 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
         with _fewer_gc_passes():
             summary = _ingest_single(site, path, options, sha256, size, incomplete, on_progress,
                                      began, supersedes=abandoned, repeat_of=repeats)
-    return _marked_repeat(summary, done)
+    return _marked_repeat(summary, repeats)
 
 
-def repeat_id(earlier: DumpState | None, fmt: str, mapping: Mapping[str, str]) -> bytes | None:
-    """The id of the complete dump a forced run of the same bytes repeats, or None.
+def repeat_id(earlier: Sequence[DumpState], fmt: str, mapping: Mapping[str, str]) -> bytes | None:
+    """The id of the complete dump (of the same bytes and source) that a new dump of them
+    repeats, or None: the first of ``earlier`` that read them the same way (format, and
+    every column to the same kind). A re-ingest with a corrected mapping (``--map COL=KIND
+    --force``, as the summary advises for a mis-mapped column) holds values the earlier
+    dump did not, and is new evidence; run again the same way, it repeats that one."""
+    for state in earlier:
+        if state.format == fmt and state.mapping == dict(mapping):
+            return bytes.fromhex(state.dump)
+    return None
 
-    Only a run that read them the same way (format, and every column to the same kind)
-    repeats it: a re-ingest with a corrected mapping (``--map COL=KIND --force``, as the
-    summary advises for a mis-mapped column) holds values the earlier dump did not, and
-    is new evidence."""
-    if earlier is None or earlier.format != fmt or earlier.mapping != dict(mapping):
-        return None
-    return bytes.fromhex(earlier.dump)
 
-
-def _marked_repeat(summary: IngestSummary, earlier: DumpState | None) -> IngestSummary:
-    """The summary of a new dump that repeats ``earlier`` (if any) says so."""
+def _marked_repeat(summary: IngestSummary, earlier: Sequence[DumpState]) -> IngestSummary:
+    """The summary of a new dump that repeats one of ``earlier`` says so."""
     repeated = repeat_id(earlier, summary.format, summary.mapping)
     if repeated is not None:
         summary.duplicate, summary.duplicate_of = True, repeated.hex()
@@ -342,7 +366,7 @@ def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256:
                    incomplete: DumpState | None,
                    on_progress: Callable[[Progress], None] | None, began: float, *,
                    supersedes: Sequence[DumpState] = (),
-                   repeat_of: DumpState | None = None) -> IngestSummary:
+                   repeat_of: Sequence[DumpState] = ()) -> IngestSummary:
     part = _OnePart(site, options, path.name, sha256=sha256, size=size, resume=incomplete,
                     supersedes=supersedes, on_progress=on_progress)
     result = part.run(_file_chunks(path, site.settings.ingest.chunk_bytes))
@@ -376,7 +400,7 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
                           "the records were logged under dump " + part.dump.hex())
     registry = DumpRegistry(site.store)
     registry.refresh()
-    earlier = registry.find_complete(options.source, sha256)
+    earlier = registry.complete(options.source, sha256)
     size = part.ingestor.bytes_in
     ing = part.ingestor
     part.finish(result, sha256=sha256, size=size,

@@ -257,18 +257,24 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
                          began: float, resume: DumpState | None = None,
                          pool: WorkerPool | None = None,
                          supersedes: Sequence[DumpState] = (),
-                         repeat_of: DumpState | None = None) -> IngestSummary:
+                         repeat_of: Sequence[DumpState] = ()) -> IngestSummary:
     """Ingest ``path`` in parts, one worker process each; ``pool``, if given, is used
     (and left open), otherwise one is started here. ``supersedes``: the dumps of this
     input that ``--restart`` abandons (closed with this dump's start); ``repeat_of``:
-    the complete dump of the same bytes a forced run may repeat (``run.repeat_id``)."""
+    the complete dumps of the same bytes that this one may repeat (``run.repeat_id``)."""
     if pool is None:
         with WorkerPool(workers) as own:
             return ingest_file_parallel(site, path, options, sha256=sha256, size=size,
                                         workers=workers, on_progress=on_progress, began=began,
                                         resume=resume, pool=own, supersedes=supersedes,
                                         repeat_of=repeat_of)
-    from heimdall_core.ingest.run import _ingest_single, _summary, repeat_id, superseded_bodies
+    from heimdall_core.ingest.run import (
+        _ingest_single,
+        _summary,
+        check_resumed_reading,
+        repeat_id,
+        superseded_bodies,
+    )
 
     declared = declared_columns(options, site.policy)
     plan = (plan_parts(path, options, workers, declared) if resume is None
@@ -277,15 +283,17 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
         log.info("--workers ignored: compressed, JSON or too small input is ingested by one process")
         return _ingest_single(site, path, options, sha256, size, resume, on_progress, began,
                               supersedes=supersedes, repeat_of=repeat_of)
+    # The names every part writes its columns under (DumpIngestor._public).
+    names = public_names(plan.columns, plan.mapping, declared)
+    mapping = {names[c]: k for c, k in plan.mapping.items()}
+    if resume is not None:  # before anything is written
+        check_resumed_reading(resume, plan.fmt, mapping)
     dump = bytes.fromhex(resume.dump) if resume else os.urandom(kinds.DUMP_ID_BYTES)
     feeds = _worker_feeds(site, len(plan.ranges))
     append_main = site.appender()
     bodies = [encode_body(*kinds.FEED_ANNOUNCED, {"feed": feed, "role": "ingest-worker",
                                                   "dump": dump, "part": part})
               for part, feed in enumerate(feeds)]
-    # The names every part writes its columns under (DumpIngestor._public).
-    names = public_names(plan.columns, plan.mapping, declared)
-    mapping = {names[c]: k for c, k in plan.mapping.items()}
     if resume is None:
         bodies.append(dump_started_body(
             dump=dump, options=options, name=path.name, fmt=plan.fmt, compression="none",
@@ -333,7 +341,7 @@ def _resume_plan(path: Path, options: IngestOptions, resume: DumpState,
 def resume_parallel(site: IngestSite, path: Path, options: IngestOptions, incomplete: DumpState, *,
                     size: int, on_progress: Callable[[Progress], None] | None,
                     began: float, pool: WorkerPool | None = None,
-                    repeat_of: DumpState | None = None) -> IngestSummary:
+                    repeat_of: Sequence[DumpState] = ()) -> IngestSummary:
     return ingest_file_parallel(site, path, options, sha256=incomplete.sha256, size=size,
                                 workers=incomplete.parts, on_progress=on_progress, began=began,
                                 resume=incomplete, pool=pool, repeat_of=repeat_of)
