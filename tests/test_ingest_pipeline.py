@@ -404,6 +404,25 @@ def test_an_unnamed_header_cell_never_takes_a_name_of_the_header(site: Path, tmp
     assert names == set(columns)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_map_names_columns_as_the_dump_shows_them(site: Path, tmp_path: Path, workers: str) -> None:
+    """``email,x,`` shows its columns as email, x, col3: --map col3=... is the unnamed
+    third column, as shown (refused before: "the input does not have col3")."""
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(b"email,x,\n" + b"".join(b"u%d@example.com,h%d.example,192.0.2.%d\n"
+                                               % (i, i, i % 250) for i in range(4000)))
+    summary = cli_json(site, "ingest", str(path), "--source", "t", "--workers", workers,
+                       "--map", "x=domain", "--map", "col3=ip", "--json")
+    assert summary["mapping"] == {"email": "email", "x": "domain", "col3": "ip"}
+    assert summary["rejected_fields"] == 0
+    # ``email,col3,``: the header's own ``col3`` is the second column, shown as col2.
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(b"email,col3,\n" + path.read_bytes().split(b"\n", 1)[1])
+    twice = cli(site, "ingest", str(odd), "--source", "u", "--map", "col3=domain", "--map", "col2=ip",
+                check=False)
+    assert twice.returncode == 2 and "names one column twice" in twice.stderr, twice.stderr
+
+
 def test_a_place_name_of_the_header_is_kept_only_at_its_place(site: Path, tmp_path: Path) -> None:
     """``col3`` named in --map but first in the header was kept as ``col3``, and the third
     column, whose name may be data, was written as ``col3`` too: one public name for two

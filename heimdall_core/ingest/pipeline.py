@@ -354,8 +354,8 @@ class DumpIngestor:
         if self._mapping_fixed is not None:
             mapping = dict(self._mapping_fixed)
         else:
-            mapping = merge_mapping(infer_from_sample(columns, self._pending), self.options.mapping)
-        check_mapped_columns(self.options.mapping, columns, self._declared)
+            overrides = mapped_columns(self.options.mapping, columns, self._declared)
+            mapping = merge_mapping(infer_from_sample(columns, self._pending), overrides)
         self.mapping = mapping
         self.columns = columns
         self._public_names = public_names(columns, mapping, self._declared)
@@ -884,15 +884,28 @@ class UnmappedColumnError(MappingError, IngestError):
     the HTTP API, catching ingest errors, still answers with 400."""
 
 
-def check_mapped_columns(mapping: Mapping[str, str], columns: Sequence[str],
-                         declared: Collection[str]) -> None:
-    """Refuse a mapping (``--map``, ``--mapping-file``) naming a column the input does not
-    have: a usage error (MappingError, exit 2), most likely a misspelt column name."""
-    unknown = sorted(set(mapping) - set(columns))
-    if unknown and columns:
-        shown = ", ".join(public_column(c, i, declared) for i, c in enumerate(columns))
-        raise UnmappedColumnError(f"the mapping names column {unknown[0]!r}, which the input "
-                                  f"does not have; its columns are: {shown}")
+def mapped_columns(mapping: Mapping[str, str], columns: Sequence[str],
+                   declared: Collection[str]) -> dict[str, str]:
+    """The operator's mapping (``--map``, ``--mapping-file``) keyed by the input's own
+    column names. A key is a column's own name (as in the file's header), or else a name
+    the dump shows for it (its public name, as the summary and errors list the columns:
+    ``col2`` for an unnamed second cell). A key that is neither, or two keys naming one
+    column, are refused: a usage error (MappingError, exit 2)."""
+    if not columns:
+        return dict(mapping)
+    shown = {public_column(c, i, declared): c for i, c in enumerate(columns)}
+    listed = ", ".join(shown)
+    resolved: dict[str, str] = {}
+    for key, kind in sorted(mapping.items()):
+        column = key if key in columns else shown.get(key)
+        if column is None:
+            raise UnmappedColumnError(f"the mapping names column {key!r}, which the input does "
+                                      f"not have; its columns are: {listed}")
+        if column in resolved:
+            raise UnmappedColumnError(f"the mapping names one column twice ({key!r} is a column "
+                                      f"named already); its columns are: {listed}")
+        resolved[column] = kind
+    return resolved
 
 
 def public_names(columns: Sequence[str], mapping: Mapping[str, str],

@@ -46,11 +46,11 @@ from heimdall_core.ingest.pipeline import (
     PartResult,
     Progress,
     Quarantine,
-    check_mapped_columns,
     declared_columns,
     dump_finished_body,
     dump_started_body,
     infer_from_sample,
+    mapped_columns,
     public_names,
 )
 from heimdall_core.ingest.registry import DumpState
@@ -111,10 +111,10 @@ def _head_plan(path: Path, options: IngestOptions, declared: frozenset[str]
                          line_bytes_max=options.line_bytes_max, declared=declared)
     items = parser.feed(head[:cut]) + (parser.close() if cut == len(head) else [])
     columns = tuple(parser.columns)
-    check_mapped_columns(options.mapping, columns, declared)  # before any event is written
+    overrides = mapped_columns(options.mapping, columns, declared)  # before any event is written
     # The same inference as a single process (records may each have their own keys).
     sample = [item for item in items if isinstance(item, RawRecord)][:SAMPLE_RECORDS]
-    mapping = merge_mapping(infer_from_sample(columns, sample), options.mapping)
+    mapping = merge_mapping(infer_from_sample(columns, sample), overrides)
     delimiter = getattr(parser, "delimiter", None) or options.delimiter
     header = bool(getattr(parser, "has_header", options.header))
     return fmt, delimiter, columns, mapping, header
