@@ -190,13 +190,15 @@ def _retire_admin_unit(unit: Path, admin_unit: Path) -> subprocess.CompletedProc
 def test_a_copy_of_the_unit_in_etc_is_removed_only_when_it_has_no_setting_of_its_own(
         tmp_path: Path) -> None:
     """Earlier versions installed the unit in /etc, where it hides the one an upgrade
-    installs: removed when only comments differ, kept (never lose an edit) with a warning
+    installs: moved aside (.replaced, which systemd does not load; its comments may be
+    someone's notes) when only comments differ, kept (never lose an edit) with a warning
     that says what to do otherwise; a masked unit (a symlink) is left alone, unnamed."""
     unit, admin_unit = tmp_path / "vendor.service", tmp_path / "admin.service"
     unit.write_text(UNIT.read_text())
     admin_unit.write_text("# an older comment\n" + UNIT.read_text() + "\n")
-    assert "removed" in _retire_admin_unit(unit, admin_unit).stdout
-    assert not admin_unit.exists()
+    old = admin_unit.read_text()
+    assert "moved" in _retire_admin_unit(unit, admin_unit).stdout
+    assert not admin_unit.exists() and Path(f"{admin_unit}.replaced").read_text() == old
     edited = UNIT.read_text() + "Environment=HMD_API__PORT=9000\n"
     admin_unit.write_text(edited)
     result = _retire_admin_unit(unit, admin_unit)
