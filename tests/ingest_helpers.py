@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,46 @@ def events_of(data_dir: Path, kind: str | None = None) -> list[Any]:
             if kind is None or event.kind == kind:
                 out.append(event)
     return out
+
+
+SERVE_START_WAIT_S = 30.0  # for a server process to answer its first request
+SERVE_STOP_WAIT_S = 30.0  # for it to stop after SIGTERM (well within systemd's 90 s)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + SERVE_START_WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v1/health", timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve_process(tmp_path: Path, data: Path, *, preexec: Any = None,
+                  **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`heimdall serve` on a free port: the process, its base URL and its log file. It is
+    stopped (SIGTERM) at the end unless the test stopped it."""
+    port = free_port()
+    log_file = tmp_path / f"serve-{port}.log"
+    with log_file.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", "serve"],
+                                env=site_env(data, HMD_API__PORT=str(port), HMD_LOG__FSYNC="false", **env),
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(base, proc)
+        yield proc, base, log_file
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=SERVE_STOP_WAIT_S)

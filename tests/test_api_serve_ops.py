@@ -11,18 +11,15 @@ import resource
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from ingest_helpers import SAMPLE, cli, site_env
+from ingest_helpers import SAMPLE, cli, free_port, serve_process
 
 from heimdall_core import __version__, config
 from heimdall_core.api.app import SHUTDOWN_TIMEOUT_S, create_app, server_fault
@@ -32,7 +29,6 @@ from heimdall_core.events import encode_body
 from heimdall_core.log.feed import LogOptions
 from heimdall_core.log.store import LogStore, init_site
 
-START_WAIT_S = 30.0  # for a server process to answer its first request
 STOP_BOUND_S = 30.0
 """A stop must end well within systemd's 90 s default, whatever is in hand."""
 SLOW_CHUNK_S = 0.2  # between the chunks of a slow upload
@@ -94,50 +90,11 @@ async def test_an_upload_while_another_process_writes_the_feed_is_503_with_retry
 
 
 # ------------------------------------------------------------------ a real process
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_WAIT_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/v1/health", timeout=5):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def _serving(tmp_path: Path, data: Path, *, preexec: Any = None,
-             **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """`heimdall serve` on a free port: the process, its base URL and its log file. It is
-    stopped (SIGTERM) at the end unless the test stopped it."""
-    port = _free_port()
-    log_file = tmp_path / f"serve-{port}.log"
-    with log_file.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", "serve"],
-                                env=site_env(data, HMD_API__PORT=str(port), HMD_LOG__FSYNC="false", **env),
-                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_up(base, proc)
-        yield proc, base, log_file
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=STOP_BOUND_S)
-
-
 def test_the_start_is_logged_without_the_dsn(tmp_path: Path) -> None:
     data = tmp_path / "site"
     cli(data, "init")
     # Nothing listens there: the server starts all the same, its projector waits.
-    with _serving(tmp_path, data, HMD_GRAPH__BACKEND="age",
+    with serve_process(tmp_path, data, HMD_GRAPH__BACKEND="age",
                   HMD_GRAPH__POSTGRES_DSN="postgresql://heimdall:s3cret-pw@127.0.0.1:1/db") as (_, base, log):
         port = base.rsplit(":", 1)[1]
         started = [line for line in log.read_text().splitlines() if "serving" in line]
@@ -151,13 +108,13 @@ def test_the_start_is_logged_without_the_dsn(tmp_path: Path) -> None:
 def test_a_second_serve_on_one_data_directory_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "site"
     cli(data, "init")
-    with _serving(tmp_path, data) as (first, _, _):
-        second = cli(data, "serve", check=False, HMD_API__PORT=str(_free_port()))
+    with serve_process(tmp_path, data) as (first, _, _):
+        second = cli(data, "serve", check=False, HMD_API__PORT=str(free_port()))
         assert second.returncode == 1
         assert f"another heimdall serve (pid {first.pid}) uses this data directory" in second.stderr
         first.kill()  # the kernel releases the lock whatever way the process ends
         first.wait(timeout=STOP_BOUND_S)
-    with _serving(tmp_path, data) as (again, base, _):
+    with serve_process(tmp_path, data) as (again, base, _):
         assert again.poll() is None and base
 
 
@@ -189,7 +146,7 @@ def test_sigterm_cuts_a_slow_upload_off_says_so_and_stops_soon(tmp_path: Path) -
     data = tmp_path / "site"
     cli(data, "init")
     replies: list[tuple[int, str]] = []
-    with _serving(tmp_path, data) as (proc, base, log):
+    with serve_process(tmp_path, data) as (proc, base, log):
         client = threading.Thread(target=_slow_upload, args=(base, replies))
         client.start()
         time.sleep(2)  # the head is in; the upload goes on a line at a time
@@ -223,7 +180,7 @@ def test_an_upload_the_disk_cannot_hold_is_507_and_logged(tmp_path: Path) -> Non
     # Values kept in clear: the key store stays small, the log's batch outgrows the limit.
     body = "ip,domain\n" + "".join(f"10.{i >> 16}.{i >> 8 & 255}.{i & 255},host{i}.example.org\n"
                                    for i in range(DISK_FULL_ROWS))
-    with _serving(tmp_path, data, preexec=_no_room,
+    with serve_process(tmp_path, data, preexec=_no_room,
                   HMD_LOG__SEGMENT_BYTES_MAX=str(256 << 10)) as (_, base, log):
         request = urllib.request.Request(f"{base}/v1/dumps?source=big", data=body.encode(),
                                          method="POST", headers={"Content-Type": "text/csv"})

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ingest_helpers import SAMPLE, cli, site_env
+from ingest_helpers import SAMPLE, SERVE_STOP_WAIT_S, cli, serve_process
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+PROJECTED_WAIT_S = 30.0  # for the background projector to fold an upload in
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
@@ -33,25 +26,12 @@ def _get(url: str) -> tuple[int, dict[str, object]]:
 def test_serve_ingests_projects_and_answers(tmp_path: Path) -> None:
     data = tmp_path / "site"
     cli(data, "init")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "heimdall_core.cli.main", "serve"],
-                            env=site_env(data, HMD_API__PORT=str(port)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert _get(f"{base}/v1/health")[0] == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.1)
+    with serve_process(tmp_path, data) as (proc, base, log_file):
         request = urllib.request.Request(f"{base}/v1/dumps?source=served", data=SAMPLE.read_bytes(),
                                          method="POST", headers={"Content-Type": "text/csv"})
         with urllib.request.urlopen(request, timeout=60) as response:
             assert response.status == 201
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + PROJECTED_WAIT_S
         while True:
             status, body = _get(f"{base}/v1/indicators/domain/login.example.com")
             if status == 200:
@@ -62,10 +42,10 @@ def test_serve_ingests_projects_and_answers(tmp_path: Path) -> None:
         assert _get(f"{base}/v1/indicators/planet/mars")[0] == 400
         status, _ = _get(f"{base}/v1/indicators/email/Alice.0%40example.com")
         assert status == 200
-    finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
+        returncode = proc.wait(timeout=SERVE_STOP_WAIT_S)
+    err = log_file.read_bytes()
+    assert returncode == 0, err.decode()
     # The access log names routes, never the values in request paths.
     assert b"/v1/indicators/{kind}/{value}" in err
     assert b"alice.0" not in err.lower() and b"login.example.com" not in err
