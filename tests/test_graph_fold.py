@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 
 import msgpack
@@ -14,7 +15,7 @@ from heimdall_core.clock import Hlc
 from heimdall_core.errors import UnknownEventError
 from heimdall_core.events import Event
 from heimdall_core.graph import model
-from heimdall_core.graph.fold import FOLD_STEP_RECORDS, Folder, PayloadError
+from heimdall_core.graph.fold import FOLD_STEP_RECORDS, Folder, PayloadError, enrichment_refusal, fold_refusal
 from heimdall_core.graph.rules import RuleSet
 from heimdall_core.normalize import Canonical, canonicalize
 
@@ -256,3 +257,16 @@ def test_enrichment_about_each_enrichable_kind_is_folded(kind: str, value: str) 
     f = folder()
     f.add(_enrichment(feeds, feed, kind, value))
     assert f.take().values[model.clear_value_vid(kind, value)].props["fact.breaches"][2] == 3
+
+
+def test_the_fold_accepts_every_enrichment_log_append_writes_and_no_other_name() -> None:
+    """The fold checks shapes only (no IDNA tables): it must accept every value log append
+    writes (its full canonical check), and, for names without ``xn--`` labels, only those."""
+    rng = random.Random(46)
+    alphabet = "ab0_-.x"
+    values = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(40_000)}
+    values |= {"localhost", "dc01", "com", "1.2.3.4", "example.123", "a.b_c", "020.7946.0958"}
+    for value in values:
+        written = enrichment_refusal("domain", value) is None
+        folded = fold_refusal("domain", value) is None
+        assert folded == written, (value, written, folded)

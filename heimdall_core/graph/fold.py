@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -45,6 +44,7 @@ from heimdall_core.graph.rules import (
     same,
 )
 from heimdall_core.normalize import KINDS, Canonical, canonicalize
+from heimdall_core.normalize.domain import has_canonical_shape
 
 VID_CACHE_ENTRIES_MAX = 262_144
 """Value ids remembered between batches (hot values: domains, popular addresses)."""
@@ -398,15 +398,13 @@ def _kind_refusal(kind: str) -> str | None:
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _HASH_DIGITS = frozenset({32, 40, 64, 128})
-_DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-_DOMAIN_CHARS_MAX = 253
 
 
 def fold_refusal(kind: str, value: str) -> str | None:
     """What the fold checks of an enrichment's (``kind``, ``value``): its kind, and the
     *shape* of a canonical value of that kind (lower-case hex of a digest's length; an
-    address or network as ``ipaddress`` prints it, no zone, no IPv4-mapped form; lower-case
-    ASCII labels, no trailing dot). Not the full canonicalizer: its IDNA and Unicode
+    address or network as ``ipaddress`` prints it, no zone, no IPv4-mapped form; a name as
+    ``normalize.domain.has_canonical_shape`` says). Not the full canonicalizer: its IDNA and Unicode
     tables differ between Python and ``idna`` versions, and sites that fold the same
     events must agree whatever they run. ``log append`` (:func:`enrichment_refusal`)
     writes the full canonical form."""
@@ -418,9 +416,7 @@ def fold_refusal(kind: str, value: str) -> str | None:
     elif kind in ("ip", "cidr"):
         shaped = _address_shaped(kind, value)
     else:
-        labels = value.split(".")
-        shaped = (len(value) <= _DOMAIN_CHARS_MAX and len(labels) > 1
-                  and all(_DNS_LABEL.fullmatch(label) for label in labels))
+        shaped = has_canonical_shape(value)
     return None if shaped else f"'value' is not in canonical {kind} form (docs/canonicalization.md)"
 
 

@@ -86,18 +86,23 @@ def canonicalize_domain(raw: str) -> Result:
     return _canonicalize_cached(raw.strip())
 
 
+def has_canonical_shape(name: str) -> bool:
+    """Whether ``name`` has the shape of a canonical domain: lower-case ASCII labels (a
+    label may hold ``_``, the last may not), no trailing dot, a top label that is not all
+    digits, at most NAME_OCTETS_MAX. Needs no IDNA or Unicode table, so every version of
+    Python and ``idna`` answers the same (``xn--`` labels are taken as they are: whether
+    one decodes is a question for those tables)."""
+    return (len(name) <= NAME_OCTETS_MAX and _ASCII_NAME.fullmatch(name) is not None
+            and not name.rpartition(".")[2].isdigit())
+
+
 @functools.lru_cache(maxsize=_CACHE_ENTRIES_MAX)
 def _canonicalize_cached(text: str) -> Result:
     if text.isascii():
         name = text.lower()
         if name.endswith("."):
             name = name[:-1]
-        if (
-            _ASCII_NAME.fullmatch(name)
-            and _ACE_PREFIX not in name
-            and len(name) <= NAME_OCTETS_MAX
-            and not name.rpartition(".")[2].isdigit()
-        ):
+        if _ACE_PREFIX not in name and has_canonical_shape(name):
             return _canonical(name, None)
         return _general(name)
     try:
