@@ -220,6 +220,22 @@ def test_a_dump_resumes_only_read_as_it_began(tmp_path: Path, workers: str) -> N
     # ingest settles its feeds first, and recovery keeps what a killed worker had written
     # and signed but not yet made its head.)
     assert refused[0] == refused[1]
-    same = cli_json(data, "ingest", str(dump_file), "--source", "big", "--map", "note=other",
-                    "--workers", workers, "--json")
+    # Without --map it resumes with the mapping it recorded, not one inferred anew (which
+    # here would be note=other by inference too, but may differ in another version).
+    same = cli_json(data, "ingest", str(dump_file), "--source", "big", "--workers", workers, "--json")
     assert same["resumed"] is True and same["records"] == 120_000
+    assert same["mapping"]["note"] == "other"
+
+
+def test_a_resume_without_map_keeps_the_mapping_the_dump_began_with(tmp_path: Path) -> None:
+    """Begun with --map username=email (not what inference says), then resumed by the
+    plain command: the dump goes on as it began, not refused for a mapping it never had."""
+    data = tmp_path / "site"
+    cli(data, "init")
+    dump_file = _make_csv(tmp_path / "big.csv", 120_000)
+    proc = _ingest_in_background(data, str(dump_file), "--source", "big", "--map", "note=username")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = cli_json(data, "ingest", str(dump_file), "--source", "big", "--json")
+    assert resumed["resumed"] is True and resumed["records"] == 120_000
+    assert resumed["mapping"]["note"] == "username"

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,8 +232,8 @@ def check_resumed_reading(dump: DumpState, fmt: str, mapping: Mapping[str, str])
     """Refuse to resume ``dump`` reading its input another way than it began: its records
     would mix two mappings under one dump, and whether it repeats an earlier dump would
     be judged on the wrong one. Names columns by their public names only."""
-    if dump.format == fmt and dump.mapping == dict(mapping):
-        return
+    if dump.format == fmt and (dump.mapping == dict(mapping) or not dump.mapping):
+        return  # (no mapping recorded: a dump started by a version that did not record it)
     began = ", ".join(f"{c}={k}" for c, k in sorted(dump.mapping.items()))
     now = ", ".join(f"{c}={k}" for c, k in sorted(mapping.items()))
     raise IngestError(f"dump {dump.dump} began reading this input as {dump.format} ({began}); this "
@@ -321,6 +321,10 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
     # sightings, exactly as the same bytes uploaded without a declared sha256 (repeat_id).
     repeats = registry.complete(options.source, sha256)
     incomplete = None if restart else registry.find_incomplete(options.source, sha256)
+    if incomplete is not None and incomplete.mapping and not options.mapping:
+        # Resumed as it began: with the mapping it recorded, not one inferred anew
+        # (inference may differ in another version, and a dump must not mix two).
+        options = replace(options, mapping=dict(incomplete.mapping))
     abandoned = registry.incomplete(options.source, sha256) if restart else []
     if workers > 1 and incomplete is None:
         from heimdall_core.ingest.workers import ingest_file_parallel
