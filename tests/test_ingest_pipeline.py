@@ -415,12 +415,13 @@ def test_map_names_columns_as_the_dump_shows_them(site: Path, tmp_path: Path, wo
                        "--map", "x=domain", "--map", "col3=ip", "--json")
     assert summary["mapping"] == {"email": "email", "x": "domain", "col3": "ip"}
     assert summary["rejected_fields"] == 0
-    # ``email,col3,``: the header's own ``col3`` is the second column, shown as col2.
+    # ``email,col3,``: the header's own ``col3`` is the second column, shown as col2, and
+    # col3 is the third's shown name: --map col3 is refused, not guessed.
     odd = tmp_path / "odd.csv"
     odd.write_bytes(b"email,col3,\n" + path.read_bytes().split(b"\n", 1)[1])
     twice = cli(site, "ingest", str(odd), "--source", "u", "--map", "col3=domain", "--map", "col2=ip",
                 check=False)
-    assert twice.returncode == 2 and "names one column twice" in twice.stderr, twice.stderr
+    assert twice.returncode == 2 and "names two columns" in twice.stderr, twice.stderr
 
 
 def test_a_place_name_of_the_header_is_kept_only_at_its_place(site: Path, tmp_path: Path) -> None:
@@ -430,7 +431,10 @@ def test_a_place_name_of_the_header_is_kept_only_at_its_place(site: Path, tmp_pa
     path = tmp_path / "places.csv"
     path.write_bytes(b"col3,foo,bar\n" + b"".join(b"u%d@example.com,x%d,y%d\n" % (i, i, i)
                                                    for i in range(50)))
-    summary = cli_json(site, "ingest", str(path), "--source", "p", "--map", "col3=email", "--json")
+    # col3 is the first column's own name and the third's shown one: refused, not guessed.
+    ambiguous = cli(site, "ingest", str(path), "--source", "p", "--map", "col3=email", check=False)
+    assert ambiguous.returncode == 2 and "names two columns" in ambiguous.stderr
+    summary = cli_json(site, "ingest", str(path), "--source", "p", "--map", "col1=email", "--json")
     started = events_of(site, "dump.started")[0].payload
     assert started["columns"] == ["col1", "col2", "col3"]
     assert summary["mapping"] == started["mapping"] == {"col1": "email", "col2": "other", "col3": "other"}

@@ -199,6 +199,10 @@ def test_a_copy_of_the_unit_in_etc_is_removed_only_when_it_has_no_setting_of_its
     old = admin_unit.read_text()
     assert "moved" in _retire_admin_unit(unit, admin_unit).stdout
     assert not admin_unit.exists() and Path(f"{admin_unit}.replaced").read_text() == old
+    admin_unit.write_text("# another note\n" + UNIT.read_text())  # retired again: the first is kept
+    assert "moved" in _retire_admin_unit(unit, admin_unit).stdout
+    assert Path(f"{admin_unit}.replaced").read_text() == old
+    assert len(list(tmp_path.glob("admin.service.replaced.*"))) == 1
     edited = UNIT.read_text() + "Environment=HMD_API__PORT=9000\n"
     admin_unit.write_text(edited)
     result = _retire_admin_unit(unit, admin_unit)

@@ -889,8 +889,9 @@ def mapped_columns(mapping: Mapping[str, str], columns: Sequence[str],
     """The operator's mapping (``--map``, ``--mapping-file``) keyed by the input's own
     column names. A key is a column's own name (as in the file's header), or else a name
     the dump shows for it (its public name, as the summary and errors list the columns:
-    ``col2`` for an unnamed second cell). A key that is neither, or two keys naming one
-    column, are refused: a usage error (MappingError, exit 2)."""
+    ``col2`` for an unnamed second cell). A key that is neither, one that is a column's
+    own name and another column's shown name, or two keys naming one column, are
+    refused: a usage error (MappingError, exit 2)."""
     if not columns:
         return dict(mapping)
     shown = {public_column(c, i, declared): c for i, c in enumerate(columns)}
@@ -898,6 +899,10 @@ def mapped_columns(mapping: Mapping[str, str], columns: Sequence[str],
     resolved: dict[str, str] = {}
     for key, kind in sorted(mapping.items()):
         column = key if key in columns else shown.get(key)
+        if key in columns and shown.get(key, key) != key:
+            raise UnmappedColumnError(f"the mapping's {key!r} names two columns: one is named "
+                                      f"so in the input, another is shown so; its columns are "
+                                      f"shown as: {listed}")
         if column is None:
             raise UnmappedColumnError(f"the mapping names column {key!r}, which the input does "
                                       f"not have; its columns are: {listed}")
