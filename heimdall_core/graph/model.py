@@ -289,6 +289,10 @@ class ValueDumps:
         """Every dump of the sightings read is listed (see ``sightings_scanned``)."""
         return len(self.items) == self.total
 
+    def covers(self, sightings: int) -> bool:
+        """Every dump of a value with ``sightings`` in all is listed: all were read."""
+        return self.complete and self.sightings_scanned >= sightings
+
     @classmethod
     def ranked(cls, seen: Iterable[DumpSeen], limit: int) -> ValueDumps:
         """From every dump a value was seen in (any order), as each store reads them."""

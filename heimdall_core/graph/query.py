@@ -215,7 +215,7 @@ async def _match(store: GraphStore, rules: RuleSet, form: str, info: ValueInfo, 
         "dumps_total": dumps.total,
         # Listed every dump of every sighting (a value in more records than
         # DUMP_SIGHTINGS_SCANNED_MAX has its dumps counted over the newest of them).
-        "dumps_complete": dumps.complete and dumps.sightings_scanned >= info.sightings,
+        "dumps_complete": dumps.covers(info.sightings),
         "dumps_sightings_scanned": dumps.sightings_scanned,
     })
     co = await store.co_values(info.vid, co_values, skip_dumps=dumps.repeats)
@@ -231,9 +231,8 @@ def _seen_span(props: Mapping[str, Any], dumps: ValueDumps, sightings: int) -> t
     """First and last seen, leaving out repeat uploads as the counts do: a repeat is the
     same records again, not a later sighting. From the per-dump spans when every dump of
     every sighting was read, else the value's own (which include repeats)."""
-    whole = dumps.complete and dumps.sightings_scanned >= sightings
     evidence = [d for d in dumps.items if d.duplicate_of is None]
-    if not dumps.repeats or not whole or not evidence:
+    if not dumps.repeats or not dumps.covers(sightings) or not evidence:
         return props.get("first_seen_ms"), props.get("last_seen_ms")
     return min(d.first_seen_ms for d in evidence), max(d.last_seen_ms for d in evidence)
 

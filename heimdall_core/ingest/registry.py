@@ -238,11 +238,9 @@ class DumpRegistry:
         return self._cache.dumps.get(dump_hex)
 
     def find_complete(self, source: str, sha256: str) -> DumpState | None:
-        for state in self.dumps():
-            if state.finished and state.source == source and state.sha256 == sha256 \
-                    and state.duplicate_of is None:
-                return state
-        return None
+        """The first complete reading of this input (what a re-run without --force repeats)."""
+        readings = self.complete(source, sha256)
+        return readings[0] if readings else None
 
     def complete(self, source: str, sha256: str) -> list[DumpState]:
         """Every complete dump of this input that is not itself a repeat, oldest first:

@@ -181,13 +181,19 @@ class _OnePart:
             quarantine=Quarantine(self.quarantine_path, self.dump.hex(), options.source),
             skip_through=resume.progress.get("0", 0) if resume else 0, on_progress=on_progress)
 
+    @property
+    def reading(self) -> tuple[str, dict[str, str]]:
+        """How the input is read, as dump.started records it: format and public mapping."""
+        return self.ingestor.format or "?", self.ingestor.public_mapping
+
     def _started_bodies(self) -> list[bytes]:
         """dump.started, and in the same batch the close of each dump it replaces."""
         ing = self.ingestor
+        fmt, mapping = self.reading
         started = dump_started_body(dump=self.dump, options=self._options, name=self._name,
-                                    fmt=ing.format or "?", compression=ing.compression,
+                                    fmt=fmt, compression=ing.compression,
                                     sha256=self._sha256, size=self._size, columns=ing.public_columns,
-                                    mapping=ing.public_mapping, parts=1)
+                                    mapping=mapping, parts=1)
         return [started, *superseded_bodies(self._supersedes, self.dump)]
 
     def _append_records(self, bodies: Sequence[bytes]) -> None:
@@ -212,13 +218,14 @@ class _OnePart:
     def _check_reading(self) -> None:
         """A resumed dump goes on only if read as it began (once its mapping is known)."""
         if self._resume is not None and not self._reading_checked:
-            ing = self.ingestor
-            check_resumed_reading(self._resume, ing.format or "?", ing.public_mapping)
+            check_resumed_reading(self._resume, *self.reading)
             self._reading_checked = True
 
     def finish(self, result: PartResult, *, sha256: str, size: int,
-               duplicate_of: bytes | None = None) -> None:
+               repeat_of: Sequence[DumpState] = ()) -> bytes | None:
+        """Close the dump; returns the dump of ``repeat_of`` it repeats (``repeat_id``), if any."""
         self._check_reading()
+        duplicate_of = repeat_id(repeat_of, *self.reading)
         bodies = [] if self._started else self._started_bodies()
         self._started = True
         bodies.append(dump_finished_body(dump=self.dump, records=result.records,
@@ -226,14 +233,17 @@ class _OnePart:
                                          rejected_fields=result.rejected_fields, sha256=sha256, size=size,
                                          duplicate_of=duplicate_of))
         self._append(bodies)
+        return duplicate_of
 
 
 def check_resumed_reading(dump: DumpState, fmt: str, mapping: Mapping[str, str]) -> None:
     """Refuse to resume ``dump`` reading its input another way than it began: its records
     would mix two mappings under one dump, and whether it repeats an earlier dump would
     be judged on the wrong one. Names columns by their public names only."""
-    if dump.format == fmt and (dump.mapping == dict(mapping) or not dump.mapping):
-        return  # (no mapping recorded: a dump started by a version that did not record it)
+    if not dump.mapping and dump.format == fmt:
+        return  # no mapping recorded: a dump started by a version that did not record it
+    if reads_alike(dump, fmt, mapping):
+        return
     began = ", ".join(f"{c}={k}" for c, k in sorted(dump.mapping.items()))
     now = ", ".join(f"{c}={k}" for c, k in sorted(mapping.items()))
     raise IngestError(f"dump {dump.dump} began reading this input as {dump.format} ({began}); this "
@@ -343,7 +353,12 @@ def _ingest_file(site: IngestSite, path: Path, options: IngestOptions, *, force:
         with _fewer_gc_passes():
             summary = _ingest_single(site, path, options, sha256, size, incomplete, on_progress,
                                      began, supersedes=abandoned, repeat_of=repeats)
-    return _marked_repeat(summary, repeats)
+    return summary
+
+
+def reads_alike(dump: DumpState, fmt: str, mapping: Mapping[str, str]) -> bool:
+    """Whether ``dump`` read its input as ``fmt`` with every column to the same kind."""
+    return dump.format == fmt and dump.mapping == dict(mapping)
 
 
 def repeat_id(earlier: Sequence[DumpState], fmt: str, mapping: Mapping[str, str]) -> bytes | None:
@@ -353,14 +368,13 @@ def repeat_id(earlier: Sequence[DumpState], fmt: str, mapping: Mapping[str, str]
     --force``, as the summary advises for a mis-mapped column) holds values the earlier
     dump did not, and is new evidence; run again the same way, it repeats that one."""
     for state in earlier:
-        if state.format == fmt and state.mapping == dict(mapping):
+        if reads_alike(state, fmt, mapping):
             return bytes.fromhex(state.dump)
     return None
 
 
-def _marked_repeat(summary: IngestSummary, earlier: Sequence[DumpState]) -> IngestSummary:
-    """The summary of a new dump that repeats one of ``earlier`` says so."""
-    repeated = repeat_id(earlier, summary.format, summary.mapping)
+def marked_repeat(summary: IngestSummary, repeated: bytes | None) -> IngestSummary:
+    """The summary of a new dump that repeats dump ``repeated`` (if any) says so."""
     if repeated is not None:
         summary.duplicate, summary.duplicate_of = True, repeated.hex()
     return summary
@@ -374,13 +388,11 @@ def _ingest_single(site: IngestSite, path: Path, options: IngestOptions, sha256:
     part = _OnePart(site, options, path.name, sha256=sha256, size=size, resume=incomplete,
                     supersedes=supersedes, on_progress=on_progress)
     result = part.run(_file_chunks(path, site.settings.ingest.chunk_bytes))
-    ing = part.ingestor
-    part.finish(result, sha256=sha256, size=size,
-                duplicate_of=repeat_id(repeat_of, ing.format or "?", ing.public_mapping))
-    return _summary(part.dump, options, path.name, part.ingestor, result.records, result.quarantined,
-                    result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1,
-                    began=began, quarantine=part.quarantine_path,
-                    undetected=result.undetected_values)
+    repeated = part.finish(result, sha256=sha256, size=size, repeat_of=repeat_of)
+    return marked_repeat(_summary(
+        part.dump, options, path.name, part.ingestor, result.records, result.quarantined,
+        result.rejected_fields, sha256, size, resumed=incomplete is not None, parts=1, began=began,
+        quarantine=part.quarantine_path, undetected=result.undetected_values), repeated)
 
 
 def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOptions, *,
@@ -404,16 +416,13 @@ def ingest_chunks(site: IngestSite, chunks: Iterable[bytes], options: IngestOpti
                           "the records were logged under dump " + part.dump.hex())
     registry = DumpRegistry(site.store)
     registry.refresh()
-    earlier = registry.complete(options.source, sha256)
     size = part.ingestor.bytes_in
-    ing = part.ingestor
-    part.finish(result, sha256=sha256, size=size,
-                duplicate_of=repeat_id(earlier, ing.format or "?", ing.public_mapping))
-    summary = _summary(part.dump, options, name, part.ingestor, result.records, result.quarantined,
-                       result.rejected_fields, sha256, size, resumed=False, parts=1,
-                       began=began, quarantine=part.quarantine_path,
-                       undetected=result.undetected_values)
-    return _marked_repeat(summary, earlier)
+    repeated = part.finish(result, sha256=sha256, size=size,
+                           repeat_of=registry.complete(options.source, sha256))
+    return marked_repeat(_summary(
+        part.dump, options, name, part.ingestor, result.records, result.quarantined,
+        result.rejected_fields, sha256, size, resumed=False, parts=1, began=began,
+        quarantine=part.quarantine_path, undetected=result.undetected_values), repeated)
 
 
 def record_metrics(summary: IngestSummary) -> None:

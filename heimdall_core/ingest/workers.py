@@ -272,6 +272,7 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
         _ingest_single,
         _summary,
         check_resumed_reading,
+        marked_repeat,
         repeat_id,
         superseded_bodies,
     )
@@ -312,13 +313,14 @@ def ingest_file_parallel(site: IngestSite, path: Path, options: IngestOptions, *
     rejected = sum(r[3] for r in results)
     undetected = sum(r[4] for r in results)
     quarantine = _merge_quarantine(site.quarantine_path(dump), [Path(j.quarantine) for j in jobs])
+    repeated = repeat_id(repeat_of, plan.fmt, mapping)
     append_main([dump_finished_body(dump=dump, records=records, quarantined=quarantined,
                                     rejected_fields=rejected, sha256=sha256, size=size,
-                                    duplicate_of=repeat_id(repeat_of, plan.fmt, mapping))])
-    return _summary(dump, options, path.name, None, records, quarantined, rejected, sha256, size,
-                    resumed=resume is not None, parts=len(plan.ranges), began=began,
-                    quarantine=quarantine, fmt=plan.fmt, compression="none", mapping=mapping,
-                    undetected=undetected)
+                                    duplicate_of=repeated)])
+    return marked_repeat(_summary(
+        dump, options, path.name, None, records, quarantined, rejected, sha256, size,
+        resumed=resume is not None, parts=len(plan.ranges), began=began, quarantine=quarantine,
+        fmt=plan.fmt, compression="none", mapping=mapping, undetected=undetected), repeated)
 
 
 def _resume_plan(path: Path, options: IngestOptions, resume: DumpState,
